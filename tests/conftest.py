@@ -1,0 +1,19 @@
+"""Shared test configuration."""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+# One profile for everyone: no per-example deadline (the machine is shared and
+# numba compiles on first use), a moderate number of examples so the whole
+# suite stays within a few minutes. PSYRUN_HYPOTHESIS_PROFILE=thorough digs deeper.
+settings.register_profile(
+    "default",
+    deadline=None,
+    max_examples=60,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("thorough", parent=settings.get_profile("default"), max_examples=1000)
+settings.load_profile(os.environ.get("PSYRUN_HYPOTHESIS_PROFILE", "default"))

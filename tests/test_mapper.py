@@ -56,13 +56,17 @@ def test_outputs_missing_in_some_rows_are_nan():
 def test_iter_results_yields_blocks_covering_the_range():
     blocks = list(iter_results(square, Param(x=list(range(10))), block_size=3, start=2, stop=9))
     assert [len(b["x"]) for b in blocks] == [3, 3, 1]
-    assert concatenate_results(blocks) == {"x": list(range(2, 9)), "y": [x * x for x in range(2, 9)]}
+    assert concatenate_results(blocks) == {
+        "x": list(range(2, 9)),
+        "y": [x * x for x in range(2, 9)],
+    }
 
 
 def test_concatenate_fills_keys_absent_from_some_blocks():
     merged = concatenate_results([{"a": [1]}, {"a": [2], "b": ["x"]}])
     assert merged["a"] == [1, 2]
-    assert math.isnan(merged["b"][0]) and merged["b"][1] == "x"
+    assert math.isnan(merged["b"][0])
+    assert merged["b"][1] == "x"
 
 
 def test_empty_space_maps_to_empty_columns():
@@ -89,6 +93,6 @@ def test_hdd_backed_resumes_only_missing_rows(tmp_path, store):
 def test_hdd_backed_with_a_pool(tmp_path):
     filename = tmp_path / "out.pkl"
     data = map_pspace_hdd_backed(square, Param(x=list(range(50))), filename, pool_size=2)
-    assert sorted(list(data["x"])) == list(range(50))
+    assert sorted(data["x"]) == list(range(50))
     with open(filename, "rb") as f:
         assert sorted(pickle.load(f)["y"]) == sorted(x * x for x in range(50))

@@ -1,0 +1,206 @@
+"""Report section: appending to and loading from the stores (issue targets).
+
+Runnable alone: ``python benchmarks/report_store.py``. Writes 10^6 rows of
+three float64 columns in 1,000 chunks with each store, and the same chunks
+with PyTables and zarr directly (file opened once, same chunk layout), so the
+H5/zarr figures are ratios measured in the same run.
+
+Two direct baselines: "reopened" opens the file for every chunk, as every
+psyrun job must (appends come from separate processes); "open once" keeps it
+open across all chunks, which no backend can do, and is shown for reference.
+The target ratio is taken against the reopened baseline.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+N_CHUNKS = 1000
+CHUNK_ROWS = 1000
+COLUMNS = ("a", "b", "c")
+
+
+def make_chunks(n_chunks: int = N_CHUNKS, chunk_rows: int = CHUNK_ROWS) -> list[dict]:
+    """Return the chunks every measurement writes (three float64 columns)."""
+    rng = np.random.default_rng(0)
+    return [{k: rng.random(chunk_rows) for k in COLUMNS} for _ in range(n_chunks)]
+
+
+def remove(path: str) -> None:
+    """Delete a file or a directory store if it exists."""
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    elif os.path.exists(path):
+        os.remove(path)
+
+
+def append_with_store(ext: str, filename: str, chunks: list[dict]) -> None:
+    """Append every chunk through the psyrun store for ``ext``."""
+    from psyrun.store import get_store
+
+    store = get_store(ext)
+    for chunk in chunks:
+        store.append(filename, chunk)
+
+
+def append_with_pytables_reopened(filename: str, chunks: list[dict]) -> None:
+    """Append the chunks with PyTables directly, opening the file for every chunk."""
+    import tables
+
+    for chunk in chunks:
+        with tables.open_file(filename, "a") as h5file:
+            if "a" not in h5file.root:
+                for k in COLUMNS:
+                    h5file.create_earray(
+                        h5file.root, k, atom=tables.Float64Atom(), shape=(0,), expectedrows=1000
+                    )
+            for k in COLUMNS:
+                h5file.root[k].append(chunk[k])
+
+
+def append_with_zarr_reopened(filename: str, chunks: list[dict]) -> None:
+    """Append the chunks with zarr directly, opening the group for every chunk."""
+    import zarr
+
+    from psyrun.store.zarr import _CHUNK_BYTES
+
+    rows = _CHUNK_BYTES // 8
+    group = zarr.open_group(filename, mode="w")
+    for k in COLUMNS:
+        group.create_array(k, shape=(0,), dtype="f8", chunks=(rows,))
+    for chunk in chunks:
+        group = zarr.open_group(filename, mode="r+")
+        for k in COLUMNS:
+            array = group[k]
+            n = array.shape[0]
+            array.resize((n + len(chunk[k]),))
+            array[n : n + len(chunk[k])] = chunk[k]
+
+
+def append_with_pytables(filename: str, chunks: list[dict]) -> None:
+    """Append the chunks with PyTables directly: one EArray per column, file opened once."""
+    import tables
+
+    with tables.open_file(filename, "w") as h5file:
+        arrays = {
+            k: h5file.create_earray(
+                h5file.root, k, atom=tables.Float64Atom(), shape=(0,), expectedrows=1000
+            )
+            for k in COLUMNS
+        }
+        for chunk in chunks:
+            for k, array in arrays.items():
+                array.append(chunk[k])
+
+
+def append_with_zarr(filename: str, chunks: list[dict]) -> None:
+    """Append the chunks with zarr directly: group opened once, same chunk layout."""
+    import zarr
+
+    from psyrun.store.zarr import _CHUNK_BYTES
+
+    group = zarr.open_group(filename, mode="w")
+    rows = _CHUNK_BYTES // 8
+    arrays = {k: group.create_array(k, shape=(0,), dtype="f8", chunks=(rows,)) for k in COLUMNS}
+    n = 0
+    for chunk in chunks:
+        for k, array in arrays.items():
+            array.resize((n + len(chunk[k]),))
+            array[n : n + len(chunk[k])] = chunk[k]
+        n += len(chunk[COLUMNS[0]])
+
+
+def _timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def _best_of(fn, repeat: int = 3) -> float:
+    return min(_timed(fn) for _ in range(repeat))
+
+
+def collect() -> list[dict]:
+    """Measure appends and loads for every store against the targets."""
+    from psyrun.store import get_store
+
+    chunks = make_chunks()
+    rows = []
+    tmp = tempfile.mkdtemp(prefix="psyrun-bench-store-")
+    try:
+        direct = {
+            ".h5": ("PyTables", append_with_pytables_reopened, append_with_pytables),
+            ".zarr": ("zarr", append_with_zarr_reopened, append_with_zarr),
+        }
+        for ext in (".pkl", ".npz", ".h5", ".zarr"):
+            filename = os.path.join(tmp, f"store{ext}")
+            remove(filename)
+            took = _timed(lambda ext=ext, f=filename: append_with_store(ext, f, chunks))
+            if ext in direct:
+                name, reopened, once = direct[ext]
+                other = os.path.join(tmp, f"direct{ext}")
+                remove(other)
+                base = _timed(lambda fn=reopened, other=other: fn(other, chunks))
+                remove(other)
+                base_once = _timed(lambda fn=once, other=other: fn(other, chunks))
+                ratio = took / base
+                rows.append(
+                    {
+                        "what": f"append 1e6 rows/1000 chunks {ext} vs {name} reopened",
+                        "measured": f"{ratio:.2f}x ({took:.2f}/{base:.2f} s)",
+                        "target": "<= 2x direct",
+                        "ok": ratio <= 2.0,
+                    }
+                )
+                rows.append(
+                    {
+                        "what": f"  (same, vs {name} kept open: reference only)",
+                        "measured": f"{took / base_once:.2f}x ({base_once:.2f} s)",
+                        "target": "(no target)",
+                        "ok": None,
+                    }
+                )
+            else:
+                rows.append(
+                    {
+                        "what": f"append 1e6 rows/1000 chunks {ext}",
+                        "measured": f"{took:.2f} s",
+                        "target": "< 3 s",
+                        "ok": took < 3.0,
+                    }
+                )
+            store = get_store(ext)
+            loaded = store.load(filename)
+            assert len(loaded["a"]) == N_CHUNKS * CHUNK_ROWS
+            load = _best_of(lambda s=store, f=filename: s.load(f))
+            target = 0.3 if ext != ".pkl" else None
+            rows.append(
+                {
+                    "what": f"load 1e6 rows {ext}",
+                    "measured": f"{load:.3f} s",
+                    "target": "< 0.3 s" if target else "(no target)",
+                    "ok": load < target if target else None,
+                }
+            )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return rows
+
+
+def main() -> int:
+    """Print this section's rows."""
+    rows = collect()
+    for r in rows:
+        ok = {True: "yes", False: "NO", None: "-"}[r["ok"]]
+        print(f"{r['what']:<48} {r['measured']:>24}  {r['target']:<14} {ok}")
+    return 0 if all(r["ok"] is not False for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""Column helpers shared by the stores: normalising, padding and merging chunks."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "common_dtype",
+    "count",
+    "merge_chunks",
+    "missing_value",
+    "normalize",
+    "padded_dtype",
+    "select_row",
+    "to_column",
+]
+
+
+def _object_column(values: Sequence[Any]) -> np.ndarray:
+    # Fill element by element: np.array would try to broadcast nested values.
+    out = np.empty(len(values), dtype=object)
+    for i, value in enumerate(values):
+        out[i] = value
+    return out
+
+
+def to_column(values: Any) -> np.ndarray:
+    """Turn one column (list, tuple or array) into a NumPy array.
+
+    Strings give a ``U`` array; rows that are arrays of different shapes are
+    padded to the enclosing shape; anything NumPy cannot represent as a
+    regular array (mixed strings and numbers, ``None``, dicts) gives an object
+    array whose elements are the values themselves.
+    """
+    if isinstance(values, np.ndarray):
+        if values.ndim == 0:
+            raise ValueError("a column must be a sequence of row values, got a 0-d array")
+        return values
+    values = list(values)
+    if not values:
+        return np.empty(0, dtype=float)
+    n_str = sum(isinstance(v, str) for v in values)
+    if 0 < n_str < len(values):
+        return _object_column(values)
+    if any(v is None or isinstance(v, Mapping) for v in values):
+        return _object_column(values)
+    try:
+        arr = np.asarray(values)
+    except ValueError:  # ragged rows of arrays: pad them to the enclosing shape
+        rows = []
+        for v in values:
+            a = to_column([v]) if not isinstance(v, np.ndarray) else v[None]
+            rows.append({"c": a})
+        return merge_chunks(rows)["c"]
+    if (arr.dtype.kind == "O" and arr.ndim > 1) or (arr.dtype.kind in "US" and n_str == 0):
+        # Nested objects, or NumPy turning non-str rows (e.g. (1, 'x')) into text.
+        return _object_column(values)
+    return arr
+
+
+def count(data: Mapping[str, np.ndarray]) -> int:
+    """Return the number of rows of normalised ``data`` (0 when it has no columns)."""
+    for value in data.values():
+        return len(value)
+    return 0
+
+
+def normalize(data: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Check that ``data`` is a mapping of equal-length columns; return arrays."""
+    if not isinstance(data, Mapping):
+        raise TypeError(
+            f"data must be a mapping of column name -> column values, got {type(data).__name__}"
+        )
+    out = {}
+    for key, values in data.items():
+        if not isinstance(key, str):
+            raise TypeError(f"column names must be str, got {key!r}")
+        try:
+            out[key] = to_column(values)
+        except TypeError:
+            raise TypeError(
+                f"column {key!r} must be a list or array of row values, "
+                f"got {type(values).__name__}"
+            ) from None
+    lengths = {k: len(v) for k, v in out.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"all columns must have the same length, got lengths {lengths}")
+    return out
+
+
+def padded_dtype(dtype: np.dtype) -> np.dtype:
+    """Return the dtype a column gets once padded with its missing value."""
+    if dtype.kind in "iub":
+        return np.dtype(float)
+    if dtype.kind in "fcUSOmM":
+        return dtype
+    return np.dtype(object)
+
+
+def missing_value(dtype: np.dtype) -> Any:
+    """Return the fill value for padding a column of (padded) ``dtype``."""
+    kind = dtype.kind
+    if kind in "fc":
+        return np.nan
+    if kind == "U":
+        return ""
+    if kind == "S":
+        return b""
+    if kind in "mM":
+        return np.datetime64("NaT") if kind == "M" else np.timedelta64("NaT")
+    return None
+
+
+def common_dtype(dtypes: Sequence[np.dtype]) -> np.dtype:
+    """Return a dtype that holds values of all ``dtypes``; object when they do not mix."""
+    kinds = {dt.kind for dt in dtypes}
+    if "O" in kinds:
+        return np.dtype(object)
+    numeric = set("biufc")
+    if kinds <= numeric or kinds <= {"U"} or kinds <= {"S"} or len(kinds) == 1:
+        try:
+            return np.result_type(*dtypes)
+        except TypeError:
+            return np.dtype(object)
+    return np.dtype(object)
+
+
+def merge_chunks(chunks: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Concatenate normalised chunks row-wise, padding as the stores promise.
+
+    Keys keep their first-seen order. A key absent from a chunk is filled
+    with the missing value for that chunk's rows; per-row arrays of different
+    shapes are padded to the enclosing shape; per-row values of different
+    dimensionality become an object column.
+    """
+    lengths = [count(c) for c in chunks]
+    total = sum(lengths)
+    keys: dict[str, None] = {}
+    for chunk in chunks:
+        keys.update(dict.fromkeys(chunk))
+    out = {}
+    for key in keys:
+        present = [c[key] for c in chunks if key in c]
+        dtype = common_dtype([a.dtype for a in present])
+        ndims = {a.ndim for a in present}
+        if len(ndims) > 1:
+            # Scalars in some chunks, arrays in others: keep each row's value.
+            pieces = []
+            for chunk, n in zip(chunks, lengths):
+                if key in chunk:
+                    pieces.extend(list(chunk[key]))
+                else:
+                    pieces.extend([None] * n)
+            out[key] = _object_column(pieces)
+            continue
+        shape = tuple(np.max([a.shape[1:] for a in present], axis=0)) if ndims != {1} else ()
+        shape = tuple(int(s) for s in shape)
+        needs_padding = len(present) < len(chunks) or any(a.shape[1:] != shape for a in present)
+        if not needs_padding:
+            out[key] = np.concatenate(present).astype(dtype, copy=False) if present else None
+            continue
+        dtype = padded_dtype(dtype)
+        column = np.full((total, *shape), missing_value(dtype), dtype=dtype)
+        start = 0
+        for chunk, n in zip(chunks, lengths):
+            if key in chunk:
+                a = chunk[key]
+                column[(slice(start, start + n), *(slice(0, s) for s in a.shape[1:]))] = a
+            start += n
+        out[key] = column
+    return out
+
+
+def select_row(data: Mapping[str, np.ndarray], row: int, filename: str) -> dict[str, np.ndarray]:
+    """Return row ``row`` (negative counts from the end) as one-element columns."""
+    n = count(data)
+    index = row + n if row < 0 else row
+    if not 0 <= index < n:
+        raise IndexError(f"row {row} out of range for {filename!r} with {n} rows")
+    return {k: v[index : index + 1] for k, v in data.items()}

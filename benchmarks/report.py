@@ -15,7 +15,7 @@ import platform
 import sys
 import time
 
-SECTIONS = ["pspace", "store", "mapper", "run"]
+SECTIONS = ["import", "pspace", "store", "mapper", "run"]
 
 
 def machine() -> str:

@@ -160,6 +160,9 @@ def merge_chunks(chunks: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.nda
         shape = tuple(int(s) for s in shape)
         needs_padding = len(present) < len(chunks) or any(a.shape[1:] != shape for a in present)
         if not needs_padding:
+            if dtype.kind == "O":
+                # Convert first: concatenating str with float arrays would give 'nan' strings.
+                present = [a.astype(object, copy=False) for a in present]
             out[key] = np.concatenate(present).astype(dtype, copy=False) if present else None
             continue
         dtype = padded_dtype(dtype)

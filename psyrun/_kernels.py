@@ -1,0 +1,545 @@
+"""Hot loops of psyrun, in one place: row hashing, hash tables, value checks.
+
+Every kernel exists twice: a plain NumPy *reference* (used for small inputs,
+when numba is unavailable, and by the tests as the oracle) and a loop written
+for numba, compiled on first use. Importing this module imports only NumPy;
+numba is imported by the first call that is large enough to need it.
+
+The public entry point for parameter spaces is :class:`RowTable`: it hashes
+the rows of some columns into 64-bit keys, indexes them, and answers which
+query rows occur in it. Hash hits are confirmed by comparing the values, so
+there are no false positives: values compare as Python compares them
+(``1 == 1.0 == True``), NaN matches NaN, strings match only strings and
+array values match by content.
+
+Set the environment variable ``PSYRUN_DISABLE_NUMBA=1`` to always use the
+NumPy references.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "HashIndex",
+    "RowTable",
+    "combine_hashes",
+    "hash_column",
+    "hash_float_rows",
+    "hash_floats",
+    "hash_rows",
+    "mix64",
+    "values_equal",
+]
+
+# Constants of the splitmix64 finaliser and of the row combination.
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_PRIME = np.uint64(0x100000001B3)
+_S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
+#: Start value of a row hash (before the first column is folded in).
+ROW_SEED = np.uint64(0x9E3779B97F4A7C15)
+#: Bits every NaN is hashed as, whatever its payload and sign.
+_NAN_BITS = np.uint64(0x7FF8000000000000)
+# Tags keeping hashes of different kinds of values apart.
+_STR_TAG = 0x5EED000000000001
+_OTHER_TAG = 0x5EED000000000002
+_ARRAY_TAG = 0x5EED000000000003
+_UNHASHABLE = np.uint64(0x5EED000000000004)
+
+#: Inputs shorter than this use the NumPy reference (compiling would cost more).
+NUMBA_THRESHOLD = 20_000
+
+
+# --------------------------------------------------------------------------
+# Lazy compilation
+
+
+def _numba_disabled() -> bool:
+    return os.environ.get("PSYRUN_DISABLE_NUMBA", "") not in ("", "0")
+
+
+class _Kernel:
+    """A numba loop compiled on first use, with a NumPy reference beside it."""
+
+    def __init__(self, loop: Callable, reference: Callable, threshold: int = NUMBA_THRESHOLD):
+        self.loop = loop
+        self.reference = reference
+        self.threshold = threshold
+        self._compiled: Callable | None = None
+        self._unavailable = False
+        self.__name__ = reference.__name__
+        self.__doc__ = reference.__doc__
+
+    def compiled(self) -> Callable | None:
+        """The numba-compiled loop (None if numba cannot be imported)."""
+        if self._compiled is None and not self._unavailable:
+            try:
+                import numba
+            except ImportError:  # pragma: no cover - numba is a dependency
+                self._unavailable = True
+                return None
+            self._compiled = numba.njit(cache=True, nogil=True)(self.loop)
+        return self._compiled
+
+    def __call__(self, *args):
+        if len(args[0]) < self.threshold or _numba_disabled():
+            return self.reference(*args)
+        compiled = self.compiled()
+        if compiled is None:  # pragma: no cover - numba is a dependency
+            return self.reference(*args)
+        return compiled(*args)
+
+
+# --------------------------------------------------------------------------
+# Kernels: NumPy references and numba loops
+
+
+def _mix64_reference(x: np.ndarray) -> np.ndarray:
+    """Scramble 64-bit keys (splitmix64 finaliser), element-wise."""
+    z = np.asarray(x, dtype=np.uint64)
+    z = (z ^ (z >> _S30)) * _M1
+    z = (z ^ (z >> _S27)) * _M2
+    return z ^ (z >> _S31)
+
+
+def _mix64_loop(x):  # pragma: no cover - compiled by numba
+    out = np.empty(x.shape[0], dtype=np.uint64)
+    for i in range(x.shape[0]):
+        z = x[i]
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        out[i] = z ^ (z >> np.uint64(31))
+    return out
+
+
+mix64 = _Kernel(_mix64_loop, _mix64_reference)
+
+
+def _hash_floats_reference(values: np.ndarray) -> np.ndarray:
+    """Hash float64 values so that equal numbers (and all NaNs) hash equal."""
+    values = np.asarray(values, dtype=np.float64)
+    # -0.0 + 0.0 is +0.0, so both zeros share their bits.
+    bits = (values + 0.0).view(np.uint64)
+    bits = np.where(np.isnan(values), _NAN_BITS, bits)
+    return _mix64_reference(bits)
+
+
+def _hash_floats_loop(values):  # pragma: no cover - compiled by numba
+    n = values.shape[0]
+    out = np.empty(n, dtype=np.uint64)
+    canonical = np.empty(1, dtype=np.float64)
+    bits = canonical.view(np.uint64)
+    for i in range(n):
+        x = values[i]
+        if x != x:
+            z = np.uint64(0x7FF8000000000000)
+        else:
+            canonical[0] = x + 0.0
+            z = bits[0]
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        out[i] = z ^ (z >> np.uint64(31))
+    return out
+
+
+hash_floats = _Kernel(_hash_floats_loop, _hash_floats_reference)
+
+
+def _combine_hashes_reference(acc: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """Fold one column's hashes `h` into row hashes `acc` (order matters)."""
+    return _mix64_reference(acc * _PRIME + h)
+
+
+def _combine_hashes_loop(acc, h):  # pragma: no cover - compiled by numba
+    out = np.empty(acc.shape[0], dtype=np.uint64)
+    for i in range(acc.shape[0]):
+        z = acc[i] * np.uint64(0x100000001B3) + h[i]
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        out[i] = z ^ (z >> np.uint64(31))
+    return out
+
+
+combine_hashes = _Kernel(_combine_hashes_loop, _combine_hashes_reference)
+
+
+def _hash_float_rows_reference(values: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """Hash each row of a 2-d float64 array by content, starting from `seed`.
+
+    `seed` holds one start value per row (it carries the rows' shape).
+    """
+    acc = np.asarray(seed, dtype=np.uint64).copy()
+    for j in range(values.shape[1]):
+        acc = _combine_hashes_reference(acc, _hash_floats_reference(values[:, j]))
+    return acc
+
+
+def _hash_float_rows_loop(values, seed):  # pragma: no cover - compiled by numba
+    n, m = values.shape
+    out = np.empty(n, dtype=np.uint64)
+    canonical = np.empty(1, dtype=np.float64)
+    bits = canonical.view(np.uint64)
+    for i in range(n):
+        acc = seed[i]
+        for j in range(m):
+            x = values[i, j]
+            if x != x:
+                z = np.uint64(0x7FF8000000000000)
+            else:
+                canonical[0] = x + 0.0
+                z = bits[0]
+            z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            z = z ^ (z >> np.uint64(31))
+            acc = acc * np.uint64(0x100000001B3) + z
+            acc = (acc ^ (acc >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            acc = (acc ^ (acc >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            acc = acc ^ (acc >> np.uint64(31))
+        out[i] = acc
+    return out
+
+
+hash_float_rows = _Kernel(_hash_float_rows_loop, _hash_float_rows_reference)
+
+
+def _build_index_reference(keys: np.ndarray):
+    """Index 64-bit keys: sorted keys, their rows, and same-key chains.
+
+    Returns ``(sorted_keys, rows, chain)``; ``chain[i]`` is the next row
+    (ascending) with the same key as row ``i``, or -1.
+    """
+    keys = np.asarray(keys, dtype=np.uint64)
+    order = np.argsort(keys, kind="stable").astype(np.int64)
+    sorted_keys = keys[order]
+    chain = np.full(len(keys), -1, dtype=np.int64)
+    same = sorted_keys[1:] == sorted_keys[:-1]
+    chain[order[:-1][same]] = order[1:][same]
+    return sorted_keys, order, chain
+
+
+def _lookup_reference(index, queries: np.ndarray) -> np.ndarray:
+    """The first (lowest) row holding each query key, or -1."""
+    sorted_keys, order, _ = index
+    queries = np.asarray(queries, dtype=np.uint64)
+    if len(sorted_keys) == 0:
+        return np.full(len(queries), -1, dtype=np.int64)
+    pos = np.searchsorted(sorted_keys, queries)
+    pos = np.minimum(pos, len(sorted_keys) - 1)
+    return np.where(sorted_keys[pos] == queries, order[pos], -1).astype(np.int64)
+
+
+def _build_index_loop(keys):  # pragma: no cover - compiled by numba
+    n = keys.shape[0]
+    capacity = 8
+    while capacity < 2 * n:
+        capacity *= 2
+    mask = np.uint64(capacity - 1)
+    slot_keys = np.zeros(capacity, dtype=np.uint64)
+    slot_rows = np.full(capacity, -1, dtype=np.int64)
+    chain = np.full(n, -1, dtype=np.int64)
+    # Inserting from the last row makes each chain start at its lowest row.
+    for i in range(n - 1, -1, -1):
+        key = keys[i]
+        s = np.int64(key & mask)
+        while True:
+            if slot_rows[s] < 0:
+                slot_keys[s] = key
+                slot_rows[s] = i
+                break
+            if slot_keys[s] == key:
+                chain[i] = slot_rows[s]
+                slot_rows[s] = i
+                break
+            s = (s + 1) & (capacity - 1)
+    return slot_keys, slot_rows, chain
+
+
+def _lookup_loop(slot_keys, slot_rows, queries):  # pragma: no cover - compiled by numba
+    capacity = slot_keys.shape[0]
+    mask = np.uint64(capacity - 1)
+    out = np.empty(queries.shape[0], dtype=np.int64)
+    for i in range(queries.shape[0]):
+        key = queries[i]
+        s = np.int64(key & mask)
+        found = -1
+        while slot_rows[s] >= 0:
+            if slot_keys[s] == key:
+                found = slot_rows[s]
+                break
+            s = (s + 1) & (capacity - 1)
+        out[i] = found
+    return out
+
+
+_build_index = _Kernel(_build_index_loop, _build_index_reference)
+_lookup = _Kernel(_lookup_loop, _lookup_reference)
+
+
+class HashIndex:
+    """An index of 64-bit keys: which row holds a key, and its duplicates.
+
+    Parameters
+    ----------
+    keys : numpy.ndarray of uint64
+        One key per row.
+    force : {None, 'reference', 'numba'}, optional
+        Pick the implementation instead of choosing by size (for tests).
+
+    Attributes
+    ----------
+    chain : numpy.ndarray of int64
+        ``chain[i]``: the next row after ``i`` with the same key, or -1.
+    """
+
+    def __init__(self, keys: np.ndarray, force: str | None = None):
+        keys = np.ascontiguousarray(keys, dtype=np.uint64)
+        use_numba = force == "numba" or (
+            force is None and len(keys) >= NUMBA_THRESHOLD and not _numba_disabled()
+        )
+        self._build = _build_index.compiled() if use_numba else None
+        if self._build is not None:
+            self._lookup_fn = _lookup.compiled()
+            self._slot_keys, self._slot_rows, self.chain = self._build(keys)
+        else:
+            self._index = _build_index_reference(keys)
+            self.chain = self._index[2]
+
+    def lookup(self, queries: np.ndarray) -> np.ndarray:
+        """Return the lowest row holding each query key, or -1 where none does."""
+        queries = np.ascontiguousarray(queries, dtype=np.uint64)
+        if self._build is not None:
+            return self._lookup_fn(self._slot_keys, self._slot_rows, queries)
+        return _lookup_reference(self._index, queries)
+
+
+# --------------------------------------------------------------------------
+# Hashing columns of any kind
+
+
+def _python_hash(value: Any, tag: int) -> int:
+    return (hash(value) ^ tag) & 0xFFFFFFFFFFFFFFFF
+
+
+def _array_seeds(shape: tuple[int, ...], n: int) -> np.ndarray:
+    """Start values for hashing `n` array entries of one shape by content."""
+    seed = np.array([_ARRAY_TAG ^ len(shape)], dtype=np.uint64)
+    for dim in shape:
+        seed = _combine_hashes_reference(seed, np.array([dim], dtype=np.uint64))
+    return np.repeat(seed, n)
+
+
+def _hash_numeric_rows(column: np.ndarray) -> np.ndarray:
+    """Content hashes of the rows of an n-d numeric column."""
+    n = column.shape[0]
+    flat = np.ascontiguousarray(column.reshape(n, -1), dtype=np.float64)
+    return hash_float_rows(flat, _array_seeds(column.shape[1:], n))
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating, np.bool_))
+
+
+def _hash_objects(values: list) -> np.ndarray:
+    """Hashes of arbitrary Python values, consistent with typed columns."""
+    n = len(values)
+    out = np.empty(n, dtype=np.uint64)
+    real_positions, reals = [], []
+    for i, v in enumerate(values):
+        if _is_real(v) or (isinstance(v, complex) and v.imag == 0):
+            try:
+                x = float(v.real) if isinstance(v, complex) else float(v)
+            except OverflowError:  # ints beyond float range equal no float
+                out[i] = _python_hash(v, _OTHER_TAG)
+                continue
+            real_positions.append(i)
+            reals.append(x)
+        elif isinstance(v, str):
+            out[i] = _python_hash(v, _STR_TAG)
+        elif isinstance(v, np.ndarray):
+            if v.dtype.kind in "biuf":
+                out[i] = _hash_numeric_rows(v.reshape((1, *v.shape)))[0]
+            else:
+                out[i] = _UNHASHABLE
+        else:
+            try:
+                out[i] = _python_hash(v, _OTHER_TAG)
+            except TypeError:
+                try:
+                    out[i] = _python_hash(tuple(v), _OTHER_TAG)
+                except TypeError:
+                    out[i] = _UNHASHABLE
+    if reals:
+        out[np.array(real_positions, dtype=np.int64)] = hash_floats(
+            np.array(reals, dtype=np.float64)
+        )
+    return out
+
+
+def hash_column(column: np.ndarray) -> np.ndarray:
+    """Hash every entry of one column into a uint64 key.
+
+    Values that compare equal hash equal, across column types: an int column
+    and a float or object column holding the same numbers give the same keys.
+    """
+    kind = column.dtype.kind
+    if column.ndim == 1 and kind in "biuf":
+        return hash_floats(np.ascontiguousarray(column, dtype=np.float64))
+    if column.ndim > 1 and kind in "biuf":
+        return _hash_numeric_rows(column)
+    if column.ndim > 1:
+        return _hash_objects(list(column))
+    if kind == "U":
+        return np.fromiter(
+            (_python_hash(v, _STR_TAG) for v in column.tolist()),
+            dtype=np.uint64,
+            count=len(column),
+        )
+    return _hash_objects(column.tolist())
+
+
+def hash_rows(columns: Sequence[np.ndarray]) -> np.ndarray:
+    """Hash whole rows of equal-length columns into uint64 keys."""
+    if not columns:
+        raise ValueError("hash_rows needs at least one column")
+    acc = np.full(len(columns[0]), ROW_SEED, dtype=np.uint64)
+    for column in columns:
+        acc = combine_hashes(acc, hash_column(column))
+    return acc
+
+
+# --------------------------------------------------------------------------
+# Confirming hash hits by value
+
+
+def _values_equal_python(x: Any, y: Any) -> bool:
+    """Whether two values are equal as psyrun matches parameters."""
+    x_array, y_array = isinstance(x, np.ndarray), isinstance(y, np.ndarray)
+    if x_array or y_array:
+        if not (x_array and y_array) or x.shape != y.shape:
+            return False
+        if x.dtype.kind in "biuf" and y.dtype.kind in "biuf":
+            return bool(np.array_equal(x, y, equal_nan=True))
+        try:
+            return bool(np.array_equal(x, y))
+        except (TypeError, ValueError):
+            return False
+    if isinstance(x, str) or isinstance(y, str):
+        return isinstance(x, str) and isinstance(y, str) and x == y
+    if _is_real(x) and _is_real(y):
+        return bool(x == y) or (x != x and y != y)
+    try:
+        return bool(x == y)
+    except (TypeError, ValueError):
+        return False
+
+
+def _int_float_equal(ints: np.ndarray, floats: np.ndarray) -> np.ndarray:
+    """Exact equality of an integer and a float column (no rounding)."""
+    equal = ints == floats
+    # Beyond 2**53 the comparison above rounds the integer; redo those exactly.
+    big = equal & (np.abs(floats) >= 2.0**53)
+    if big.any():
+        f = floats[big]
+        exact = np.zeros(len(f), dtype=bool)
+        if ints.dtype.kind == "u":
+            ok = (f >= 0) & (f < 2.0**64)
+            exact[ok] = f[ok].astype(np.uint64) == ints[big][ok]
+        else:
+            ok = (f >= -(2.0**63)) & (f < 2.0**63)
+            exact[ok] = f[ok].astype(np.int64) == ints[big][ok]
+        equal[big] = exact
+    return equal
+
+
+def _numeric_equal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Element-wise exact equality of two 1-d numeric columns, NaN == NaN."""
+    if a.dtype.kind == "b":
+        a = a.astype(np.int8)
+    if b.dtype.kind == "b":
+        b = b.astype(np.int8)
+    ka, kb = a.dtype.kind, b.dtype.kind
+    if ka == "f" and kb == "f":
+        return (a == b) | (np.isnan(a) & np.isnan(b))
+    if ka == "f":
+        return _int_float_equal(b, a)
+    if kb == "f":
+        return _int_float_equal(a, b)
+    if ka != kb:
+        signed, unsigned = (a, b) if ka == "i" else (b, a)
+        return (signed >= 0) & (signed.astype(np.uint64) == unsigned)
+    return a == b
+
+
+def values_equal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Element-wise equality of two equal-length columns of any kind.
+
+    Returns
+    -------
+    numpy.ndarray of bool
+        ``out[i]`` is whether ``a[i]`` and ``b[i]`` match as parameters.
+    """
+    ka, kb = a.dtype.kind, b.dtype.kind
+    if ka in "biuf" and kb in "biuf":
+        if a.ndim == 1 and b.ndim == 1:
+            return _numeric_equal(a, b)
+        if a.shape[1:] == b.shape[1:]:
+            n = len(a)
+            flat = _numeric_equal(a.reshape(-1), b.reshape(-1)).reshape(n, -1)
+            return flat.all(axis=1)
+    if ka == "U" and kb == "U":
+        return a == b
+    xs = a.tolist() if a.ndim == 1 else list(a)
+    ys = b.tolist() if b.ndim == 1 else list(b)
+    return np.fromiter(
+        (_values_equal_python(x, y) for x, y in zip(xs, ys)), dtype=bool, count=len(xs)
+    )
+
+
+class RowTable:
+    """Rows of some columns, indexed for exact whole-row membership tests.
+
+    Parameters
+    ----------
+    columns : sequence of numpy.ndarray
+        Equal-length columns (at least one); row ``i`` is their ``i``-th entries.
+    """
+
+    def __init__(self, columns: Sequence[np.ndarray]):
+        self.columns = list(columns)
+        self.index = HashIndex(hash_rows(self.columns))
+
+    def contains(self, columns: Sequence[np.ndarray]) -> np.ndarray:
+        """Return, for each query row, whether an equal row is in the table.
+
+        Parameters
+        ----------
+        columns : sequence of numpy.ndarray
+            Query columns, in the same order as the table's.
+        """
+        n = len(columns[0])
+        found = np.zeros(n, dtype=bool)
+        candidates = self.index.lookup(hash_rows(columns))
+        queries = np.flatnonzero(candidates >= 0)
+        rows = candidates[queries]
+        # Walk the chains of equal hashes until each query is confirmed or
+        # its chain ends; chains longer than one are rare (duplicates, collisions).
+        while len(queries):
+            equal = np.ones(len(queries), dtype=bool)
+            for query_column, table_column in zip(columns, self.columns):
+                pending = np.flatnonzero(equal)
+                if not len(pending):
+                    break
+                equal[pending] = values_equal(
+                    query_column[queries[pending]], table_column[rows[pending]]
+                )
+            found[queries[equal]] = True
+            rows = self.index.chain[rows[~equal]]
+            queries = queries[~equal]
+            more = rows >= 0
+            queries, rows = queries[more], rows[more]
+        return found

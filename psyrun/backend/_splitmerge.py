@@ -1,0 +1,616 @@
+"""What both built-in backends share: split, merge, continue, status.
+
+Both run ``split -> process jobs -> merge``:
+
+* **split** stores a compact snapshot of the rows to evaluate
+  (``in/pspace.pkl``: the lazy space, plus the row numbers still missing when
+  continuing) and clears old parts. With ``psy run -c`` it first folds every
+  part left by an earlier run (finished or partial) into the result file, so
+  nothing computed is lost and the only state between runs is the result.
+* **process** jobs write results to part files in ``out/`` (the backends
+  differ here).
+* **merge** streams the parts (and, when continuing, the old result) into a
+  temporary file and renames it over the result.
+
+Folding and merging drop rows the result already holds (whole-row match on
+the parameters), so a crash between renaming the result and removing the
+parts never duplicates a row.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import sys
+import traceback
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from psyrun.backend.base import Backend, FailedJob, Plan, TaskProgress
+from psyrun.jobs import Job, JobArray, JobGraph, is_current, load_submitted
+from psyrun.paths import TaskPaths, remove_path, tmp_name
+
+__all__ = ["RowsFailed", "SplitMergeBackend"]
+
+#: Rows a process job evaluates between two appends (bounds on the block size).
+MIN_BLOCK = 1024
+MAX_BLOCK = 16384
+#: Assignments ``psy status -v`` prints before summarising the rest.
+MAX_LISTED = 100
+
+_SNAPSHOT_VERSION = 1
+
+
+# -- small helpers -------------------------------------------------------------
+
+
+def _column_values(column: np.ndarray) -> list:
+    """Plain Python values of a column: scalars for 1-d columns, arrays for n-d."""
+    if column.ndim == 1:
+        return column.tolist() if column.dtype.kind != "O" else list(column)
+    return list(column)
+
+
+def block_rows(arrays: Mapping[str, np.ndarray], keys: list[str]):
+    """``(param_columns, rows)`` for :func:`psyrun.mapper.evaluate_rows` from arrays."""
+    columns = {k: _column_values(arrays[k]) for k in keys}
+    if not keys:
+        return columns, []
+    rows = [dict(zip(keys, values)) for values in zip(*(columns[k] for k in keys))]
+    return columns, rows
+
+
+def missing_rows(space, done: Mapping[str, np.ndarray] | None) -> np.ndarray:
+    """Row numbers of `space` whose parameters are not among the rows of `done`."""
+    from psyrun.pspace import missing
+
+    n = len(space)
+    if not done or not len(next(iter(done.values()))):
+        return np.arange(n, dtype=np.int64)
+    diff = missing(space, done)
+    survivors = getattr(diff, "_survivors", None)
+    if survivors is not None:
+        return np.asarray(survivors(), dtype=np.int64)
+    # Without access to row numbers: tag each row with its number and subtract.
+    from psyrun.pspace import Param
+
+    kept = []
+    block = 1 << 20
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        tagged = Param(__psyrun_row=np.arange(start, stop), **space.to_arrays(start, stop))
+        kept.append(missing(tagged, done).to_arrays()["__psyrun_row"])
+    return np.concatenate(kept).astype(np.int64) if kept else np.empty(0, np.int64)
+
+
+def _concat_columns(parts: list[dict[str, np.ndarray]], keys: list[str]) -> dict:
+    out = {}
+    for k in keys:
+        cols = [p[k] for p in parts if k in p]
+        if not cols:
+            continue
+        if len({c.dtype.kind for c in cols}) > 1 or len({c.shape[1:] for c in cols}) > 1:
+            merged = np.empty(sum(len(c) for c in cols), dtype=object)
+            i = 0
+            for c in cols:
+                for v in c:
+                    merged[i] = v
+                    i += 1
+            out[k] = merged
+        else:
+            out[k] = np.concatenate(cols)
+    lengths = {len(v) for v in out.values()}
+    if len(lengths) > 1:
+        # A key absent from some file: match on the keys every file has.
+        n = max(lengths)
+        out = {k: v for k, v in out.items() if len(v) == n}
+    return out
+
+
+def load_params(store, files: list[str], keys: list[str], log=None) -> dict[str, np.ndarray]:
+    """The parameter columns (`keys`) of every row in `files`, concatenated.
+
+    Files that cannot be read (a partial file cut short by a crash) are
+    reported to `log` and skipped.
+    """
+    parts = []
+    for path in files:
+        try:
+            for chunk in store.iter_chunks(path):
+                parts.append({k: np.asarray(chunk[k]) for k in keys if k in chunk})
+        except Exception as exc:
+            if log is not None:
+                log(f"skipping unreadable file {path}: {type(exc).__name__}: {exc}")
+    return _concat_columns(parts, keys) if parts else {}
+
+
+def replace_result(tmp: str, dest: str) -> None:
+    """Rename `tmp` over `dest` (also when both are directories, as zarr stores are)."""
+    if os.path.isdir(dest) and not os.path.islink(dest):
+        old = tmp_name(dest + ".old")
+        os.replace(dest, old)
+        os.replace(tmp, dest)
+        remove_path(old)
+    else:
+        os.replace(tmp, dest)
+
+
+def _file_params(store, path: str, keys: list[str]) -> dict[str, np.ndarray]:
+    parts = [
+        {k: np.asarray(chunk[k]) for k in keys if k in chunk} for chunk in store.iter_chunks(path)
+    ]
+    return _concat_columns(parts, keys) if parts else {}
+
+
+def write_merged(
+    store,
+    dest: str,
+    sources: list[str],
+    keys: list[str],
+    base: str | None = None,
+    log=None,
+) -> int:
+    """Stream `base` (kept whole) and `sources` into `dest`; return rows written.
+
+    Rows of `sources` whose parameters `base` already holds are dropped. The
+    data goes to a temporary file renamed over `dest` at the end, so `dest`
+    is never left half-written; on error it is untouched. Sources that
+    cannot be read (cut short by a crash) are reported to `log` and skipped.
+    """
+    from psyrun.pspace import Param
+
+    # Parameters of every readable source, to drop rows `base` already holds.
+    good, source_params = [], []
+    for path in sources:
+        try:
+            params = _file_params(store, path, keys)
+        except Exception as exc:
+            if log is not None:
+                log(f"skipping unreadable part {path}: {type(exc).__name__}: {exc}")
+            continue
+        good.append(path)
+        source_params.append(params)
+    keep = None
+    if base is not None and os.path.exists(base) and good:
+        seen = load_params(store, [base], keys)
+        combined = _concat_columns([sp for sp in source_params if sp], keys)
+        if seen and combined:
+            n_total = len(next(iter(combined.values())))
+            keep = np.zeros(n_total, dtype=bool)
+            keep[missing_rows(Param(**combined), seen)] = True
+
+    tmp = tmp_name(dest)
+    remove_path(tmp)
+    written = 0
+    offset = 0
+    try:
+        if base is not None and os.path.exists(base):
+            for chunk in store.iter_chunks(base):
+                store.append(tmp, chunk)
+                written += _count(chunk)
+        for path in good:
+            for chunk in store.iter_chunks(path):
+                n = _count(chunk)
+                if keep is not None:
+                    mask = keep[offset : offset + n]
+                    offset += n
+                    if not mask.all():
+                        chunk = {k: np.asarray(v)[mask] for k, v in chunk.items()}
+                        n = int(mask.sum())
+                if n:
+                    store.append(tmp, chunk)
+                    written += n
+        if not os.path.exists(tmp):
+            store.save(tmp, {k: [] for k in keys})
+        replace_result(tmp, dest)
+    except BaseException:
+        remove_path(tmp)
+        raise
+    return written
+
+
+def _count(chunk: Mapping) -> int:
+    for v in chunk.values():
+        return len(v)
+    return 0
+
+
+# -- snapshot ------------------------------------------------------------------
+
+
+def write_snapshot(path: str, pspace, rows: np.ndarray | None) -> None:
+    """Store the lazy space (and the row numbers to evaluate, when not all)."""
+    tmp = tmp_name(path)
+    with open(tmp, "wb") as f:
+        pickle.dump(
+            {"version": _SNAPSHOT_VERSION, "pspace": pspace, "rows": rows},
+            f,
+            protocol=pickle.HIGHEST_PROTOCOL,
+        )
+    os.replace(tmp, path)
+
+
+class Snapshot:
+    """The rows a run evaluates: a lazy space and optionally a subset of its rows."""
+
+    def __init__(self, pspace, rows: np.ndarray | None) -> None:
+        self.pspace = pspace
+        self.rows = rows
+        self.keys = list(pspace.keys())
+
+    @classmethod
+    def read(cls, path: str) -> Snapshot:
+        """Read a snapshot written by :func:`write_snapshot`."""
+        with open(path, "rb") as f:
+            data = pickle.load(f)
+        return cls(data["pspace"], data["rows"])
+
+    def __len__(self) -> int:
+        return len(self.pspace) if self.rows is None else len(self.rows)
+
+    def take(self, index: np.ndarray) -> dict[str, np.ndarray]:
+        """Parameter columns of the snapshot rows `index`."""
+        if self.rows is None:
+            return self.pspace.take(index)
+        return self.pspace.take(self.rows[index])
+
+    def arrays(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        """Parameter columns of snapshot rows ``start:stop``."""
+        if self.rows is None:
+            return self.pspace.to_arrays(start, stop)
+        return self.pspace.take(self.rows[start:stop])
+
+
+# -- evaluation ------------------------------------------------------------------
+
+
+class RowsFailed(Exception):
+    """Some rows of a job raised; the job kept the others and finished its range.
+
+    :mod:`psyrun.worker` marks the job failed (``psy status -v`` names it) but
+    exits with status 0 so that the merge still collects the other rows.
+    """
+
+    def __init__(self, failures: RowFailures) -> None:
+        super().__init__(
+            f"{failures.count} row(s) raised an exception (first: {failures.first}); "
+            "the other rows were kept"
+        )
+        self.failures = failures
+
+
+class RowFailures:
+    """Rows whose evaluation raised: counted, the first few tracebacks printed."""
+
+    def __init__(self, max_printed: int = 3) -> None:
+        self.count = 0
+        self.first: str = ""
+        self.max_printed = max_printed
+
+    def add(self, row: dict, exc: BaseException) -> None:
+        """Record one failed row and print its traceback (the first few only)."""
+        self.count += 1
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        if not self.first:
+            self.first = f"{type(exc).__name__}: {exc}"
+        if self.count <= self.max_printed:
+            print(f"psyrun: evaluating {row!r} raised:\n{text}", file=sys.stderr, flush=True)
+        elif self.count == self.max_printed + 1:
+            print("psyrun: further failing rows are counted, not printed", file=sys.stderr)
+
+
+def evaluate_block(task, arrays, keys, extra, failures: RowFailures) -> dict[str, list] | None:
+    """Evaluate one block of rows; rows that raise are left out and recorded."""
+    from psyrun.mapper import concatenate_results, evaluate_rows
+
+    columns, rows = block_rows(arrays, keys)
+    if not rows:
+        return None
+    exclude = tuple(task.exclude_from_result)
+    try:
+        return evaluate_rows(task.execute, columns, rows, exclude, extra)
+    except Exception:
+        pass
+    # Some row raised: evaluate one by one to keep the rows that work.
+    good = []
+    for row in rows:
+        try:
+            good.append(
+                evaluate_rows(task.execute, {k: [row[k]] for k in keys}, [row], exclude, extra)
+            )
+        except Exception as exc:
+            failures.add(row, exc)
+    return concatenate_results(good) if good else None
+
+
+def call_setup(task, proc_id: int) -> dict | None:
+    """Run the task's ``setup(proc_id)``; return its dict of extra arguments."""
+    if task.setup is None:
+        return None
+    extra = task.setup(proc_id)
+    if extra is None:
+        return None
+    if not isinstance(extra, Mapping):
+        raise TypeError(
+            f"setup({proc_id}) returned {type(extra).__name__}; it must return a dict of "
+            "keyword arguments for execute"
+        )
+    return dict(extra)
+
+
+# -- the backend ---------------------------------------------------------------
+
+
+class SplitMergeBackend(Backend):
+    """Shared machinery of :class:`DistributeBackend` and :class:`LoadBalancingBackend`.
+
+    Subclasses set :attr:`kind` and implement :meth:`n_process_jobs` and
+    :meth:`run_process`.
+    """
+
+    kind = "splitmerge"
+
+    def __init__(self, task) -> None:
+        super().__init__(task)
+        self.paths = TaskPaths.for_task(task)
+        self.store = task.store
+
+    # -- planning (in psy) -----------------------------------------------------
+
+    def n_process_jobs(self, n_rows: int) -> int:
+        """Number of process jobs for `n_rows` rows."""
+        return min(self.task.max_jobs, max(1, math.ceil(n_rows / self.task.min_items)))
+
+    def _existing_files(self, include_result: bool = True) -> list[str]:
+        files = []
+        if include_result and os.path.exists(self.paths.result):
+            files.append(self.paths.result)
+        files.extend(p for _, p, _ in self.paths.list_parts())
+        return files
+
+    def _done_params(self, log=None) -> dict[str, np.ndarray]:
+        return load_params(
+            self.store, self._existing_files(), list(self.task.pspace.keys()), log=log
+        )
+
+    def get_missing(self):
+        """The assignments that no result file or part holds yet."""
+        from psyrun.pspace import missing
+
+        files = self._existing_files()
+        if not files:
+            return self.task.pspace
+        done = self._done_params()
+        if not done:
+            return self.task.pspace
+        return missing(self.task.pspace, done)
+
+    def progress(self) -> TaskProgress:
+        """Rows completed (in the result or in parts) out of the space's rows."""
+        total = len(self.task.pspace)
+        if not self._existing_files():
+            return TaskProgress(0, total)
+        return TaskProgress(total - len(self.get_missing()), total)
+
+    def is_current(self) -> bool:
+        """Results exist, are newer than the task's files, and no run is unfinished."""
+        if not is_current([self.paths.result], self.task.dependencies):
+            return False
+        if self.paths.list_parts():
+            return False
+        return not self._failed_markers()
+
+    def _job_description(self, kind: str, cont: bool, n_jobs: int) -> str:
+        path = self.paths.job_file(kind)
+        description = {
+            "version": 1,
+            "backend": self.kind,
+            "kind": kind,
+            "task": self.task.name,
+            "task_file": self.task.path,
+            "taskdir": self.task.taskdir,
+            "cwd": os.getcwd(),
+            "continue": cont,
+            "n_jobs": n_jobs,
+        }
+        tmp = tmp_name(path)
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(description, f, indent=1)
+        os.replace(tmp, path)
+        return path
+
+    def _worker_args(self, job_file: str, array: bool = False) -> list[str]:
+        args = [self.task.python, "-m", "psyrun.worker", job_file]
+        return [*args, "%a"] if array else args
+
+    def build_graph(self, n_jobs: int, cont: bool, write: bool = True) -> JobGraph:
+        """The job graph for `n_jobs` process jobs (job descriptions written if `write`)."""
+        p = self.paths
+        files = {}
+        for kind in ("split", "process", "merge"):
+            files[kind] = (
+                self._job_description(kind, cont, n_jobs) if write else p.job_file(kind)
+            )
+        split = p.job_name("split")
+        process = p.job_name("process")
+        graph = JobGraph(self.task.name)
+        graph.jobs.append(Job(split, self._worker_args(files["split"]), p.log("split")))
+        graph.jobs.append(
+            JobArray(
+                process,
+                n_jobs,
+                self._worker_args(files["process"], array=True),
+                p.log("process", "%a"),
+                depends_on=[split],
+            )
+        )
+        graph.jobs.append(
+            Job(
+                p.job_name("merge"),
+                self._worker_args(files["merge"]),
+                p.log("merge"),
+                depends_on=[process] if n_jobs else [split],
+            )
+        )
+        return graph
+
+    def job_names(self) -> list[str]:
+        """Names of the jobs of a full run."""
+        n = self.n_process_jobs(len(self.task.pspace))
+        return self.build_graph(n, cont=False, write=False).names
+
+    def plan(self, cont: bool = False) -> Plan:
+        """The jobs to submit (see :meth:`Backend.plan`)."""
+        if not cont:
+            if self.is_current():
+                return Plan(
+                    self.build_graph(
+                        self.n_process_jobs(len(self.task.pspace)), cont, write=False
+                    ),
+                    up_to_date=True,
+                    reason="results are up to date",
+                )
+            n_rows = len(self.task.pspace)
+        else:
+            parts = self.paths.list_parts()
+            n_rows = len(self.get_missing())
+            if n_rows == 0 and not parts and os.path.exists(self.paths.result):
+                return Plan(
+                    self.build_graph(0, cont, write=False),
+                    up_to_date=True,
+                    reason="no assignments are missing",
+                )
+        self.paths.make_dirs()
+        self._clear_markers()
+        n_jobs = self.n_process_jobs(n_rows) if n_rows else 0
+        return Plan(self.build_graph(n_jobs, cont), reason=f"{n_rows} rows to evaluate")
+
+    # -- status (in psy) -------------------------------------------------------
+
+    def _clear_markers(self) -> None:
+        d = self.paths.status_dir
+        if os.path.isdir(d):
+            for entry in os.listdir(d):
+                remove_path(os.path.join(d, entry))
+
+    def _failed_markers(self) -> list[str]:
+        d = self.paths.status_dir
+        if not os.path.isdir(d):
+            return []
+        return sorted(e[: -len(".failed")] for e in os.listdir(d) if e.endswith(".failed"))
+
+    def submitted(self) -> list[tuple[str, str, str]]:
+        """``(name, id, log)`` of the jobs of the last submission."""
+        return load_submitted(self.paths.submitted)
+
+    def get_queued(self) -> list:
+        """Statuses of the last submission's jobs the scheduler still holds."""
+        jobs = self.submitted()
+        if not jobs:
+            return []
+        names = {jobid: name for name, jobid, _ in jobs}
+        statuses = self.task.scheduler.get_statuses(list(names))
+        out = []
+        for jobid, status in statuses.items():
+            if status is None:
+                continue
+            if status.name is None or status.name != names.get(jobid):
+                status = status._replace(name=names.get(jobid, status.name))
+            out.append(status)
+        return out
+
+    def get_failed(self, queued: list | None = None) -> list[FailedJob]:
+        """Jobs of the last submission that failed, or ended without finishing."""
+        jobs = self.submitted()
+        if queued is None:
+            queued = self.get_queued() if jobs else []
+        held = {s.id for s in queued}
+        d = self.paths.status_dir
+        markers = set(os.listdir(d)) if os.path.isdir(d) else set()
+        failed = []
+        for name, jobid, log in jobs:
+            if jobid in held:
+                continue
+            marker = self.paths.status_file(name, "failed")
+            if os.path.basename(marker) in markers:
+                with open(marker, encoding="utf-8") as f:
+                    message = f.read().strip() or "failed"
+                failed.append(FailedJob(name, log, message))
+            elif os.path.basename(self.paths.status_file(name, "done")) not in markers:
+                failed.append(
+                    FailedJob(name, log, "did not finish (killed, crashed, or never started)")
+                )
+        return failed
+
+    def clean(self) -> None:
+        """Remove the task's work directory and result file."""
+        remove_path(self.paths.root)
+        remove_path(self.paths.result)
+
+    # -- jobs (in the job process) -----------------------------------------------
+
+    def run_job(self, kind: str, index: int | None, description: Mapping[str, Any]) -> int:
+        """Run a split, process or merge job."""
+        cont = bool(description.get("continue"))
+        if kind == "split":
+            self.run_split(cont)
+            return 0
+        if kind == "merge":
+            self.run_merge(cont)
+            return 0
+        if kind == "process":
+            if index is None:
+                raise ValueError("a process job needs its index: psyrun.worker <file> <index>")
+            return self.run_process(int(index), int(description["n_jobs"]))
+        raise ValueError(f"unknown job kind {kind!r} for {type(self).__name__}")
+
+    def _log(self, message: str) -> None:
+        print(f"psyrun: {message}", flush=True)
+
+    def run_split(self, cont: bool) -> None:
+        """Fold old parts (when continuing), snapshot the rows to evaluate, clear parts."""
+        p = self.paths
+        p.make_dirs()
+        keys = list(self.task.pspace.keys())
+        if cont:
+            parts = [path for _, path, _ in p.list_parts()]
+            if parts:
+                rows = write_merged(
+                    self.store, p.result, parts, keys, base=p.result, log=self._log
+                )
+                self._log(f"kept {rows} rows from the result file and earlier parts")
+            p.clear_parts()
+            done = (
+                load_params(self.store, [p.result], keys, log=self._log)
+                if os.path.exists(p.result)
+                else {}
+            )
+            rows = missing_rows(self.task.pspace, done) if done else None
+        else:
+            p.clear_parts()
+            rows = None
+        write_snapshot(p.pspace, self.task.pspace, rows)
+        self.after_split()
+        n = len(self.task.pspace) if rows is None else len(rows)
+        self._log(f"{n} of {len(self.task.pspace)} rows to evaluate")
+
+    def after_split(self) -> None:
+        """Hook for subclasses (run at the end of the split job)."""
+
+    def run_process(self, index: int, n_jobs: int) -> int:
+        """Evaluate this job's share of the rows."""
+        raise NotImplementedError
+
+    def run_merge(self, cont: bool) -> None:
+        """Stream the parts (and the old result when continuing) into the result file."""
+        p = self.paths
+        parts = [path for _, path, _ in p.list_parts()]
+        keys = list(self.task.pspace.keys())
+        base = p.result if cont and os.path.exists(p.result) else None
+        rows = write_merged(self.store, p.result, parts, keys, base=base, log=self._log)
+        p.clear_parts()
+        self._log(f"merged {len(parts)} parts; {rows} rows in {p.result}")

@@ -1,0 +1,260 @@
+"""Job graphs: what a backend asks a scheduler to run, and when it is current.
+
+A backend describes a task run as a :class:`JobGraph`, a list of
+:class:`Job` (one command) and :class:`JobArray` (``n`` commands that differ
+only in their index) in submission order, with dependencies by job name.
+:func:`submit_graph` hands it to a scheduler, using native job arrays where
+the scheduler has them.
+
+Up-to-date decisions follow doit's convention: a job's targets are current
+when they all exist and none of its dependencies (the task file, ``file_dep``,
+``psy-conf.py``) is newer than the oldest target.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "Job",
+    "JobArray",
+    "JobGraph",
+    "is_current",
+    "load_submitted",
+    "newest_mtime",
+    "save_submitted",
+    "submit_graph",
+]
+
+
+@dataclass
+class Job:
+    """One job: a command, its log file and the jobs it waits for.
+
+    Attributes
+    ----------
+    name : str
+        ``<task>:<kind>`` or ``<task>:<kind>:<index>``.
+    args : list of str
+        The command (argv list).
+    log : str
+        File receiving the job's output.
+    depends_on : list of str
+        Names of jobs (or job arrays) that must complete first.
+    """
+
+    name: str
+    args: list[str]
+    log: str
+    depends_on: list[str] = field(default_factory=list)
+
+    @property
+    def names(self) -> list[str]:
+        """The name of every job this entry submits."""
+        return [self.name]
+
+
+@dataclass
+class JobArray:
+    """``n`` jobs that differ only in their index; ``%a`` in args and log stands for it.
+
+    The jobs are named ``<name>:<index>``.
+    """
+
+    name: str
+    n: int
+    args: list[str]
+    log: str
+    depends_on: list[str] = field(default_factory=list)
+
+    @property
+    def names(self) -> list[str]:
+        """The name of every job of the array, in index order."""
+        return [f"{self.name}:{i}" for i in range(self.n)]
+
+    def log_of(self, index: int) -> str:
+        """The log file of one index."""
+        return self.log.replace("%a", str(index))
+
+
+@dataclass
+class JobGraph:
+    """The jobs of one task run, in submission order (dependencies come first)."""
+
+    task: str
+    jobs: list[Job | JobArray] = field(default_factory=list)
+
+    @property
+    def names(self) -> list[str]:
+        """Names of all jobs, in order."""
+        return [n for job in self.jobs for n in job.names]
+
+    def __len__(self) -> int:
+        return sum(len(job.names) for job in self.jobs)
+
+    def logs(self) -> dict[str, str]:
+        """Job name -> log file."""
+        out = {}
+        for job in self.jobs:
+            if isinstance(job, JobArray):
+                for i, name in enumerate(job.names):
+                    out[name] = job.log_of(i)
+            else:
+                out[job.name] = job.log
+        return out
+
+
+def newest_mtime(paths: Iterable[str]) -> int | None:
+    """The newest modification time (ns) among existing `paths`, None when none exist."""
+    newest = None
+    for p in paths:
+        try:
+            t = os.stat(p).st_mtime_ns
+        except FileNotFoundError:
+            continue
+        newest = t if newest is None else max(newest, t)
+    return newest
+
+
+def is_current(targets: Sequence[str], dependencies: Iterable[str]) -> bool:
+    """Whether all `targets` exist and no dependency is newer than the oldest target.
+
+    A dependency that does not exist counts as changed (the job must run to
+    find out), as in doit.
+    """
+    if not targets:
+        return False
+    try:
+        oldest = min(os.stat(t).st_mtime_ns for t in targets)
+    except FileNotFoundError:
+        return False
+    for dep in dependencies:
+        try:
+            if os.stat(dep).st_mtime_ns > oldest:
+                return False
+        except FileNotFoundError:
+            return False
+    return True
+
+
+def submit_graph(
+    graph: JobGraph,
+    scheduler,
+    scheduler_args: Mapping[str, Any] | None = None,
+    on_submitted: Callable[[str, str], None] | None = None,
+    use_arrays: bool | None = None,
+    on_start: Callable[[str], None] | None = None,
+) -> dict[str, str]:
+    """Submit every job of `graph` to `scheduler` and return job name -> job id.
+
+    Parameters
+    ----------
+    graph : JobGraph
+        The jobs, dependencies first.
+    scheduler : psyrun.scheduler.Scheduler
+        Where to submit.
+    scheduler_args : mapping, optional
+        Passed to every submission.
+    on_start : callable, optional
+        Called as ``on_start(job_name)`` just before a job is submitted (a
+        scheduler that runs jobs at once runs it during the submission).
+    on_submitted : callable, optional
+        Called as ``on_submitted(job_name, job_id)`` after each submission
+        (for progress output; with a native array once per index, after the
+        whole array).
+    use_arrays : bool, optional
+        Submit job arrays natively; default: when the scheduler supports it.
+    """
+    if use_arrays is None:
+        use_arrays = bool(getattr(scheduler, "supports_arrays", False))
+    ids: dict[str, str] = {}
+    # An array is waited for as a whole: depending on it means on every index.
+    group_ids: dict[str, list[str]] = {}
+    scheduler_args = dict(scheduler_args or {})
+
+    def deps_of(job) -> list[str]:
+        out: list[str] = []
+        for dep in job.depends_on:
+            out.extend(group_ids.get(dep, []))
+        return out
+
+    for job in graph.jobs:
+        deps = deps_of(job) or None
+        if isinstance(job, JobArray):
+            if job.n == 0:
+                group_ids[job.name] = []
+                continue
+            if use_arrays:
+                if on_start is not None:
+                    for name in job.names:
+                        on_start(name)
+                new = scheduler.submit_array(
+                    job.n,
+                    job.args,
+                    job.log,
+                    name=job.name,
+                    depends_on=deps,
+                    scheduler_args=scheduler_args,
+                )
+                new = [str(i) for i in new]
+                for name, jobid in zip(job.names, new):
+                    ids[name] = jobid
+                    if on_submitted is not None:
+                        on_submitted(name, jobid)
+            else:
+                new = []
+                for i, name in enumerate(job.names):
+                    args = [a.replace("%a", str(i)) for a in job.args]
+                    if on_start is not None:
+                        on_start(name)
+                    jobid = str(
+                        scheduler.submit(
+                            args,
+                            job.log_of(i),
+                            name=name,
+                            depends_on=deps,
+                            scheduler_args=scheduler_args,
+                        )
+                    )
+                    new.append(jobid)
+                    ids[name] = jobid
+                    if on_submitted is not None:
+                        on_submitted(name, jobid)
+            group_ids[job.name] = new
+        else:
+            if on_start is not None:
+                on_start(job.name)
+            jobid = str(
+                scheduler.submit(
+                    job.args, job.log, name=job.name, depends_on=deps,
+                    scheduler_args=scheduler_args,
+                )
+            )
+            ids[job.name] = jobid
+            group_ids[job.name] = [jobid]
+            if on_submitted is not None:
+                on_submitted(job.name, jobid)
+    return ids
+
+
+def save_submitted(path: str, ids: Mapping[str, str], logs: Mapping[str, str]) -> None:
+    """Record the submitted jobs (name, id, log) so that later commands can find them."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"jobs": [[n, i, logs.get(n, "")] for n, i in ids.items()]}, f)
+    os.replace(tmp, path)
+
+
+def load_submitted(path: str) -> list[tuple[str, str, str]]:
+    """The ``(name, id, log)`` of the jobs recorded by :func:`save_submitted` (or [])."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (FileNotFoundError, ValueError):
+        return []
+    return [tuple(entry) for entry in data.get("jobs", [])]

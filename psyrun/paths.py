@@ -1,0 +1,145 @@
+"""Every file name belonging to a task, in one place.
+
+Layout of ``<workdir>/<task>/``::
+
+    <task>:split.log, <task>:process:<i>.log, <task>:merge.log   job logs
+    jobs/<job kind>.json          job descriptions read by psyrun.worker
+    jobs/submitted.json           ids of the jobs submitted last
+    status/<job name>.done|.failed  how each job ended (written by the job)
+    in/pspace.pkl                 compact snapshot of the space to evaluate
+    in/counter                    next row to hand out (load balancing)
+    out/<i><ext>                  a finished part of the results
+    out/<i>.partial<ext>          a part still being written
+    result<ext>                   the result file (unless ``resultfile`` is set)
+
+Files are written under a temporary name and renamed when complete, so a
+crash never leaves a half-written file that looks finished.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+
+__all__ = ["TaskPaths", "remove_path", "tmp_name"]
+
+PARTIAL = ".partial"
+_PART_RE = re.compile(r"^(\d+)(\.partial)?(\..+)$")
+
+
+def tmp_name(path: str) -> str:
+    """A temporary name next to `path`, unique to this process, with the same extension."""
+    head, tail = os.path.split(path)
+    base, ext = os.path.splitext(tail)
+    return os.path.join(head, f".{base}.tmp{os.getpid()}{ext}")
+
+
+def remove_path(path: str) -> None:
+    """Remove a file or directory tree (zarr stores are directories); ignore absence."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+
+
+class TaskPaths:
+    """The files of one task.
+
+    Parameters
+    ----------
+    name : str
+        The task name.
+    workdir : str
+        The workdir setting; the task's files live in ``<workdir>/<name>``.
+    ext : str
+        The store's file extension (``'.pkl'``, ``'.h5'``, ...).
+    resultfile : str, optional
+        The result file; default ``<workdir>/<name>/result<ext>``.
+    """
+
+    def __init__(self, name: str, workdir: str, ext: str, resultfile: str | None = None) -> None:
+        self.name = name
+        self.ext = ext
+        self.root = os.path.join(os.path.abspath(workdir), name)
+        self.result = (
+            os.path.abspath(resultfile)
+            if resultfile
+            else os.path.join(self.root, "result" + ext)
+        )
+        self.jobs_dir = os.path.join(self.root, "jobs")
+        self.status_dir = os.path.join(self.root, "status")
+        self.in_dir = os.path.join(self.root, "in")
+        self.out_dir = os.path.join(self.root, "out")
+        self.pspace = os.path.join(self.in_dir, "pspace.pkl")
+        self.counter = os.path.join(self.in_dir, "counter")
+        self.submitted = os.path.join(self.jobs_dir, "submitted.json")
+
+    @classmethod
+    def for_task(cls, task) -> TaskPaths:
+        """The paths of a loaded :class:`psyrun.tasks.TaskDef`."""
+        ext = getattr(task.store, "ext", "") or ".pkl"
+        return cls(task.name, task.workdir, ext, task.resultfile)
+
+    def make_dirs(self) -> None:
+        """Create the task's directories."""
+        for d in (self.root, self.jobs_dir, self.status_dir, self.in_dir, self.out_dir):
+            os.makedirs(d, exist_ok=True)
+        os.makedirs(os.path.dirname(self.result) or ".", exist_ok=True)
+
+    # -- jobs ----------------------------------------------------------------
+
+    def job_name(self, kind: str, index: int | str | None = None) -> str:
+        """``<task>:<kind>`` or ``<task>:<kind>:<index>``, as logs and schedulers show it."""
+        return f"{self.name}:{kind}" if index is None else f"{self.name}:{kind}:{index}"
+
+    def log(self, kind: str, index: int | str | None = None) -> str:
+        """The log file of a job, ``<workdir>/<task>/<task>:<kind>[:<i>].log``."""
+        return os.path.join(self.root, self.job_name(kind, index) + ".log")
+
+    def job_file(self, kind: str) -> str:
+        """The job description file of a kind of job (one file for all process jobs)."""
+        return os.path.join(self.jobs_dir, f"{kind}.json")
+
+    def status_file(self, job_name: str, state: str) -> str:
+        """Marker ``status/<job name>.<state>`` (state: ``done`` or ``failed``)."""
+        return os.path.join(self.status_dir, f"{job_name.replace(':', '_')}.{state}")
+
+    # -- data ----------------------------------------------------------------
+
+    def part(self, index: int) -> str:
+        """A finished part file of the results."""
+        return os.path.join(self.out_dir, f"{index}{self.ext}")
+
+    def partial(self, index: int) -> str:
+        """The part file while it is being written."""
+        return os.path.join(self.out_dir, f"{index}{PARTIAL}{self.ext}")
+
+    def shared_out(self) -> str:
+        """The file all load-balancing workers append to."""
+        return os.path.join(self.out_dir, f"0{PARTIAL}{self.ext}")
+
+    def result_tmp(self) -> str:
+        """Temporary name of the result while it is being written."""
+        return tmp_name(self.result)
+
+    def list_parts(self) -> list[tuple[int, str, bool]]:
+        """``(index, path, finished)`` of every part file, by index (finished first)."""
+        if not os.path.isdir(self.out_dir):
+            return []
+        found = []
+        for entry in os.listdir(self.out_dir):
+            m = _PART_RE.match(entry)
+            if m is None or m.group(3) != self.ext:
+                continue
+            found.append((int(m.group(1)), os.path.join(self.out_dir, entry), m.group(2) is None))
+        return sorted(found, key=lambda t: (t[0], not t[2]))
+
+    def clear_parts(self) -> None:
+        """Remove every part file (finished, partial and temporary)."""
+        if os.path.isdir(self.out_dir):
+            for entry in os.listdir(self.out_dir):
+                remove_path(os.path.join(self.out_dir, entry))

@@ -1,0 +1,1117 @@
+"""Lazy parameter spaces: ``Param`` leaves combined with ``*``, ``+`` and ``-``.
+
+A parameter space is a tree. Its leaves (:class:`Param`) hold one NumPy column
+per key; its inner nodes (:class:`Product`, :class:`Sum`, :class:`Difference`
+and the row views made by slicing and sampling) hold only their operands. No
+node expands its rows when it is built. Every node answers three questions
+cheaply: its keys, its number of rows, and the columns for an array of row
+numbers (:meth:`ParameterSpace._take`). Everything else (``p[i]``,
+``p[a:b]``, :meth:`~ParameterSpace.iterate`, :meth:`~ParameterSpace.build`,
+:meth:`~ParameterSpace.to_arrays`, pickling) is built on that.
+
+>>> from psyrun.pspace import Param
+>>> space = Param(a=[1, 2]) * Param(b=[3, 4])
+>>> len(space), space.keys()
+(4, ['a', 'b'])
+>>> space[1]
+{'a': 1, 'b': 4}
+>>> space.build()
+{'a': [1, 1, 2, 2], 'b': [3, 4, 3, 4]}
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import operator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from itertools import repeat
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "AmbiguousOperationError",
+    "Difference",
+    "Param",
+    "ParameterSpace",
+    "Product",
+    "RowView",
+    "Sum",
+    "missing",
+]
+
+#: Rows decoded at once by :meth:`ParameterSpace.iterate`.
+DEFAULT_BLOCK_SIZE = 16384
+
+#: Rows of a minuend hashed at once when a difference is computed.
+_DIFF_BLOCK = 1 << 20
+
+_NAN = math.nan
+
+
+class AmbiguousOperationError(RuntimeError):
+    """An operation on parameter spaces whose result is not well defined.
+
+    Raised by ``*`` when both factors share a key and by ``-`` when the
+    subtrahend has a key the minuend lacks; the message names the key.
+    """
+
+
+# --------------------------------------------------------------------------
+# Columns: turning user values into NumPy arrays and back into Python values
+
+
+def _type_category(cls: type) -> str:
+    """Coarse type of a value's class, deciding which array kind can hold it."""
+    if issubclass(cls, (bool, np.bool_)):
+        return "bool"
+    if issubclass(cls, (int, np.integer)):
+        return "int"
+    if issubclass(cls, (float, np.floating)):
+        return "float"
+    if issubclass(cls, str):
+        return "str"
+    if issubclass(cls, np.ndarray):
+        return "array"
+    return "other"
+
+
+def _object_array(values: Sequence[Any]) -> np.ndarray:
+    # fromiter never tries to broadcast nested values into extra dimensions.
+    return np.fromiter(values, dtype=object, count=len(values))
+
+
+def _plain_scalar(value: Any) -> Any:
+    """NumPy scalars become the matching Python scalars; other values stay."""
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _is_sequence(value: Any) -> bool:
+    """Whether a keyword argument of ``Param`` is a column (not a scalar)."""
+    if isinstance(value, (str, bytes, bytearray, Mapping)):
+        return False
+    if isinstance(value, np.ndarray):
+        return value.ndim > 0
+    return isinstance(value, Iterable)
+
+
+def _column(values: Any) -> np.ndarray:
+    """Turn a sequence of values into one column array.
+
+    Values of one kind (bools, ints, floats, strings, equal-shape arrays) give
+    a typed array; mixtures give an object array, so every value keeps its
+    Python type (``[1, 2.5]`` stays ``[1, 2.5]``, not ``[1.0, 2.5]``).
+    """
+    if isinstance(values, np.ndarray) and values.dtype.kind != "O":
+        # Copy so later changes to the caller's array do not change the space.
+        return np.array(values, copy=True)
+    if isinstance(values, np.ndarray) and values.ndim > 1:
+        return np.array(values, copy=True)
+    items = list(values)
+    if not items:
+        return np.empty(0, dtype=float)
+    # Classes, not values, are classified: few classes, however many values.
+    categories = {_type_category(cls) for cls in set(map(type, items))}
+    if len(categories) == 1:
+        (category,) = categories
+        if category == "bool":
+            return np.array(items, dtype=bool)
+        if category == "int":
+            try:
+                return np.array(items, dtype=np.int64)
+            except OverflowError:
+                return _object_array(items)
+        if category == "float":
+            return np.array(items, dtype=np.float64)
+        if category == "str":
+            return _object_array([str(v) for v in items])
+        if category == "array":
+            first = items[0]
+            if first.dtype.kind in "biufcUS" and all(
+                v.shape == first.shape and v.dtype.kind == first.dtype.kind for v in items
+            ):
+                return np.stack(items)
+    return _object_array(items)
+
+
+def _to_list(column: np.ndarray) -> list:
+    """Plain Python values of a column: scalars for 1-d, row arrays for n-d."""
+    if column.ndim == 1:
+        return column.tolist()
+    return list(column)
+
+
+def _fill(value: Any, n: int) -> np.ndarray:
+    """A column of `n` copies of a scalar."""
+    if isinstance(value, (bool, int, float)) and not isinstance(value, type):
+        try:
+            return np.full(n, value)
+        except OverflowError:
+            pass
+    out = np.empty(n, dtype=object)
+    out.fill(value)
+    return out
+
+
+def _scalar_dtype(value: Any) -> np.dtype:
+    """The dtype :func:`_fill` gives a scalar (without making the column)."""
+    return _fill(value, 0).dtype
+
+
+def _as_object(column: np.ndarray) -> np.ndarray:
+    """The column as a 1-d object array of plain Python values (rows for n-d)."""
+    if column.dtype.kind == "O" and column.ndim == 1:
+        return column
+    return _object_array(_to_list(column))
+
+
+def _kind_family(dtype: np.dtype) -> str:
+    kind = dtype.kind
+    if kind in "iu":
+        return "int"
+    return kind
+
+
+class _ColumnSpec:
+    """What a node's column for one key looks like: dtype and per-row shape."""
+
+    __slots__ = ("dtype", "tail")
+
+    def __init__(self, dtype: np.dtype, tail: tuple[int, ...] = ()):
+        self.dtype = np.dtype(dtype)
+        self.tail = tuple(tail)
+
+    def empty(self, n: int) -> np.ndarray:
+        return np.empty((n, *self.tail), dtype=self.dtype)
+
+    def __repr__(self) -> str:
+        return f"_ColumnSpec({self.dtype}, {self.tail})"
+
+
+_OBJECT_SPEC = _ColumnSpec(np.dtype(object))
+
+
+def _merge_specs(specs: list[_ColumnSpec | None]) -> _ColumnSpec:
+    """The column a ``Sum`` gives for one key; None marks a part without the key."""
+    present = [s for s in specs if s is not None]
+    absent = len(present) < len(specs)
+    first = present[0]
+    same_shape = all(s.tail == first.tail for s in present)
+    if not same_shape:
+        return _OBJECT_SPEC
+    if absent:
+        # Only float columns can hold the NaN of the missing rows as they are.
+        if all(s.dtype.kind == "f" for s in present):
+            return _ColumnSpec(np.result_type(*(s.dtype for s in present)), first.tail)
+        return _OBJECT_SPEC
+    families = {_kind_family(s.dtype) for s in present}
+    if len(families) != 1 or "O" in families:
+        return _OBJECT_SPEC
+    kinds = {s.dtype.kind for s in present}
+    if kinds == {"i", "u"}:
+        # int64 and uint64 together would turn into float64 and lose values.
+        return _OBJECT_SPEC
+    return _ColumnSpec(np.result_type(*(s.dtype for s in present)), first.tail)
+
+
+def _normalize_rows(rows: Any, n: int) -> np.ndarray:
+    """Row numbers as int64, negative ones counted from the end, range-checked."""
+    rows = np.asarray(rows)
+    if rows.dtype.kind not in "iu" and rows.size:
+        raise TypeError(f"row numbers must be integers, got an array of {rows.dtype}")
+    rows = rows.astype(np.int64, copy=False).reshape(-1)
+    if rows.size:
+        low, high = rows.min(), rows.max()
+        if low < -n or high >= n:
+            bad = int(low) if low < -n else int(high)
+            raise IndexError(f"row {bad} is out of range for a parameter space of {n} rows")
+        if low < 0:
+            rows = np.where(rows < 0, rows + n, rows)
+    return rows
+
+
+def _format_keys(keys: Sequence[str]) -> str:
+    return ", ".join(keys) if keys else "no keys"
+
+
+# --------------------------------------------------------------------------
+# Row dicts: building dicts quickly for iterate()
+
+
+def _rows1(keys, blocks):
+    (k0,) = keys
+    for (a_,) in blocks:
+        for a in a_:
+            yield {k0: a}
+
+
+def _rows2(keys, blocks):
+    k0, k1 = keys
+    for a_, b_ in blocks:
+        for a, b in zip(a_, b_):
+            yield {k0: a, k1: b}
+
+
+def _rows3(keys, blocks):
+    k0, k1, k2 = keys
+    for a_, b_, c_ in blocks:
+        for a, b, c in zip(a_, b_, c_):
+            yield {k0: a, k1: b, k2: c}
+
+
+def _rows4(keys, blocks):
+    k0, k1, k2, k3 = keys
+    for a_, b_, c_, d_ in blocks:
+        for a, b, c, d in zip(a_, b_, c_, d_):
+            yield {k0: a, k1: b, k2: c, k3: d}
+
+
+def _rows5(keys, blocks):
+    k0, k1, k2, k3, k4 = keys
+    for a_, b_, c_, d_, e_ in blocks:
+        for a, b, c, d, e in zip(a_, b_, c_, d_, e_):
+            yield {k0: a, k1: b, k2: c, k3: d, k4: e}
+
+
+def _rows6(keys, blocks):
+    k0, k1, k2, k3, k4, k5 = keys
+    for a_, b_, c_, d_, e_, f_ in blocks:
+        for a, b, c, d, e, f in zip(a_, b_, c_, d_, e_, f_):
+            yield {k0: a, k1: b, k2: c, k3: d, k4: e, k5: f}
+
+
+def _rows_any(keys, blocks):
+    for lists in blocks:
+        yield from map(dict, map(zip, repeat(keys), zip(*lists)))
+
+
+# Dict displays with a fixed number of keys are several times faster than
+# dict(zip(keys, values)), and one generator frame per row is the least
+# overhead a lazy iterator can have, so small arities get their own loop.
+_ROWS_BY_ARITY = {1: _rows1, 2: _rows2, 3: _rows3, 4: _rows4, 5: _rows5, 6: _rows6}
+
+
+# --------------------------------------------------------------------------
+# The node base class
+
+
+class ParameterSpace:
+    """A lazily evaluated set of parameter assignments (rows).
+
+    Subclasses implement :meth:`keys`, :meth:`__len__`, :meth:`_take`,
+    :meth:`_spec` and :meth:`_row`; they may override :meth:`_range_take`
+    when a contiguous row range can be produced faster than by indexing.
+    Results are computed on demand: combining spaces copies no rows.
+
+    Notes for implementers: ``_take(rows, keys)`` receives an int64 array of
+    valid, non-negative row numbers and returns a dict with one array per
+    requested key, first axis ``len(rows)``. Attributes whose names start
+    with ``_cache`` are dropped when pickling and must be recomputable.
+    """
+
+    # -- the core every node implements ---------------------------------
+
+    def keys(self) -> list[str]:
+        """Return the parameter names, left operand's first."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def _take(self, rows: np.ndarray, keys: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Columns for valid, non-negative int64 row numbers."""
+        raise NotImplementedError
+
+    def _spec(self, key: str) -> _ColumnSpec:
+        """The dtype and per-row shape of the column of `key`."""
+        raise NotImplementedError
+
+    def _row(self, i: int) -> dict[str, Any]:
+        """One row (0 <= i < len) as plain Python values."""
+        return {k: _to_list(v)[0] for k, v in self._take(np.array([i]), None).items()}
+
+    def _range_take(
+        self, start: int, stop: int, keys: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Columns for rows ``start`` to ``stop`` (valid, start <= stop)."""
+        return self._take(np.arange(start, stop, dtype=np.int64), keys)
+
+    # -- public access --------------------------------------------------
+
+    def take(self, rows: Any) -> dict[str, np.ndarray]:
+        """Return the columns for an array of row numbers.
+
+        Parameters
+        ----------
+        rows : array_like of int
+            Row numbers; negative ones count from the end.
+
+        Returns
+        -------
+        dict of str to numpy.ndarray
+            One array per key, first axis ``len(rows)``.
+
+        Raises
+        ------
+        IndexError
+            If a row number is out of range.
+        """
+        return self._take(_normalize_rows(rows, len(self)))
+
+    def to_arrays(self, start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
+        """Return the NumPy columns of a row range.
+
+        Parameters
+        ----------
+        start, stop : int, optional
+            The range, interpreted like a slice (negative values count from
+            the end; out-of-range values are clipped).
+
+        Returns
+        -------
+        dict of str to numpy.ndarray
+            One freshly allocated array per key.
+        """
+        r = range(len(self))[start:stop]
+        return self._range_take(r.start, max(r.start, r.stop))
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return RowView(self, range(len(self))[index])
+        try:
+            i = operator.index(index)
+        except TypeError:
+            raise TypeError(
+                f"parameter spaces are indexed by int or slice, not {type(index).__name__}"
+            ) from None
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(
+                f"row {index} is out of range for a parameter space of {n} rows"
+            )
+        return self._row(i)
+
+    def iterate(self, block_size: int = DEFAULT_BLOCK_SIZE) -> Iterator[dict[str, Any]]:
+        """Iterate over every row as a dict of plain Python values.
+
+        Rows are decoded a block at a time (vectorised), so memory use is
+        bounded by `block_size` rows whatever the size of the space.
+
+        Parameters
+        ----------
+        block_size : int, optional
+            Rows decoded at once.
+
+        Returns
+        -------
+        iterator of dict
+            One parameter assignment per row, in row order.
+        """
+        if block_size < 1:
+            raise ValueError(f"block_size must be at least 1, got {block_size}")
+        keys = self.keys()
+        rows = _ROWS_BY_ARITY.get(len(keys), _rows_any)
+        return rows(keys, self._blocks(block_size))
+
+    def _blocks(self, block_size: int) -> Iterator[list[list]]:
+        """Columns of consecutive blocks of rows, as lists of plain values."""
+        keys = self.keys()
+        n = len(self)
+        if not keys:
+            return
+        for start in range(0, n, block_size):
+            columns = self._range_take(start, min(start + block_size, n))
+            yield [_to_list(columns[k]) for k in keys]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return self.iterate()
+
+    def build(self) -> dict[str, list]:
+        """Return every row, as a dict mapping each key to a list of values.
+
+        Returns
+        -------
+        dict of str to list
+            Plain Python values (arrays for array-valued parameters), in
+            row order.
+        """
+        columns = self._range_take(0, len(self))
+        return {k: _to_list(columns[k]) for k in self.keys()}
+
+    def sample(self, k: int, seed: Any = None) -> ParameterSpace:
+        """Return `k` distinct rows drawn uniformly at random, as a lazy space.
+
+        The space is not expanded: only `k` row numbers are drawn. The sampled
+        rows keep the order they have in this space.
+
+        Parameters
+        ----------
+        k : int
+            Number of rows; at most ``len(self)``.
+        seed : int or numpy.random.Generator, optional
+            Seed for reproducible draws.
+
+        Returns
+        -------
+        ParameterSpace
+            A view of the drawn rows.
+        """
+        n = len(self)
+        k = operator.index(k)
+        if not 0 <= k <= n:
+            raise ValueError(f"cannot sample {k} distinct rows from a space of {n} rows")
+        rng = np.random.default_rng(seed)
+        rows = np.sort(rng.choice(n, size=k, replace=False).astype(np.int64))
+        return RowView(self, rows, seed=seed)
+
+    # -- algebra ----------------------------------------------------------
+
+    def __mul__(self, other):
+        if not isinstance(other, ParameterSpace):
+            return NotImplemented
+        return Product(self, other)
+
+    def __add__(self, other):
+        if not isinstance(other, ParameterSpace):
+            return NotImplemented
+        return Sum(self, other)
+
+    def __sub__(self, other):
+        if not isinstance(other, ParameterSpace):
+            return NotImplemented
+        return Difference(self, other)
+
+    # -- pickling and display -------------------------------------------
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_cache")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
+    def _describe(self) -> str:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return self._describe()
+
+    def __str__(self) -> str:
+        return self._describe()
+
+
+# --------------------------------------------------------------------------
+# Leaves
+
+
+class Param(ParameterSpace):
+    """A leaf parameter space: columns given as keyword arguments.
+
+    Sequences become columns; scalars (including strings and bytes) are
+    repeated to the length of the sequences without being copied out. With no
+    sequence at all the space has one row; ``Param()`` has no keys and no rows
+    and is the identity of ``*``.
+
+    Parameters
+    ----------
+    **columns
+        Parameter name -> sequence of values, or a scalar.
+
+    Raises
+    ------
+    ValueError
+        If the sequences do not all have the same length.
+
+    Examples
+    --------
+    >>> Param(a=[1, 2, 3], b=[4, 5, 6], c=7).build()
+    {'a': [1, 2, 3], 'b': [4, 5, 6], 'c': [7, 7, 7]}
+    """
+
+    def __init__(self, **columns: Any):
+        self._keys = list(columns)
+        self._columns: dict[str, np.ndarray] = {}
+        self._scalars: dict[str, Any] = {}
+        for key, value in columns.items():
+            if _is_sequence(value):
+                self._columns[key] = _column(value)
+            else:
+                self._scalars[key] = _plain_scalar(
+                    value.item() if isinstance(value, np.ndarray) else value
+                )
+        lengths = {k: len(v) for k, v in self._columns.items()}
+        if len(set(lengths.values())) > 1:
+            described = ", ".join(f"{k!r} has {n}" for k, n in lengths.items())
+            raise ValueError(
+                f"Param got sequences of unequal lengths ({described} values); give every "
+                "sequence the same length (scalars are repeated to match)"
+            )
+        if lengths:
+            self._n = next(iter(lengths.values()))
+        else:
+            self._n = 1 if self._scalars else 0
+
+    def keys(self) -> list[str]:
+        """Return the parameter names in the order given."""
+        return list(self._keys)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def _spec(self, key: str) -> _ColumnSpec:
+        if key in self._columns:
+            column = self._columns[key]
+            return _ColumnSpec(column.dtype, column.shape[1:])
+        return _ColumnSpec(_scalar_dtype(self._scalars[key]))
+
+    def _take(self, rows, keys=None):
+        out = {}
+        for key in self._keys if keys is None else keys:
+            column = self._columns.get(key)
+            if column is None:
+                out[key] = _fill(self._scalars[key], len(rows))
+            else:
+                out[key] = column[rows]
+        return out
+
+    def _range_take(self, start, stop, keys=None):
+        out = {}
+        for key in self._keys if keys is None else keys:
+            column = self._columns.get(key)
+            if column is None:
+                out[key] = _fill(self._scalars[key], stop - start)
+            else:
+                out[key] = column[start:stop].copy()
+        return out
+
+    def _row(self, i):
+        out = {}
+        for key in self._keys:
+            column = self._columns.get(key)
+            if column is None:
+                out[key] = self._scalars[key]
+            elif column.ndim == 1:
+                out[key] = column.item(i)
+            else:
+                out[key] = column[i].copy()
+        return out
+
+    def _describe(self) -> str:
+        parts = []
+        for key in self._keys:
+            if key in self._scalars:
+                parts.append(f"{key}={self._scalars[key]!r}")
+                continue
+            column = self._columns[key]
+            if len(column) <= 6 and column.ndim == 1:
+                parts.append(f"{key}={column.tolist()!r}")
+            else:
+                shape = "x".join(map(str, column.shape))
+                parts.append(f"{key}=<{shape} {column.dtype}>")
+        return f"Param({', '.join(parts)})"
+
+
+# --------------------------------------------------------------------------
+# Inner nodes
+
+
+def _check_space(value: Any, role: str) -> ParameterSpace:
+    if not isinstance(value, ParameterSpace):
+        raise TypeError(f"the {role} must be a parameter space, got {type(value).__name__}")
+    return value
+
+
+class Product(ParameterSpace):
+    """Cartesian product of parameter spaces; the left factor varies slowest.
+
+    Nested products are flattened into one node, so row ``i`` is decoded by
+    mixed-radix arithmetic over all factors at once. Factors without keys
+    (``Param()``) are left out: they are the identity of ``*``.
+
+    Raises
+    ------
+    AmbiguousOperationError
+        If two factors share a key.
+    """
+
+    def __init__(self, left: ParameterSpace, right: ParameterSpace):
+        factors: list[ParameterSpace] = []
+        for operand in (_check_space(left, "left factor"), _check_space(right, "right factor")):
+            if isinstance(operand, Product):
+                factors.extend(operand._factors)
+            elif operand.keys():
+                factors.append(operand)
+        seen: dict[str, None] = {}
+        for factor in factors:
+            for key in factor.keys():
+                if key in seen:
+                    raise AmbiguousOperationError(
+                        f"Key `{key}` exists in both factors of the product; a product "
+                        "needs distinct keys (use + to join spaces with the same keys)."
+                    )
+                seen[key] = None
+        self._factors = factors
+        self._keys = list(seen)
+        self._init_sizes()
+
+    def _init_sizes(self):
+        lengths = [len(f) for f in self._factors]
+        # strides[k]: how many consecutive rows share one value of factor k.
+        strides = [1] * len(lengths)
+        for k in range(len(lengths) - 2, -1, -1):
+            strides[k] = strides[k + 1] * lengths[k + 1]
+        self._lengths = lengths
+        self._strides = strides
+        self._n = math.prod(lengths) if lengths else 0
+        self._key_owner = {key: f for f in self._factors for key in f.keys()}
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._init_sizes()
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        for name in ("_lengths", "_strides", "_n", "_key_owner"):
+            state.pop(name, None)
+        return state
+
+    def keys(self) -> list[str]:
+        """Return the keys of all factors, left factor first."""
+        return list(self._keys)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def _spec(self, key):
+        return self._key_owner[key]._spec(key)
+
+    def _wanted(self, keys):
+        # (factor index, keys of that factor that were asked for)
+        if keys is None:
+            return [(k, None) for k in range(len(self._factors))]
+        wanted = []
+        for k, factor in enumerate(self._factors):
+            mine = [key for key in factor.keys() if key in keys]
+            if mine:
+                wanted.append((k, mine))
+        return wanted
+
+    def _take(self, rows, keys=None):
+        out: dict[str, np.ndarray] = {}
+        wanted = dict(self._wanted(keys))
+        remainder = rows
+        for k in range(len(self._factors) - 1, -1, -1):
+            if k == 0:
+                index = remainder
+            else:
+                remainder, index = np.divmod(remainder, self._lengths[k])
+            if k in wanted:
+                out.update(self._factors[k]._take(index, wanted[k]))
+        return {key: out[key] for key in (self._keys if keys is None else keys)}
+
+    def _range_take(self, start, stop, keys=None):
+        out: dict[str, np.ndarray] = {}
+        n = stop - start
+        for k, factor_keys in self._wanted(keys):
+            factor = self._factors[k]
+            stride, length = self._strides[k], self._lengths[k]
+            if n == 0:
+                out.update(factor._range_take(0, 0, factor_keys))
+                continue
+            first, last = start // stride, (stop - 1) // stride
+            if stride == 1 and last - first + 1 > length:
+                # The innermost factor cycles: tile its rows, rotated to start.
+                offset = start % length
+                full = factor._range_take(0, length, factor_keys)
+                reps = -(-(offset + n) // length)
+                for key, column in full.items():
+                    tiled = np.tile(column, (reps,) + (1,) * (column.ndim - 1))
+                    out[key] = tiled[offset : offset + n]
+            else:
+                blocks = np.arange(first, last + 1, dtype=np.int64)
+                counts = np.minimum((blocks + 1) * stride, stop) - np.maximum(
+                    blocks * stride, start
+                )
+                if last - first + 1 <= length and first // length == last // length:
+                    values = factor._range_take(first % length, last % length + 1, factor_keys)
+                else:
+                    values = factor._take(blocks % length, factor_keys)
+                for key, column in values.items():
+                    out[key] = column if stride == 1 else np.repeat(column, counts, axis=0)
+        return {key: out[key] for key in (self._keys if keys is None else keys)}
+
+    def _row(self, i):
+        out = {}
+        factors = self._factors
+        lengths = self._lengths
+        values = []
+        for k in range(len(factors) - 1, 0, -1):
+            i, r = divmod(i, lengths[k])
+            values.append(r)
+        values.append(i)
+        for factor, r in zip(factors, reversed(values)):
+            out.update(factor._row(r))
+        return out
+
+    def _describe(self) -> str:
+        if not self._factors:
+            return "Param()"
+        return " * ".join(
+            f"({f._describe()})" if isinstance(f, (Sum, Difference)) else f._describe()
+            for f in self._factors
+        )
+
+
+class Sum(ParameterSpace):
+    """Concatenation of parameter spaces (rows of the left one first).
+
+    The keys are the union of the operands' keys. A key missing from an
+    operand reads as NaN in that operand's rows; a float column stays float,
+    any other column becomes an object column so that the present values
+    keep their type. Nested sums are flattened into one node.
+    """
+
+    def __init__(self, left: ParameterSpace, right: ParameterSpace):
+        parts: list[ParameterSpace] = []
+        for operand in (_check_space(left, "left term"), _check_space(right, "right term")):
+            if isinstance(operand, Sum):
+                parts.extend(operand._parts)
+            else:
+                parts.append(operand)
+        self._parts = parts
+        self._init_sizes()
+
+    def _init_sizes(self):
+        offsets = [0]
+        for part in self._parts:
+            offsets.append(offsets[-1] + len(part))
+        self._offsets = offsets
+        keys: dict[str, None] = {}
+        for part in self._parts:
+            keys.update(dict.fromkeys(part.keys()))
+        self._keys = list(keys)
+        self._part_keys = [set(p.keys()) for p in self._parts]
+        self._cache_specs: dict[str, _ColumnSpec] = {}
+
+    def __getstate__(self):
+        return {"_parts": self._parts}
+
+    def __setstate__(self, state):
+        self._parts = state["_parts"]
+        self._init_sizes()
+
+    def keys(self) -> list[str]:
+        """Return the union of the terms' keys, in order of first appearance."""
+        return list(self._keys)
+
+    def __len__(self) -> int:
+        return self._offsets[-1]
+
+    def _spec(self, key):
+        spec = self._cache_specs.get(key)
+        if spec is None:
+            spec = _merge_specs(
+                [p._spec(key) if key in pk else None for p, pk in zip(self._parts, self._part_keys)]
+            )
+            self._cache_specs[key] = spec
+        return spec
+
+    def _assemble(self, pieces, n, keys):
+        """Join per-part columns; `pieces` holds (positions, part index, columns)."""
+        out = {}
+        for key in keys:
+            spec = self._spec(key)
+            column = spec.empty(n)
+            if spec.dtype.kind == "O":
+                column.fill(_NAN)
+            elif spec.dtype.kind == "f":
+                column.fill(np.nan)
+            for positions, j, columns in pieces:
+                if key not in self._part_keys[j]:
+                    continue
+                values = columns[key]
+                if spec.dtype.kind == "O" and values.dtype.kind != "O":
+                    values = _as_object(values)
+                column[positions] = values
+            out[key] = column
+        return out
+
+    def _take(self, rows, keys=None):
+        keys = self._keys if keys is None else list(keys)
+        offsets = self._offsets
+        part_of_row = np.searchsorted(offsets, rows, side="right") - 1
+        pieces = []
+        for j, part in enumerate(self._parts):
+            positions = np.flatnonzero(part_of_row == j)
+            if positions.size == 0:
+                continue
+            mine = [k for k in keys if k in self._part_keys[j]]
+            pieces.append((positions, j, part._take(rows[positions] - offsets[j], mine)))
+        return self._assemble(pieces, len(rows), keys)
+
+    def _range_take(self, start, stop, keys=None):
+        keys = self._keys if keys is None else list(keys)
+        pieces = []
+        for j, part in enumerate(self._parts):
+            lo = max(start, self._offsets[j])
+            hi = min(stop, self._offsets[j + 1])
+            if lo >= hi:
+                continue
+            mine = [k for k in keys if k in self._part_keys[j]]
+            columns = part._range_take(lo - self._offsets[j], hi - self._offsets[j], mine)
+            pieces.append((slice(lo - start, hi - start), j, columns))
+        return self._assemble(pieces, stop - start, keys)
+
+    def _row(self, i):
+        j = bisect.bisect_right(self._offsets, i) - 1
+        values = self._parts[j]._row(i - self._offsets[j])
+        return {k: values.get(k, _NAN) for k in self._keys}
+
+    def _describe(self) -> str:
+        return "(" + " + ".join(p._describe() for p in self._parts) + ")"
+
+
+class _Columns:
+    """A mapping of equal-length columns seen as a subtrahend (for missing()).
+
+    Columns are turned into arrays only when a difference needs them, and only
+    those of shared keys: result files often hold many output columns.
+    """
+
+    def __init__(self, data: Mapping[str, Any]):
+        self.data = dict(data)
+        lengths = {k: len(v) for k, v in self.data.items()}
+        if len(set(lengths.values())) > 1:
+            described = ", ".join(f"{k!r} has {n}" for k, n in lengths.items())
+            raise ValueError(
+                f"the columns to subtract have unequal lengths ({described} values); "
+                "pass a mapping of equal-length columns (for example a store's load())"
+            )
+        self.n = next(iter(lengths.values())) if lengths else 0
+
+    def keys(self) -> list[str]:
+        return list(self.data)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _array(self, key: str) -> np.ndarray:
+        values = self.data[key]
+        if isinstance(values, np.ndarray) and values.ndim and values.dtype.kind != "O":
+            return values
+        return _column(values)
+
+    def _range_take(self, start, stop, keys=None):
+        return {k: self._array(k)[start:stop] for k in (self.data if keys is None else keys)}
+
+    def _describe(self) -> str:
+        return f"<{self.n} rows of {_format_keys(list(self.data))}>"
+
+
+class Difference(ParameterSpace):
+    """The rows of a minuend whose values on the subtrahend's keys are not in it.
+
+    Rows are compared as whole rows on the subtrahend's keys; numbers compare
+    as Python compares them (``1 == 1.0 == True``), NaN matches NaN, strings
+    match only strings and array values match by content. The surviving row
+    numbers are computed once, on first use.
+
+    Parameters
+    ----------
+    minuend : ParameterSpace
+        The rows to keep or drop.
+    subtrahend : ParameterSpace or mapping of str to sequence
+        The rows to drop.
+    ignore_extra_keys : bool, optional
+        Ignore subtrahend keys the minuend lacks (what :func:`missing` does)
+        instead of raising.
+
+    Raises
+    ------
+    AmbiguousOperationError
+        If the subtrahend has a key the minuend lacks (unless ignored).
+    """
+
+    def __init__(
+        self,
+        minuend: ParameterSpace,
+        subtrahend: ParameterSpace | Mapping[str, Any],
+        ignore_extra_keys: bool = False,
+    ):
+        self._minuend = _check_space(minuend, "minuend")
+        if not isinstance(subtrahend, ParameterSpace):
+            if not isinstance(subtrahend, Mapping):
+                raise TypeError(
+                    "the subtrahend must be a parameter space or a mapping of equal-length "
+                    f"columns, got {type(subtrahend).__name__}"
+                )
+            subtrahend = _Columns(subtrahend)
+        self._subtrahend = subtrahend
+        minuend_keys = set(self._minuend.keys())
+        extra = [k for k in subtrahend.keys() if k not in minuend_keys]
+        if extra and not ignore_extra_keys:
+            raise AmbiguousOperationError(f"Key `{extra[0]}` not existent in minuend.")
+        self._ignore_extra_keys = ignore_extra_keys
+        self._shared = [k for k in subtrahend.keys() if k in minuend_keys]
+
+    def keys(self) -> list[str]:
+        """Return the minuend's keys."""
+        return self._minuend.keys()
+
+    def _survivors(self) -> np.ndarray:
+        """Row numbers of the minuend that are kept (computed once)."""
+        survivors = getattr(self, "_cache_survivors", None)
+        if survivors is None:
+            survivors = _surviving_rows(self._minuend, self._subtrahend, self._shared)
+            self._cache_survivors = survivors
+        return survivors
+
+    def __len__(self) -> int:
+        return len(self._survivors())
+
+    def _spec(self, key):
+        return self._minuend._spec(key)
+
+    def _take(self, rows, keys=None):
+        return self._minuend._take(self._survivors()[rows], keys)
+
+    def _range_take(self, start, stop, keys=None):
+        survivors = self._survivors()[start:stop]
+        if len(survivors) and survivors[-1] - survivors[0] == len(survivors) - 1:
+            # Nothing removed in this range: a contiguous range is cheaper.
+            return self._minuend._range_take(int(survivors[0]), int(survivors[-1]) + 1, keys)
+        return self._minuend._take(survivors, keys)
+
+    def _row(self, i):
+        return self._minuend._row(int(self._survivors()[i]))
+
+    def _describe(self) -> str:
+        if self._ignore_extra_keys:
+            return f"missing({self._minuend._describe()}, {self._subtrahend._describe()})"
+        return f"({self._minuend._describe()} - {self._subtrahend._describe()})"
+
+
+def _surviving_rows(minuend: ParameterSpace, subtrahend, shared: list[str]) -> np.ndarray:
+    """Rows of `minuend` whose projection on `shared` matches no subtrahend row."""
+    from psyrun import _kernels
+
+    n = len(minuend)
+    n_sub = len(subtrahend)
+    if n_sub == 0 or n == 0:
+        return np.arange(n, dtype=np.int64)
+    if not shared:
+        # Every row projects to the empty row, which the subtrahend holds.
+        return np.empty(0, dtype=np.int64)
+    table_columns = subtrahend._range_take(0, n_sub, shared)
+    table = _kernels.RowTable([table_columns[k] for k in shared])
+    kept = []
+    for start in range(0, n, _DIFF_BLOCK):
+        stop = min(start + _DIFF_BLOCK, n)
+        block = minuend._range_take(start, stop, shared)
+        found = table.contains([block[k] for k in shared])
+        kept.append(np.flatnonzero(~found) + start)
+    return np.concatenate(kept).astype(np.int64, copy=False)
+
+
+class RowView(ParameterSpace):
+    """Some rows of another space: a slice (``p[a:b:s]``) or a sample.
+
+    Parameters
+    ----------
+    base : ParameterSpace
+        The space viewed.
+    rows : range or numpy.ndarray
+        The base rows, in view order; a ``range`` keeps slices O(1) in size.
+    seed : optional
+        The seed a sample was drawn with (shown by ``repr``).
+    """
+
+    def __init__(self, base: ParameterSpace, rows: range | np.ndarray, seed: Any = None):
+        if isinstance(base, RowView):
+            # Views of views index the base directly.
+            outer = base._rows
+            if isinstance(rows, range) and isinstance(outer, range):
+                # Row i of the view is outer[rows[i]]: compose the progressions.
+                rows = range(
+                    outer.start + rows.start * outer.step,
+                    outer.start + rows.stop * outer.step,
+                    rows.step * outer.step,
+                )
+            else:
+                rows = base._index(np.asarray(rows, dtype=np.int64))
+            base = base._base
+        self._base = base
+        self._rows = rows
+        self._seed = seed
+
+    def _index(self, rows: np.ndarray) -> np.ndarray:
+        if isinstance(self._rows, range):
+            r = self._rows
+            return r.start + np.asarray(rows, dtype=np.int64) * r.step
+        return self._rows[rows]
+
+    def keys(self) -> list[str]:
+        """Return the keys of the viewed space."""
+        return self._base.keys()
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def _spec(self, key):
+        return self._base._spec(key)
+
+    def _take(self, rows, keys=None):
+        return self._base._take(self._index(rows), keys)
+
+    def _range_take(self, start, stop, keys=None):
+        if isinstance(self._rows, range):
+            sub = self._rows[start:stop]
+            if sub.step == 1 or len(sub) <= 1:
+                first = sub.start
+                return self._base._range_take(first, first + len(sub), keys)
+            return self._base._take(np.arange(sub.start, sub.stop, sub.step, dtype=np.int64), keys)
+        return self._base._take(self._rows[start:stop], keys)
+
+    def _row(self, i):
+        return self._base._row(int(self._rows[i]))
+
+    def _describe(self) -> str:
+        if isinstance(self._rows, range):
+            r = self._rows
+            step = "" if r.step == 1 else f":{r.step}"
+            return f"({self._base._describe()})[{r.start}:{r.stop}{step}]"
+        seed = "" if self._seed is None else f", seed={self._seed!r}"
+        return f"({self._base._describe()}).sample({len(self._rows)}{seed})"
+
+
+def missing(
+    minuend: ParameterSpace, subtrahend: ParameterSpace | Mapping[str, Any]
+) -> ParameterSpace:
+    """Return the rows of `minuend` not present in `subtrahend`.
+
+    Unlike ``minuend - subtrahend``, keys of the subtrahend that the minuend
+    lacks are ignored, so the subtrahend can be a set of results (parameters
+    plus outputs). Rows are matched as whole rows on the shared keys.
+
+    Parameters
+    ----------
+    minuend : ParameterSpace
+        All assignments.
+    subtrahend : ParameterSpace or mapping of str to sequence
+        The assignments done, for example what a store's ``load()`` returns.
+
+    Returns
+    -------
+    ParameterSpace
+        The assignments of `minuend` that remain, lazily.
+
+    Examples
+    --------
+    >>> missing(Param(a=[1, 2, 3]), Param(a=[2], c=[4])).build()
+    {'a': [1, 3]}
+    """
+    return Difference(minuend, subtrahend, ignore_extra_keys=True)

@@ -1,0 +1,399 @@
+"""Turn a task's results into tables and labelled grids for analysis and plots.
+
+A result file is a dict of equal-length columns, one entry per evaluated
+assignment. Two views make it easy to analyse:
+
+* :func:`to_dataframe` -- a :class:`pandas.DataFrame`, one row per assignment;
+* :func:`to_xarray` -- an :class:`xarray.Dataset` with one dimension per
+  parameter, for spaces that are Cartesian products; assignments without a
+  result are NaN, so a sweep plots in one line.
+
+:func:`load_results`, :func:`load_dataframe` and :func:`load_xarray` do the
+same starting from a task name, reading the task's result file with its store.
+
+pandas and xarray are optional (``pip install "psyrun[analysis]"``) and are
+imported only by the functions that need them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import pandas
+    import xarray
+
+__all__ = [
+    "load_dataframe",
+    "load_results",
+    "load_xarray",
+    "to_dataframe",
+    "to_xarray",
+]
+
+_INSTALL_HINT = 'install it with `pip install "psyrun[analysis]"`'
+
+
+def _import_optional(name: str, caller: str):
+    """Import pandas or xarray, or explain which extra provides it."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise ImportError(f"{caller}() needs {name}; {_INSTALL_HINT}") from None
+
+
+def _ragged_to_object(values: Any) -> np.ndarray:
+    # A list whose entries are arrays of different shapes: keep one entry per row.
+    out = np.empty(len(values), dtype=object)
+    for i, v in enumerate(values):
+        out[i] = v
+    return out
+
+
+def _as_column(values: Any) -> np.ndarray:
+    if isinstance(values, np.ndarray):
+        return values
+    try:
+        return np.asarray(values)
+    except ValueError:  # ragged nested sequences
+        return _ragged_to_object(values)
+
+
+def to_dataframe(data: Mapping[str, Any]) -> pandas.DataFrame:
+    """Return results as a :class:`pandas.DataFrame`, one row per assignment.
+
+    Parameters
+    ----------
+    data : mapping of str to sequence
+        Equal-length columns, for example what :func:`load_results`, a store's
+        ``load()`` or :func:`psyrun.map_pspace` returns.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One column per key. A column whose rows are arrays (an n-d column)
+        becomes an object column holding one array per row.
+
+    Raises
+    ------
+    ImportError
+        If pandas is not installed; the message names the extra to install.
+    ValueError
+        If the columns differ in length.
+
+    Examples
+    --------
+    >>> from psyrun import Param, map_pspace
+    >>> from psyrun.results import to_dataframe
+    >>> data = map_pspace(lambda a, b: {'s': a + b}, Param(a=[1, 2]) * Param(b=[10, 20]))
+    >>> to_dataframe(data)
+       a   b   s
+    0  1  10  11
+    1  1  20  21
+    2  2  10  12
+    3  2  20  22
+    """
+    pd = _import_optional("pandas", "to_dataframe")
+    columns = {}
+    for key, values in data.items():
+        array = _as_column(values)
+        if array.ndim > 1:
+            array = _ragged_to_object(list(array))
+        columns[key] = array
+    lengths = {k: len(v) for k, v in columns.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"result columns have different lengths: {lengths}")
+    return pd.DataFrame(columns)
+
+
+def _plain(value: Any) -> Any:
+    # NumPy scalars print as np.int64(1); users expect 1.
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _unique_with_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct values (first-seen order if unsortable) and each entry's code."""
+    if values.dtype != object:
+        uniques, codes = np.unique(values, return_inverse=True)
+        return uniques, codes.reshape(-1)
+    try:
+        uniques, codes = np.unique(values, return_inverse=True)
+        return uniques, codes.reshape(-1)
+    except TypeError:  # values of mixed types do not sort: keep first-seen order
+        seen: dict[Any, int] = {}
+        codes = np.empty(len(values), dtype=np.intp)
+        for i, v in enumerate(values):
+            key = ("nan",) if isinstance(v, float) and math.isnan(v) else v
+            codes[i] = seen.setdefault(key, len(seen))
+        uniques = np.empty(len(seen), dtype=object)
+        for key, code in seen.items():
+            uniques[code] = math.nan if key == ("nan",) else key
+        return uniques, codes
+
+
+def _missing_value_dtype(dtype: np.dtype) -> tuple[np.dtype, Any]:
+    """Return the dtype and fill value of a column with missing grid cells."""
+    if dtype.kind == "f":
+        return dtype, np.nan
+    if dtype.kind == "c":
+        return dtype, complex(np.nan, 0)
+    if dtype.kind in "iub":
+        return np.dtype(float), np.nan
+    if dtype.kind in "mM":
+        return dtype, np.datetime64("NaT") if dtype.kind == "M" else np.timedelta64("NaT")
+    # xarray turns None in object arrays into NaN anyway; say so up front.
+    return np.dtype(object), np.nan
+
+
+def _grid_shape_check(pspace, dims: Sequence[str]) -> None:
+    """Raise unless `pspace` holds every combination of its values of `dims`."""
+    arrays = pspace.to_arrays()
+    codes = []
+    sizes = []
+    for dim in dims:
+        column = np.asarray(arrays[dim])
+        if column.ndim != 1:
+            raise ValueError(f"parameter {dim!r} holds arrays and cannot be a dimension")
+        uniques, dim_codes = _unique_with_codes(column)
+        codes.append(dim_codes)
+        sizes.append(len(uniques))
+    grid_size = math.prod(sizes)
+    if len(pspace) == 0:
+        return
+    distinct = len(np.unique(np.ravel_multi_index(codes, sizes))) if dims else 1
+    if distinct != grid_size:
+        raise ValueError(
+            f"the parameter space is not a Cartesian product of {list(dims)}: it holds "
+            f"{distinct} distinct assignments of them, but their values span a grid of "
+            f"{grid_size}. Use to_dataframe(), or pass dims= naming parameters that vary "
+            "independently of each other (the others become data variables)."
+        )
+
+
+def to_xarray(
+    data: Mapping[str, Any],
+    dims: Sequence[str] | None = None,
+    pspace=None,
+) -> xarray.Dataset:
+    """Return results as an :class:`xarray.Dataset` with one dimension per parameter.
+
+    Each parameter named in `dims` becomes a dimension whose coordinates are
+    its distinct values (sorted where they sort); every other column becomes
+    a data variable on that grid. Grid cells without a result row are NaN
+    (integer and boolean columns are promoted to float only when a cell is
+    missing; string and object columns become object arrays holding NaN
+    there, as in a concatenation of spaces).
+
+    Parameters
+    ----------
+    data : mapping of str to sequence
+        Equal-length columns, for example what :func:`load_results` returns.
+    dims : sequence of str, optional
+        The columns to use as dimensions (default: the keys of `pspace`).
+        Together they must identify each row.
+    pspace : psyrun.pspace.ParameterSpace, optional
+        The space the results came from. Its values join the coordinates, so
+        assignments not yet evaluated show up as missing cells, and it is
+        checked to be a Cartesian product of `dims`.
+
+    Returns
+    -------
+    xarray.Dataset
+        Output columns whose rows are arrays get extra dimensions named
+        ``<key>_dim_0``, ``<key>_dim_1``, ...
+
+    Raises
+    ------
+    ImportError
+        If xarray is not installed; the message names the extra to install.
+    ValueError
+        If `dims` is not given and there is no `pspace`, names a missing or
+        array-valued column, if two rows share an assignment of `dims`, or if
+        `pspace` is not a Cartesian product of `dims`.
+
+    Examples
+    --------
+    >>> from psyrun import Param, map_pspace
+    >>> from psyrun.results import to_xarray
+    >>> space = Param(a=[1, 2]) * Param(b=[10, 20, 30])
+    >>> data = map_pspace(lambda a, b: {'s': a + b}, space[:5])
+    >>> ds = to_xarray(data, pspace=space)
+    >>> ds.s.values
+    array([[11., 21., 31.],
+           [12., 22., nan]])
+    """
+    xr = _import_optional("xarray", "to_xarray")
+    if dims is None:
+        if pspace is None:
+            raise ValueError(
+                "to_xarray() needs to know which columns are parameters: pass dims=[...] "
+                "or the parameter space as pspace="
+            )
+        dims = list(pspace.keys())
+    dims = list(dims)
+    columns = {k: _as_column(v) for k, v in data.items()}
+    lengths = {k: len(v) for k, v in columns.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"result columns have different lengths: {lengths}")
+    n_rows = next(iter(lengths.values())) if lengths else 0
+    absent = [d for d in dims if d not in columns]
+    if absent:
+        raise ValueError(
+            f"dimension(s) {absent} are not columns of the results; "
+            f"the columns are {sorted(columns)}"
+        )
+    if len(set(dims)) != len(dims):
+        raise ValueError(f"dims names a column twice: {dims}")
+
+    extra = None
+    if pspace is not None:
+        missing_keys = [d for d in dims if d not in pspace.keys()]
+        if missing_keys:
+            raise ValueError(f"dimension(s) {missing_keys} are not keys of the parameter space")
+        _grid_shape_check(pspace, dims)
+        extra = pspace.to_arrays()
+
+    coords = {}
+    codes = []
+    for dim in dims:
+        column = columns[dim]
+        if column.ndim != 1:
+            raise ValueError(f"column {dim!r} holds arrays and cannot be a dimension")
+        if extra is not None:
+            column = np.concatenate([column, np.asarray(extra[dim])])
+        uniques, dim_codes = _unique_with_codes(column)
+        coords[dim] = uniques
+        codes.append(dim_codes[:n_rows])
+    shape = tuple(len(coords[d]) for d in dims)
+
+    flat = np.ravel_multi_index(codes, shape) if dims else np.zeros(n_rows, dtype=np.intp)
+    order = np.argsort(flat, kind="stable")
+    repeats = np.flatnonzero(np.diff(flat[order]) == 0)
+    if len(repeats):
+        first, second = order[repeats[0]], order[repeats[0] + 1]
+        assignment = {d: _plain(columns[d][first]) for d in dims}
+        raise ValueError(
+            f"rows {first} and {second} share the assignment {assignment}; the dims "
+            f"{dims} must identify each row (pass more parameters as dims, or use "
+            "to_dataframe())"
+        )
+    complete = n_rows == math.prod(shape)
+
+    variables = {}
+    for key, column in columns.items():
+        if key in dims:
+            continue
+        dtype = column.dtype
+        fill = None
+        if not complete:
+            dtype, fill = _missing_value_dtype(dtype)
+        grid = np.empty((math.prod(shape), *column.shape[1:]), dtype=dtype)
+        if not complete:
+            grid[...] = fill
+        grid[flat] = column
+        grid = grid.reshape(shape + column.shape[1:])
+        extra_dims = [f"{key}_dim_{i}" for i in range(column.ndim - 1)]
+        variables[key] = ([*dims, *extra_dims], grid)
+    return xr.Dataset(variables, coords=coords)
+
+
+def _find_task(task, taskdir: str | os.PathLike):
+    """Return the loaded task definition for a task name (a TaskDef passes through)."""
+    if not isinstance(task, str):
+        return task
+    from psyrun.tasks import load_tasks
+
+    tasks = load_tasks(taskdir, names=[task])
+    if task in tasks:
+        return tasks[task]
+    for error in tasks.errors:
+        if os.path.basename(error.path) == f"task_{task}.py":
+            raise RuntimeError(f"task {task!r} failed to load: {error}")
+    known = [os.path.basename(p)[5:-3] for p in _task_files(taskdir)]
+    raise KeyError(f"no task {task!r} in {os.fspath(taskdir)!r}; the tasks there are {known}")
+
+
+def _task_files(taskdir):
+    from psyrun.tasks import task_files
+
+    return task_files(taskdir)
+
+
+def load_results(task, taskdir: str | os.PathLike = "psy-tasks") -> dict[str, np.ndarray]:
+    """Load the results of a task from its result file.
+
+    Parameters
+    ----------
+    task : str or psyrun.tasks.TaskDef
+        The task name (``square`` for ``task_square.py``) or a loaded task.
+    taskdir : str or path, optional
+        The task directory, as ``psy --taskdir`` takes it. Relative paths in
+        the task (``workdir``, ``resultfile``) are relative to the current
+        directory, as for ``psy``.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        One column per parameter and output, as the task's store loads them.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the task directory or the result file does not exist (run
+        ``psy run`` first, or ``psy merge`` after an interrupted run).
+    KeyError
+        If there is no such task.
+    """
+    taskdef = _find_task(task, taskdir)
+    resultfile = os.fspath(taskdef.resultfile)
+    if not os.path.exists(resultfile):
+        raise FileNotFoundError(
+            f"task {taskdef.name!r} has no result file {resultfile!r} yet; run "
+            f"`psy run {taskdef.name}` first (`psy status {taskdef.name}` shows progress)"
+        )
+    return taskdef.store.load(resultfile)
+
+
+def load_dataframe(task, taskdir: str | os.PathLike = "psy-tasks") -> pandas.DataFrame:
+    """Load a task's results as a :class:`pandas.DataFrame`.
+
+    See :func:`load_results` for the parameters and :func:`to_dataframe` for
+    the conversion.
+    """
+    return to_dataframe(load_results(task, taskdir))
+
+
+def load_xarray(
+    task,
+    taskdir: str | os.PathLike = "psy-tasks",
+    dims: Sequence[str] | None = None,
+) -> xarray.Dataset:
+    """Load a task's results as an :class:`xarray.Dataset`, one dimension per parameter.
+
+    The task's parameter space provides the coordinates, so assignments
+    without a result (not yet run, or failed) are missing cells (NaN).
+
+    Parameters
+    ----------
+    task : str or psyrun.tasks.TaskDef
+        The task name or a loaded task.
+    taskdir : str or path, optional
+        The task directory.
+    dims : sequence of str, optional
+        Parameters to use as dimensions (default: all keys of the task's
+        ``pspace``); see :func:`to_xarray`.
+
+    Returns
+    -------
+    xarray.Dataset
+        The results on the parameter grid.
+    """
+    taskdef = _find_task(task, taskdir)
+    return to_xarray(load_results(taskdef), dims=dims, pspace=taskdef.pspace)

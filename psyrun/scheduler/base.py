@@ -1,0 +1,254 @@
+"""The scheduler interface: how psyrun hands a job to something that runs it.
+
+This module holds the interface only; every scheduler lives in its own module
+(:mod:`psyrun.scheduler.immediate`, :mod:`psyrun.scheduler.slurm`,
+:mod:`psyrun.scheduler.sqsub`).
+
+A job is an argv list (never a shell string) plus the file its standard output
+and standard error go to. A scheduler returns an opaque string id for every job
+it accepts; ids are what dependencies, status queries and kills refer to.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+#: The token that stands for the array index in :meth:`Scheduler.submit_array`.
+ARRAY_INDEX_TOKEN = "%a"
+
+
+class SchedulerError(RuntimeError):
+    """A scheduler command failed; the message quotes the command and its output."""
+
+
+class JobState(str, enum.Enum):
+    """What a scheduler knows about a job.
+
+    The members compare equal to their lower-case string values, so they print
+    and serialise readably; compare against the members, not the strings.
+    """
+
+    #: Waiting to start (for resources, for a dependency, held, ...).
+    QUEUED = "queued"
+    #: Started and not finished yet (includes "completing").
+    RUNNING = "running"
+    #: Waiting for a dependency that can never be satisfied (a parent failed):
+    #: it will never run on its own. Kill and resubmit it to get it done.
+    BLOCKED = "blocked"
+    #: Finished with exit status 0.
+    COMPLETED = "completed"
+    #: Finished with a non-zero exit status, a signal, a time limit, ...
+    FAILED = "failed"
+    #: Cancelled before or while running.
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def in_queue(self) -> bool:
+        """True while the scheduler still holds the job (queued, running or blocked)."""
+        return self in (JobState.QUEUED, JobState.RUNNING, JobState.BLOCKED)
+
+    @property
+    def will_run(self) -> bool:
+        """True when the job is running or will start without intervention."""
+        return self in (JobState.QUEUED, JobState.RUNNING)
+
+
+class JobStatus(NamedTuple):
+    """Status of one job: its ``id``, its ``status`` (a :class:`JobState`) and its ``name``."""
+
+    id: str
+    status: JobState
+    name: str | None
+
+
+def substitute_index(text: str, index: int) -> str:
+    """Replace every ``%a`` in `text` by the array index `index`."""
+    return text.replace(ARRAY_INDEX_TOKEN, str(index))
+
+
+def normalize_dependencies(depends_on: str | Iterable[str] | None) -> list[str]:
+    """Turn ``None``, one id or an iterable of ids into a list of id strings."""
+    if depends_on is None:
+        return []
+    if isinstance(depends_on, str):
+        return [depends_on]
+    return [str(d) for d in depends_on]
+
+
+def check_args(args: Sequence[str]) -> list[str]:
+    """Check that a command is a non-empty argv list and return it as a list of str.
+
+    Raises
+    ------
+    TypeError
+        When `args` is a single string (a shell command line) or holds
+        something other than strings and path-like objects.
+    ValueError
+        When `args` is empty.
+    """
+    if isinstance(args, (str, bytes)):
+        raise TypeError(
+            f"a job's command must be an argv list such as ['python', 'script.py'], "
+            f"not a string: {args!r}"
+        )
+    import os
+
+    argv = []
+    for a in args:
+        if not isinstance(a, (str, os.PathLike)):
+            raise TypeError(
+                f"every element of a job's command must be a string, got {a!r} in {list(args)!r}"
+            )
+        argv.append(os.fspath(a))
+    if not argv:
+        raise ValueError("a job's command is empty; give at least the program to run")
+    return argv
+
+
+def resolve_arg(value: Any | Callable[[str | None], Any], name: str | None) -> Any:
+    """Return `value`, or ``value(name)`` when it is callable (per-job scheduler arguments)."""
+    return value(name) if callable(value) else value
+
+
+class Scheduler(abc.ABC):
+    """Base class of every scheduler.
+
+    Implement :meth:`submit`, :meth:`kill`, :meth:`get_status` and
+    :meth:`get_jobs`. The other methods have working defaults built on those:
+
+    - :meth:`submit_array` submits one job per index; a scheduler with native
+      job arrays overrides it and sets :attr:`supports_arrays`.
+    - :meth:`get_statuses` calls :meth:`get_status` once per id, and
+      :meth:`kill_jobs` calls :meth:`kill` once per id; a scheduler whose
+      commands are external programs should override them with one batched
+      call (note for implementers: the defaults cost one call per job).
+
+    Job ids are strings. :meth:`get_status` returns ``None`` for a job the
+    scheduler does not hold (any more): finished, cancelled or unknown. For a
+    held job it returns a :class:`JobStatus` whose state is QUEUED, RUNNING or
+    BLOCKED (see :attr:`JobState.in_queue`).
+    """
+
+    #: True when :meth:`submit_array` submits a native job array (one
+    #: submission for many jobs) instead of one job per index.
+    supports_arrays: bool = False
+
+    #: Scheduler arguments (with example values) that ``psy new-task
+    #: --scheduler`` writes into a new task file.
+    USER_DEFAULT_ARGS: Mapping[str, Any] = {}
+
+    @abc.abstractmethod
+    def submit(
+        self,
+        args: Sequence[str],
+        output_filename: str,
+        name: str | None = None,
+        depends_on: Iterable[str] | None = None,
+        scheduler_args: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Submit one job and return its id.
+
+        Parameters
+        ----------
+        args
+            The command as an argv list (never a shell string).
+        output_filename
+            File that receives the job's standard output and standard error.
+        name
+            Name of the job (shown by status queries; scheduler arguments that
+            are callables are called with it).
+        depends_on
+            Ids of jobs that must complete successfully before this one starts.
+        scheduler_args
+            Scheduler-specific arguments (see each scheduler).
+
+        Returns
+        -------
+        str
+            The id of the submitted job.
+        """
+
+    def submit_array(
+        self,
+        n: int,
+        args: Sequence[str],
+        output_filename: str,
+        name: str | None = None,
+        depends_on: Iterable[str] | None = None,
+        scheduler_args: Mapping[str, Any] | None = None,
+    ) -> list[str]:
+        """Submit `n` jobs that differ only in their index 0..n-1.
+
+        The token ``%a`` in any element of `args` and in `output_filename`
+        stands for the index. The default submits one job per index with
+        :meth:`submit`; every job gets the same `name`.
+
+        Returns
+        -------
+        list of str
+            One id per index, in index order.
+        """
+        n = check_count(n)
+        argv = check_args(args)
+        deps = normalize_dependencies(depends_on)
+        return [
+            self.submit(
+                [substitute_index(a, i) for a in argv],
+                substitute_index(output_filename, i),
+                name=name,
+                depends_on=deps,
+                scheduler_args=scheduler_args,
+            )
+            for i in range(n)
+        ]
+
+    @abc.abstractmethod
+    def kill(self, jobid: str) -> None:
+        """Cancel a job (queued or running). Unknown or finished ids are ignored."""
+
+    def kill_jobs(self, jobids: Iterable[str]) -> None:
+        """Cancel several jobs. The default calls :meth:`kill` once per id."""
+        for jobid in jobids:
+            self.kill(jobid)
+
+    @abc.abstractmethod
+    def get_status(self, jobid: str) -> JobStatus | None:
+        """Return the status of a held job, or ``None`` when finished or unknown."""
+
+    def get_statuses(self, jobids: Iterable[str]) -> dict[str, JobStatus]:
+        """Return the status of every held job among `jobids` (absent: finished/unknown).
+
+        The default asks :meth:`get_status` once per id.
+        """
+        result = {}
+        for jobid in jobids:
+            status = self.get_status(jobid)
+            if status is not None:
+                result[jobid] = status
+        return result
+
+    @abc.abstractmethod
+    def get_jobs(self) -> list[str]:
+        """Return the ids of all jobs the scheduler holds for us (queued, running, blocked)."""
+
+    def refresh(self) -> None:  # noqa: B027 - an optional hook, empty on purpose
+        """Forget cached status information so that the next query asks again."""
+
+
+def check_count(n: int) -> int:
+    """Check the number of jobs of an array and return it as an int."""
+    import operator
+
+    try:
+        n = operator.index(n)
+    except TypeError:
+        raise TypeError(f"the number of array jobs must be an integer, got {n!r}") from None
+    if n < 0:
+        raise ValueError(f"the number of array jobs must not be negative, got {n}")
+    return n

@@ -1,0 +1,491 @@
+"""Task files: ``task_<name>.py`` modules whose top-level names configure a task.
+
+A task directory holds one ``task_<name>.py`` per task and optionally a
+``psy-conf.py`` whose top-level settings become the defaults of every task in
+that directory. :func:`load_tasks` executes them and returns :class:`TaskDef`
+objects; a task file that fails to load is reported (path and error) and the
+others still load.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+import traceback
+import types
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "Config",
+    "TaskConfigWarning",
+    "TaskDef",
+    "TaskDirError",
+    "TaskLoadError",
+    "TaskSet",
+    "load_tasks",
+]
+
+#: File in a task directory with default settings for every task there.
+CONF_FILENAME = "psy-conf.py"
+TASK_PREFIX = "task_"
+TASK_SUFFIX = ".py"
+
+
+class TaskConfigWarning(UserWarning):
+    """A task setting looks wrong (for example a misspelt setting name)."""
+
+
+class TaskDirError(FileNotFoundError):
+    """The task directory does not exist or is not a directory."""
+
+
+@dataclass(frozen=True)
+class TaskLoadError:
+    """A task file that could not be loaded: its ``path`` and a one-line ``message``.
+
+    ``details`` holds the full traceback text for verbose output.
+    """
+
+    path: str
+    message: str
+    details: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+def _default_backend():
+    from psyrun.backend import DistributeBackend
+
+    return DistributeBackend
+
+
+def _default_scheduler():
+    from psyrun.scheduler import ImmediateRun
+
+    return ImmediateRun()
+
+
+def _default_store():
+    from psyrun.store import PickleStore
+
+    return PickleStore()
+
+
+def _default_pspace():
+    from psyrun.pspace import Param
+
+    return Param()
+
+
+class Config:
+    """Every setting a task file (or ``psy-conf.py``) may define, with its default.
+
+    A task file sets these as module-level names; anything else it defines is
+    ignored (a name that looks like a misspelt setting is warned about).
+
+    Attributes
+    ----------
+    pspace : psyrun.pspace.ParameterSpace
+        The parameter space to evaluate. Default: an empty ``Param()``.
+    execute : callable
+        Called with one parameter assignment as keyword arguments (plus what
+        `setup` returned); returns a dict of outputs. Required.
+    setup : callable or None
+        ``setup(proc_id)`` is called once per worker process before any
+        `execute` call and returns a dict of extra keyword arguments for
+        `execute` (for example a GPU context). Default: None.
+    store : psyrun.store.Store
+        Store writing the result and intermediate files. Default:
+        ``PickleStore()``.
+    backend : type
+        Backend class that turns the task into jobs. Default:
+        :class:`psyrun.backend.DistributeBackend`.
+    scheduler : psyrun.scheduler.Scheduler
+        Scheduler submitting the jobs. Default: ``ImmediateRun()`` (run every
+        job at once on this machine).
+    scheduler_args : dict
+        Extra arguments for the scheduler (values may be callables taking the
+        job name). Default: ``{}``.
+    max_jobs : int
+        Maximum number of processing jobs. Default: 100.
+    min_items : int
+        Minimum number of assignments per processing job. Default: 1.
+    pool_size : int
+        Worker processes per job (LoadBalancingBackend). Default: 1.
+    workdir : str
+        Directory for intermediate files and logs; each task uses
+        ``<workdir>/<task name>``. Default: ``psy-work`` in the current
+        directory.
+    resultfile : str or None
+        The result file. Default (None): ``<workdir>/<task>/result<ext>``
+        with the store's extension.
+    exclude_from_result : list of str
+        Keys (parameters, outputs or `setup` keys) left out of the result.
+        Default: ``[]``.
+    file_dep : list of str
+        Further files the task depends on: when one is newer than the
+        result, ``psy run`` runs the task again. Default: ``[]``.
+    overwrite_dirty : bool
+        Whether ``psy run`` may overwrite results that are out of date. When
+        False it refuses with a warning (use ``psy run -c`` or remove the
+        results). Default: True.
+    python : str
+        Python interpreter the jobs run with. Default: ``sys.executable``.
+    """
+
+    #: setting name -> factory of its default value (called per task).
+    DEFAULTS: Mapping[str, Callable[[], Any]] = {
+        "pspace": _default_pspace,
+        "execute": lambda: None,
+        "setup": lambda: None,
+        "store": _default_store,
+        "backend": _default_backend,
+        "scheduler": _default_scheduler,
+        "scheduler_args": dict,
+        "max_jobs": lambda: 100,
+        "min_items": lambda: 1,
+        "pool_size": lambda: 1,
+        "workdir": lambda: os.path.abspath("psy-work"),
+        "resultfile": lambda: None,
+        "exclude_from_result": list,
+        "file_dep": list,
+        "overwrite_dirty": lambda: True,
+        "python": lambda: sys.executable,
+    }
+
+    def __init__(self, **settings: Any) -> None:
+        self._explicit: set[str] = set()
+        for name, factory in self.DEFAULTS.items():
+            object.__setattr__(self, name, factory())
+        for name, value in settings.items():
+            setattr(self, name, value)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+            return
+        if name not in self.DEFAULTS:
+            raise AttributeError(f"{name!r} is not a task setting{_suggestion(name)}")
+        object.__setattr__(self, name, value)
+        self._explicit.add(name)
+
+    def is_set(self, name: str) -> bool:
+        """Whether `name` was set explicitly (rather than left at its default)."""
+        return name in self._explicit
+
+    def update(self, namespace: Mapping[str, Any]) -> None:
+        """Take every setting found in `namespace` (a task file's globals)."""
+        for name in self.DEFAULTS:
+            if name in namespace:
+                setattr(self, name, namespace[name])
+
+    def copy(self) -> Config:
+        """Return a shallow copy (values shared, explicit-ness kept)."""
+        new = Config()
+        for name in self.DEFAULTS:
+            object.__setattr__(new, name, getattr(self, name))
+        new._explicit = set(self._explicit)
+        return new
+
+    @classmethod
+    def load_from_file(cls, filename: str | os.PathLike) -> Config:
+        """Execute a settings file (``psy-conf.py`` or a task file) and read its settings."""
+        conf = cls()
+        conf.update(_exec_file(os.fspath(filename)))
+        return conf
+
+    def apply_as_default(self, filename: str | os.PathLike) -> None:
+        """Take the settings of another file as defaults for those not set here."""
+        other = Config.load_from_file(filename)
+        for name in other._explicit - self._explicit:
+            object.__setattr__(self, name, getattr(other, name))
+
+    def __repr__(self) -> str:
+        items = ", ".join(f"{n}={getattr(self, n)!r}" for n in sorted(self._explicit))
+        return f"Config({items})"
+
+
+def _suggestion(name: str) -> str:
+    close = difflib.get_close_matches(name, list(Config.DEFAULTS), n=1, cutoff=0.75)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _exec_file(path: str, module_name: str | None = None) -> dict[str, Any]:
+    """Execute a Python file as a module and return its globals."""
+    with open(path, encoding="utf-8") as f:
+        source = f.read()
+    code = compile(source, path, "exec")
+    name = module_name or os.path.splitext(os.path.basename(path))[0].replace("-", "_")
+    module = types.ModuleType(name)
+    module.__file__ = path
+    # Registered so that pickling functions defined in the task file by reference
+    # works inside this process (and in forked children).
+    sys.modules[name] = module
+    exec(code, module.__dict__)
+    return module.__dict__
+
+
+def _typo_warnings(namespace: Mapping[str, Any], path: str) -> list[str]:
+    """Messages for top-level names that look like misspelt settings."""
+    messages = []
+    for name, value in namespace.items():
+        if name.startswith("_") or name in Config.DEFAULTS or isinstance(value, types.ModuleType):
+            continue
+        close = difflib.get_close_matches(name, list(Config.DEFAULTS), n=1, cutoff=0.8)
+        if close:
+            messages.append(
+                f"{path}: {name!r} is not a task setting and is ignored; did you mean "
+                f"{close[0]!r}?"
+            )
+    return messages
+
+
+class TaskDef:
+    """One loaded task: its name, file and settings.
+
+    Settings are attributes (``task.pspace``, ``task.max_jobs``, ...);
+    ``task.resultfile`` and ``task.workdir`` are absolute paths, the store
+    and scheduler are instances and ``task.backend`` is a backend class.
+
+    Parameters
+    ----------
+    path : str or path
+        The ``task_<name>.py`` file.
+    conf : Config, optional
+        Defaults (for example from ``psy-conf.py``) for settings the file
+        does not set.
+    """
+
+    def __init__(self, path: str | os.PathLike, conf: Config | None = None) -> None:
+        self.path = os.path.abspath(os.fspath(path))
+        base = os.path.basename(self.path)
+        if not (base.startswith(TASK_PREFIX) and base.endswith(TASK_SUFFIX)):
+            raise ValueError(f"task files are named task_<name>.py, got {base!r}")
+        self.name = base[len(TASK_PREFIX) : -len(TASK_SUFFIX)]
+        self.taskdir = os.path.dirname(self.path)
+        self.conf_path = os.path.join(self.taskdir, CONF_FILENAME)
+        namespace = _exec_file(self.path, module_name=f"psyrun_task_{self.name}")
+        self.warnings = _typo_warnings(namespace, self.path)
+        self.config = conf.copy() if conf is not None else Config()
+        self.config.update(namespace)
+        self._normalize()
+
+    def _normalize(self) -> None:
+        c = self.config
+        if not callable(c.execute):
+            raise ValueError(
+                "defines no execute function; add `def execute(**params): return {...}`"
+            )
+        from psyrun.pspace import ParameterSpace
+
+        if not isinstance(c.pspace, ParameterSpace):
+            raise TypeError(
+                f"pspace must be a parameter space such as Param(x=[1, 2]), got "
+                f"{type(c.pspace).__name__}"
+            )
+        for name in ("max_jobs", "min_items", "pool_size"):
+            value = getattr(c, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(c.store, type):
+            c.store = c.store()
+        if isinstance(c.scheduler, type):
+            c.scheduler = c.scheduler()
+        from psyrun.backend.base import Backend
+
+        if isinstance(c.backend, Backend):
+            c.backend = type(c.backend)
+        if not (isinstance(c.backend, type) and issubclass(c.backend, Backend)):
+            raise TypeError(
+                "backend must be a backend class such as DistributeBackend or "
+                f"LoadBalancingBackend, got {c.backend!r}"
+            )
+        if c.setup is not None and not callable(c.setup):
+            raise TypeError(f"setup must be a function setup(proc_id) or None, got {c.setup!r}")
+        if isinstance(c.exclude_from_result, str):
+            c.exclude_from_result = [c.exclude_from_result]
+        if isinstance(c.file_dep, (str, os.PathLike)):
+            c.file_dep = [c.file_dep]
+        c.file_dep = [os.path.abspath(os.fspath(f)) for f in c.file_dep]
+        object.__setattr__(c, "workdir", os.path.abspath(os.fspath(c.workdir)))
+        if c.resultfile is not None:
+            object.__setattr__(c, "resultfile", os.path.abspath(os.fspath(c.resultfile)))
+
+    def __getattr__(self, name: str) -> Any:
+        if name in Config.DEFAULTS:
+            value = getattr(self.__dict__["config"], name)
+            if name == "resultfile" and value is None:
+                ext = getattr(self.config.store, "ext", "") or ".pkl"
+                value = os.path.join(self.config.workdir, self.name, "result" + ext)
+            return value
+        raise AttributeError(f"task {self.__dict__.get('name')!r} has no setting {name!r}")
+
+    @property
+    def dependencies(self) -> list[str]:
+        """Files whose change makes the results out of date."""
+        deps = [self.path, *self.file_dep]
+        if os.path.exists(self.conf_path):
+            deps.append(self.conf_path)
+        return deps
+
+    def make_backend(self):
+        """Return the backend instance for this task."""
+        return self.backend(self)
+
+    def __repr__(self) -> str:
+        return f"TaskDef({self.name!r}, {self.path!r})"
+
+
+class TaskSet(dict):
+    """The tasks of a task directory by name, plus the files that failed to load.
+
+    Attributes
+    ----------
+    errors : list of TaskLoadError
+        One entry per task file (or ``psy-conf.py``) that failed to load.
+    warnings : list of str
+        Warnings about settings (for example misspelt names).
+    """
+
+    def __init__(self, taskdir: str) -> None:
+        super().__init__()
+        self.taskdir = taskdir
+        self.errors: list[TaskLoadError] = []
+        self.warnings: list[str] = []
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(super().keys()))
+
+
+def _load_error(path: str, exc: BaseException) -> TaskLoadError:
+    tb = exc.__traceback__
+    line = ""
+    for frame, lineno in traceback.walk_tb(tb):
+        if frame.f_code.co_filename == path:
+            line = f" (line {lineno})"
+    if isinstance(exc, SyntaxError) and exc.filename == path:
+        line = f" (line {exc.lineno})"
+    message = f"{type(exc).__name__}{line}: {exc}"
+    details = "".join(traceback.format_exception(type(exc), exc, tb))
+    return TaskLoadError(path, message, details)
+
+
+# task file path -> (modification stamp, TaskDef); jobs forked from psy reuse it.
+_CACHE: dict[str, tuple[tuple, TaskDef]] = {}
+
+
+def _stamp(task: TaskDef) -> tuple:
+    stamps = []
+    for path in (task.path, task.conf_path):
+        try:
+            stamps.append(os.stat(path).st_mtime_ns)
+        except FileNotFoundError:
+            stamps.append(None)
+    return tuple(stamps)
+
+
+def get_task(path: str | os.PathLike) -> TaskDef:
+    """The task defined in `path`, reusing a definition loaded earlier in this process.
+
+    A task loaded by :func:`load_tasks` whose file (and ``psy-conf.py``) did
+    not change since is returned as is; otherwise the task directory's
+    ``psy-conf.py`` and the file are loaded.
+
+    Raises
+    ------
+    RuntimeError
+        If the task file fails to load (the message holds the error).
+    """
+    path = os.path.abspath(os.fspath(path))
+    cached = _CACHE.get(path)
+    if cached is not None and cached[0] == _stamp(cached[1]):
+        return cached[1]
+    base = os.path.basename(path)
+    name = base[len(TASK_PREFIX) : -len(TASK_SUFFIX)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TaskConfigWarning)
+        tasks = load_tasks(os.path.dirname(path), names=[name])
+    for error in tasks.errors:
+        raise RuntimeError(f"cannot load task {name!r}: {error}\n{error.details}")
+    if name not in tasks:
+        raise RuntimeError(f"no task file {path!r}")
+    return tasks[name]
+
+
+def task_files(taskdir: str | os.PathLike) -> list[str]:
+    """Return the ``task_<name>.py`` files of a task directory, sorted by name."""
+    taskdir = os.fspath(taskdir)
+    if not os.path.isdir(taskdir):
+        if os.path.exists(taskdir):
+            raise TaskDirError(f"task directory {taskdir!r} is not a directory")
+        raise TaskDirError(
+            f"task directory {taskdir!r} does not exist; create it or pass --taskdir "
+            "pointing at the directory holding task_<name>.py files"
+        )
+    return sorted(
+        os.path.join(taskdir, f)
+        for f in os.listdir(taskdir)
+        if f.startswith(TASK_PREFIX) and f.endswith(TASK_SUFFIX) and len(f) > 8
+    )
+
+
+def load_tasks(
+    taskdir: str | os.PathLike = "psy-tasks", names: list[str] | None = None
+) -> TaskSet:
+    """Load the tasks of a task directory.
+
+    Parameters
+    ----------
+    taskdir : str or path
+        Directory with ``task_<name>.py`` files (and optionally ``psy-conf.py``).
+    names : list of str, optional
+        Load only these tasks (the others are not executed).
+
+    Returns
+    -------
+    TaskSet
+        Mapping of task name to :class:`TaskDef`, iterating in name order;
+        ``.errors`` lists files that failed to load and ``.warnings``
+        suspicious settings. Warnings are also issued as
+        :class:`TaskConfigWarning`.
+
+    Raises
+    ------
+    TaskDirError
+        If `taskdir` does not exist.
+    """
+    taskdir = os.path.abspath(os.fspath(taskdir))
+    files = task_files(taskdir)
+    tasks = TaskSet(taskdir)
+    if taskdir not in sys.path:
+        # Task files may import helper modules kept next to them.
+        sys.path.append(taskdir)
+    conf = Config()
+    conf_path = os.path.join(taskdir, CONF_FILENAME)
+    if os.path.exists(conf_path):
+        try:
+            namespace = _exec_file(conf_path, module_name="psyrun_conf")
+            conf.update(namespace)
+            tasks.warnings.extend(_typo_warnings(namespace, conf_path))
+        except Exception as exc:
+            tasks.errors.append(_load_error(conf_path, exc))
+    for path in files:
+        name = os.path.basename(path)[len(TASK_PREFIX) : -len(TASK_SUFFIX)]
+        if names is not None and name not in names:
+            continue
+        try:
+            task = TaskDef(path, conf)
+        except Exception as exc:
+            tasks.errors.append(_load_error(path, exc))
+            continue
+        tasks.warnings.extend(task.warnings)
+        tasks[task.name] = task
+        _CACHE[task.path] = (_stamp(task), task)
+    for message in tasks.warnings:
+        warnings.warn(message, TaskConfigWarning, stacklevel=2)
+    return tasks

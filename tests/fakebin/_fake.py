@@ -1,0 +1,70 @@
+"""Shared body of the fake cluster commands in this directory (used by unit tests).
+
+Each fake (sbatch, squeue, scancel, scontrol, sqsub, sqjobs, sqkill) is a tiny
+shell script that runs this file with its own name. It
+
+- appends one JSON line ``{"prog": name, "argv": [...]}`` to the file named by
+  ``PSYRUN_FAKE_LOG`` (when set);
+- prints scripted output from ``$PSYRUN_FAKE_DIR``: ``<name>.out`` to stdout,
+  ``<name>.err`` to stderr, and exits with the number in ``<name>.rc``;
+- without a ``<name>.out``: sbatch prints the next job id (from a counter in
+  ``$PSYRUN_FAKE_DIR/next_id``, starting at 100; with ``--parsable`` just the
+  id, else ``Submitted batch job N``), sqsub prints ``submitted as jobid N``,
+  ``scontrol show config`` prints a MaxArraySize line (``$PSYRUN_FAKE_MAX_ARRAY_SIZE``,
+  default 1001), the others print nothing.
+"""
+
+import json
+import os
+import sys
+
+
+def _next_id(state_dir: str) -> int:
+    path = os.path.join(state_dir, "next_id")
+    try:
+        with open(path) as f:
+            value = int(f.read().strip() or 100)
+    except FileNotFoundError:
+        value = 100
+    with open(path, "w") as f:
+        f.write(str(value + 1))
+    return value
+
+
+def main() -> int:
+    prog, args = sys.argv[1], sys.argv[2:]
+    log = os.environ.get("PSYRUN_FAKE_LOG")
+    if log:
+        with open(log, "a") as f:
+            f.write(json.dumps({"prog": prog, "argv": args}) + "\n")
+    state_dir = os.environ.get("PSYRUN_FAKE_DIR", "")
+
+    def scripted(ext):
+        path = os.path.join(state_dir, f"{prog}.{ext}")
+        if state_dir and os.path.exists(path):
+            with open(path) as f:
+                return f.read()
+        return None
+
+    out, err, rc = scripted("out"), scripted("err"), scripted("rc")
+    if err:
+        sys.stderr.write(err)
+    code = int(rc.strip()) if rc else 0
+    if out is not None:
+        sys.stdout.write(out)
+    elif code == 0 and prog == "sbatch":
+        jobid = _next_id(state_dir)
+        print(jobid if "--parsable" in args else f"Submitted batch job {jobid}")
+    elif code == 0 and prog == "sqsub":
+        print(f"submitted as jobid {_next_id(state_dir)}")
+    elif prog == "scontrol" and args[:2] == ["show", "config"]:
+        print("Configuration data as of 2024-01-01T00:00:00")
+        print("AccountingStorageType   = accounting_storage/none")
+        size = os.environ.get("PSYRUN_FAKE_MAX_ARRAY_SIZE", "1001")
+        print(f"MaxArraySize            = {size}")
+        print("MaxJobCount             = 10000")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -76,7 +76,7 @@ class _Kernel:
         self.__doc__ = reference.__doc__
 
     def compiled(self) -> Callable | None:
-        """The numba-compiled loop (None if numba cannot be imported)."""
+        """Return the numba-compiled loop (None if numba cannot be imported)."""
         if self._compiled is None and not self._unavailable:
             try:
                 import numba
@@ -223,7 +223,7 @@ def _build_index_reference(keys: np.ndarray):
 
 
 def _lookup_reference(index, queries: np.ndarray) -> np.ndarray:
-    """The first (lowest) row holding each query key, or -1."""
+    """Return the first (lowest) row holding each query key, or -1."""
     sorted_keys, order, _ = index
     queries = np.asarray(queries, dtype=np.uint64)
     if len(sorted_keys) == 0:

@@ -142,6 +142,10 @@ def run(taskdir: str, cont: bool, task: tuple[str, ...]) -> None:
     from psyrun.jobs import save_submitted, submit_graph
     from psyrun.scheduler import ImmediateRun
 
+    # Jobs run in forked children of this process: import what they need once, here.
+    import psyrun.mapper  # noqa: F401
+    import psyrun.worker  # noqa: F401
+
     tasks, selected = _load(taskdir, task)
     problems = tasks.selection_failed
     for t in selected:

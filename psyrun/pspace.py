@@ -145,7 +145,7 @@ def _to_list(column: np.ndarray) -> list:
 
 
 def _fill(value: Any, n: int) -> np.ndarray:
-    """A column of `n` copies of a scalar."""
+    """Return a column of `n` copies of a scalar."""
     if isinstance(value, (bool, int, float)) and not isinstance(value, type):
         try:
             return np.full(n, value)
@@ -157,12 +157,12 @@ def _fill(value: Any, n: int) -> np.ndarray:
 
 
 def _scalar_dtype(value: Any) -> np.dtype:
-    """The dtype :func:`_fill` gives a scalar (without making the column)."""
+    """Return the dtype :func:`_fill` gives a scalar (without making the column)."""
     return _fill(value, 0).dtype
 
 
 def _as_object(column: np.ndarray) -> np.ndarray:
-    """The column as a 1-d object array of plain Python values (rows for n-d)."""
+    """Return the column as a 1-d object array of plain values (rows for n-d)."""
     if column.dtype.kind == "O" and column.ndim == 1:
         return column
     return _object_array(_to_list(column))
@@ -195,7 +195,7 @@ _OBJECT_SPEC = _ColumnSpec(np.dtype(object))
 
 
 def _merge_specs(specs: list[_ColumnSpec | None]) -> _ColumnSpec:
-    """The column a ``Sum`` gives for one key; None marks a part without the key."""
+    """Return the column a ``Sum`` gives for a key; None marks a part without it."""
     present = [s for s in specs if s is not None]
     absent = len(present) < len(specs)
     first = present[0]
@@ -326,7 +326,7 @@ class ParameterSpace:
         raise NotImplementedError
 
     def _spec(self, key: str) -> _ColumnSpec:
-        """The dtype and per-row shape of the column of `key`."""
+        """Return the dtype and per-row shape of the column of `key`."""
         raise NotImplementedError
 
     def _row(self, i: int) -> dict[str, Any]:
@@ -391,9 +391,7 @@ class ParameterSpace:
         if i < 0:
             i += n
         if not 0 <= i < n:
-            raise IndexError(
-                f"row {index} is out of range for a parameter space of {n} rows"
-            )
+            raise IndexError(f"row {index} is out of range for a parameter space of {n} rows")
         return self._row(i)
 
     def iterate(self, block_size: int = DEFAULT_BLOCK_SIZE) -> Iterator[dict[str, Any]]:
@@ -656,35 +654,31 @@ class Product(ParameterSpace):
                 seen[key] = None
         self._factors = factors
         self._keys = list(seen)
-        self._init_sizes()
+        self._key_owner = {key: f for f in factors for key in f.keys()}
 
-    def _init_sizes(self):
-        lengths = [len(f) for f in self._factors]
-        # strides[k]: how many consecutive rows share one value of factor k.
-        strides = [1] * len(lengths)
-        for k in range(len(lengths) - 2, -1, -1):
-            strides[k] = strides[k + 1] * lengths[k + 1]
-        self._lengths = lengths
-        self._strides = strides
-        self._n = math.prod(lengths) if lengths else 0
-        self._key_owner = {key: f for f in self._factors for key in f.keys()}
+    @property
+    def _layout(self) -> tuple[list[int], list[int], int]:
+        """Factor lengths, strides and row count, computed on first use.
 
-    def __setstate__(self, state):
-        super().__setstate__(state)
-        self._init_sizes()
-
-    def __getstate__(self):
-        state = super().__getstate__()
-        for name in ("_lengths", "_strides", "_n", "_key_owner"):
-            state.pop(name, None)
-        return state
+        Deferred because a factor's length may be expensive (a difference).
+        """
+        layout = self.__dict__.get("_cache_layout")
+        if layout is None:
+            lengths = [len(f) for f in self._factors]
+            # strides[k]: how many consecutive rows share one value of factor k.
+            strides = [1] * len(lengths)
+            for k in range(len(lengths) - 2, -1, -1):
+                strides[k] = strides[k + 1] * lengths[k + 1]
+            layout = (lengths, strides, math.prod(lengths) if lengths else 0)
+            self._cache_layout = layout
+        return layout
 
     def keys(self) -> list[str]:
         """Return the keys of all factors, left factor first."""
         return list(self._keys)
 
     def __len__(self) -> int:
-        return self._n
+        return self._layout[2]
 
     def _spec(self, key):
         return self._key_owner[key]._spec(key)
@@ -703,12 +697,13 @@ class Product(ParameterSpace):
     def _take(self, rows, keys=None):
         out: dict[str, np.ndarray] = {}
         wanted = dict(self._wanted(keys))
+        lengths = self._layout[0]
         remainder = rows
         for k in range(len(self._factors) - 1, -1, -1):
             if k == 0:
                 index = remainder
             else:
-                remainder, index = np.divmod(remainder, self._lengths[k])
+                remainder, index = np.divmod(remainder, lengths[k])
             if k in wanted:
                 out.update(self._factors[k]._take(index, wanted[k]))
         return {key: out[key] for key in (self._keys if keys is None else keys)}
@@ -716,9 +711,10 @@ class Product(ParameterSpace):
     def _range_take(self, start, stop, keys=None):
         out: dict[str, np.ndarray] = {}
         n = stop - start
+        lengths, strides, _ = self._layout
         for k, factor_keys in self._wanted(keys):
             factor = self._factors[k]
-            stride, length = self._strides[k], self._lengths[k]
+            stride, length = strides[k], lengths[k]
             if n == 0:
                 out.update(factor._range_take(0, 0, factor_keys))
                 continue
@@ -747,7 +743,7 @@ class Product(ParameterSpace):
     def _row(self, i):
         out = {}
         factors = self._factors
-        lengths = self._lengths
+        lengths = self._layout[0]
         values = []
         for k in range(len(factors) - 1, 0, -1):
             i, r = divmod(i, lengths[k])
@@ -786,16 +782,23 @@ class Sum(ParameterSpace):
         self._init_sizes()
 
     def _init_sizes(self):
-        offsets = [0]
-        for part in self._parts:
-            offsets.append(offsets[-1] + len(part))
-        self._offsets = offsets
         keys: dict[str, None] = {}
         for part in self._parts:
             keys.update(dict.fromkeys(part.keys()))
         self._keys = list(keys)
         self._part_keys = [set(p.keys()) for p in self._parts]
         self._cache_specs: dict[str, _ColumnSpec] = {}
+
+    @property
+    def _offsets(self) -> list[int]:
+        """First row of each term (and the total), computed on first use."""
+        offsets = self.__dict__.get("_cache_offsets")
+        if offsets is None:
+            offsets = [0]
+            for part in self._parts:
+                offsets.append(offsets[-1] + len(part))
+            self._cache_offsets = offsets
+        return offsets
 
     def __getstate__(self):
         return {"_parts": self._parts}
@@ -815,7 +818,10 @@ class Sum(ParameterSpace):
         spec = self._cache_specs.get(key)
         if spec is None:
             spec = _merge_specs(
-                [p._spec(key) if key in pk else None for p, pk in zip(self._parts, self._part_keys)]
+                [
+                    p._spec(key) if key in pk else None
+                    for p, pk in zip(self._parts, self._part_keys)
+                ]
             )
             self._cache_specs[key] = spec
         return spec
@@ -842,7 +848,7 @@ class Sum(ParameterSpace):
 
     def _take(self, rows, keys=None):
         keys = self._keys if keys is None else list(keys)
-        offsets = self._offsets
+        offsets = np.array(self._offsets, dtype=np.int64)
         part_of_row = np.searchsorted(offsets, rows, side="right") - 1
         pieces = []
         for j, part in enumerate(self._parts):
@@ -856,19 +862,21 @@ class Sum(ParameterSpace):
     def _range_take(self, start, stop, keys=None):
         keys = self._keys if keys is None else list(keys)
         pieces = []
+        offsets = self._offsets
         for j, part in enumerate(self._parts):
-            lo = max(start, self._offsets[j])
-            hi = min(stop, self._offsets[j + 1])
+            lo = max(start, offsets[j])
+            hi = min(stop, offsets[j + 1])
             if lo >= hi:
                 continue
             mine = [k for k in keys if k in self._part_keys[j]]
-            columns = part._range_take(lo - self._offsets[j], hi - self._offsets[j], mine)
+            columns = part._range_take(lo - offsets[j], hi - offsets[j], mine)
             pieces.append((slice(lo - start, hi - start), j, columns))
         return self._assemble(pieces, stop - start, keys)
 
     def _row(self, i):
-        j = bisect.bisect_right(self._offsets, i) - 1
-        values = self._parts[j]._row(i - self._offsets[j])
+        offsets = self._offsets
+        j = bisect.bisect_right(offsets, i) - 1
+        values = self._parts[j]._row(i - offsets[j])
         return {k: values.get(k, _NAN) for k in self._keys}
 
     def _describe(self) -> str:
@@ -969,6 +977,17 @@ class Difference(ParameterSpace):
             survivors = _surviving_rows(self._minuend, self._subtrahend, self._shared)
             self._cache_survivors = survivors
         return survivors
+
+    def surviving_rows(self) -> np.ndarray:
+        """Return the minuend's row numbers that this difference keeps.
+
+        Returns
+        -------
+        numpy.ndarray of int64
+            Ascending row numbers of the minuend (computed once, then cached;
+            do not modify the array).
+        """
+        return self._survivors()
 
     def __len__(self) -> int:
         return len(self._survivors())

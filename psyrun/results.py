@@ -347,9 +347,12 @@ def load_results(task, taskdir: str | os.PathLike = "psy-tasks") -> dict[str, np
     ------
     FileNotFoundError
         If the task directory or the result file does not exist (run
-        ``psy run`` first, or ``psy merge`` after an interrupted run).
+        ``psy run`` first).
     KeyError
-        If there is no such task.
+        If there is no such task; the message lists the tasks there.
+    RuntimeError
+        If the task file fails to load; the message has the error.
+
     """
     taskdef = _find_task(task, taskdir)
     resultfile = os.fspath(taskdef.resultfile)

@@ -236,6 +236,12 @@ def _typo_warnings(namespace: Mapping[str, Any], path: str) -> list[str]:
     for name, value in namespace.items():
         if name.startswith("_") or name in Config.DEFAULTS or isinstance(value, types.ModuleType):
             continue
+        if isinstance(value, type) or (
+            callable(value) and getattr(value, "__module__", None) != namespace.get("__name__")
+        ):
+            # Classes and imported functions (``from psyrun import Scheduler``) are
+            # not settings that were misspelt.
+            continue
         close = difflib.get_close_matches(name, list(Config.DEFAULTS), n=1, cutoff=0.8)
         if close:
             messages.append(

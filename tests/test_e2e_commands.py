@@ -280,6 +280,34 @@ def test_misspelt_setting_is_warned_about(tmp_path):
     assert "max_jobs" in text, describe(out)
 
 
+def test_imported_names_are_not_mistaken_for_misspelt_settings(tmp_path):
+    # The guide tells users to subclass Scheduler (and Store) in their task files.
+    write(
+        tmp_path / "psy-tasks" / "task_custom.py",
+        counting_task(
+            tmp_path / "c",
+            range(3),
+            preamble="""
+                from psyrun.scheduler import Scheduler
+                from psyrun.store import Store
+                from psyrun.store.pickle import PickleStore
+
+
+                class MyStore(PickleStore):
+                    pass
+
+
+                Store = MyStore
+                """,
+            settings="store = MyStore()",
+        ),
+    )
+    out = ok(psy("list", cwd=tmp_path))
+    assert out.stdout.split() == ["custom"], describe(out)
+    assert "did you mean" not in out.stderr.lower(), describe(out)
+    assert "warning" not in out.stderr.lower(), describe(out)
+
+
 def test_help_for_every_subcommand(tmp_path):
     top = ok(psy("--help", cwd=tmp_path))
     for name in SUBCOMMANDS:

@@ -178,3 +178,43 @@ def test_repeated_crashes_then_continue(tmp_path, backend):
         assert (tmp_path / f"crashed-{row}").exists(), describe(final)
     result = load_result(result_path(tmp_path, "many", "h5"), "h5")
     assert sorted_rows(result) == square_rows(range(n))
+
+
+@pytest.mark.parametrize(("backend", "store"), [("distribute", "pickle"), ("loadbalancing", "h5")])
+def test_continue_matches_whole_rows_not_single_keys(tmp_path, backend, store):
+    """(1, 20) and (2, 10) are new although each of their values was seen before."""
+    side = tmp_path / "calls.txt"
+    task = tmp_path / "psy-tasks" / "task_pairs.py"
+    store_import, store_expr, _ = STORES[store]
+    backend_import, backend_expr = BACKENDS[backend]
+
+    def source(space):
+        return f"""
+            from psyrun import Param
+            {store_import}
+            {backend_import}
+
+            pspace = {space}
+            store = {store_expr}
+            backend = {backend_expr}
+            max_jobs = 2
+
+
+            def execute(a, b):
+                with open({str(side)!r}, "a") as f:
+                    f.write(f"{{a * 100 + b}}\\n")
+                return {{"y": a * b}}
+            """
+
+    write(task, source("Param(a=[1, 2], b=[10, 20])"))
+    ok(psy("run", cwd=tmp_path))
+    assert calls(side) == {110: 1, 220: 1}
+    age_files(tmp_path)
+    write(task, source("Param(a=[1, 2]) * Param(b=[10, 20])"))
+    status = ok(psy("status", "pairs", cwd=tmp_path))
+    assert status_counts(status.stdout) == [(2, 4)], describe(status)
+    ok(psy("run", "-c", cwd=tmp_path))
+    assert calls(side) == {110: 1, 220: 1, 120: 1, 210: 1}
+    result = load_result(result_path(tmp_path, "pairs", store), store)
+    expected = {"a": [1, 1, 2, 2], "b": [10, 20, 10, 20], "y": [10, 20, 20, 40]}
+    assert sorted_rows(result) == sorted_rows(expected)

@@ -603,3 +603,21 @@ def test_import_does_not_load_numba():
     code = "import sys, psyrun.pspace; print('numba' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_operands_lengths_are_not_computed_when_combining(monkeypatch):
+    calls = []
+    original = _kernels.RowTable.contains
+
+    def counting(self, columns):
+        calls.append(1)
+        return original(self, columns)
+
+    monkeypatch.setattr(_kernels.RowTable, "contains", counting)
+    d = Param(a=range(5)) - Param(a=[1])
+    combined = (d * Param(b=[1, 2])) + d
+    assert combined.keys() == ["a", "b"]
+    assert calls == []
+    assert len(combined) == 12
+    assert calls == [1]
+    np.testing.assert_array_equal(d.surviving_rows(), [0, 2, 3, 4])

@@ -28,10 +28,6 @@ objects = st.sampled_from([None, (1, 2), b"x", True, False])
 values = st.one_of(ints, floats, strings, objects)
 
 
-def is_real(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool) or isinstance(v, bool)
-
-
 def same_param(x, y):
     """Equality as psyrun matches parameters: 1 == 1.0 == True, NaN == NaN."""
     if isinstance(x, str) or isinstance(y, str):

@@ -39,6 +39,8 @@ __all__ = ["RowsFailed", "SplitMergeBackend"]
 #: Rows a process job evaluates between two appends (bounds on the block size).
 MIN_BLOCK = 1024
 MAX_BLOCK = 16384
+#: Rows gathered before one append to the merged file.
+MERGE_ROWS = 65536
 #: Assignments ``psy status -v`` prints before summarising the rest.
 MAX_LISTED = 100
 
@@ -187,6 +189,18 @@ def write_merged(
     remove_path(tmp)
     written = 0
     offset = 0
+    # Small parts are gathered into bigger appends: each append may cost a sync.
+    pending: list[dict] = []
+    pending_rows = 0
+
+    def flush() -> None:
+        nonlocal pending, pending_rows
+        if pending:
+            from psyrun.store.columns import merge_chunks
+
+            store.append(tmp, pending[0] if len(pending) == 1 else merge_chunks(pending))
+        pending, pending_rows = [], 0
+
     try:
         if base is not None and os.path.exists(base):
             for chunk in store.iter_chunks(base):
@@ -202,8 +216,12 @@ def write_merged(
                         chunk = {k: np.asarray(v)[mask] for k, v in chunk.items()}
                         n = int(mask.sum())
                 if n:
-                    store.append(tmp, chunk)
+                    pending.append({k: np.asarray(v) for k, v in chunk.items()})
+                    pending_rows += n
                     written += n
+                    if pending_rows >= MERGE_ROWS:
+                        flush()
+        flush()
         if not os.path.exists(tmp):
             store.save(tmp, {k: [] for k in keys})
         replace_result(tmp, dest)

@@ -1,0 +1,236 @@
+"""Every numba kernel against its NumPy reference, and the exact row matching."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from psyrun import _kernels as K
+
+SPECIAL_FLOATS = np.array(
+    [0.0, -0.0, 1.0, -1.0, np.nan, -np.nan, np.inf, -np.inf, 1e308, 5e-324, 2.0**53 + 2]
+)
+
+float_arrays = hnp.arrays(
+    np.float64,
+    st.integers(0, 200),
+    elements=st.floats(allow_nan=True, allow_infinity=True, width=64),
+)
+uint_arrays = hnp.arrays(np.uint64, st.integers(0, 200))
+
+
+def odd_nan():
+    # A NaN with another payload and the sign bit set: still "NaN" to psyrun.
+    return np.array([0xFFF8000000000001], dtype=np.uint64).view(np.float64)
+
+
+@given(uint_arrays)
+def test_mix64_numba_matches_reference(values):
+    np.testing.assert_array_equal(K.mix64.compiled()(values), K.mix64.reference(values))
+
+
+@given(float_arrays)
+def test_hash_floats_numba_matches_reference(values):
+    values = np.concatenate([values, SPECIAL_FLOATS, odd_nan()])
+    np.testing.assert_array_equal(
+        K.hash_floats.compiled()(values), K.hash_floats.reference(values)
+    )
+
+
+def test_hash_floats_equal_values_hash_equal():
+    h = K.hash_floats.reference(np.concatenate([SPECIAL_FLOATS, odd_nan()]))
+    assert h[0] == h[1]  # 0.0 and -0.0
+    assert h[4] == h[5] == h[-1]  # every NaN
+    assert len(set(h[[0, 2, 3, 4, 6, 7, 8, 9, 10]].tolist())) == 9
+
+
+@given(uint_arrays, st.data())
+def test_combine_hashes_numba_matches_reference(acc, data):
+    h = data.draw(hnp.arrays(np.uint64, len(acc)))
+    np.testing.assert_array_equal(
+        K.combine_hashes.compiled()(acc, h), K.combine_hashes.reference(acc, h)
+    )
+
+
+@given(
+    hnp.arrays(
+        np.float64,
+        st.tuples(st.integers(0, 30), st.integers(0, 6)),
+        elements=st.sampled_from([0.0, -0.0, 1.5, np.nan, -3.0]),
+    )
+)
+def test_hash_float_rows_numba_matches_reference(values):
+    seed = np.arange(len(values), dtype=np.uint64)
+    np.testing.assert_array_equal(
+        K.hash_float_rows.compiled()(values, seed), K.hash_float_rows.reference(values, seed)
+    )
+
+
+@given(hnp.arrays(np.uint64, st.integers(0, 300), elements=st.integers(0, 20)), st.data())
+def test_hash_index_numba_matches_reference(keys, data):
+    queries = data.draw(hnp.arrays(np.uint64, st.integers(0, 50), elements=st.integers(0, 25)))
+    fast = K.HashIndex(keys, force="numba")
+    slow = K.HashIndex(keys, force="reference")
+    np.testing.assert_array_equal(fast.chain, slow.chain)
+    np.testing.assert_array_equal(fast.lookup(queries), slow.lookup(queries))
+    # Oracle: the lowest row holding the key, chains ascending through equal keys.
+    for q, row in zip(queries.tolist(), slow.lookup(queries).tolist()):
+        holders = np.flatnonzero(keys == q).tolist()
+        assert row == (holders[0] if holders else -1)
+    for i, nxt in enumerate(slow.chain.tolist()):
+        later = [j for j in np.flatnonzero(keys == keys[i]).tolist() if j > i]
+        assert nxt == (later[0] if later else -1)
+
+
+def test_hash_index_large_random_keys():
+    rng = np.random.default_rng(1)
+    keys = rng.integers(0, 2**63, 50_000, dtype=np.int64).astype(np.uint64)
+    keys[::7] = keys[0]  # many duplicates of one key
+    queries = np.concatenate([keys[:1000], rng.integers(0, 2**63, 1000).astype(np.uint64)])
+    fast, slow = K.HashIndex(keys), K.HashIndex(keys, force="reference")
+    np.testing.assert_array_equal(fast.chain, slow.chain)
+    np.testing.assert_array_equal(fast.lookup(queries), slow.lookup(queries))
+
+
+def test_dispatch_uses_reference_below_threshold_and_when_disabled(monkeypatch):
+    calls = []
+    kernel = K._Kernel(lambda x: calls.append("numba"), lambda x: calls.append("ref"), 10)
+    kernel._compiled = lambda x: calls.append("numba")
+    kernel(np.zeros(9))
+    kernel(np.zeros(10))
+    monkeypatch.setenv("PSYRUN_DISABLE_NUMBA", "1")
+    kernel(np.zeros(10))
+    assert calls == ["ref", "numba", "ref"]
+
+
+def test_large_inputs_take_the_numba_path_and_agree():
+    values = np.random.default_rng(2).normal(size=K.NUMBA_THRESHOLD + 5)
+    values[::3] = np.nan
+    np.testing.assert_array_equal(K.hash_floats(values), K.hash_floats.reference(values))
+    assert K.hash_floats.compiled() is not None
+
+
+# ---------------------------------------------------------------------------
+# Column hashing: equal values hash equal across column types
+
+
+def test_hash_column_consistent_across_types():
+    ints = np.array([1, 0, 2], dtype=np.int64)
+    floats = np.array([1.0, -0.0, 2.0])
+    bools_and_ints = np.array([True, False, 2], dtype=object)
+    small = np.array([1, 0, 2], dtype=np.uint8)
+    expected = K.hash_column(ints)
+    for column in (floats, bools_and_ints, small):
+        np.testing.assert_array_equal(K.hash_column(column), expected)
+
+
+def test_hash_column_strings_and_objects():
+    u = np.array(["a", "bb"])
+    o = np.array(["a", "bb"], dtype=object)
+    np.testing.assert_array_equal(K.hash_column(u), K.hash_column(o))
+    mixed = np.array(["1", 1, None, (1, 2), [1, 2], math.nan, 2**80], dtype=object)
+    h = K.hash_column(mixed)
+    assert h[0] != h[1]  # "1" and 1 differ
+    assert h[1] == K.hash_column(np.array([1.0]))[0]
+    assert h[5] == K.hash_column(np.array([np.nan]))[0]
+
+
+def test_hash_column_arrays_by_content():
+    nd = np.array([[1.0, 2.0], [3.0, 4.0]])
+    objs = np.empty(2, dtype=object)
+    objs[0], objs[1] = np.array([1, 2]), np.array([3.0, 4.0])
+    np.testing.assert_array_equal(K.hash_column(nd), K.hash_column(objs))
+    other_shape = np.empty(1, dtype=object)
+    other_shape[0] = np.array([[1.0, 2.0]])
+    assert K.hash_column(other_shape)[0] != K.hash_column(nd)[0]
+
+
+# ---------------------------------------------------------------------------
+# Confirming by value
+
+
+def test_values_equal_numeric_exactness():
+    a = np.array([1, 2**53 + 1, -(2**62), 0, 5], dtype=np.int64)
+    b = np.array([1.0, 2.0**53, -(2.0**62), -0.0, np.nan])
+    assert K.values_equal(a, b).tolist() == [True, False, True, True, False]
+    assert K.values_equal(b, a).tolist() == [True, False, True, True, False]
+    nans = np.array([np.nan, 1.0])
+    assert K.values_equal(nans, nans.copy()).tolist() == [True, True]
+    signed = np.array([-1, 3], dtype=np.int64)
+    unsigned = np.array([2**64 - 1, 3], dtype=np.uint64)
+    assert K.values_equal(signed, unsigned).tolist() == [False, True]
+    assert K.values_equal(np.array([True, False]), np.array([1, 1])).tolist() == [True, False]
+
+
+def test_values_equal_objects_and_arrays():
+    a = np.array(["1", 1, None, math.nan, (1, 2)], dtype=object)
+    b = np.array([1, 1.0, None, float("nan"), (1.0, 2.0)], dtype=object)
+    assert K.values_equal(a, b).tolist() == [False, True, True, True, True]
+    x = np.empty(3, dtype=object)
+    y = np.empty(3, dtype=object)
+    x[:] = [np.array([1, 2]), np.array([np.nan]), np.array(["s"])]
+    y[:] = [np.array([1.0, 2.0]), np.array([np.nan]), np.array(["s"])]
+    assert K.values_equal(x, y).tolist() == [True, True, True]
+    assert K.values_equal(np.ones((2, 2)), np.array([[1, 1], [1, 0]])).tolist() == [True, False]
+
+
+def brute_force_contains(table, queries):
+    out = []
+    for i in range(len(queries[0])):
+        out.append(
+            any(
+                all(
+                    K._values_equal_python(
+                        q[i].item() if q.ndim == 1 and q.dtype != object else q[i],
+                        t[j].item() if t.ndim == 1 and t.dtype != object else t[j],
+                    )
+                    for q, t in zip(queries, table)
+                )
+                for j in range(len(table[0]))
+            )
+        )
+    return out
+
+
+@given(st.data())
+def test_row_table_matches_brute_force(data):
+    pool = [0, 1, 2, 1.0, -0.0, math.nan, "1", "a", None, True]
+    n_table = data.draw(st.integers(1, 8))
+    n_query = data.draw(st.integers(0, 8))
+    n_cols = data.draw(st.integers(1, 3))
+
+    def column(n):
+        values = data.draw(st.lists(st.sampled_from(pool), min_size=n, max_size=n))
+        out = np.empty(n, dtype=object)
+        out[:] = values
+        return out
+
+    table = [column(n_table) for _ in range(n_cols)]
+    queries = [column(n_query) for _ in range(n_cols)]
+    got = K.RowTable(table).contains(queries).tolist()
+    assert got == brute_force_contains(table, queries)
+
+
+def test_row_table_confirms_hash_collisions(monkeypatch):
+    # Force every row onto one hash: membership must still be exact.
+    monkeypatch.setattr(K, "hash_rows", lambda columns: np.zeros(len(columns[0]), np.uint64))
+    table = K.RowTable([np.array([1, 2, 3, 2])])
+    found = table.contains([np.array([3, 4, 2, 0])])
+    assert found.tolist() == [True, False, True, False]
+
+
+@pytest.mark.parametrize("disabled", ["0", "1"])
+def test_row_table_large_typed(monkeypatch, disabled):
+    monkeypatch.setenv("PSYRUN_DISABLE_NUMBA", disabled)
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 1000, 60_000)
+    b = rng.integers(0, 50, 60_000).astype(float)
+    table = K.RowTable([a[:30_000], b[:30_000]])
+    found = table.contains([a, b])
+    expected = np.isin(a * 100 + b.astype(int), a[:30_000] * 100 + b[:30_000].astype(int))
+    np.testing.assert_array_equal(found, expected)

@@ -32,7 +32,7 @@ _TASKDIR_HELP = "Directory holding the task_<name>.py files."
 
 
 def taskdir_option(f):
-    """The ``--taskdir`` option shared by the subcommands."""
+    """Add the ``--taskdir`` option shared by the subcommands."""
     return click.option(
         "--taskdir",
         default="psy-tasks",
@@ -139,12 +139,10 @@ def run(taskdir: str, cont: bool, task: tuple[str, ...]) -> None:
     Each job is printed prefixed with '.' when it runs and '-' when it is
     skipped because its results are up to date.
     """
-    from psyrun.jobs import save_submitted, submit_graph
-    from psyrun.scheduler import ImmediateRun
-
     # Jobs run in forked children of this process: import what they need once, here.
-    import psyrun.mapper  # noqa: F401
+    import psyrun.mapper
     import psyrun.worker  # noqa: F401
+    from psyrun.scheduler import ImmediateRun
 
     tasks, selected = _load(taskdir, task)
     problems = tasks.selection_failed
@@ -160,8 +158,11 @@ def run(taskdir: str, cont: bool, task: tuple[str, ...]) -> None:
                 f"`psy kill {t.name}` cancels them."
             )
             continue
-        if not cont and not t.overwrite_dirty and _has_results(backend) and not (
-            backend.is_current()
+        if (
+            not cont
+            and not t.overwrite_dirty
+            and _has_results(backend)
+            and not (backend.is_current())
         ):
             _err(
                 f"warning: {t.name}: the results in {backend.paths.root} are out of date and "
@@ -179,20 +180,8 @@ def run(taskdir: str, cont: bool, task: tuple[str, ...]) -> None:
         graph = plan.graph
         n_process = len(graph) - 2
         reporter = _Reporter(n_process, runs_now)
-        ids: dict[str, str] = {}
-
-        def submitted(name: str, jobid: str, ids=ids, reporter=reporter) -> None:
-            ids[name] = jobid
-            reporter.done(name, jobid)
-
         try:
-            submit_graph(
-                graph,
-                scheduler,
-                t.scheduler_args,
-                on_start=reporter.start,
-                on_submitted=submitted,
-            )
+            ids = backend.submit(graph, on_start=reporter.start, on_submitted=reporter.done)
         except Exception as exc:
             reporter.close()
             raise click.ClickException(
@@ -200,7 +189,6 @@ def run(taskdir: str, cont: bool, task: tuple[str, ...]) -> None:
             ) from None
         finally:
             reporter.close()
-            save_submitted(backend.paths.submitted, ids, graph.logs())
         if runs_now:
             problems |= _report_immediate(t, backend, scheduler, ids, len(graph))
         else:
@@ -395,7 +383,7 @@ def _task_template(name: str, scheduler: str | None) -> str:
         lines += [f"from psyrun import Param, {scheduler}", ""]
     lines += [
         "# The parameter space: * is the Cartesian product, + concatenates.",
-        'pspace = Param(x=np.linspace(0.0, 1.0, 11)) * Param(trial=np.arange(3))',
+        "pspace = Param(x=np.linspace(0.0, 1.0, 11)) * Param(trial=np.arange(3))",
         "",
         "# At most this many processing jobs, each with at least min_items assignments.",
         "max_jobs = 100",
@@ -472,9 +460,7 @@ def test(taskdir: str, task: tuple[str, ...]) -> None:
             extra = t.setup(0) if t.setup is not None else None
             result = t.execute(**row, **(extra or {}))
             if not isinstance(result, dict):
-                raise TypeError(
-                    f"execute returned {type(result).__name__}; it must return a dict"
-                )
+                raise TypeError(f"execute returned {type(result).__name__}; it must return a dict")
         except Exception:
             failures += 1
             _err(f"{t.name}: FAILED for {row}")

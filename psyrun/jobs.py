@@ -77,7 +77,7 @@ class JobArray:
         return [f"{self.name}:{i}" for i in range(self.n)]
 
     def log_of(self, index: int) -> str:
-        """The log file of one index."""
+        """Return the log file of one index."""
         return self.log.replace("%a", str(index))
 
 
@@ -109,7 +109,7 @@ class JobGraph:
 
 
 def newest_mtime(paths: Iterable[str]) -> int | None:
-    """The newest modification time (ns) among existing `paths`, None when none exist."""
+    """Return the newest modification time (ns) among existing `paths`, None when none exist."""
     newest = None
     for p in paths:
         try:
@@ -230,7 +230,10 @@ def submit_graph(
                 on_start(job.name)
             jobid = str(
                 scheduler.submit(
-                    job.args, job.log, name=job.name, depends_on=deps,
+                    job.args,
+                    job.log,
+                    name=job.name,
+                    depends_on=deps,
                     scheduler_args=scheduler_args,
                 )
             )
@@ -251,7 +254,7 @@ def save_submitted(path: str, ids: Mapping[str, str], logs: Mapping[str, str]) -
 
 
 def load_submitted(path: str) -> list[tuple[str, str, str]]:
-    """The ``(name, id, log)`` of the jobs recorded by :func:`save_submitted` (or [])."""
+    """Return the ``(name, id, log)`` of the jobs recorded by :func:`save_submitted` (or [])."""
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)

@@ -18,6 +18,7 @@ crash never leaves a half-written file that looks finished.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -29,7 +30,7 @@ _PART_RE = re.compile(r"^(\d+)(\.partial)?(\..+)$")
 
 
 def tmp_name(path: str) -> str:
-    """A temporary name next to `path`, unique to this process, with the same extension."""
+    """Return a temporary name next to `path`, unique to this process, with the same extension."""
     head, tail = os.path.split(path)
     base, ext = os.path.splitext(tail)
     return os.path.join(head, f".{base}.tmp{os.getpid()}{ext}")
@@ -40,10 +41,8 @@ def remove_path(path: str) -> None:
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path, ignore_errors=True)
     else:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.remove(path)
-        except FileNotFoundError:
-            pass
 
 
 class TaskPaths:
@@ -66,9 +65,7 @@ class TaskPaths:
         self.ext = ext
         self.root = os.path.join(os.path.abspath(workdir), name)
         self.result = (
-            os.path.abspath(resultfile)
-            if resultfile
-            else os.path.join(self.root, "result" + ext)
+            os.path.abspath(resultfile) if resultfile else os.path.join(self.root, "result" + ext)
         )
         self.jobs_dir = os.path.join(self.root, "jobs")
         self.status_dir = os.path.join(self.root, "status")
@@ -80,7 +77,7 @@ class TaskPaths:
 
     @classmethod
     def for_task(cls, task) -> TaskPaths:
-        """The paths of a loaded :class:`psyrun.tasks.TaskDef`."""
+        """Return the paths of a loaded :class:`psyrun.tasks.TaskDef`."""
         ext = getattr(task.store, "ext", "") or ".pkl"
         return cls(task.name, task.workdir, ext, task.resultfile)
 
@@ -97,11 +94,11 @@ class TaskPaths:
         return f"{self.name}:{kind}" if index is None else f"{self.name}:{kind}:{index}"
 
     def log(self, kind: str, index: int | str | None = None) -> str:
-        """The log file of a job, ``<workdir>/<task>/<task>:<kind>[:<i>].log``."""
+        """Return the log file of a job, ``<workdir>/<task>/<task>:<kind>[:<i>].log``."""
         return os.path.join(self.root, self.job_name(kind, index) + ".log")
 
     def job_file(self, kind: str) -> str:
-        """The job description file of a kind of job (one file for all process jobs)."""
+        """Return the job description file of a kind of job (one for all process jobs)."""
         return os.path.join(self.jobs_dir, f"{kind}.json")
 
     def status_file(self, job_name: str, state: str) -> str:
@@ -111,15 +108,15 @@ class TaskPaths:
     # -- data ----------------------------------------------------------------
 
     def part(self, index: int) -> str:
-        """A finished part file of the results."""
+        """Return a finished part file of the results."""
         return os.path.join(self.out_dir, f"{index}{self.ext}")
 
     def partial(self, index: int) -> str:
-        """The part file while it is being written."""
+        """Return the part file's name while it is being written."""
         return os.path.join(self.out_dir, f"{index}{PARTIAL}{self.ext}")
 
     def shared_out(self) -> str:
-        """The file all load-balancing workers append to."""
+        """Return the file all load-balancing workers append to."""
         return os.path.join(self.out_dir, f"0{PARTIAL}{self.ext}")
 
     def result_tmp(self) -> str:

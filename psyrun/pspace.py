@@ -114,7 +114,8 @@ def _column(values: Any) -> np.ndarray:
     if not items:
         return np.empty(0, dtype=float)
     # Classes, not values, are classified: few classes, however many values.
-    categories = {_type_category(cls) for cls in set(map(type, items))}
+    classes = set(map(type, items))
+    categories = {_type_category(cls) for cls in classes}
     if len(categories) == 1:
         (category,) = categories
         if category == "bool":
@@ -127,7 +128,8 @@ def _column(values: Any) -> np.ndarray:
         if category == "float":
             return np.array(items, dtype=np.float64)
         if category == "str":
-            return _object_array([str(v) for v in items])
+            # np.str_ values become plain str.
+            return _object_array(items if classes == {str} else [str(v) for v in items])
         if category == "array":
             first = items[0]
             if first.dtype.kind in "biufcUS" and all(

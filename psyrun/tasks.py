@@ -396,7 +396,7 @@ def _stamp(task: TaskDef) -> tuple:
 
 
 def get_task(path: str | os.PathLike) -> TaskDef:
-    """The task defined in `path`, reusing a definition loaded earlier in this process.
+    """Return the task defined in `path`, reusing a definition loaded earlier in this process.
 
     A task loaded by :func:`load_tasks` whose file (and ``psy-conf.py``) did
     not change since is returned as is; otherwise the task directory's

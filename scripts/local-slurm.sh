@@ -127,7 +127,11 @@ SlurmctldPidFile=$DIR/slurmctld.pid
 SlurmdPidFile=$DIR/slurmd.pid
 SlurmctldLogFile=$DIR/slurmctld.log
 SlurmdLogFile=$DIR/slurmd.log
-# MaxArraySize is left at Slurm's default (1001), the value users meet on clusters.
+# MaxArraySize and MaxJobCount are left at Slurm's defaults (1001 and 10000), the
+# values users meet on clusters. Every array task counts against MaxJobCount until
+# its record is purged MinJobAge after it ended; at the default (300 s) two test runs
+# that submit 5000 tasks each in a row make sbatch retry for 2 minutes and fail.
+MinJobAge=30
 # DependencyParameters: by default a job whose parent failed stays pending with
 # reason DependencyNeverSatisfied, as on many production clusters; psyrun must
 # detect that (JobState.BLOCKED). Set PSYRUN_SLURM_DEPENDENCY_PARAMETERS=kill_invalid_depend

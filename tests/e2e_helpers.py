@@ -254,6 +254,7 @@ class Recorder(Scheduler):
         state["jobs"].append({
             "id": jobid, "name": name, "args": list(args), "out": output_filename,
             "depends_on": list(depends_on or []), "state": "queued", "index": index,
+            "scheduler_args": {str(k): str(v) for k, v in dict(scheduler_args or {}).items()},
         })
         self._save(state)
         return jobid

@@ -176,7 +176,7 @@ def _recorded_task(tmp_path, state, backend="distribute", arrays=False, n=10):
             tmp_path / "calls.txt",
             range(n),
             backend=backend,
-            settings="max_jobs = 3",
+            settings="max_jobs = 3\nscheduler_args = {'timelimit': '5m', 'memory': '1G'}",
             preamble=recorder_preamble(state, supports_arrays=arrays),
         ),
     )
@@ -199,11 +199,15 @@ def test_queued_jobs_are_not_resubmitted_and_kill_kills_them(tmp_path):
     for job in jobs:
         assert all(isinstance(a, str) for a in job["args"]), job["args"]
         assert "psyrun.worker" in job["args"], job["args"]
+        assert job["scheduler_args"].get("timelimit") == "5m", job["scheduler_args"]
+        assert job["scheduler_args"].get("memory") == "1G", job["scheduler_args"]
     assert not calls(tmp_path / "calls.txt"), "a recording scheduler ran nothing"
 
     status = ok(psy("status", "-v", "q", cwd=tmp_path))
     assert status_counts(status.stdout) == [(0, 10)], describe(status)
     assert re.search("queued", status.stdout, re.IGNORECASE), describe(status)
+    for job in jobs:
+        assert job["name"] in status.stdout, f"status -v must list {job['name']}\n{status.stdout}"
 
     again = ok(psy("run", cwd=tmp_path))
     assert len(recorded(state)["jobs"]) == len(jobs), "queued jobs were submitted again"

@@ -7,6 +7,8 @@ evaluated, not only what ended up in the result file.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from e2e_helpers import (
     BACKENDS,
@@ -72,9 +74,18 @@ def test_continue_after_adding_rows_evaluates_only_new_rows(tmp_path, backend, s
 
 def crash_source(marker, row: int, how: str) -> str:
     """Code for execute: the first time `row` comes up, die without any cleanup."""
+    # kill9-parent also kills the process that started the job (psy itself with the
+    # local scheduler), guarded so that it can never hit the test process.
+    parent = (
+        f"if os.getppid() != {os.getpid()} and b'psy' in "
+        "open(f'/proc/{os.getppid()}/cmdline', 'rb').read():\n"
+        "                os.kill(os.getppid(), signal.SIGKILL)\n"
+        "            "
+    )
     death = {
         "kill9": "os.kill(os.getpid(), signal.SIGKILL)",
         "exit": "os._exit(3)",
+        "kill9-parent": parent + "os.kill(os.getpid(), signal.SIGKILL)",
     }[how]
     return f"""
         if x == {row} and not os.path.exists({str(marker)!r}):
@@ -86,6 +97,7 @@ def crash_source(marker, row: int, how: str) -> str:
 CRASH_CASES = [
     *[(backend, store, "kill9") for backend in ALL_BACKENDS for store in ALL_STORES],
     *[(backend, "pickle", "exit") for backend in ALL_BACKENDS],
+    *[(backend, "npz", "kill9-parent") for backend in ALL_BACKENDS],
 ]
 
 

@@ -150,7 +150,8 @@ def test_typo_of_a_setting_is_warned_about(tmp_path):
         tasks = load_tasks(tmp_path)
     messages = sorted(str(w.message) for w in record)
     assert len(messages) == 2, messages
-    assert "'max_job'" in messages[0] and "did you mean 'max_jobs'" in messages[0]
+    assert "'max_job'" in messages[0]
+    assert "did you mean 'max_jobs'" in messages[0]
     assert "did you mean 'scheduler_args'" in messages[1]
     assert tasks["t"].max_jobs == 100
 
@@ -162,7 +163,7 @@ def test_missing_task_directory(tmp_path):
 
 def test_task_file_name_must_follow_scheme(tmp_path):
     path = write(tmp_path / "other.py", MINIMAL)
-    with pytest.raises(ValueError, match="task_<name>.py"):
+    with pytest.raises(ValueError, match=r"task_<name>\.py"):
         TaskDef(path)
 
 

@@ -25,13 +25,21 @@ import os
 import pickle
 import sys
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from psyrun.backend.base import Backend, FailedJob, Plan, TaskProgress
-from psyrun.jobs import Job, JobArray, JobGraph, is_current, load_submitted
+from psyrun.jobs import (
+    Job,
+    JobArray,
+    JobGraph,
+    is_current,
+    load_submitted,
+    save_submitted,
+    submit_graph,
+)
 from psyrun.paths import TaskPaths, remove_path, tmp_name
 
 __all__ = ["RowsFailed", "SplitMergeBackend"]
@@ -114,7 +122,7 @@ def _concat_columns(parts: list[dict[str, np.ndarray]], keys: list[str]) -> dict
 
 
 def load_params(store, files: list[str], keys: list[str], log=None) -> dict[str, np.ndarray]:
-    """The parameter columns (`keys`) of every row in `files`, concatenated.
+    """Return the parameter columns (`keys`) of every row in `files`, concatenated.
 
     Files that cannot be read (a partial file cut short by a crash) are
     reported to `log` and skipped.
@@ -380,7 +388,7 @@ class SplitMergeBackend(Backend):
     # -- planning (in psy) -----------------------------------------------------
 
     def n_process_jobs(self, n_rows: int) -> int:
-        """Number of process jobs for `n_rows` rows."""
+        """Return the number of process jobs for `n_rows` rows."""
         return min(self.task.max_jobs, max(1, math.ceil(n_rows / self.task.min_items)))
 
     def _existing_files(self, include_result: bool = True) -> list[str]:
@@ -396,7 +404,7 @@ class SplitMergeBackend(Backend):
         )
 
     def get_missing(self):
-        """The assignments that no result file or part holds yet."""
+        """Return the assignments that no result file or part holds yet."""
         from psyrun.pspace import missing
 
         files = self._existing_files()
@@ -446,13 +454,11 @@ class SplitMergeBackend(Backend):
         return [*args, "%a"] if array else args
 
     def build_graph(self, n_jobs: int, cont: bool, write: bool = True) -> JobGraph:
-        """The job graph for `n_jobs` process jobs (job descriptions written if `write`)."""
+        """Build the job graph for `n_jobs` process jobs (writing descriptions if `write`)."""
         p = self.paths
         files = {}
         for kind in ("split", "process", "merge"):
-            files[kind] = (
-                self._job_description(kind, cont, n_jobs) if write else p.job_file(kind)
-            )
+            files[kind] = self._job_description(kind, cont, n_jobs) if write else p.job_file(kind)
         split = p.job_name("split")
         process = p.job_name("process")
         graph = JobGraph(self.task.name)
@@ -482,7 +488,7 @@ class SplitMergeBackend(Backend):
         return self.build_graph(n, cont=False, write=False).names
 
     def plan(self, cont: bool = False) -> Plan:
-        """The jobs to submit (see :meth:`Backend.plan`)."""
+        """Decide the jobs to submit (see :meth:`Backend.plan`)."""
         if not cont:
             if self.is_current():
                 return Plan(
@@ -506,6 +512,31 @@ class SplitMergeBackend(Backend):
         self._clear_markers()
         n_jobs = self.n_process_jobs(n_rows) if n_rows else 0
         return Plan(self.build_graph(n_jobs, cont), reason=f"{n_rows} rows to evaluate")
+
+    def submit(self, graph: JobGraph, on_start=None, on_submitted=None) -> dict[str, str]:
+        """Submit `graph` to the task's scheduler and record the job ids.
+
+        The ids (also of a partial submission that failed half-way) are saved
+        so that ``psy status`` and ``psy kill`` find the jobs later.
+        """
+        ids: dict[str, str] = {}
+
+        def submitted(name: str, jobid: str) -> None:
+            ids[name] = jobid
+            if on_submitted is not None:
+                on_submitted(name, jobid)
+
+        try:
+            submit_graph(
+                graph,
+                self.task.scheduler,
+                self.task.scheduler_args,
+                on_start=on_start,
+                on_submitted=submitted,
+            )
+        finally:
+            save_submitted(self.paths.submitted, ids, graph.logs())
+        return ids
 
     # -- status (in psy) -------------------------------------------------------
 
@@ -617,7 +648,7 @@ class SplitMergeBackend(Backend):
         self._log(f"{n} of {len(self.task.pspace)} rows to evaluate")
 
     def after_split(self) -> None:
-        """Hook for subclasses (run at the end of the split job)."""
+        """Do extra work at the end of the split job (a hook for subclasses)."""
 
     def run_process(self, index: int, n_jobs: int) -> int:
         """Evaluate this job's share of the rows."""

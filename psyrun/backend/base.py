@@ -82,7 +82,7 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def get_missing(self):
-        """The parameter space of assignments without a result yet."""
+        """Return the parameter space of assignments without a result yet."""
 
     @abc.abstractmethod
     def get_queued(self) -> list:
@@ -90,7 +90,7 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def get_failed(self) -> list[FailedJob]:
-        """The jobs of the last run that failed or did not finish."""
+        """Return the jobs of the last run that failed or did not finish."""
 
     def progress(self) -> TaskProgress:
         """Rows completed out of the rows of the task's parameter space.

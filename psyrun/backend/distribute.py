@@ -11,14 +11,15 @@ the rows its partial file already holds.
 from __future__ import annotations
 
 import os
+import time
 
 from psyrun.backend._splitmerge import (
     MAX_BLOCK,
     MIN_BLOCK,
     RowFailures,
+    RowsFailed,
     Snapshot,
     SplitMergeBackend,
-    RowsFailed,
     call_setup,
     evaluate_block,
     load_params,
@@ -27,6 +28,11 @@ from psyrun.backend._splitmerge import (
 from psyrun.paths import remove_path
 
 __all__ = ["DistributeBackend"]
+
+#: Seconds of evaluated results gathered in memory before one append.
+FLUSH_SECONDS = 1.0
+#: Rows gathered in memory at most before one append.
+MAX_PENDING = 65536
 
 
 class DistributeBackend(SplitMergeBackend):
@@ -73,6 +79,11 @@ class DistributeBackend(SplitMergeBackend):
         block = min(MAX_BLOCK, max(MIN_BLOCK, (stop - start) // 8))
         keys = snapshot.keys
         n_todo = stop - start if todo is None else len(todo)
+        # Results are appended about every FLUSH_SECONDS (or MAX_PENDING rows): an
+        # append can cost a file sync, and a crash loses at most that much work.
+        pending: list[dict] = []
+        pending_rows = 0
+        last_flush = time.monotonic()
         for lo in range(0, n_todo, block):
             hi = min(lo + block, n_todo)
             if todo is None:
@@ -81,7 +92,13 @@ class DistributeBackend(SplitMergeBackend):
                 arrays = snapshot.take(todo[lo:hi])
             result = evaluate_block(self.task, arrays, keys, extra, failures)
             if result:
-                self.store.append(partial, result)
+                pending.append(result)
+                pending_rows += hi - lo
+            now = time.monotonic()
+            if pending and (now - last_flush >= FLUSH_SECONDS or pending_rows >= MAX_PENDING):
+                self._append(partial, pending)
+                pending, pending_rows, last_flush = [], 0, now
+        self._append(partial, pending)
         if os.path.exists(partial):
             os.replace(partial, final)
         self._log(f"evaluated rows {start}:{stop} ({stop - start - failures.count} results)")
@@ -89,3 +106,10 @@ class DistributeBackend(SplitMergeBackend):
             raise RowsFailed(failures)
         return 0
 
+    def _append(self, filename: str, blocks: list[dict]) -> None:
+        if blocks:
+            from psyrun.mapper import concatenate_results
+
+            self.store.append(
+                filename, blocks[0] if len(blocks) == 1 else concatenate_results(blocks)
+            )

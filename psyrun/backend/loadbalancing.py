@@ -33,7 +33,7 @@ MAX_CHUNK = 1024
 
 
 def read_counter(path: str) -> int:
-    """The next row to hand out (0 when the counter file is missing or empty)."""
+    """Return the next row to hand out (0 when the counter file is missing or empty)."""
     try:
         with open(path, encoding="ascii") as f:
             text = f.read().strip()

@@ -38,11 +38,21 @@ def run_command(
             f"cannot run {argv[0]!r}: not found on PATH. Is this a machine of the cluster, "
             f"with the scheduler's client commands installed?"
         ) from None
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as exc:
+        # What it printed before it was stopped often says why (sbatch prints
+        # "Slurm temporarily unable to accept job" while it retries).
+        said = "\n".join(
+            _text(s).strip() for s in (exc.stdout, exc.stderr) if s and _text(s).strip()
+        )
         raise SchedulerError(
             f"{shlex.join(argv)} did not answer within {timeout:.0f} s; "
             "is the cluster's controller (and munge) running?"
+            + (f"\nits output so far: {said}" if said else "")
         ) from None
+
+
+def _text(data: str | bytes) -> str:
+    return data.decode(errors="replace") if isinstance(data, bytes) else data
 
 
 def command_error(what: str, argv: Sequence[str], proc: subprocess.CompletedProcess[str]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import re
@@ -322,7 +323,16 @@ class Slurm(Scheduler):
                 "--",
                 *argv,
             ]
-            jobid = self._sbatch(cmd, name)
+            try:
+                jobid = self._sbatch(cmd, name)
+            except BaseException:
+                # Arrays already accepted would run without their siblings, and
+                # nobody would know their ids: cancel them before giving up.
+                done = sorted({j.split("_", 1)[0] for j in ids})
+                if done:
+                    with contextlib.suppress(SchedulerError):
+                        self.kill_jobs(done)
+                raise
             self._array_sizes[jobid] = count
             for i in range(count):
                 ids.append(f"{jobid}_{i}")

@@ -1,0 +1,377 @@
+"""Backends, job graphs and the worker: results, crashes, continue, failures."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import textwrap
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from psyrun.backend import DistributeBackend, LoadBalancingBackend
+from psyrun.backend._splitmerge import Snapshot, write_merged, write_snapshot
+from psyrun.jobs import Job, JobArray, JobGraph, is_current, submit_graph
+from psyrun.pspace import Param
+from psyrun.scheduler import ImmediateRun, Scheduler
+from psyrun.store import get_store
+from psyrun.tasks import load_tasks
+
+STORES = {"pickle": ".pkl", "npz": ".npz", "h5": ".h5", "zarr": ".zarr"}
+STORE_CLASS = {
+    "pickle": "from psyrun.store import PickleStore as S",
+    "npz": "from psyrun.store import NpzStore as S",
+    "h5": "from psyrun.store import H5Store as S",
+    "zarr": "from psyrun.store import ZarrStore as S",
+}
+
+
+def make_task(tmp_path, body, name="t", store="pickle", backend="DistributeBackend"):
+    taskdir = tmp_path / "tasks"
+    taskdir.mkdir(exist_ok=True)
+    text = (
+        "import os, signal\nimport numpy as np\nfrom psyrun import Param\n"
+        f"from psyrun.backend import {backend}\n{STORE_CLASS[store]}\n"
+        f"backend = {backend}\nstore = S()\nworkdir = {str(tmp_path / 'work')!r}\n"
+        + textwrap.dedent(body)
+    )
+    (taskdir / f"task_{name}.py").write_text(text)
+    return load_tasks(taskdir)[name]
+
+
+def run(task, cont=False, scheduler=None):
+    """Plan and submit a task's jobs with ImmediateRun; return (backend, scheduler, ids)."""
+    if scheduler is not None:
+        task.config.scheduler = scheduler
+    backend = task.make_backend()
+    plan = backend.plan(cont)
+    ids = {} if plan.up_to_date else backend.submit(plan.graph)
+    return backend, task.scheduler, ids
+
+
+def result_rows(task):
+    data = task.store.load(task.resultfile)
+    return data, Counter(zip(*(data[k].tolist() for k in task.pspace.keys())))
+
+
+def test_distribute_results_and_logs(tmp_path):
+    task = make_task(
+        tmp_path,
+        """
+        pspace = Param(a=np.arange(10)) * Param(b=[0.5, 1.5])
+        max_jobs = 3
+        def execute(a, b):
+            print('evaluating', a, b)
+            return {'c': a * b}
+        """,
+    )
+    backend, _sched, ids = run(task)
+    assert list(ids) == ["t:split", "t:process:0", "t:process:1", "t:process:2", "t:merge"]
+    data, rows = result_rows(task)
+    assert len(data["c"]) == 20
+    assert set(rows.values()) == {1}
+    np.testing.assert_allclose(data["c"], data["a"] * data["b"])
+    root = tmp_path / "work" / "t"
+    for name in ("t:split", "t:process:0", "t:process:2", "t:merge"):
+        assert (root / f"{name}.log").exists()
+    assert "evaluating 0 0.5" in (root / "t:process:0.log").read_text()
+    assert backend.progress().completed == 20
+    assert backend.is_current()
+    assert backend.plan().up_to_date
+
+
+@pytest.mark.parametrize(
+    ("rows", "max_jobs", "min_items", "expected"),
+    [(10, 3, 1, [3, 3, 4]), (10, 100, 4, [3, 3, 4]), (5, 100, 1, [1] * 5), (1, 4, 1, [1])],
+)
+def test_rows_shared_evenly(tmp_path, rows, max_jobs, min_items, expected):
+    task = make_task(
+        tmp_path,
+        f"""
+        pspace = Param(x=np.arange({rows}))
+        max_jobs = {max_jobs}
+        min_items = {min_items}
+        def execute(x):
+            return {{'y': x}}
+        """,
+    )
+    backend = task.make_backend()
+    plan = backend.plan()
+    assert backend.n_process_jobs(rows) == len(expected)
+    # Run split and process jobs only and look at the parts before merging.
+    plan.graph.jobs = plan.graph.jobs[:2]
+    submit_graph(plan.graph, ImmediateRun())
+    store = task.store
+    counts = [store.count_rows(path) for _, path, _ in backend.paths.list_parts()]
+    assert counts == expected
+
+
+def test_snapshot_of_a_huge_space_is_compact(tmp_path):
+    space = Param(a=np.arange(10**4)) * Param(b=np.arange(10**4)) * Param(c=["x", "y"])
+    path = str(tmp_path / "pspace.pkl")
+    write_snapshot(path, space, None)
+    assert os.path.getsize(path) < 200_000
+    snap = Snapshot.read(path)
+    assert len(snap) == 2 * 10**8
+    got = snap.arrays(10**8 + 5, 10**8 + 7)
+    assert got["c"].tolist() == ["y", "x"]
+    assert got["b"].tolist() == [2, 3]
+
+
+CRASHING = """
+pspace = Param(x=np.arange(60)) * Param(k=[1, 2])
+max_jobs = {max_jobs}
+pool_size = {pool_size}
+MARKER = {marker!r}
+def execute(x, k):
+    if x == 37 and k == 2 and os.path.exists(MARKER):
+        os.remove(MARKER)
+        os.kill(os.getpid(), signal.SIGKILL)   # a hard crash of this job
+    return {{'y': x * k}}
+"""
+
+
+@pytest.mark.parametrize("store", list(STORES))
+@pytest.mark.parametrize(
+    ("backend", "pool_size"),
+    [("DistributeBackend", 1), ("LoadBalancingBackend", 1), ("LoadBalancingBackend", 2)],
+)
+def test_kill_9_then_continue_gives_every_row_once(
+    tmp_path, monkeypatch, store, backend, pool_size
+):
+    # Small blocks and chunks so that the crashed job has written some rows.
+    monkeypatch.setattr("psyrun.backend.distribute.MIN_BLOCK", 4)
+    monkeypatch.setattr("psyrun.backend.distribute.FLUSH_SECONDS", 0.0)
+    monkeypatch.setattr("psyrun.backend.loadbalancing.MAX_CHUNK", 4)
+    marker = tmp_path / "crash-once"
+    marker.write_text("")
+    task = make_task(
+        tmp_path,
+        CRASHING.format(max_jobs=3, pool_size=pool_size, marker=str(marker)),
+        store=store,
+        backend=backend,
+    )
+    backend_obj, _sched, _ids = run(task)
+    assert not marker.exists(), "the crash did not happen"
+    assert not os.path.exists(task.resultfile)  # merge skipped after the failure
+    failed = backend_obj.get_failed(queued=[])
+    assert any(f.name.startswith("t:process:") for f in failed)
+    assert 0 < backend_obj.progress().completed < 120
+
+    run(task, cont=True)
+    data, rows = result_rows(task)
+    assert len(data["y"]) == 120
+    assert set(rows) == {(x, k) for x in range(60) for k in (1, 2)}
+    assert set(rows.values()) == {1}
+    np.testing.assert_array_equal(data["y"], data["x"] * data["k"])
+    assert backend_obj.paths.list_parts() == []
+    assert backend_obj.plan(cont=True).up_to_date
+
+
+def test_continue_after_space_grew_evaluates_only_new_rows(tmp_path):
+    body = """
+    pspace = Param(x=np.arange({n}))
+    max_jobs = 4
+    def execute(x):
+        with open({log!r}, 'a') as f:
+            f.write(f'{{x}}\\n')
+        return {{'y': x + 0.5}}
+    """
+    log = str(tmp_path / "calls.txt")
+    task = make_task(tmp_path, body.format(n=10, log=log))
+    run(task)
+    task = make_task(tmp_path, body.format(n=15, log=log))
+    run(task, cont=True)
+    with open(log) as f:
+        calls = [int(v) for v in f.read().split()]
+    assert sorted(calls) == list(range(15))
+    data, _rows = result_rows(task)
+    assert sorted(data["x"].tolist()) == list(range(15))
+
+
+def test_leftover_parts_already_merged_are_not_duplicated(tmp_path):
+    # A crash between renaming the result and removing the parts leaves parts
+    # whose rows the result already holds.
+    task = make_task(
+        tmp_path,
+        """
+        pspace = Param(x=np.arange(20))
+        max_jobs = 2
+        def execute(x):
+            return {'y': 2 * x}
+        """,
+    )
+    backend, _, _ = run(task)
+    paths = backend.paths
+    task.store.save(paths.part(0), {"x": np.arange(10), "y": 2 * np.arange(10)})
+    task.store.save(paths.partial(1), {"x": np.arange(10, 12), "y": 2 * np.arange(10, 12)})
+    assert backend.progress().completed == 20
+    run(task, cont=True)
+    data, rows = result_rows(task)
+    assert len(data["x"]) == 20
+    assert set(rows.values()) == {1}
+
+
+def test_failing_rows_are_logged_and_others_kept(tmp_path):
+    task = make_task(
+        tmp_path,
+        """
+        pspace = Param(x=np.arange(12))
+        max_jobs = 3
+        def execute(x):
+            if x in (5, 6):
+                raise ValueError(f'bad x {x}')
+            return {'y': x}
+        """,
+    )
+    backend, _sched, _ids = run(task)
+    data, _rows = result_rows(task)
+    assert sorted(data["x"].tolist()) == [0, 1, 2, 3, 4, 7, 8, 9, 10, 11]
+    failed = backend.get_failed(queued=[])
+    assert [f.name for f in failed] == ["t:process:1"]
+    assert "2 row(s) raised" in failed[0].message
+    with open(failed[0].log) as f:
+        log = f.read()
+    assert "Traceback" in log
+    assert "ValueError: bad x 5" in log
+    assert not backend.is_current()
+    missing = backend.get_missing().build()
+    assert missing == {"x": [5, 6]}
+
+
+def test_load_balancing_setup_once_per_worker_and_exclude(tmp_path):
+    calls = tmp_path / "setup.txt"
+    task = make_task(
+        tmp_path,
+        f"""
+        pspace = Param(x=np.arange(40))
+        max_jobs = 2
+        pool_size = 2
+        exclude_from_result = ['ctx']
+        def setup(proc_id):
+            with open({str(calls)!r}, 'a') as f:
+                f.write(f'{{proc_id}} {{os.getpid()}}\\n')
+            return {{'ctx': object(), 'offset': proc_id * 0}}
+        def execute(x, ctx, offset):
+            return {{'y': x + offset, 'ctx': ctx}}
+        """,
+        backend="LoadBalancingBackend",
+    )
+    run(task)
+    lines = [line.split() for line in calls.read_text().splitlines()]
+    assert sorted(int(p) for p, _ in lines) == [0, 1, 2, 3]
+    assert len({pid for _, pid in lines}) == 4
+    data, _rows = result_rows(task)
+    assert "ctx" not in data
+    assert sorted(data["x"].tolist()) == list(range(40))
+    np.testing.assert_array_equal(data["y"], data["x"])
+
+
+def test_write_merged_never_destroys_result_on_error(tmp_path):
+    store = get_store(".pkl")
+    result = str(tmp_path / "result.pkl")
+    store.save(result, {"x": [1, 2]})
+    with open(result, "rb") as f:
+        before = f.read()
+
+    class Failing(type(store)):
+        def append(self, filename, data):
+            raise OSError("disk full")
+
+    part = str(tmp_path / "0.pkl")
+    store.save(part, {"x": [3]})
+    with pytest.raises(OSError, match="disk full"):
+        write_merged(Failing(), result, [part], ["x"], base=result)
+    with open(result, "rb") as f:
+        assert f.read() == before
+    assert sorted(os.listdir(tmp_path)) == ["0.pkl", "result.pkl"]
+
+
+def test_write_merged_drops_rows_the_base_holds(tmp_path):
+    store = get_store(".pkl")
+    base = str(tmp_path / "r.pkl")
+    store.save(base, {"x": [1, 2], "y": [10, 20]})
+    part = str(tmp_path / "0.pkl")
+    store.save(part, {"x": [2, 3], "y": [20, 30]})
+    assert write_merged(store, base, [part], ["x"], base=base) == 3
+    with open(base, "rb") as f:
+        assert pickle.load(f) == {"x": [1, 2, 3], "y": [10, 20, 30]}
+
+
+def test_is_current(tmp_path):
+    dep, target = tmp_path / "dep", tmp_path / "target"
+    dep.write_text("a")
+    assert not is_current([str(target)], [str(dep)])
+    target.write_text("b")
+    os.utime(dep, ns=(0, 10**18))
+    os.utime(target, ns=(0, 2 * 10**18))
+    assert is_current([str(target)], [str(dep)])
+    os.utime(dep, ns=(0, 3 * 10**18))
+    assert not is_current([str(target)], [str(dep)])
+    assert not is_current([str(target)], [str(tmp_path / "gone")])
+
+
+class ArrayRecorder(Scheduler):
+    supports_arrays = True
+
+    def __init__(self):
+        self.calls = []
+
+    def submit(self, args, output_filename, name=None, depends_on=None, scheduler_args=None):
+        self.calls.append(("submit", list(args), output_filename, list(depends_on or [])))
+        return f"j{len(self.calls)}"
+
+    def submit_array(
+        self, n, args, output_filename, name=None, depends_on=None, scheduler_args=None
+    ):
+        self.calls.append(("array", n, list(args), output_filename, list(depends_on or [])))
+        return [f"a{i}" for i in range(n)]
+
+    def kill(self, jobid):
+        pass
+
+    def get_status(self, jobid):
+        return None
+
+    def get_jobs(self):
+        return []
+
+
+def test_submit_graph_uses_native_arrays():
+    graph = JobGraph("t")
+    graph.jobs = [
+        Job("t:split", ["p", "split"], "s.log"),
+        JobArray("t:process", 3, ["p", "proc", "%a"], "p%a.log", depends_on=["t:split"]),
+        Job("t:merge", ["p", "merge"], "m.log", depends_on=["t:process"]),
+    ]
+    sched = ArrayRecorder()
+    ids = submit_graph(graph, sched, {"timelimit": "1h"})
+    assert sched.calls[1] == ("array", 3, ["p", "proc", "%a"], "p%a.log", ["j1"])
+    assert sched.calls[2][-1] == ["a0", "a1", "a2"]
+    assert ids["t:process:2"] == "a2"
+    # Without arrays every index is substituted and submitted on its own.
+    sched = ArrayRecorder()
+    submit_graph(graph, sched, use_arrays=False)
+    assert [c[1] for c in sched.calls[1:4]] == [["p", "proc", str(i)] for i in range(3)]
+    assert [c[2] for c in sched.calls[1:4]] == ["p0.log", "p1.log", "p2.log"]
+
+
+def test_huge_lazy_space_submits_without_expanding(tmp_path):
+    task = make_task(
+        tmp_path,
+        """
+        pspace = Param(a=np.arange(10**4)) * Param(b=np.arange(10**4))
+        max_jobs = 1000
+        def execute(a, b):
+            return {'c': a + b}
+        """,
+    )
+    sched = ArrayRecorder()
+    backend = task.make_backend()
+    plan = backend.plan()
+    ids = submit_graph(plan.graph, sched)
+    assert len(ids) == 1002
+    assert sched.calls[1][1] == 1000
+    assert isinstance(backend, DistributeBackend)
+    assert not isinstance(backend, LoadBalancingBackend)

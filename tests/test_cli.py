@@ -1,0 +1,343 @@
+"""The psy command: every subcommand through CliRunner, plus a few real `psy` processes."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from psyrun.cli import main
+from psyrun.tasks import load_tasks
+
+SQUARE = """
+from psyrun import Param
+pspace = Param(x=range(20))
+max_jobs = 4
+def execute(x):
+    return {'y': x * x}
+"""
+
+COMMANDS = ["run", "clean", "kill", "list", "merge", "new-task", "status", "test"]
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "psy-tasks").mkdir()
+    return tmp_path
+
+
+def write_task(project, name, text):
+    path = project / "psy-tasks" / f"task_{name}.py"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def psy(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def bump_mtime(path: Path, seconds: int = 5) -> None:
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + seconds * 10**9))
+
+
+def load_result(project, name="square"):
+    with open(project / "psy-work" / name / "result.pkl", "rb") as f:
+        return pickle.load(f)
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_help(command):
+    result = psy(*([command] if command else []), "--help")
+    assert result.exit_code == 0
+    assert "Usage:" in result.output
+    if command is None:
+        for c in COMMANDS:
+            assert c in result.output
+    elif command not in ("merge",):
+        assert "--taskdir" in result.output
+
+
+def test_run_status_and_up_to_date(project):
+    write_task(project, "square", SQUARE)
+    result = psy("run")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines == [". square:split"] + [f". square:process:{i}" for i in range(4)] + [
+        ". square:merge"
+    ]
+    data = load_result(project)
+    assert sorted(zip(data["x"], data["y"])) == [(x, x * x) for x in range(20)]
+    assert (project / "psy-work" / "square" / "square:process:3.log").exists()
+
+    status = psy("status")
+    assert status.exit_code == 0
+    assert "square: 20 out of 20 rows completed" in status.output
+
+    again = psy("run")
+    assert again.output.splitlines() == [line.replace(". ", "- ", 1) for line in lines]
+
+    bump_mtime(project / "psy-tasks" / "task_square.py")
+    rerun = psy("run", "square")
+    assert rerun.output.splitlines()[0] == ". square:split"
+
+
+def test_file_dep_change_reruns(project):
+    dep = project / "data.txt"
+    dep.write_text("1")
+    write_task(project, "square", SQUARE + "file_dep = ['data.txt']\n")
+    assert psy("run").exit_code == 0
+    assert psy("run").output.startswith("- square:split")
+    bump_mtime(dep)
+    assert psy("run").output.startswith(". square:split")
+
+
+def test_psy_conf_defaults(project):
+    (project / "psy-tasks" / "psy-conf.py").write_text("max_jobs = 2\n")
+    write_task(project, "square", SQUARE.replace("max_jobs = 4", ""))
+    out = psy("run").output
+    assert ". square:process:1" in out
+    assert "square:process:2" not in out
+
+
+def test_overwrite_dirty_false_refuses(project):
+    path = write_task(project, "square", SQUARE + "overwrite_dirty = False\n")
+    assert psy("run").exit_code == 0
+    bump_mtime(path)
+    result = psy("run")
+    assert "overwrite_dirty is False" in result.output
+    assert ". square:split" not in result.output
+    # Continuing is still allowed (it keeps the results).
+    assert psy("run", "-c").exit_code == 0
+
+
+def test_status_verbose_lists_missing_and_failed(project):
+    write_task(
+        project,
+        "bad",
+        """
+        from psyrun import Param
+        pspace = Param(x=range(6))
+        max_jobs = 2
+        def execute(x):
+            if x == 4:
+                raise ZeroDivisionError('no four')
+            return {'y': x}
+        """,
+    )
+    result = psy("run")
+    assert result.exit_code == 1
+    assert "bad:process:1" in result.output
+    assert "log:" in result.output
+    status = psy("status", "bad")
+    assert "bad: 5 out of 6 rows completed" in status.output
+    assert "1 job(s) failed" in status.output
+    verbose = psy("status", "-v", "bad")
+    assert "missing assignments (1):" in verbose.output
+    assert "{'x': 4}" in verbose.output
+    assert "failed jobs (1):" in verbose.output
+    log = str(project / "psy-work" / "bad" / "bad:process:1.log")
+    assert log in verbose.output
+    with open(log) as f:
+        assert "ZeroDivisionError: no four" in f.read()
+
+
+def test_user_errors_are_one_line(project, tmp_path):
+    write_task(project, "square", SQUARE)
+    for args in (["run", "nope"], ["status", "nope"], ["run", "--taskdir", "missing-dir"]):
+        result = psy(*args)
+        assert result.exit_code != 0
+        assert "Traceback" not in result.output
+        errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+        assert len(errors) == 1, result.output
+    assert "square" in psy("run", "nope").output  # names the tasks that exist
+    assert psy("run", "--bogus").exit_code == 2
+
+
+def test_list_and_broken_task(project):
+    write_task(project, "square", SQUARE)
+    write_task(project, "broken", "raise RuntimeError('oops')\n")
+    result = psy("list")
+    assert "square" in result.output.split()
+    assert "task_broken.py" in result.output
+    assert "oops" in result.output
+    assert psy("run", "square").exit_code == 0
+    assert psy("run", "broken").exit_code != 0
+
+
+def test_clean_removes_generated_files(project):
+    write_task(project, "square", SQUARE + "resultfile = 'out/square.pkl'\n")
+    assert psy("run").exit_code == 0
+    assert (project / "out" / "square.pkl").exists()
+    assert psy("clean").exit_code == 2  # names needed
+    result = psy("clean", "square")
+    assert result.exit_code == 0
+    assert not (project / "psy-work" / "square").exists()
+    assert not (project / "out" / "square.pkl").exists()
+
+
+def test_merge_command(project):
+    from psyrun.store import get_store
+
+    store = get_store(".pkl")
+    (project / "parts").mkdir()
+    for i in (0, 1, 10, 2):
+        store.save(str(project / "parts" / f"{i}.pkl"), {"a": [i], "b": [i * 2.0]})
+    (project / "parts" / "notes.txt").write_text("ignored")
+    result = psy("merge", "parts", "merged.pkl")
+    assert result.exit_code == 0, result.output
+    with open(project / "merged.pkl", "rb") as f:
+        assert pickle.load(f) == {"a": [0, 1, 2, 10], "b": [0.0, 2.0, 4.0, 20.0]}
+    bad = psy("merge", "parts", "merged.unknownext")
+    assert bad.exit_code != 0
+    assert "Traceback" not in bad.output
+
+
+@pytest.mark.parametrize("scheduler", [None, "ImmediateRun", "slurm", "Sqsub"])
+def test_new_task_template_loads_and_runs(project, scheduler):
+    args = ["new-task", "fresh"] + (["--scheduler", scheduler] if scheduler else [])
+    result = psy(*args)
+    assert result.exit_code == 0, result.output
+    text = (project / "psy-tasks" / "task_fresh.py").read_text()
+    if scheduler and scheduler.lower() == "slurm":
+        from psyrun.scheduler import Slurm
+
+        assert "scheduler = Slurm()" in text
+        for key in Slurm.USER_DEFAULT_ARGS:
+            assert repr(key) in text
+    tasks = load_tasks("psy-tasks")
+    assert "fresh" in tasks
+    test = psy("test", "fresh")
+    assert test.exit_code == 0, test.output
+    assert "fresh: ok" in test.output
+    assert psy("new-task", "fresh").exit_code != 0  # exists already
+    assert psy("new-task", "--scheduler", "pbs", "other").exit_code == 2
+
+
+def test_test_command_reports_failure(project):
+    write_task(project, "square", SQUARE)
+    write_task(
+        project,
+        "fails",
+        "from psyrun import Param\npspace = Param(x=[1])\ndef execute(x):\n    return 1 / 0\n",
+    )
+    result = psy("test")
+    assert result.exit_code == 1
+    assert "square: ok, {'x': 0} -> {'y': 0}" in result.output
+    assert "fails: FAILED" in result.output
+    assert "ZeroDivisionError" in result.output
+    assert not (project / "psy-work").exists()  # nothing is submitted
+
+
+QUEUEING = """
+import json, os
+from psyrun import Param
+from psyrun.scheduler import JobState, JobStatus, Scheduler
+
+STATE = os.path.join(os.path.dirname(__file__), 'queue.json')
+
+class Queue(Scheduler):
+    '''Holds every job in a file-backed queue: nothing ever runs.'''
+    def _load(self):
+        if not os.path.exists(STATE):
+            return {}
+        with open(STATE) as f:
+            return json.load(f)
+    def _save(self, jobs):
+        with open(STATE, 'w') as f:
+            json.dump(jobs, f)
+    def submit(self, args, output_filename, name=None, depends_on=None, scheduler_args=None):
+        jobs = self._load()
+        jobid = str(len(jobs) + 1)
+        jobs[jobid] = name
+        self._save(jobs)
+        return jobid
+    def kill(self, jobid):
+        jobs = self._load()
+        jobs.pop(jobid, None)
+        self._save(jobs)
+    def get_status(self, jobid):
+        jobs = self._load()
+        if jobid not in jobs:
+            return None
+        return JobStatus(jobid, JobState.QUEUED, jobs[jobid])
+    def get_jobs(self):
+        return list(self._load())
+
+scheduler = Queue()
+pspace = Param(x=range(4))
+max_jobs = 2
+def execute(x):
+    return {'y': x}
+"""
+
+
+def test_user_scheduler_queued_jobs_not_resubmitted_and_kill(project):
+    write_task(project, "queued", QUEUEING)
+    first = psy("run")
+    assert first.exit_code == 0
+    assert "submitted 4 jobs" in first.output
+    second = psy("run")
+    assert "still in the queue (4 queued)" in second.output
+    assert ". queued:split" not in second.output
+    status = psy("status", "-v")
+    assert "queued: 0 out of 4 rows completed" in status.output
+    assert "queued:process:1 (id 3, queued)" in status.output
+    killed = psy("kill", "queued")
+    assert "killed 4 jobs" in killed.output
+    assert ". queued:split" in psy("run").output
+
+
+def test_continue_flag(project):
+    path = write_task(project, "square", SQUARE)
+    assert psy("run").exit_code == 0
+    path.write_text(textwrap.dedent(SQUARE).replace("range(20)", "range(25)"))
+    result = psy("run", "--continue")
+    assert result.exit_code == 0
+    data = load_result(project)
+    assert sorted(data["x"]) == list(range(25))
+    assert psy("run", "-c").output.startswith("- square:split")
+
+
+# -- real processes ------------------------------------------------------------
+
+
+def psy_process(*args, cwd):
+    script = Path(sys.executable).with_name("psy")
+    cmd = [sys.executable, str(script)]
+    if not script.exists():
+        cmd = [sys.executable, "-m", "psyrun.cli"]
+    return subprocess.run(
+        [*cmd, *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_psy_process_runs_example_and_reports(tmp_path):
+    example = Path(__file__).resolve().parents[1] / "examples" / "psy-tasks"
+    run = psy_process("run", "--taskdir", str(example), cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert ". square:merge" in run.stdout
+    status = psy_process("status", "--taskdir", str(example), cwd=tmp_path)
+    assert "square: 1000 out of 1000 rows completed" in status.stdout
+    assert (tmp_path / "psy-work" / "square" / "result.pkl").exists()
+
+
+def test_psy_process_user_error_has_no_traceback(tmp_path):
+    result = psy_process("status", "--taskdir", "nowhere", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0
+    assert "nowhere" in result.stderr
+
+
+def test_psy_version(tmp_path):
+    result = psy_process("--version", cwd=tmp_path)
+    assert result.returncode == 0
+    assert "psy" in result.stdout

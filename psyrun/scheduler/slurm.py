@@ -77,6 +77,9 @@ _BLOCKED_REASONS = {"DependencyNeverSatisfied"}
 # The squeue output format: id, compact state, reason, name (last: it may hold anything).
 _SQUEUE_FORMAT = "%i|%t|%r|%j"
 
+# Ids per scancel call when they cannot be compacted (keeps argv well below ARG_MAX).
+_SCANCEL_BATCH = 2000
+
 _ID_RE = re.compile(r"^(\d+)(?:_(\d+|\[[^\]]*\]))?$")
 
 
@@ -477,23 +480,49 @@ class Slurm(Scheduler):
         self.kill_jobs([jobid])
 
     def kill_jobs(self, jobids: Iterable[str]) -> None:
-        """Cancel several jobs with one ``scancel`` call (ids already gone are ignored)."""
+        """Cancel several jobs with one ``scancel`` call (ids already gone are ignored).
+
+        When the ids cover every task of an array that the last ``squeue``
+        answer holds, the array is cancelled by its own id, so that killing
+        thousands of array tasks stays one short command.
+        """
         ids = [str(j) for j in jobids]
         if not ids:
             return
         for j in ids:
             if not _ID_RE.match(j) or "[" in j:
                 raise ValueError(f"not a Slurm job id: {j!r}")
-        cmd = ["scancel", *ids]
-        proc = run_command(cmd)
-        if proc.returncode != 0 and not _only_invalid_ids(proc.stderr):
-            raise SchedulerError(command_error("scancel", cmd, proc))
+        targets = self._compact_ids(ids)
+        for start in range(0, len(targets), _SCANCEL_BATCH):
+            cmd = ["scancel", *targets[start : start + _SCANCEL_BATCH]]
+            proc = run_command(cmd)
+            if proc.returncode != 0 and not _only_invalid_ids(proc.stderr):
+                raise SchedulerError(command_error("scancel", cmd, proc))
         if self._statuses is not None:
-            for j in ids:
+            for j in targets:
                 self._statuses.pop(j, None)
                 if "_" not in j:
                     for k in [k for k in self._statuses if k.startswith(f"{j}_")]:
                         del self._statuses[k]
+
+    def _compact_ids(self, ids: list[str]) -> list[str]:
+        """Replace the tasks of an array by the array id when they are all its held tasks."""
+        if self._statuses is None:
+            return list(dict.fromkeys(ids))
+        wanted: dict[str, set[str]] = {}
+        for j in ids:
+            if "_" in j:
+                wanted.setdefault(j.split("_", 1)[0], set()).add(j)
+        held: dict[str, set[str]] = {}
+        for k, status in self._statuses.items():
+            if "_" in k and status.status.in_queue:
+                held.setdefault(k.split("_", 1)[0], set()).add(k)
+        whole = {b for b, tasks in wanted.items() if b in held and held[b] <= tasks}
+        out: dict[str, None] = {}
+        for j in ids:
+            base = j.split("_", 1)[0]
+            out[base if "_" in j and base in whole else j] = None
+        return list(out)
 
 
 def _only_invalid_ids(stderr: str) -> bool:

@@ -177,6 +177,54 @@ def sweep(n_rows: int = N_ROWS, max_jobs: int = MAX_JOBS, keep: bool = False) ->
             shutil.rmtree(root, ignore_errors=True)
 
 
+MANY = """
+import os
+import sys
+
+from psyrun import Param, Slurm
+
+pspace = Param(x=list(range({n})))
+max_jobs = {n}
+scheduler = Slurm()
+# Held: nothing runs; only submission, status and kill are measured.
+scheduler_args = {{"timelimit": "5", "memory_per_cpu": "100M", "sbatch_args": {{"hold": True}}}}
+python = sys.executable
+
+
+def execute(x):
+    return {{"y": x * x}}
+"""
+
+
+def many_jobs(n: int = 5000) -> dict:
+    """Time ``psy run``, ``psy status`` and ``psy kill`` of a task of `n` held process jobs."""
+    root = Path(tempfile.mkdtemp(prefix="psyrun-slurm-many-"))
+    try:
+        (root / "psy-tasks").mkdir()
+        (root / "psy-tasks" / "task_many.py").write_text(MANY.format(n=n))
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+        out = {}
+        for step in (["run"], ["status", "many"], ["kill", "many"]):
+            started = time.perf_counter()
+            proc = subprocess.run(
+                [*_psy(), *step], cwd=root, capture_output=True, text=True, env=env, timeout=600
+            )
+            out[step[0]] = time.perf_counter() - started
+            if proc.returncode != 0:
+                raise RuntimeError(f"psy {' '.join(step)} failed:\n{proc.stdout}\n{proc.stderr}")
+            out[f"{step[0]}_output"] = proc.stdout.strip().splitlines()[-1]
+        return out
+    finally:
+        queue = subprocess.run(
+            ["squeue", "-h", "-n", "many:split,many:process,many:merge", "-o", "%F"],
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        if queue:
+            subprocess.run(["scancel", *sorted(set(queue))], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def collect() -> list[dict]:
     """Measure the 10^6-row, max_jobs=100 sweep through the local Slurm."""
     reason = _slurm_reason()
@@ -190,7 +238,7 @@ def collect() -> list[dict]:
             }
         ]
     r = sweep()
-    return [
+    rows = [
         {
             "what": "Slurm 1e6 rows, max_jobs=100: wall",
             "measured": f"{r['wall']:.1f} s",
@@ -221,7 +269,35 @@ def collect() -> list[dict]:
             "target": "-",
             "ok": None,
         },
+        {
+            "what": "  jobs started per second",
+            "measured": f"{(MAX_JOBS + 2) / r['wall']:.2f}",
+            "target": "-",
+            "ok": None,
+        },
     ]
+    m = many_jobs()
+    rows += [
+        {
+            "what": "Slurm 5000 held jobs: psy run",
+            "measured": f"{m['run']:.2f} s",
+            "target": "-",
+            "ok": None,
+        },
+        {
+            "what": "  psy status (one squeue)",
+            "measured": f"{m['status']:.2f} s",
+            "target": "-",
+            "ok": None,
+        },
+        {
+            "what": "  psy kill",
+            "measured": f"{m['kill']:.2f} s",
+            "target": "-",
+            "ok": None,
+        },
+    ]
+    return rows
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ This module prints; the layers below (:mod:`psyrun.tasks`,
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -148,7 +149,8 @@ def run(taskdir: str, cont: bool, task: tuple[str, ...]) -> None:
     problems = tasks.selection_failed
     for t in selected:
         backend = t.make_backend()
-        queued = [s for s in backend.get_queued() if s.status.in_queue]
+        held = backend.get_queued()
+        queued = [s for s in held if s.status.will_run]
         if queued:
             counts = Counter(str(s.status) for s in queued)
             summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
@@ -158,6 +160,13 @@ def run(taskdir: str, cont: bool, task: tuple[str, ...]) -> None:
                 f"`psy kill {t.name}` cancels them."
             )
             continue
+        blocked = [s.id for s in held if s.status.in_queue and not s.status.will_run]
+        if blocked:
+            # They wait for a job that failed and can never run; this run replaces them.
+            _kill(t.scheduler, blocked)
+            click.echo(
+                f"{t.name}: cancelled {len(blocked)} blocked jobs (a job they needed failed)"
+            )
         if (
             not cont
             and not t.overwrite_dirty
@@ -177,6 +186,8 @@ def run(taskdir: str, cont: bool, task: tuple[str, ...]) -> None:
             continue
         scheduler = t.scheduler
         runs_now = isinstance(scheduler, ImmediateRun)
+        if runs_now:
+            _preimport_store(t.store)
         graph = plan.graph
         n_process = len(graph) - 2
         reporter = _Reporter(n_process, runs_now)
@@ -195,6 +206,29 @@ def run(taskdir: str, cont: bool, task: tuple[str, ...]) -> None:
             click.echo(f"{t.name}: submitted {len(ids)} jobs (`psy status {t.name}` follows them)")
     if problems:
         sys.exit(1)
+
+
+def _kill(scheduler, jobids: list[str]) -> None:
+    """Cancel jobs, in one call when the scheduler can."""
+    kill_jobs = getattr(scheduler, "kill_jobs", None)
+    if kill_jobs is not None:
+        kill_jobs(jobids)
+    else:
+        for jobid in jobids:
+            scheduler.kill(jobid)
+
+
+# Libraries a store imports on first use; jobs forked from psy inherit them.
+_STORE_LIBRARIES = {".h5": "tables", ".zarr": "zarr"}
+
+
+def _preimport_store(store) -> None:
+    module = _STORE_LIBRARIES.get(getattr(store, "ext", ""))
+    if module is not None:
+        import importlib
+
+        with contextlib.suppress(ImportError):
+            importlib.import_module(module)
 
 
 def _has_results(backend) -> bool:
@@ -305,8 +339,8 @@ def kill(taskdir: str, task: tuple[str, ...]) -> None:
     for t in selected:
         backend = t.make_backend()
         queued = backend.get_queued()
-        for s in queued:
-            t.scheduler.kill(s.id)
+        if queued:
+            _kill(t.scheduler, [s.id for s in queued])
         click.echo(f"{t.name}: killed {len(queued)} jobs")
     if tasks.selection_failed:
         sys.exit(1)

@@ -256,7 +256,7 @@ class Queue(Scheduler):
     def submit(self, args, output_filename, name=None, depends_on=None, scheduler_args=None):
         jobs = self._load()
         jobid = str(len(jobs) + 1)
-        jobs[jobid] = name
+        jobs[jobid] = [name, 'queued']
         self._save(jobs)
         return jobid
     def kill(self, jobid):
@@ -267,7 +267,8 @@ class Queue(Scheduler):
         jobs = self._load()
         if jobid not in jobs:
             return None
-        return JobStatus(jobid, JobState.QUEUED, jobs[jobid])
+        name, state = jobs[jobid]
+        return JobStatus(jobid, JobState(state), name)
     def get_jobs(self):
         return list(self._load())
 
@@ -293,6 +294,27 @@ def test_user_scheduler_queued_jobs_not_resubmitted_and_kill(project):
     killed = psy("kill", "queued")
     assert "killed 4 jobs" in killed.output
     assert ". queued:split" in psy("run").output
+
+
+def test_blocked_jobs_are_replaced_by_a_new_run(project):
+    import json
+
+    write_task(project, "queued", QUEUEING)
+    assert psy("run").exit_code == 0
+    state = project / "psy-tasks" / "queue.json"
+    jobs = json.loads(state.read_text())
+    jobs["4"][1] = "blocked"  # the merge waits for a job that failed
+    state.write_text(json.dumps(jobs))
+    refused = psy("run")
+    assert "still in the queue (3 queued)" in refused.output
+    for jobid in ("1", "2", "3"):
+        jobs.pop(jobid)
+    state.write_text(json.dumps(jobs))
+    result = psy("run", "-c")
+    assert "cancelled 1 blocked jobs" in result.output
+    assert ". queued:split" in result.output
+    # The blocked job was cancelled and a complete new set of jobs submitted.
+    assert [state for _, state in json.loads(state.read_text()).values()] == ["queued"] * 4
 
 
 def test_continue_flag(project):

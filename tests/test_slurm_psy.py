@@ -304,7 +304,9 @@ def test_finished_running_and_pending_jobs_status_kill_continue(tmp_path, tasks_
         queue = our_jobs(task)
         states = Counter(s for _, s, _ in queue)
         counts = status_counts(ok(psy("status", task, cwd=tmp_path)).stdout)
-        return counts == [(6, 30)] and states["R"] >= 1 and states["PD"] >= 1 and queue
+        # Jobs 0 and 1 (and the split) gone from the queue, gated ones running.
+        gated = all("_" in j and int(j.split("_")[1]) >= 2 for j, s, _ in queue if s != "PD")
+        return counts == [(6, 30)] and gated and states["R"] >= 1 and states["PD"] >= 1 and queue
 
     queue = wait_for(mixed, "jobs 0-1 finished, others running and pending")
     status = ok(psy("status", "-v", task, cwd=tmp_path))
@@ -448,3 +450,19 @@ def test_5000_jobs_few_sbatch_one_squeue_then_kill(tmp_path, tasks_made, command
     assert "killed 5002 jobs" in killed.stdout, describe(killed)
     wait_for(lambda: not our_jobs(task), "the killed jobs to leave the queue", timeout=60)
     assert len(argv_of("scancel")) <= 1 + expected_arrays  # not one per job
+
+
+@pytest.mark.slow
+def test_million_rows_in_100_jobs_every_row_once():
+    # The sweep of benchmarks/report_slurm.py (~50 s here): it checks every row
+    # is in the result exactly once with y == x*x, and that 102 jobs ran.
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "report_slurm.py"
+    spec = importlib.util.spec_from_file_location("report_slurm", path)
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    figures = report.sweep(n_rows=10**6, max_jobs=100)
+    assert figures["rows"] == 10**6
+    assert figures["exactly_once"]
+    assert figures["wall"] < report.TIMEOUT

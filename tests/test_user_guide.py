@@ -474,8 +474,11 @@ def test_merge_directory_into_one_file_chosen_by_extension(tmp_path, ext):
     assert rows(merged, ["x", "y"]) == [(x, float(x * x)) for x in range(1, 6)]
 
 
-def test_new_task_template_loads_tests_and_runs(tmp_path):
-    psy("new-task", "fresh", cwd=tmp_path)
+@pytest.mark.parametrize(
+    "options", [[], ["--scheduler", "ImmediateRun"]], ids=["default", "immediate"]
+)
+def test_new_task_template_loads_tests_and_runs(tmp_path, options):
+    psy("new-task", *options, "fresh", cwd=tmp_path)
     path = tmp_path / "psy-tasks" / "task_fresh.py"
     source = path.read_text()
     assert "pspace" in source
@@ -639,6 +642,18 @@ def test_config_documents_every_special_variable_with_0_8_defaults():
     assert os.path.basename(conf.workdir) == "psy-work"
 
 
+def test_the_guides_misspelling_schedular_args_is_pointed_out(tmp_path):
+    # The guide itself writes "schedular_args"; a user copying it learns of the typo.
+    write(
+        tmp_path / "psy-tasks" / "task_typo.py",
+        square_task(tmp_path / "calls", [1], settings="schedular_args = {'timelimit': '1h'}"),
+    )
+    out = psy("list", cwd=tmp_path)
+    assert out.stdout.split() == ["typo"]
+    assert "schedular_args" in out.stderr, show(out)
+    assert "scheduler_args" in out.stderr, show(out)
+
+
 @pytest.mark.parametrize(
     ("imp", "expr", "ext"),
     [
@@ -673,6 +688,9 @@ def test_store_setting_selects_the_result_format(tmp_path, imp, expr, ext):
     ],
 )
 def test_max_jobs_and_min_items_bound_the_processing_jobs(tmp_path, n_rows, settings, n_process):
+    # The cases divide evenly: for, say, 10 rows and min_items = 4, psyrun 0.8 made
+    # ceil(10 / 4) = 3 batches (3, 3, 4 rows), below the guide's "at least min_items",
+    # and ours does the same; that wording is not pinned down here.
     side = tmp_path / "calls"
     write(
         tmp_path / "psy-tasks" / "task_mj.py",
@@ -767,6 +785,7 @@ def execute(a, k, b=None):
 @pytest.mark.parametrize(
     "settings",
     ["", "from psyrun.backend import LoadBalancingBackend\nbackend = LoadBalancingBackend"],
+    ids=["distribute", "loadbalancing"],
 )
 def test_guide_algebra_in_a_task_file_matches_map_pspace(tmp_path, settings):
     """Product, sum with nan fill, difference and missing() in a task file run by psy."""
@@ -786,14 +805,14 @@ def test_guide_algebra_in_a_task_file_matches_map_pspace(tmp_path, settings):
         return {"desc": f"{k}{a}", "b_is_nan": b != b}
 
     expected = map_pspace(expected_fn, space)
-    assert len(space) == 18
+    assert len(space) == 16
     keys = ["a", "k", "desc", "b_is_nan"]
     assert rows(result, keys) == rows(expected, keys)
     # b: nan where the guide says "missing values will be filled with nan".
     got_b = sorted(repr(float(v)) for v in np.asarray(result["b"], dtype=float))
     want_b = sorted(repr(float(v)) for v in np.asarray(expected["b"], dtype=float))
     assert got_b == want_b
-    assert got_b.count("nan") == 14
+    assert got_b.count("nan") == 8
 
 
 SHARCNET_TASK = """
@@ -885,6 +904,22 @@ def test_autodetect_store_selects_by_extension(tmp_path):
         assert h5 is not None
     with pytest.raises(ValueError, match=r"\.pkl"):
         store.save(str(tmp_path / "d.unknown"), data)
+
+
+def test_autodetect_store_as_a_task_store_follows_the_resultfile(tmp_path):
+    write(
+        tmp_path / "psy-tasks" / "task_ad.py",
+        square_task(
+            tmp_path / "calls", [1, 2, 3],
+            header="from psyrun.store import AutodetectStore\n",
+            settings="store = AutodetectStore()\nresultfile = 'out/result.h5'\nmax_jobs = 2",
+        ),
+    )  # fmt: skip
+    psy("run", cwd=tmp_path)
+    from psyrun.store.h5 import H5Store
+
+    assert rows(H5Store().load(str(tmp_path / "out" / "result.h5"))) == [(1, 1), (2, 4), (3, 9)]
+    assert "ad: 3 out of 3 rows completed" in psy("status", cwd=tmp_path).stdout
 
 
 def test_stores_append_to_existing_files(tmp_path):
@@ -1414,6 +1449,11 @@ def execute(x):
 """
 
 
+@pytest.mark.xfail(
+    reason="e2e-failures.md #6: int job ids and 0.8 status letters from a custom scheduler "
+    "are not understood (queued jobs look dead, get resubmitted; psy run crashes on 'Q')",
+    strict=True,
+)
 def test_scheduler_written_for_0_8_with_int_ids_and_status_letters(tmp_path):
     queue = tmp_path / "queue.json"
     write(tmp_path / "psy-tasks" / "task_old.py", SCHEDULER_0_8_TASK.format(queue=str(queue)))

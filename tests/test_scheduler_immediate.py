@@ -10,7 +10,7 @@ import types
 
 import pytest
 
-from psyrun.scheduler import ImmediateRun, JobState, JobStatus, Scheduler
+from psyrun.scheduler import ImmediateRun, JobState, JobStatus, Scheduler, immediate
 
 PY = sys.executable
 
@@ -136,6 +136,9 @@ def fake_worker(monkeypatch):
 
     module.main = main
     monkeypatch.setitem(sys.modules, "psyrun.worker", module)
+    # Earlier tests in this process may have left idle threads (zarr's event loop),
+    # which would send these jobs down the subprocess path; the fork path is under test.
+    monkeypatch.setattr(immediate, "threading", types.SimpleNamespace(active_count=lambda: 1))
     return module
 
 
@@ -177,7 +180,8 @@ def test_forked_exception_becomes_exit_1_with_traceback(tmp_path, fake_worker):
     assert sched.get_status(dep).status is JobState.BLOCKED
 
 
-def test_other_threads_or_fork_false_use_a_subprocess(tmp_path, fake_worker):
+def test_other_threads_or_fork_false_use_a_subprocess(tmp_path, fake_worker, monkeypatch):
+    monkeypatch.setattr(immediate, "threading", threading)  # count the real threads here
     for sched in (ImmediateRun(fork=False), ImmediateRun()):
         out = tmp_path / "w.log"
         stop = threading.Event()

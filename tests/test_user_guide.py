@@ -1449,11 +1449,6 @@ def execute(x):
 """
 
 
-@pytest.mark.xfail(
-    reason="e2e-failures.md #6: int job ids and 0.8 status letters from a custom scheduler "
-    "are not understood (queued jobs look dead, get resubmitted; psy run crashes on 'Q')",
-    strict=True,
-)
 def test_scheduler_written_for_0_8_with_int_ids_and_status_letters(tmp_path):
     queue = tmp_path / "queue.json"
     write(tmp_path / "psy-tasks" / "task_old.py", SCHEDULER_0_8_TASK.format(queue=str(queue)))

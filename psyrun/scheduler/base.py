@@ -48,6 +48,25 @@ class JobState(str, enum.Enum):
     def __str__(self) -> str:
         return self.value
 
+    @classmethod
+    def coerce(cls, value: JobState | str) -> JobState:
+        """Return the state `value` stands for.
+
+        Accepts members, their string values (``'queued'``) and the status
+        letters schedulers written for psyrun 0.8 return: ``'Q'``, ``'*Q'``
+        (waiting for a dependency), ``'PD'`` queued; ``'R'``, ``'Z'``
+        (suspended), ``'CG'`` running; ``'D'``, ``'CD'`` completed; ``'E'``,
+        ``'F'`` failed; ``'C'``, ``'CA'`` cancelled. Anything else is taken
+        as RUNNING, so a job in an unknown state is never submitted twice.
+        """
+        if isinstance(value, cls):
+            return value
+        text = str(value).strip()
+        try:
+            return cls(text.lower())
+        except ValueError:
+            return _LETTERS.get(text.upper(), cls.RUNNING)
+
     @property
     def in_queue(self) -> bool:
         """True while the scheduler still holds the job (queued, running or blocked)."""
@@ -57,6 +76,22 @@ class JobState(str, enum.Enum):
     def will_run(self) -> bool:
         """True when the job is running or will start without intervention."""
         return self in (JobState.QUEUED, JobState.RUNNING)
+
+
+_LETTERS = {
+    "Q": JobState.QUEUED,
+    "*Q": JobState.QUEUED,
+    "PD": JobState.QUEUED,
+    "R": JobState.RUNNING,
+    "Z": JobState.RUNNING,
+    "CG": JobState.RUNNING,
+    "D": JobState.COMPLETED,
+    "CD": JobState.COMPLETED,
+    "E": JobState.FAILED,
+    "F": JobState.FAILED,
+    "C": JobState.CANCELLED,
+    "CA": JobState.CANCELLED,
+}
 
 
 class JobStatus(NamedTuple):
@@ -213,9 +248,17 @@ class Scheduler(abc.ABC):
         """Cancel a job (queued or running). Unknown or finished ids are ignored."""
 
     def kill_jobs(self, jobids: Iterable[str]) -> None:
-        """Cancel several jobs. The default calls :meth:`kill` once per id."""
+        """Cancel several jobs. The default calls :meth:`kill` once per id.
+
+        Ids are handed back in the type :meth:`get_jobs` reports them in, so a
+        scheduler written for psyrun 0.8 (integer ids) finds its jobs.
+        """
+        jobids = list(jobids)
+        if not jobids:
+            return
+        held = {str(j): j for j in self.get_jobs()}
         for jobid in jobids:
-            self.kill(jobid)
+            self.kill(held.get(str(jobid), jobid))
 
     @abc.abstractmethod
     def get_status(self, jobid: str) -> JobStatus | None:
@@ -224,13 +267,21 @@ class Scheduler(abc.ABC):
     def get_statuses(self, jobids: Iterable[str]) -> dict[str, JobStatus]:
         """Return the status of every held job among `jobids` (absent: finished/unknown).
 
-        The default asks :meth:`get_status` once per id.
+        The default asks :meth:`get_status` once per id. It also serves
+        schedulers written for psyrun 0.8: an id the scheduler does not know
+        as a string is asked again as an integer, and status letters such as
+        ``'Q'`` become :class:`JobState` members (see :meth:`JobState.coerce`).
         """
         result = {}
         for jobid in jobids:
             status = self.get_status(jobid)
-            if status is not None:
-                result[jobid] = status
+            if status is None and isinstance(jobid, str) and jobid.lstrip("-").isdigit():
+                status = self.get_status(int(jobid))
+            if status is None:
+                continue
+            state = JobState.coerce(status.status)
+            if state.in_queue:
+                result[jobid] = JobStatus(str(jobid), state, status.name)
         return result
 
     @abc.abstractmethod

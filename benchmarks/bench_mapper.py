@@ -1,6 +1,7 @@
 """asv benchmarks: mapping functions over parameter spaces."""
 
 from psyrun import Param, map_pspace, map_pspace_parallel
+from psyrun.utils.example import square
 
 
 def trivial(x):
@@ -23,7 +24,9 @@ class MapPspaceParallel:
 
     def setup(self):
         self.space = Param(x=list(range(10**4)))
-        map_pspace_parallel(trivial, Param(x=[1, 2]), n_jobs=2)
+        # Worker processes import the function by module name: the asv suite is
+        # not importable there, so use psyrun's own example function.
+        map_pspace_parallel(square, Param(x=[1, 2]), n_jobs=2)
 
     def time_map_pspace_parallel(self):
-        map_pspace_parallel(trivial, self.space, n_jobs=2)
+        map_pspace_parallel(square, self.space, n_jobs=2)

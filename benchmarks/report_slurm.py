@@ -77,15 +77,13 @@ def _psy() -> list[str]:
 
 
 def _slurm_reason() -> str | None:
-    if shutil.which("sbatch") is None:
-        return "no sbatch (bash scripts/local-slurm.sh start)"
-    try:
-        out = subprocess.run(
-            ["scontrol", "ping"], capture_output=True, text=True, timeout=15, check=False
-        ).stdout
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return f"scontrol ping failed: {e}"
-    return None if "is UP" in out else "the Slurm controller does not answer"
+    # The same check as the Slurm tests skip on (tests/slurm_helpers.py).
+    tests = str(Path(__file__).resolve().parents[1] / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    from slurm_helpers import slurm_unavailable_reason
+
+    return slurm_unavailable_reason()
 
 
 def _job_name(task: str, argv: list[str]) -> str:

@@ -235,6 +235,19 @@ def _normalize_rows(rows: Any, n: int) -> np.ndarray:
     return rows
 
 
+def _common_length(columns: Mapping[str, Any], problem: str, remedy: str) -> int | None:
+    """Return the length every column shares (None without columns).
+
+    Raises ValueError ``"<problem> (<each column's length>); <remedy>"`` when
+    the lengths differ.
+    """
+    lengths = {k: len(v) for k, v in columns.items()}
+    if len(set(lengths.values())) > 1:
+        described = ", ".join(f"{k!r} has {n}" for k, n in lengths.items())
+        raise ValueError(f"{problem} ({described} values); {remedy}")
+    return next(iter(lengths.values()), None)
+
+
 def _format_keys(keys: Sequence[str]) -> str:
     return ", ".join(keys) if keys else "no keys"
 
@@ -543,15 +556,13 @@ class Param(ParameterSpace):
                 self._scalars[key] = _plain_scalar(
                     value.item() if isinstance(value, np.ndarray) else value
                 )
-        lengths = {k: len(v) for k, v in self._columns.items()}
-        if len(set(lengths.values())) > 1:
-            described = ", ".join(f"{k!r} has {n}" for k, n in lengths.items())
-            raise ValueError(
-                f"Param got sequences of unequal lengths ({described} values); give every "
-                "sequence the same length (scalars are repeated to match)"
-            )
-        if lengths:
-            self._n = next(iter(lengths.values()))
+        n = _common_length(
+            self._columns,
+            "Param got sequences of unequal lengths",
+            "give every sequence the same length (scalars are repeated to match)",
+        )
+        if n is not None:
+            self._n = n
         else:
             self._n = 1 if self._scalars else 0
 
@@ -894,14 +905,12 @@ class _Columns:
 
     def __init__(self, data: Mapping[str, Any]):
         self.data = dict(data)
-        lengths = {k: len(v) for k, v in self.data.items()}
-        if len(set(lengths.values())) > 1:
-            described = ", ".join(f"{k!r} has {n}" for k, n in lengths.items())
-            raise ValueError(
-                f"the columns to subtract have unequal lengths ({described} values); "
-                "pass a mapping of equal-length columns (for example a store's load())"
-            )
-        self.n = next(iter(lengths.values())) if lengths else 0
+        n = _common_length(
+            self.data,
+            "the columns to subtract have unequal lengths",
+            "pass a mapping of equal-length columns (for example a store's load())",
+        )
+        self.n = 0 if n is None else n
 
     def keys(self) -> list[str]:
         return list(self.data)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+from fakebin_helpers import FakeCluster, start_fake_cluster
 from hypothesis import HealthCheck, settings
 
 # One profile for everyone: no per-example deadline (the machine is shared and
@@ -17,3 +19,9 @@ settings.register_profile(
 )
 settings.register_profile("thorough", parent=settings.get_profile("default"), max_examples=1000)
 settings.load_profile(os.environ.get("PSYRUN_HYPOTHESIS_PROFILE", "default"))
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch) -> FakeCluster:
+    """The fake cluster commands of tests/fakebin, first on PATH (see fakebin_helpers)."""
+    return start_fake_cluster(tmp_path, monkeypatch)

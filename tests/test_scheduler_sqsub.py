@@ -2,50 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import os
 import sys
-from pathlib import Path
 
 import pytest
 
 from psyrun.scheduler import JobState, JobStatus, SchedulerError, Sqsub
 from psyrun.scheduler.sqsub import parse_sqjobs
 
-FAKEBIN = Path(__file__).parent / "fakebin"
 PY = sys.executable
 ARGS = {"timelimit": "15m", "memory": "1G"}
-
-
-class FakeCluster:
-    def __init__(self, directory: Path):
-        self.dir = directory
-        self.log = directory / "calls.jsonl"
-
-    def calls(self, prog: str | None = None) -> list[list[str]]:
-        if not self.log.exists():
-            return []
-        records = [json.loads(line) for line in self.log.read_text().splitlines()]
-        return [r["argv"] for r in records if prog is None or r["prog"] == prog]
-
-    def script(self, prog: str, out: str | None = None, err: str | None = None, rc: int = 0):
-        for ext, value in (("out", out), ("err", err), ("rc", str(rc))):
-            path = self.dir / f"{prog}.{ext}"
-            if value is None:
-                path.unlink(missing_ok=True)
-            else:
-                path.write_text(value)
-
-
-@pytest.fixture
-def fake(tmp_path, monkeypatch):
-    d = tmp_path / "fake"
-    d.mkdir()
-    monkeypatch.setenv("PATH", f"{FAKEBIN}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("PSYRUN_FAKE_DIR", str(d))
-    monkeypatch.setenv("PSYRUN_FAKE_LOG", str(d / "calls.jsonl"))
-    monkeypatch.setenv("PSYRUN_FAKE_PYTHON", PY)
-    return FakeCluster(d)
 
 
 def test_submit_exact_command_line(fake, tmp_path):

@@ -5,13 +5,12 @@ Skipped, with the reason, when ``sbatch`` is missing or the controller does not 
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from slurm_helpers import slurm_marks
 
 from psyrun.scheduler import JobState, SchedulerError, Slurm
 from psyrun.scheduler import slurm as slurm_module
@@ -20,25 +19,7 @@ PY = sys.executable
 TIMEOUT = 90.0  # seconds any one wait may take; the local node runs ~2 trivial jobs/s
 
 
-def _slurm_answers() -> str | None:
-    """Return why Slurm cannot be used here, or None when it can."""
-    if shutil.which("sbatch") is None:
-        return "sbatch is not installed (start a local cluster: bash scripts/local-slurm.sh start)"
-    try:
-        proc = subprocess.run(
-            ["scontrol", "ping"], capture_output=True, text=True, timeout=15, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return f"scontrol ping failed: {e}"
-    if "is UP" not in proc.stdout:
-        return (
-            f"the Slurm controller does not answer: {proc.stdout.strip() or proc.stderr.strip()}"
-        )
-    return None
-
-
-_REASON = _slurm_answers()
-pytestmark = [pytest.mark.slurm, pytest.mark.skipif(_REASON is not None, reason=str(_REASON))]
+pytestmark = slurm_marks()
 
 
 @pytest.fixture

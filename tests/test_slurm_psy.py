@@ -40,10 +40,9 @@ from e2e_helpers import (
     status_counts,
     write,
 )
-from test_slurm_live import _slurm_answers
+from slurm_helpers import slurm_marks
 
-_REASON = _slurm_answers()
-pytestmark = [pytest.mark.slurm, pytest.mark.skipif(_REASON is not None, reason=str(_REASON))]
+pytestmark = slurm_marks()
 
 #: Seconds a whole sweep may take to go through the cluster (the node is shared
 #: with other tests; trivial jobs start at about 2 per second).

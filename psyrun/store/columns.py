@@ -1,22 +1,38 @@
-"""Column helpers shared by the stores: normalising, padding and merging chunks."""
+"""Helpers shared by the stores: normalising, padding and merging chunks.
+
+Also the checks that several stores make alike: importing an optional
+library lazily, refusing column types a format cannot hold, and resolving a
+row number.
+"""
 
 from __future__ import annotations
 
+import importlib
+import os
 from collections.abc import Mapping, Sequence
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 __all__ = [
+    "check_supported",
     "common_dtype",
     "count",
+    "import_optional",
     "merge_chunks",
     "missing_value",
     "normalize",
     "padded_dtype",
+    "prepare_array_columns",
+    "resolve_row",
     "select_row",
     "to_column",
 ]
+
+#: dtype kinds of the columns the array stores (HDF5, zarr) can hold:
+#: boolean, integer, float, complex and str.
+ARRAY_KINDS = "biufcU"
 
 
 def _object_column(values: Sequence[Any]) -> np.ndarray:
@@ -177,10 +193,108 @@ def merge_chunks(chunks: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.nda
     return out
 
 
-def select_row(data: Mapping[str, np.ndarray], row: int, filename: str) -> dict[str, np.ndarray]:
-    """Return row ``row`` (negative counts from the end) as one-element columns."""
-    n = count(data)
+def resolve_row(row: int, n: int, filename: str) -> int:
+    """Return the index of row ``row`` (negative counts from the end) among ``n`` rows.
+
+    Raises
+    ------
+    IndexError
+        When ``row`` is out of range for ``n`` rows.
+    """
     index = row + n if row < 0 else row
     if not 0 <= index < n:
         raise IndexError(f"row {row} out of range for {filename!r} with {n} rows")
+    return index
+
+
+def select_row(data: Mapping[str, np.ndarray], row: int, filename: str) -> dict[str, np.ndarray]:
+    """Return row ``row`` (negative counts from the end) as one-element columns."""
+    index = resolve_row(row, count(data), filename)
     return {k: v[index : index + 1] for k, v in data.items()}
+
+
+def import_optional(module: str, store: str, requirement: str, extra: str) -> ModuleType:
+    """Import the optional library ``module`` that ``store`` needs, on first use.
+
+    Parameters
+    ----------
+    module
+        Name of the module to import, for example ``'tables'``.
+    store
+        Name of the store class, used in the error message.
+    requirement
+        What to install, as the message names it (``'PyTables'``, ``'zarr>=3'``).
+    extra
+        The psyrun extra that installs it (``pip install psyrun[<extra>]``).
+
+    Raises
+    ------
+    ImportError
+        When the library is not installed; the message says how to install it.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            f"{store} needs {requirement}; install it with `pip install psyrun[{extra}]`"
+        ) from None
+
+
+def check_supported(data: Mapping[str, np.ndarray], filename: str, store: str) -> None:
+    """Refuse columns other than numeric, boolean and str before a file is touched.
+
+    The array stores (HDF5, zarr) hold only these kinds (:data:`ARRAY_KINDS`).
+
+    Parameters
+    ----------
+    data
+        Normalised columns (see :func:`normalize`).
+    filename
+        The file the columns were meant for, used in the error message.
+    store
+        Name of the store class, used in the error message.
+
+    Raises
+    ------
+    TypeError
+        For the first column of another kind; the message points to PickleStore.
+    """
+    for key, column in data.items():
+        if column.dtype.kind not in ARRAY_KINDS:
+            raise TypeError(
+                f"{store} cannot store column {key!r} of dtype {column.dtype} in "
+                f"{filename!r}: only numeric, boolean and str columns are supported. "
+                "Use PickleStore ('.pkl') for arbitrary Python values."
+            )
+
+
+def prepare_array_columns(
+    filename: str | os.PathLike[str], data: Mapping[str, Any], store: str
+) -> tuple[str, dict[str, np.ndarray]]:
+    """Normalise what an array store (HDF5, zarr) was given to save or append.
+
+    Parameters
+    ----------
+    filename
+        The file (or directory) to write.
+    data
+        A mapping of equal-length columns.
+    store
+        Name of the store class, used in error messages.
+
+    Returns
+    -------
+    filename : str
+        `filename` as a plain string.
+    data : dict of str to numpy.ndarray
+        The normalised columns (see :func:`normalize`).
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`normalize` and :func:`check_supported` do.
+    """
+    filename = os.fspath(filename)
+    data = normalize(data)
+    check_supported(data, filename, store)
+    return filename, data

@@ -18,33 +18,24 @@ from typing import Any
 import numpy as np
 
 from psyrun.store.base import Store
-from psyrun.store.columns import common_dtype, count, merge_chunks, normalize
+from psyrun.store.columns import (
+    check_supported,
+    common_dtype,
+    count,
+    import_optional,
+    merge_chunks,
+    prepare_array_columns,
+    resolve_row,
+)
 
 __all__ = ["H5Store"]
 
-_SUPPORTED_KINDS = "biufcU"
 _COLUMNS_ATTR = "psyrun_columns"  # column names in order; nodes are named c0, c1, ...
 _STRING_ATTR = "psyrun_utf8"  # set on nodes that hold encoded str
 
 
 def _tables():
-    try:
-        import tables
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "H5Store needs PyTables; install it with `pip install psyrun[h5]`"
-        ) from None
-    return tables
-
-
-def _check_supported(data: Mapping[str, np.ndarray], filename: str) -> None:
-    for key, column in data.items():
-        if column.dtype.kind not in _SUPPORTED_KINDS:
-            raise TypeError(
-                f"H5Store cannot store column {key!r} of dtype {column.dtype} in "
-                f"{filename!r}: only numeric, boolean and str columns are supported. "
-                "Use PickleStore ('.pkl') for arbitrary Python values."
-            )
+    return import_optional("tables", "H5Store", "PyTables", "h5")
 
 
 def _encode(column: np.ndarray) -> np.ndarray:
@@ -125,16 +116,12 @@ class H5Store(Store):
 
     def save(self, filename: str, data: Mapping[str, Any]) -> None:
         """Write ``data`` to ``filename`` (temporary file, then rename)."""
-        filename = os.fspath(filename)
-        data = normalize(data)
-        _check_supported(data, filename)
+        filename, data = prepare_array_columns(filename, data, "H5Store")
         self._write_new(filename, data)
 
     def append(self, filename: str, data: Mapping[str, Any]) -> None:
         """Extend every column by the rows of ``data`` (creates the file if missing)."""
-        filename = os.fspath(filename)
-        data = normalize(data)
-        _check_supported(data, filename)
+        filename, data = prepare_array_columns(filename, data, "H5Store")
         if not os.path.exists(filename):
             self._write_new(filename, data)
             return
@@ -147,7 +134,7 @@ class H5Store(Store):
                         node.append(_encode(data[key]))
                 return
         merged = merge_chunks([self.load(filename), data])
-        _check_supported(merged, filename)
+        check_supported(merged, filename, "H5Store")
         self._write_new(filename, merged)
 
     def load_rows(self, filename: str, start: int, stop: int) -> dict[str, np.ndarray]:
@@ -164,10 +151,7 @@ class H5Store(Store):
         """Read all columns, or only row ``row`` (one-element columns)."""
         if row is None:
             return self.load_rows(filename, 0, None)
-        n = self.count_rows(filename)
-        index = row + n if row < 0 else row
-        if not 0 <= index < n:
-            raise IndexError(f"row {row} out of range for {filename!r} with {n} rows")
+        index = resolve_row(row, self.count_rows(filename), filename)
         return self.load_rows(filename, index, index + 1)
 
     def count_rows(self, filename: str) -> int:

@@ -19,33 +19,24 @@ from typing import Any
 import numpy as np
 
 from psyrun.store.base import Store
-from psyrun.store.columns import common_dtype, count, merge_chunks, normalize
+from psyrun.store.columns import (
+    check_supported,
+    common_dtype,
+    count,
+    import_optional,
+    merge_chunks,
+    prepare_array_columns,
+    resolve_row,
+)
 
 __all__ = ["ZarrStore"]
 
-_SUPPORTED_KINDS = "biufcU"
 _COLUMNS_ATTR = "psyrun_columns"  # column names in order; arrays are named c0, c1, ...
 _CHUNK_BYTES = 1 << 18  # target size of one chunk before compression
 
 
 def _zarr():
-    try:
-        import zarr
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "ZarrStore needs zarr>=3; install it with `pip install psyrun[zarr]`"
-        ) from None
-    return zarr
-
-
-def _check_supported(data: Mapping[str, np.ndarray], filename: str) -> None:
-    for key, column in data.items():
-        if column.dtype.kind not in _SUPPORTED_KINDS:
-            raise TypeError(
-                f"ZarrStore cannot store column {key!r} of dtype {column.dtype} in "
-                f"{filename!r}: only numeric, boolean and str columns are supported. "
-                "Use PickleStore ('.pkl') for arbitrary Python values."
-            )
+    return import_optional("zarr", "ZarrStore", "zarr>=3", "zarr")
 
 
 def _chunk_rows(column: np.ndarray) -> int:
@@ -129,16 +120,12 @@ class ZarrStore(Store):
 
     def save(self, filename: str, data: Mapping[str, Any]) -> None:
         """Write ``data`` to ``filename``, replacing any existing store."""
-        filename = os.fspath(filename)
-        data = normalize(data)
-        _check_supported(data, filename)
+        filename, data = prepare_array_columns(filename, data, "ZarrStore")
         self._write_new(filename, data)
 
     def append(self, filename: str, data: Mapping[str, Any]) -> None:
         """Resize every column and write the rows of ``data`` (creates the store)."""
-        filename = os.fspath(filename)
-        data = normalize(data)
-        _check_supported(data, filename)
+        filename, data = prepare_array_columns(filename, data, "ZarrStore")
         if not os.path.exists(filename):
             self._write_new(filename, data)
             return
@@ -152,7 +139,7 @@ class ZarrStore(Store):
                     array[n : n + k] = data[key]
             return
         merged = merge_chunks([self.load(filename), data])
-        _check_supported(merged, filename)
+        check_supported(merged, filename, "ZarrStore")
         self._write_new(filename, merged)
 
     def load_rows(self, filename: str, start: int, stop: int) -> dict[str, np.ndarray]:
@@ -167,10 +154,7 @@ class ZarrStore(Store):
         """Read all columns, or only row ``row`` (one-element columns)."""
         if row is None:
             return self.load_rows(filename, 0, None)
-        n = self.count_rows(filename)
-        index = row + n if row < 0 else row
-        if not 0 <= index < n:
-            raise IndexError(f"row {row} out of range for {filename!r} with {n} rows")
+        index = resolve_row(row, self.count_rows(filename), filename)
         return self.load_rows(filename, index, index + 1)
 
     def count_rows(self, filename: str) -> int:

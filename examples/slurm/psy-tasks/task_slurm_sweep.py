@@ -43,6 +43,8 @@ scheduler_args = {
     "memory_per_cpu": "2G",  # --mem-per-cpu
     "max_running": 20,  # at most 20 tasks of the array run at once (--array=...%20)
     # Any other sbatch option, as a dict of option -> value or a list of arguments.
+    # Adapt the partition to your cluster (`sinfo -s` lists them; the local test
+    # cluster of scripts/local-slurm.sh calls its only partition "debug").
     "sbatch_args": {"partition": "compute"},
 }
 

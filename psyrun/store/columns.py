@@ -11,15 +11,19 @@ import importlib
 import os
 from collections.abc import Mapping, Sequence
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from psyrun.store.base import Store
 
 __all__ = [
     "check_supported",
     "common_dtype",
     "count",
     "import_optional",
+    "load_by_rows",
     "merge_chunks",
     "missing_value",
     "normalize",
@@ -211,6 +215,19 @@ def select_row(data: Mapping[str, np.ndarray], row: int, filename: str) -> dict[
     """Return row ``row`` (negative counts from the end) as one-element columns."""
     index = resolve_row(row, count(data), filename)
     return {k: v[index : index + 1] for k, v in data.items()}
+
+
+def load_by_rows(store: Store, filename: str, row: int | None) -> dict[str, np.ndarray]:
+    """Implement :meth:`Store.load` with the store's ``load_rows`` and ``count_rows``.
+
+    For stores that read row ranges and count rows without loading the file:
+    all rows when `row` is None, otherwise row `row` (negative counts from the
+    end) as one-element columns.
+    """
+    if row is None:
+        return store.load_rows(filename, 0, None)
+    index = resolve_row(row, store.count_rows(filename), filename)
+    return store.load_rows(filename, index, index + 1)
 
 
 def import_optional(module: str, store: str, requirement: str, extra: str) -> ModuleType:

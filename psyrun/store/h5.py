@@ -23,9 +23,9 @@ from psyrun.store.columns import (
     common_dtype,
     count,
     import_optional,
+    load_by_rows,
     merge_chunks,
     prepare_array_columns,
-    resolve_row,
 )
 
 __all__ = ["H5Store"]
@@ -149,10 +149,7 @@ class H5Store(Store):
 
     def load(self, filename: str, row: int | None = None) -> dict[str, np.ndarray]:
         """Read all columns, or only row ``row`` (one-element columns)."""
-        if row is None:
-            return self.load_rows(filename, 0, None)
-        index = resolve_row(row, self.count_rows(filename), filename)
-        return self.load_rows(filename, index, index + 1)
+        return load_by_rows(self, filename, row)
 
     def count_rows(self, filename: str) -> int:
         """Count the rows from the array metadata."""

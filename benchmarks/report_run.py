@@ -18,7 +18,6 @@ import os
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 
 SQUARE = """
@@ -83,24 +82,44 @@ def psy_command() -> list[str]:
     return [sys.executable, "-m", "psyrun.cli"]
 
 
+# Runs a command and reports its wall time and peak memory. Linux keeps a
+# process's peak RSS across fork and exec, so a child started straight from this
+# report (which holds large arrays by now) would inherit our peak; a small
+# launcher process in between gives the command a clean start.
+_LAUNCHER = """
+import json, os, subprocess, sys, time
+started = time.perf_counter()
+proc = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(proc.pid, 0)
+with open(sys.argv[1], "w") as f:
+    json.dump({"wall": time.perf_counter() - started, "maxrss_kib": usage.ru_maxrss,
+               "rc": os.waitstatus_to_exitcode(status)}, f)
+"""
+
+
 def run_psy(cwd: str, *args: str, timeout: float = 600) -> dict:
-    """Run ``psy *args`` in `cwd`; return wall seconds, peak RSS (MB), status, output."""
+    """Run ``psy *args`` in `cwd`; return wall seconds, peak RSS (MB), status, output.
+
+    The peak RSS is the largest of ``psy`` and the jobs it ran in its own
+    child processes (``ru_maxrss`` from ``os.wait4``).
+    """
+    import json
     import subprocess
 
     out_path, err_path = os.path.join(cwd, "psy.out"), os.path.join(cwd, "psy.err")
+    measured = os.path.join(cwd, "psy.measured.json")
     with open(out_path, "w") as out, open(err_path, "w") as err:
-        started = time.perf_counter()
-        proc = subprocess.Popen(
-            [*psy_command(), *args], cwd=cwd, stdout=out, stderr=err, stdin=subprocess.DEVNULL
+        subprocess.run(
+            [sys.executable, "-c", _LAUNCHER, measured, *psy_command(), *args],
+            cwd=cwd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, timeout=timeout,
+            check=False,
         )
-        # wait4 gives this child's own resource usage (and that of children it waited for).
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    with open(measured) as f:
+        figures = json.load(f)
     return {
-        "wall": wall,
-        "rss_mb": usage.ru_maxrss / 1024,  # Linux reports kilobytes
-        "rc": proc.returncode,
+        "wall": figures["wall"],
+        "rss_mb": figures["maxrss_kib"] / 1024,  # Linux reports kilobytes
+        "rc": figures["rc"],
         "stdout": Path(out_path).read_text(),
         "stderr": Path(err_path).read_text(),
     }

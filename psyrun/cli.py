@@ -369,30 +369,40 @@ def merge(directory: str, merged: str) -> None:
     """Merge all result files in DIRECTORY into the single file MERGED.
 
     The extension of MERGED selects the format of the inputs and the output.
+    A task's own part files (``<workdir>/<task>/out``) are always pickle
+    files; when DIRECTORY holds no file of MERGED's format, its ``.pkl``
+    files are merged and converted.
     """
     from psyrun.backend._splitmerge import write_merged
-    from psyrun.store import get_store
+    from psyrun.store import PickleStore, get_store
 
     try:
         store = get_store(merged)
     except (ValueError, KeyError, ImportError) as exc:
         raise click.ClickException(str(exc).splitlines()[0] if str(exc) else repr(exc)) from None
-    ext = os.path.splitext(merged)[1].lower()
     target = os.path.abspath(merged)
-    sources = sorted(
-        (
-            e
-            for e in os.listdir(directory)
-            if os.path.splitext(e)[1].lower() == ext
-            and not e.startswith(".")
-            and os.path.abspath(os.path.join(directory, e)) != target
-        ),
-        key=_part_order,
-    )
+
+    def files_with(ext: str) -> list[str]:
+        return sorted(
+            (
+                e
+                for e in os.listdir(directory)
+                if os.path.splitext(e)[1].lower() == ext
+                and not e.startswith(".")
+                and os.path.abspath(os.path.join(directory, e)) != target
+            ),
+            key=_part_order,
+        )
+
+    ext = os.path.splitext(merged)[1].lower()
+    sources, source_store = files_with(ext), store
+    if not sources and ext != PickleStore.ext:
+        # psy's own part files are pickle files whatever the task's store.
+        sources, source_store = files_with(PickleStore.ext), PickleStore()
     if not sources:
         raise click.ClickException(f"no {ext} files in {directory!r} to merge")
     paths = [os.path.join(directory, e) for e in sources]
-    rows = write_merged(store, merged, paths, keys=[], log=_err)
+    rows = write_merged(store, merged, paths, keys=[], log=_err, source_store=source_store)
     click.echo(f"merged {len(paths)} files ({rows} rows) into {merged}")
 
 

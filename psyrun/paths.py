@@ -8,12 +8,18 @@ Layout of ``<workdir>/<task>/``::
     status/<job name>.done|.failed  how each job ended (written by the job)
     in/pspace.pkl                 compact snapshot of the space to evaluate
     in/counter                    next row to hand out (load balancing)
-    out/<i><ext>                  a finished part of the results
-    out/<i>.partial<ext>          a part still being written
+    out/<i>.pkl                   a finished part of the results
+    out/<i>.partial.pkl           a part still being written
     result<ext>                   the result file (unless ``resultfile`` is set)
 
 Files are written under a temporary name and renamed when complete, so a
 crash never leaves a half-written file that looks finished.
+
+Part files are always written with :class:`psyrun.store.PickleStore`
+(:data:`PART_EXT`), whatever the task's store: its append is crash-safe (a
+record torn by a kill is dropped on read), so killing a job loses only the
+rows it was writing. The task's store is used for the result file only.
+Parts with the task's extension (left by an older psyrun) are still listed.
 """
 
 from __future__ import annotations
@@ -23,9 +29,11 @@ import os
 import re
 import shutil
 
-__all__ = ["TaskPaths", "remove_path", "tmp_name"]
+__all__ = ["PART_EXT", "TaskPaths", "remove_path", "tmp_name"]
 
 PARTIAL = ".partial"
+#: Extension of every part file (the store that writes them: PickleStore).
+PART_EXT = ".pkl"
 _PART_RE = re.compile(r"^(\d+)(\.partial)?(\..+)$")
 
 
@@ -108,29 +116,38 @@ class TaskPaths:
     # -- data ----------------------------------------------------------------
 
     def part(self, index: int) -> str:
-        """Return a finished part file of the results."""
-        return os.path.join(self.out_dir, f"{index}{self.ext}")
+        """Return a finished part file of the results (a PickleStore file)."""
+        return os.path.join(self.out_dir, f"{index}{PART_EXT}")
 
     def partial(self, index: int) -> str:
-        """Return the part file's name while it is being written."""
-        return os.path.join(self.out_dir, f"{index}{PARTIAL}{self.ext}")
+        """Return the part file's name while it is being written (a PickleStore file)."""
+        return os.path.join(self.out_dir, f"{index}{PARTIAL}{PART_EXT}")
 
     def shared_out(self) -> str:
-        """Return the file all load-balancing workers append to."""
-        return os.path.join(self.out_dir, f"0{PARTIAL}{self.ext}")
+        """Return the file all load-balancing workers append to (a PickleStore file)."""
+        return os.path.join(self.out_dir, f"0{PARTIAL}{PART_EXT}")
+
+    @staticmethod
+    def is_part_file(path: str) -> bool:
+        """Whether `path` was written with the part store (else: the task's store)."""
+        return path.endswith(PART_EXT)
 
     def result_tmp(self) -> str:
         """Temporary name of the result while it is being written."""
         return tmp_name(self.result)
 
     def list_parts(self) -> list[tuple[int, str, bool]]:
-        """``(index, path, finished)`` of every part file, by index (finished first)."""
+        """``(index, path, finished)`` of every part file, by index (finished first).
+
+        Both part-store files and files with the task's extension (written
+        by an older psyrun) are listed; :meth:`is_part_file` tells them apart.
+        """
         if not os.path.isdir(self.out_dir):
             return []
         found = []
         for entry in os.listdir(self.out_dir):
             m = _PART_RE.match(entry)
-            if m is None or m.group(3) != self.ext:
+            if m is None or m.group(3) not in (PART_EXT, self.ext):
                 continue
             found.append((int(m.group(1)), os.path.join(self.out_dir, entry), m.group(2) is None))
         return sorted(found, key=lambda t: (t[0], not t[2]))

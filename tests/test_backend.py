@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import textwrap
@@ -375,3 +376,168 @@ def test_huge_lazy_space_submits_without_expanding(tmp_path):
     assert sched.calls[1][1] == 1000
     assert isinstance(backend, DistributeBackend)
     assert not isinstance(backend, LoadBalancingBackend)
+
+
+# -- kill -9 while a process job appends ---------------------------------------
+
+APPENDING = """
+pspace = Param(x=np.arange({n}))
+max_jobs = {max_jobs}
+pool_size = {pool_size}
+EVALUATED = {evaluated!r}
+_log = []
+def execute(x):
+    if not _log:
+        _log.append(open(EVALUATED, 'a', buffering=1))  # one write per row
+    _log[0].write(f'{{x}}\\n')
+    return {{'y': x * x + 0.5}}
+"""
+
+# Runs one process job like psyrun.worker, with tiny blocks and chunks so that
+# the job appends all the time (a kill then nearly always lands in an append).
+SMALL_APPENDS_WORKER = """
+import sys
+import psyrun.backend.distribute as d
+import psyrun.backend.loadbalancing as lb
+d.FLUSH_SECONDS = 0.0
+d.MIN_BLOCK = d.MAX_BLOCK = {block}
+lb.MAX_CHUNK = {block}
+from psyrun.worker import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _kill_while_appending(task, block, rng):
+    """Start the process jobs, SIGKILL them at a random moment of their appends.
+
+    Return whether they were still running when killed.
+    """
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    backend = task.make_backend()
+    plan = backend.plan()
+    backend.run_split(cont=False)
+    n_jobs = backend.n_process_jobs(len(task.pspace))
+    job_file = backend.paths.job_file("process")
+    script = SMALL_APPENDS_WORKER.format(block=block)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, job_file, str(i)],
+            start_new_session=True,  # its own process group: the kill reaches pool workers
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for i in range(n_jobs)
+    ]
+    assert plan.graph.names[1] == "t:process:0"
+    deadline = time.monotonic() + 20
+    while not os.listdir(backend.paths.out_dir) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(rng.uniform(0.0, 0.3))
+    running = all(p.poll() is None for p in procs)
+    for p in procs:
+        with contextlib.suppress(ProcessLookupError):  # it finished already
+            os.killpg(p.pid, signal.SIGKILL)
+    for p in procs:
+        p.wait()
+    return running
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("store", ["npz", "zarr"])
+@pytest.mark.parametrize(
+    ("backend", "max_jobs", "pool_size"),
+    [("DistributeBackend", 2, 1), ("LoadBalancingBackend", 1, 2)],
+)
+def test_kill_9_while_appending_loses_only_rows_in_flight(
+    tmp_path, store, backend, max_jobs, pool_size
+):
+    import time
+
+    from psyrun.backend._splitmerge import part_store
+
+    # Trials until the time budget is spent (at least 2): about 7 s per case.
+    n, block, min_trials, max_trials, budget = 40_000, 100, 2, 5, 7.0
+    rng = np.random.default_rng()
+    workers = max_jobs * pool_size
+    hits = trials = 0
+    started = time.monotonic()
+    while trials < max_trials and (trials < min_trials or time.monotonic() - started < budget):
+        trial = trials
+        trials += 1
+        base = tmp_path / f"trial{trial}"
+        base.mkdir()
+        evaluated = base / "evaluated.txt"
+        task = make_task(
+            base,
+            APPENDING.format(
+                n=n, max_jobs=max_jobs, pool_size=pool_size, evaluated=str(evaluated)
+            ),
+            store=store,
+            backend=backend,
+        )
+        hits += _kill_while_appending(task, block, rng)
+        backend_obj = task.make_backend()
+        parts = [path for _, path, _ in backend_obj.paths.list_parts()]
+        assert all(path.endswith(".pkl") for path in parts)
+        # Every part reads, holds each row at most once, and with the right value.
+        kept = []
+        for path in parts:
+            data = part_store().load(path)
+            assert len(data["x"]) == len(data["y"])
+            np.testing.assert_array_equal(data["y"], data["x"] ** 2 + 0.5)
+            kept.extend(data["x"].tolist())
+        assert len(kept) == len(set(kept))
+        # Rows lost: only those evaluated but not yet appended (a block or a
+        # chunk per worker, plus the one being evaluated).
+        done = {int(v) for v in evaluated.read_text().split()}
+        assert set(kept) <= done
+        assert len(done) - len(kept) <= workers * 2 * block
+
+        run(task, cont=True)
+        data, rows = result_rows(task)
+        assert sorted(data["x"].tolist()) == list(range(n))
+        assert set(rows.values()) == {1}
+        np.testing.assert_array_equal(data["y"], data["x"] ** 2 + 0.5)
+        assert backend_obj.paths.list_parts() == []
+    assert hits >= trials // 2, f"the kills hit running jobs in {hits} of {trials} trials only"
+
+
+@pytest.mark.parametrize("backend", ["DistributeBackend", "LoadBalancingBackend"])
+def test_parts_are_pickle_files_and_result_uses_the_task_store(tmp_path, backend):
+    task = make_task(
+        tmp_path,
+        """
+        pspace = Param(x=np.arange(30))
+        max_jobs = 3
+        def execute(x):
+            return {'y': x + 0.25}
+        """,
+        store="npz",
+        backend=backend,
+    )
+    backend_obj = task.make_backend()
+    plan = backend_obj.plan()
+    plan.graph.jobs = plan.graph.jobs[:2]  # split and process: keep the parts
+    submit_graph(plan.graph, ImmediateRun())
+    parts = backend_obj.paths.list_parts()
+    assert parts
+    assert all(
+        path.endswith(".pkl") and finished is (backend == "DistributeBackend")
+        for _, path, finished in parts
+    )
+    # A part with the task's extension (left by an older psyrun) is still read.
+    task.store.save(backend_obj.paths.out_dir + "/7.npz", {"x": [30], "y": [30.25]})
+    assert backend_obj.progress().completed == 30
+
+    run(task, cont=True)
+    with open(task.resultfile, "rb") as f:
+        assert f.read(2) == b"PK"  # a zip: written by NpzStore
+    data, rows = result_rows(task)
+    assert sorted(rows) == [(x,) for x in range(31)]
+    assert set(rows.values()) == {1}
+    np.testing.assert_array_equal(data["y"], data["x"] + 0.25)
+    assert backend_obj.paths.list_parts() == []

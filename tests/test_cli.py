@@ -200,6 +200,21 @@ def test_merge_command(project):
     assert "Traceback" not in bad.output
 
 
+def test_merge_converts_psys_own_pickle_parts(project):
+    """Part files in a task's out/ folder are pickle files whatever the task's store."""
+    import numpy as np
+
+    from psyrun.store import get_store
+
+    (project / "out").mkdir()
+    for i in (0, 1):
+        get_store(".pkl").save(str(project / "out" / f"{i}.pkl"), {"a": [i, i + 2]})
+    result = psy("merge", "out", "merged.h5")
+    assert result.exit_code == 0, result.output
+    merged = get_store(".h5").load(str(project / "merged.h5"))
+    np.testing.assert_array_equal(np.sort(merged["a"]), [0, 1, 2, 3])
+
+
 @pytest.mark.parametrize("scheduler", [None, "ImmediateRun", "slurm", "Sqsub"])
 def test_new_task_template_loads_and_runs(project, scheduler):
     args = ["new-task", "fresh"] + (["--scheduler", scheduler] if scheduler else [])

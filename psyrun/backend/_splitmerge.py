@@ -8,9 +8,12 @@ Both run ``split -> process jobs -> merge``:
   part left by an earlier run (finished or partial) into the result file, so
   nothing computed is lost and the only state between runs is the result.
 * **process** jobs write results to part files in ``out/`` (the backends
-  differ here).
+  differ here). Part files are always :class:`psyrun.store.PickleStore`
+  files, whatever the task's store: its appends are crash-safe (a kill tears
+  at most the record being written, and reading drops it), whereas an
+  interrupted append can spoil a whole file of other stores.
 * **merge** streams the parts (and, when continuing, the old result) into a
-  temporary file and renames it over the result.
+  temporary file with the task's store and renames it over the result.
 
 Folding and merging drop rows the result already holds (whole-row match on
 the parameters), so a crash between renaming the result and removing the
@@ -25,8 +28,8 @@ import os
 import pickle
 import sys
 import traceback
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -42,6 +45,9 @@ from psyrun.jobs import (
 )
 from psyrun.paths import TaskPaths, remove_path, tmp_name
 
+if TYPE_CHECKING:
+    from psyrun.store.base import Store
+
 __all__ = ["RowsFailed", "SplitMergeBackend"]
 
 #: Rows a process job evaluates between two appends (bounds on the block size).
@@ -53,6 +59,18 @@ MERGE_ROWS = 65536
 MAX_LISTED = 100
 
 _SNAPSHOT_VERSION = 1
+
+
+def part_store() -> Store:
+    """Return the store every part file is written with (crash-safe appends)."""
+    from psyrun.store.pickle import PickleStore
+
+    return PickleStore()
+
+
+def _store_of(store: Store | Callable[[str], Store], path: str) -> Store:
+    """`store` itself, or the store `store(path)` picks for `path`."""
+    return store if hasattr(store, "iter_chunks") else store(path)
 
 
 # -- small helpers -------------------------------------------------------------
@@ -121,16 +139,19 @@ def _concat_columns(parts: list[dict[str, np.ndarray]], keys: list[str]) -> dict
     return out
 
 
-def load_params(store, files: list[str], keys: list[str], log=None) -> dict[str, np.ndarray]:
+def load_params(
+    store: Store | Callable[[str], Store], files: list[str], keys: list[str], log=None
+) -> dict[str, np.ndarray]:
     """Return the parameter columns (`keys`) of every row in `files`, concatenated.
 
-    Files that cannot be read (a partial file cut short by a crash) are
-    reported to `log` and skipped.
+    `store` is the store that reads the files, or a function of a file name
+    returning it. Files that cannot be read (a partial file cut short by a
+    crash) are reported to `log` and skipped.
     """
     parts = []
     for path in files:
         try:
-            for chunk in store.iter_chunks(path):
+            for chunk in _store_of(store, path).iter_chunks(path):
                 parts.append({k: np.asarray(chunk[k]) for k in keys if k in chunk})
         except Exception as exc:
             if log is not None:
@@ -163,29 +184,40 @@ def write_merged(
     keys: list[str],
     base: str | None = None,
     log=None,
+    source_store: Store | Callable[[str], Store] | None = None,
 ) -> int:
     """Stream `base` (kept whole) and `sources` into `dest`; return rows written.
 
+    `store` writes `dest` and reads `base`; `source_store` (default: `store`)
+    reads `sources`: a store, or a function of a file name returning one, so
+    that parts written with another store are converted while streaming.
     Rows of `sources` whose parameters `base` already holds are dropped. The
     data goes to a temporary file renamed over `dest` at the end, so `dest`
     is never left half-written; on error it is untouched. Sources that
     cannot be read (cut short by a crash) are reported to `log` and skipped.
     """
+    if source_store is None:
+        source_store = store
     from psyrun.pspace import Param
 
     # Parameters of every readable source, to drop rows `base` already holds.
+    has_base = base is not None and os.path.exists(base)
     good, source_params = [], []
     for path in sources:
+        source = _store_of(source_store, path)
         try:
-            params = _file_params(store, path, keys)
+            if has_base:
+                source_params.append(_file_params(source, path, keys))
+            else:
+                # Nothing to drop: only make sure the file reads (cheap for parts).
+                source.count_rows(path)
         except Exception as exc:
             if log is not None:
                 log(f"skipping unreadable part {path}: {type(exc).__name__}: {exc}")
             continue
         good.append(path)
-        source_params.append(params)
     keep = None
-    if base is not None and os.path.exists(base) and good:
+    if has_base and good:
         seen = load_params(store, [base], keys)
         combined = _concat_columns([sp for sp in source_params if sp], keys)
         if seen and combined:
@@ -210,12 +242,12 @@ def write_merged(
         pending, pending_rows = [], 0
 
     try:
-        if base is not None and os.path.exists(base):
+        if has_base:
             for chunk in store.iter_chunks(base):
                 store.append(tmp, chunk)
                 written += _count(chunk)
         for path in good:
-            for chunk in store.iter_chunks(path):
+            for chunk in _store_of(source_store, path).iter_chunks(path):
                 n = _count(chunk)
                 if keep is not None:
                     mask = keep[offset : offset + n]
@@ -384,6 +416,13 @@ class SplitMergeBackend(Backend):
         super().__init__(task)
         self.paths = TaskPaths.for_task(task)
         self.store = task.store
+        self.part_store = part_store()
+
+    def store_for(self, path: str) -> Store:
+        """Return the store that reads `path`: the part store for parts, else the task's."""
+        if path != self.paths.result and self.paths.is_part_file(path):
+            return self.part_store
+        return self.store
 
     # -- planning (in psy) -----------------------------------------------------
 
@@ -400,7 +439,7 @@ class SplitMergeBackend(Backend):
 
     def _done_params(self, log=None) -> dict[str, np.ndarray]:
         return load_params(
-            self.store, self._existing_files(), list(self.task.pspace.keys()), log=log
+            self.store_for, self._existing_files(), list(self.task.pspace.keys()), log=log
         )
 
     def get_missing(self):
@@ -629,7 +668,13 @@ class SplitMergeBackend(Backend):
             parts = [path for _, path, _ in p.list_parts()]
             if parts:
                 rows = write_merged(
-                    self.store, p.result, parts, keys, base=p.result, log=self._log
+                    self.store,
+                    p.result,
+                    parts,
+                    keys,
+                    base=p.result,
+                    log=self._log,
+                    source_store=self.store_for,
                 )
                 self._log(f"kept {rows} rows from the result file and earlier parts")
             p.clear_parts()
@@ -660,6 +705,14 @@ class SplitMergeBackend(Backend):
         parts = [path for _, path, _ in p.list_parts()]
         keys = list(self.task.pspace.keys())
         base = p.result if cont and os.path.exists(p.result) else None
-        rows = write_merged(self.store, p.result, parts, keys, base=base, log=self._log)
+        rows = write_merged(
+            self.store,
+            p.result,
+            parts,
+            keys,
+            base=base,
+            log=self._log,
+            source_store=self.store_for,
+        )
         p.clear_parts()
         self._log(f"merged {len(parts)} parts; {rows} rows in {p.result}")

@@ -3,9 +3,11 @@
 ``split -> process 0..n-1 -> merge`` with ``n = min(max_jobs, ceil(rows /
 min_items))``. Process job ``i`` evaluates rows ``[len*i//n, len*(i+1)//n)``
 of the split's snapshot in blocks, appending each block to
-``out/<i>.partial<ext>``, and renames the file to ``out/<i><ext>`` when the
+``out/<i>.partial.pkl``, and renames the file to ``out/<i>.pkl`` when the
 range is done. A job started again (requeued) after a crash resumes after
-the rows its partial file already holds.
+the rows its partial file already holds. Parts are PickleStore files whatever
+the task's store (a kill loses only the rows being appended); the merge
+writes the result with the task's store.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ class DistributeBackend(SplitMergeBackend):
         if os.path.exists(partial):
             # Requeued after a crash: evaluate only rows the partial file lacks.
             try:
-                done = load_params(self.store, [partial], snapshot.keys)
+                done = load_params(self.part_store, [partial], snapshot.keys)
             except Exception as exc:
                 self._log(f"discarding unreadable {partial}: {type(exc).__name__}: {exc}")
                 remove_path(partial)
@@ -110,6 +112,6 @@ class DistributeBackend(SplitMergeBackend):
         if blocks:
             from psyrun.mapper import concatenate_results
 
-            self.store.append(
+            self.part_store.append(
                 filename, blocks[0] if len(blocks) == 1 else concatenate_results(blocks)
             )

@@ -4,9 +4,11 @@
 ``pool_size`` worker processes. A worker calls ``setup(proc_id)`` once, then
 repeatedly takes the next chunk of row numbers from a counter file (under a
 :class:`psyrun.store.locking.FileLock`), evaluates it and appends the results
-to one shared file (under a second lock). Chunks shrink as the work runs out,
-so workers finish at about the same time; rows are written in the order they
-finish.
+to one shared file, ``out/0.partial.pkl`` (under a second lock). Chunks
+shrink as the work runs out, so workers finish at about the same time; rows
+are written in the order they finish. The shared file is a PickleStore file
+whatever the task's store, so a worker killed while appending loses only its
+chunk; the merge writes the result with the task's store.
 """
 
 from __future__ import annotations
@@ -149,7 +151,7 @@ class LoadBalancingBackend(SplitMergeBackend):
             )
             if result:
                 with out_lock:
-                    self.store.append(out, result)
+                    self.part_store.append(out, result)
             evaluated += stop - start
         self._log(f"worker {proc_id} evaluated {evaluated} rows")
         if failures.count:

@@ -8,15 +8,27 @@ rewritten (one member per chunk rather than per column, because zip append
 mode re-reads the central directory every time). ``np.load`` shows the first
 chunk under the plain column names and later chunks as ``chunk000001`` etc.;
 :meth:`NpzStore.load` joins them.
+
+A zip's member list (its central directory) sits at the end and an append
+overwrites it, so a process killed during an append leaves a file that
+``np.load`` and ``zipfile`` reject. NpzStore still reads it: it walks the
+members' local headers from the start of the file and keeps every member
+that is complete and passes its CRC check, which loses only the chunk being
+appended. The next append truncates the torn tail and writes a new member
+list in place (no rewrite of the data).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
+import struct
 import zipfile
+import zlib
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -67,15 +79,156 @@ def _write_chunk(zf: zipfile.ZipFile, chunk: int, data: dict[str, np.ndarray]) -
         np.lib.format.write_array(member, _to_record(data), allow_pickle=True)
 
 
+_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # zip local file header, 30 bytes
+_ZIP64_EXTRA = 0x0001
+_DATA_DESCRIPTOR = 0x08  # flag: sizes follow the data (NpzStore never writes this)
+
+
+def _zip64_sizes(extra: bytes, csize: int, usize: int) -> tuple[int, int]:
+    """Resolve 0xFFFFFFFF sizes of a local header from its zip64 extra field."""
+    pos = 0
+    while pos + 4 <= len(extra):
+        tag, size = struct.unpack_from("<HH", extra, pos)
+        if tag == _ZIP64_EXTRA:
+            values = iter(struct.unpack_from(f"<{size // 8}Q", extra, pos + 4))
+            # The field lists the uncompressed size first, then the compressed one.
+            if usize == 0xFFFFFFFF:
+                usize = next(values, -1)
+            if csize == 0xFFFFFFFF:
+                csize = next(values, -1)
+            break
+        pos += 4 + size
+    return csize, usize
+
+
+def _scan_members(fp: IO[bytes]) -> tuple[list[tuple[zipfile.ZipInfo, int]], int]:
+    """Walk the local headers of a zip whose member list is missing or torn.
+
+    Returns ``(members, end)``: ``(info, data offset)`` of every member from
+    the start of the file that is stored uncompressed, complete and passes
+    its CRC check, up to the first that is not, and the offset where the
+    last of them ends.
+    """
+    members: list[tuple[zipfile.ZipInfo, int]] = []
+    end = 0
+    while True:
+        fp.seek(end)
+        header = fp.read(_LOCAL_HEADER.size)
+        if len(header) < _LOCAL_HEADER.size or header[:4] != zipfile.stringFileHeader:
+            break
+        _, version, _, flags, method, mtime, mdate, crc, csize, usize, nlen, xlen = (
+            _LOCAL_HEADER.unpack(header)
+        )
+        raw_name, extra = fp.read(nlen), fp.read(xlen)
+        if len(raw_name) < nlen or len(extra) < xlen:
+            break
+        csize, usize = _zip64_sizes(extra, csize, usize)
+        # An append killed before it finished a member leaves sizes 0 in its header.
+        if method != zipfile.ZIP_STORED or flags & _DATA_DESCRIPTOR or csize <= 0:
+            break
+        if csize != usize:
+            break
+        start = fp.tell()
+        check, left = 0, csize
+        while left:
+            block = fp.read(min(left, 1 << 20))
+            if not block:
+                break
+            check = zlib.crc32(block, check)
+            left -= len(block)
+        if left or check != crc:
+            break
+        name = raw_name.decode("utf-8" if flags & 0x800 else "cp437")
+        date_time = (
+            (mdate >> 9) + 1980,
+            (mdate >> 5) & 0xF,
+            mdate & 0x1F,
+            mtime >> 11,
+            (mtime >> 5) & 0x3F,
+            (mtime & 0x1F) * 2,
+        )
+        info = zipfile.ZipInfo(name, date_time)
+        info.extract_version = version
+        info.flag_bits = flags
+        info.compress_type = method
+        info.CRC = crc
+        info.compress_size = info.file_size = csize
+        info.header_offset = end
+        members.append((info, start))
+        end = start + csize
+    return members, end
+
+
+class _Salvaged:
+    """Read-only stand-in for a ``ZipFile`` whose member list was lost."""
+
+    def __init__(self, fp: IO[bytes]) -> None:
+        self._fp = fp
+        members, _ = _scan_members(fp)
+        self._members = {info.filename: (start, info.file_size) for info, start in members}
+
+    def namelist(self) -> list[str]:
+        return list(self._members)
+
+    def open(self, name: str) -> IO[bytes]:
+        start, size = self._members[name]
+        self._fp.seek(start)
+        return io.BytesIO(self._fp.read(size))
+
+
+@contextlib.contextmanager
+def _open_archive(filename: str) -> Iterator[zipfile.ZipFile | _Salvaged]:
+    """Open ``filename`` for reading, salvaging the members of a torn file."""
+    with open(filename, "rb") as fp:
+        try:
+            archive = zipfile.ZipFile(fp)
+        except zipfile.BadZipFile:
+            yield _Salvaged(fp)
+            return
+        with archive:
+            yield archive
+
+
+def _open_for_append(fp: IO[bytes]) -> zipfile.ZipFile:
+    """Open the zip ``fp`` for appending, first repairing it if an append was killed.
+
+    zipfile appends at the end as a new, empty archive when it finds no
+    member list, which would hide every earlier chunk. Instead the complete
+    members are found by their local headers, the torn tail is cut off and
+    the archive is told about them, so closing it writes a full member list.
+    """
+    size = fp.seek(0, os.SEEK_END)
+    fp.seek(0)
+    zf = zipfile.ZipFile(fp, "a", compression=zipfile.ZIP_STORED)
+    if fp.tell() < size:  # zipfile found the member list and stands at its start
+        return zf
+    members, end = _scan_members(fp)
+    fp.seek(end)
+    fp.truncate()
+    # ZipFile keeps its members in filelist/NameToInfo and writes new ones at
+    # start_dir (stable attributes since Python 2; no public API for this).
+    zf.start_dir = end
+    for info, _ in members:
+        zf.filelist.append(info)
+        zf.NameToInfo[info.filename] = info
+    return zf
+
+
 class NpzStore(Store):
-    """Store results as a NumPy ``.npz`` file; appends add zip members."""
+    """Store results as a NumPy ``.npz`` file; appends add zip members.
+
+    An append killed part way loses only its own chunk: the file then lacks
+    its member list, so ``np.load`` rejects it, but this store still reads
+    every complete member, and the next :meth:`append` cuts off the torn end
+    and writes a new member list, making it a plain ``.npz`` again.
+    """
 
     ext = ".npz"
     supports_chunks = True
     supports_row_count = True
 
     @staticmethod
-    def _chunks(zf: zipfile.ZipFile) -> dict[int, list[str] | None]:
+    def _chunks(zf: zipfile.ZipFile | _Salvaged) -> dict[int, list[str] | None]:
         """Chunk index -> its plain column members, or None for a structured chunk."""
         chunks: dict[int, list[str] | None] = {}
         for name in zf.namelist():
@@ -90,7 +243,7 @@ class NpzStore(Store):
         return dict(sorted(chunks.items()))
 
     @staticmethod
-    def _read_chunk(zf: zipfile.ZipFile, chunk: int, keys: list[str] | None):
+    def _read_chunk(zf: zipfile.ZipFile | _Salvaged, chunk: int, keys: list[str] | None):
         if keys is None:
             with zf.open(_member(chunk, None)) as member:
                 record = np.lib.format.read_array(member, allow_pickle=True)
@@ -119,13 +272,13 @@ class NpzStore(Store):
             return
         if not data or count(data) == 0:
             return
-        with zipfile.ZipFile(filename, "a", compression=zipfile.ZIP_STORED) as zf:
+        with open(filename, "r+b") as fp, _open_for_append(fp) as zf:
             chunks = self._chunks(zf)
             _write_chunk(zf, max(chunks, default=-1) + 1, data)
 
     def iter_file_chunks(self, filename: str) -> Iterator[dict[str, np.ndarray]]:
         """Yield the chunks as they were appended (columns not yet padded)."""
-        with zipfile.ZipFile(filename) as zf:
+        with _open_archive(filename) as zf:
             for chunk, keys in self._chunks(zf).items():
                 yield self._read_chunk(zf, chunk, keys)
 
@@ -137,7 +290,7 @@ class NpzStore(Store):
         return select_row(data, row, filename)
 
     @staticmethod
-    def _header(zf: zipfile.ZipFile, chunk: int, key: str | None):
+    def _header(zf: zipfile.ZipFile | _Salvaged, chunk: int, key: str | None):
         """Shape and dtype of a member, read from its ``.npy`` header only."""
         with zf.open(_member(chunk, key)) as member:
             version = np.lib.format.read_magic(member)
@@ -147,7 +300,7 @@ class NpzStore(Store):
                 shape, _, dtype = np.lib.format.read_array_header_2_0(member)
         return shape, dtype
 
-    def _signature(self, zf: zipfile.ZipFile, chunk: int, keys: list[str] | None):
+    def _signature(self, zf: zipfile.ZipFile | _Salvaged, chunk: int, keys: list[str] | None):
         """(rows, [(column, dtype kind, row shape)]) of a chunk, from headers."""
         if keys is None:
             shape, dtype = self._header(zf, chunk, None)
@@ -164,7 +317,7 @@ class NpzStore(Store):
 
     def count_rows(self, filename: str) -> int:
         """Count the rows from the ``.npy`` headers only."""
-        with zipfile.ZipFile(filename) as zf:
+        with _open_archive(filename) as zf:
             return sum(
                 self._signature(zf, chunk, keys)[0] for chunk, keys in self._chunks(zf).items()
             )
@@ -180,7 +333,7 @@ class NpzStore(Store):
         """
         if chunk_rows < 1:
             raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
-        with zipfile.ZipFile(filename) as zf:
+        with _open_archive(filename) as zf:
             signatures = {self._signature(zf, c, keys)[1] for c, keys in self._chunks(zf).items()}
         if len(signatures) > 1:
             yield from super().iter_chunks(filename, chunk_rows)

@@ -7,6 +7,14 @@ supported (str as zarr's variable-length string type); anything else raises
 ``TypeError`` before the store is touched. Chunks that change a column's type
 or per-row shape, or add or drop keys, make the store rewrite the columns
 once with the merged data.
+
+Appends are crash-consistent: the columns are resized and written first and
+the number of complete rows is recorded in the group attributes last (zarr
+writes each metadata and chunk file atomically, by rename). Readers use that
+count and ignore rows past it, and the next append overwrites them, so a
+process killed during an append loses at most the rows it was appending.
+Stores written before the count was recorded read as many rows as their
+shortest column has.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from psyrun.store.columns import (
 __all__ = ["ZarrStore"]
 
 _COLUMNS_ATTR = "psyrun_columns"  # column names in order; arrays are named c0, c1, ...
+_ROWS_ATTR = "psyrun_rows"  # rows committed by the last complete write
 _CHUNK_BYTES = 1 << 18  # target size of one chunk before compression
 
 
@@ -46,7 +55,12 @@ def _chunk_rows(column: np.ndarray) -> int:
 
 
 class ZarrStore(Store):
-    """Store results in a zarr v3 directory (``.zarr``)."""
+    """Store results in a zarr v3 directory (``.zarr``).
+
+    Appends record the number of complete rows last, so an append killed
+    part way leaves the store as it was before it; readers ignore the rows
+    it had written and the next :meth:`append` overwrites them.
+    """
 
     ext = ".zarr"
     supports_row_range = True
@@ -59,6 +73,14 @@ class ZarrStore(Store):
     def _arrays(group) -> dict[str, Any]:
         names = group.attrs.get(_COLUMNS_ATTR, [])
         return {name: group[f"c{i}"] for i, name in enumerate(names)}
+
+    @staticmethod
+    def _rows(group, arrays: dict[str, Any]) -> int:
+        """Return the number of committed rows (rows past it belong to an interrupted append)."""
+        stored = min((array.shape[0] for array in arrays.values()), default=0)
+        committed = group.attrs.get(_ROWS_ATTR)
+        # Stores written before the count was recorded: trust the shortest column.
+        return stored if committed is None else min(int(committed), stored)
 
     @staticmethod
     def _decode(values: np.ndarray) -> np.ndarray:
@@ -100,8 +122,9 @@ class ZarrStore(Store):
             )
             if n:
                 array[...] = column
-        group.attrs[_COLUMNS_ATTR] = list(data)
-        # Replace the old directory only once the new one is complete.
+        group.attrs.update({_COLUMNS_ATTR: list(data), _ROWS_ATTR: n})
+        # Replace the old directory only once the new one is complete; a kill
+        # between the two renames is finished by _interrupted_rewrite.
         if os.path.exists(filename):
             old = f"{filename}.old{os.getpid()}"
             os.replace(filename, old)
@@ -110,10 +133,37 @@ class ZarrStore(Store):
         else:
             os.replace(tmp, filename)
 
+    @staticmethod
+    def _interrupted_rewrite(filename: str) -> tuple[str, str] | None:
+        """Return the ``(new, old)`` directories of a rewrite killed between its two renames.
+
+        The new directory was complete before the first rename, so it holds
+        the store; None when ``filename`` exists or no such pair is left.
+        """
+        if os.path.exists(filename):
+            return None
+        parent, base = os.path.split(os.path.abspath(filename))
+        try:
+            names = os.listdir(parent)
+        except FileNotFoundError:
+            return None
+        for name in sorted(names):
+            pid = name[len(base) + 4 :]
+            if name.startswith(f"{base}.old") and pid.isdigit() and f"{base}.tmp{pid}" in names:
+                return os.path.join(parent, f"{base}.tmp{pid}"), os.path.join(parent, name)
+        return None
+
     def _open(self, filename: str, mode: str):
         zarr = _zarr()
         if not os.path.isdir(filename):
-            raise FileNotFoundError(f"no zarr store at {filename!r}")
+            pair = self._interrupted_rewrite(filename)
+            if pair is None:
+                raise FileNotFoundError(f"no zarr store at {filename!r}")
+            if mode == "r":
+                filename = pair[0]  # readers leave the repair to the next append
+            else:
+                os.replace(pair[0], filename)
+                shutil.rmtree(pair[1])
         return zarr.open_group(filename, mode=mode, use_consolidated=False)
 
     # -- Store interface -------------------------------------------------------
@@ -124,28 +174,37 @@ class ZarrStore(Store):
         self._write_new(filename, data)
 
     def append(self, filename: str, data: Mapping[str, Any]) -> None:
-        """Resize every column and write the rows of ``data`` (creates the store)."""
+        """Write the rows of ``data`` after the committed rows (creates the store).
+
+        The new row count is recorded only after every column holds the new
+        rows, so a kill part way leaves the store as it was.
+        """
         filename, data = prepare_array_columns(filename, data, "ZarrStore")
-        if not os.path.exists(filename):
+        if not os.path.exists(filename) and self._interrupted_rewrite(filename) is None:
             self._write_new(filename, data)
             return
-        arrays = self._arrays(self._open(filename, "r+"))
+        group = self._open(filename, "r+")
+        arrays = self._arrays(group)
         if self._fits(arrays, data):
             k = count(data)
             if k:
+                n = self._rows(group, arrays)
                 for key, array in arrays.items():
-                    n = array.shape[0]
-                    array.resize((n + k, *array.shape[1:]))
+                    # Also drops rows an interrupted append left past n.
+                    if array.shape[0] != n + k:
+                        array.resize((n + k, *array.shape[1:]))
                     array[n : n + k] = data[key]
+                group.attrs[_ROWS_ATTR] = n + k  # the commit point
             return
         merged = merge_chunks([self.load(filename), data])
         check_supported(merged, filename, "ZarrStore")
         self._write_new(filename, merged)
 
     def load_rows(self, filename: str, start: int, stop: int) -> dict[str, np.ndarray]:
-        """Read rows ``start:stop`` only."""
-        arrays = self._arrays(self._open(os.fspath(filename), "r"))
-        n = next(iter(arrays.values())).shape[0] if arrays else 0
+        """Read rows ``start:stop`` only (of the committed rows)."""
+        group = self._open(os.fspath(filename), "r")
+        arrays = self._arrays(group)
+        n = self._rows(group, arrays)
         start, stop, _ = slice(start, stop).indices(n)
         stop = max(stop, start)
         return {key: self._decode(array[start:stop]) for key, array in arrays.items()}
@@ -155,6 +214,6 @@ class ZarrStore(Store):
         return load_by_rows(self, filename, row)
 
     def count_rows(self, filename: str) -> int:
-        """Count the rows from the array metadata."""
-        arrays = self._arrays(self._open(os.fspath(filename), "r"))
-        return next(iter(arrays.values())).shape[0] if arrays else 0
+        """Count the committed rows from the metadata."""
+        group = self._open(os.fspath(filename), "r")
+        return self._rows(group, self._arrays(group))

@@ -1,0 +1,89 @@
+"""ZarrStore specifics: appends commit a row count last, interrupted writes recover."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from psyrun.store import ZarrStore
+from psyrun.store.testing import assert_columns_equal
+
+zarr = pytest.importorskip("zarr")
+
+
+@pytest.fixture
+def store():
+    return ZarrStore()
+
+
+@pytest.fixture
+def filename(tmp_path):
+    return str(tmp_path / "r.zarr")
+
+
+def chunk(start: int, stop: int) -> dict[str, np.ndarray]:
+    a = np.arange(start, stop, dtype=float)
+    return {"a": a, "b": -a}
+
+
+def tear_append(filename: str, new: dict[str, np.ndarray], columns: int) -> None:
+    """Do what an append killed before its commit did: resize, write some columns."""
+    group = zarr.open_group(filename, mode="r+", use_consolidated=False)
+    for i, key in enumerate(group.attrs["psyrun_columns"]):
+        array = group[f"c{i}"]
+        n = array.shape[0]
+        array.resize((n + len(new[key]),))
+        if i < columns:
+            array[n:] = new[key]
+
+
+@pytest.mark.parametrize("columns", [0, 1, 2])
+def test_append_killed_before_its_commit_is_ignored_and_overwritten(store, filename, columns):
+    store.append(filename, chunk(0, 700))
+    store.append(filename, chunk(700, 1000))
+    tear_append(filename, {"a": np.full(400, 99.0), "b": np.full(400, 99.0)}, columns)
+    assert_columns_equal(store.load(filename), chunk(0, 1000))
+    assert store.count_rows(filename) == 1000
+    assert_columns_equal(store.load(filename, row=-1), chunk(999, 1000))
+    assert_columns_equal(store.load_rows(filename, 990, 2000), chunk(990, 1000))
+    store.append(filename, chunk(1000, 1100))
+    assert_columns_equal(store.load(filename), chunk(0, 1100))
+    assert all(len(a) == 1100 for a in store.load(filename).values())
+
+
+def test_store_without_a_row_count_loads_its_shortest_column(store, filename):
+    # Stores written before the count was recorded have no psyrun_rows attribute.
+    store.append(filename, chunk(0, 10))
+    group = zarr.open_group(filename, mode="r+", use_consolidated=False)
+    attrs = dict(group.attrs)
+    del attrs["psyrun_rows"]
+    group.attrs.clear()
+    group.attrs.update(attrs)
+    tear_append(filename, chunk(10, 15), 2)
+    group["c1"].resize((12,))
+    assert "psyrun_rows" not in zarr.open_group(filename, mode="r").attrs
+    assert_columns_equal(store.load(filename), chunk(0, 12))
+    assert store.count_rows(filename) == 12
+    store.append(filename, chunk(12, 20))
+    assert_columns_equal(store.load(filename), chunk(0, 20))
+
+
+def test_rewrite_killed_between_its_renames_is_finished(store, filename):
+    # A chunk that adds a key rewrites the store: new directory, then two renames.
+    store.append(filename, chunk(0, 5))
+    store.save(f"{filename}.tmp4242", {**chunk(0, 6), "c": np.arange(6.0)})
+    os.replace(filename, f"{filename}.old4242")
+    expected = {**chunk(0, 6), "c": np.arange(6.0)}
+    assert_columns_equal(store.load(filename), expected)  # read from the new directory
+    assert store.count_rows(filename) == 6
+    assert not os.path.exists(filename)  # readers leave the repair to the writer
+    store.append(filename, {**chunk(6, 7), "c": [6.0]})
+    assert_columns_equal(store.load(filename), {**chunk(0, 7), "c": np.arange(7.0)})
+    assert sorted(os.listdir(os.path.dirname(filename))) == ["r.zarr"]
+
+
+def test_missing_store_still_raises(store, filename):
+    with pytest.raises(FileNotFoundError, match="no zarr store"):
+        store.load(filename)

@@ -19,6 +19,7 @@ NumPy references.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -344,6 +345,44 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating, np.bool_))
 
 
+def _as_value_array(value: Any) -> np.ndarray | None:
+    """Return the array a list or tuple value stands for (None if not array-like).
+
+    A parameter given as nested lists (``[[1, 2], [3, 4]]``) comes back from
+    a store as rows of a 2-d array, so lists and tuples of numbers (or of
+    strings) must match arrays with the same content. Mixed or ragged
+    sequences are not array-like and keep Python's own comparison.
+    """
+    if not isinstance(value, (list, tuple)):
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            array = np.asarray(value)
+    except (ValueError, TypeError):
+        return None
+    if array.ndim == 0:
+        return None
+    if array.dtype.kind in "biuf":
+        return array
+    if array.dtype.kind == "U":
+        # NumPy turns [1, 'x'] into text; only all-str sequences count.
+        leaves = np.asarray(value, dtype=object).reshape(-1)
+        if all(isinstance(v, str) for v in leaves):
+            return array
+    return None
+
+
+def _python_hash_or_unhashable(value: Any) -> int | np.uint64:
+    try:
+        return _python_hash(value, _OTHER_TAG)
+    except TypeError:
+        try:
+            return _python_hash(tuple(value), _OTHER_TAG)
+        except TypeError:
+            return _UNHASHABLE
+
+
 def _hash_objects(values: list) -> np.ndarray:
     """Hashes of arbitrary Python values, consistent with typed columns."""
     n = len(values)
@@ -360,19 +399,19 @@ def _hash_objects(values: list) -> np.ndarray:
             reals.append(x)
         elif isinstance(v, str):
             out[i] = _python_hash(v, _STR_TAG)
-        elif isinstance(v, np.ndarray):
+        elif isinstance(v, (np.ndarray, list, tuple)):
+            if not isinstance(v, np.ndarray):
+                array = _as_value_array(v)
+                if array is None:
+                    out[i] = _python_hash_or_unhashable(v)
+                    continue
+                v = array
             if v.dtype.kind in "biuf":
                 out[i] = _hash_numeric_rows(v.reshape((1, *v.shape)))[0]
             else:
                 out[i] = _UNHASHABLE
         else:
-            try:
-                out[i] = _python_hash(v, _OTHER_TAG)
-            except TypeError:
-                try:
-                    out[i] = _python_hash(tuple(v), _OTHER_TAG)
-                except TypeError:
-                    out[i] = _UNHASHABLE
+            out[i] = _python_hash_or_unhashable(v)
     if reals:
         out[np.array(real_positions, dtype=np.int64)] = hash_floats(
             np.array(reals, dtype=np.float64)
@@ -419,8 +458,19 @@ def hash_rows(columns: Sequence[np.ndarray]) -> np.ndarray:
 def _values_equal_python(x: Any, y: Any) -> bool:
     """Whether two values are equal as psyrun matches parameters."""
     x_array, y_array = isinstance(x, np.ndarray), isinstance(y, np.ndarray)
-    if x_array or y_array:
-        if not (x_array and y_array) or x.shape != y.shape:
+    if x_array or y_array or (isinstance(x, (list, tuple)) and isinstance(y, (list, tuple))):
+        # Array-like lists and tuples compare by content, like the arrays they become.
+        x_as = x if x_array else _as_value_array(x)
+        y_as = y if y_array else _as_value_array(y)
+        if x_as is None or y_as is None:
+            if x_array or y_array:
+                return False
+            try:
+                return bool(x == y)
+            except (TypeError, ValueError):
+                return False
+        x, y = x_as, y_as
+        if x.shape != y.shape:
             return False
         if x.dtype.kind in "biuf" and y.dtype.kind in "biuf":
             return bool(np.array_equal(x, y, equal_nan=True))

@@ -96,7 +96,7 @@ def evaluate_rows(
     TypeError
         If `fn` returns something other than a dict; the message names the row.
     """
-    exclude = set(exclude)
+    exclude = set(_exclude_keys(exclude))
     outputs = []
     for row in rows:
         result = fn(**row, **extra_kwargs) if extra_kwargs else fn(**row)
@@ -150,7 +150,7 @@ def iter_results(
     dict of str to list
         Parameters and outputs of one block of rows.
     """
-    exclude = tuple(exclude or ())
+    exclude = _exclude_keys(exclude)
     for param_columns, rows in iter_rows(pspace, start, stop, block_size):
         yield evaluate_rows(fn, param_columns, rows, exclude, extra_kwargs)
 
@@ -168,6 +168,15 @@ def concatenate_results(blocks: Iterable[Mapping[str, list]]) -> dict[str, list]
             values.extend(block[key] if key in block else [_fill_value()] * block_len)
         n_rows += block_len
     return merged
+
+
+def _exclude_keys(exclude: Iterable[str] | str | None) -> tuple[str, ...]:
+    """Return the keys to exclude; one str names one key (not its characters)."""
+    if exclude is None:
+        return ()
+    if isinstance(exclude, str):
+        return (exclude,)
+    return tuple(exclude)
 
 
 def _drop_excluded(columns: dict, exclude: Iterable[str]) -> tuple[dict, set]:
@@ -213,7 +222,7 @@ def map_pspace(fn: Callable[..., Mapping], pspace, exclude: Iterable[str] | None
     >>> map_pspace(lambda a: {'b': 2 * a}, Param(a=[1, 2]))
     {'a': [1, 2], 'b': [2, 4]}
     """
-    exclude = tuple(exclude or ())
+    exclude = _exclude_keys(exclude)
     result, found = _evaluate_range(fn, pspace, 0, None, exclude)
     _warn_unknown_excludes(exclude, found, pspace, len(pspace))
     return result
@@ -271,7 +280,7 @@ def map_pspace_parallel(
         raise ImportError(
             "map_pspace_parallel needs joblib; install it with `pip install psyrun[parallel]`"
         ) from None
-    exclude = tuple(exclude or ())
+    exclude = _exclude_keys(exclude)
     n_rows = len(pspace)
     workers = joblib.effective_n_jobs(n_jobs) if n_jobs else 1
     # A few blocks per worker evens out uneven row costs.
@@ -333,7 +342,7 @@ def map_pspace_hdd_backed(
         from psyrun.store import AutodetectStore
 
         store = AutodetectStore()
-    exclude = tuple(exclude or ())
+    exclude = _exclude_keys(exclude)
     filename = os.fspath(filename)
     todo = pspace
     if os.path.exists(filename):

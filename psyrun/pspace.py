@@ -248,6 +248,21 @@ def _common_length(columns: Mapping[str, Any], problem: str, remedy: str) -> int
     return next(iter(lengths.values()), None)
 
 
+#: The most rows a parameter space can have: row numbers are int64.
+MAX_ROWS = int(np.iinfo(np.int64).max)
+
+
+def _check_row_count(n: int, what: str) -> int:
+    """Return `n`, or raise OverflowError if rows could not be numbered in int64."""
+    if n > MAX_ROWS:
+        raise OverflowError(
+            f"{what} has {n} rows (about 10**{len(str(n)) - 1}), more than the "
+            f"{MAX_ROWS} rows a parameter space can number; split it into smaller "
+            "spaces (for example run one task per value of an outer parameter)"
+        )
+    return n
+
+
 def _format_keys(keys: Sequence[str]) -> str:
     return ", ".join(keys) if keys else "no keys"
 
@@ -682,7 +697,8 @@ class Product(ParameterSpace):
             strides = [1] * len(lengths)
             for k in range(len(lengths) - 2, -1, -1):
                 strides[k] = strides[k + 1] * lengths[k + 1]
-            layout = (lengths, strides, math.prod(lengths) if lengths else 0)
+            total = _check_row_count(math.prod(lengths) if lengths else 0, "the product")
+            layout = (lengths, strides, total)
             self._cache_layout = layout
         return layout
 
@@ -810,6 +826,7 @@ class Sum(ParameterSpace):
             offsets = [0]
             for part in self._parts:
                 offsets.append(offsets[-1] + len(part))
+            _check_row_count(offsets[-1], "the sum")
             self._cache_offsets = offsets
         return offsets
 
@@ -905,6 +922,13 @@ class _Columns:
 
     def __init__(self, data: Mapping[str, Any]):
         self.data = dict(data)
+        for key, values in self.data.items():
+            if not _is_sequence(values) or not hasattr(values, "__len__"):
+                raise TypeError(
+                    f"the subtrahend's column {key!r} must be a sequence of row values, "
+                    f"got {type(values).__name__}; pass a mapping of equal-length columns "
+                    "(for example a store's load())"
+                )
         n = _common_length(
             self.data,
             "the columns to subtract have unequal lengths",

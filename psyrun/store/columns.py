@@ -59,6 +59,9 @@ def to_column(values: Any) -> np.ndarray:
         if values.ndim == 0:
             raise ValueError("a column must be a sequence of row values, got a 0-d array")
         return values
+    if isinstance(values, (str, bytes, bytearray, Mapping)):
+        # list('abc') would silently turn one string into three rows.
+        raise TypeError(f"a column must be a sequence of row values, not {type(values).__name__}")
     values = list(values)
     if not values:
         return np.empty(0, dtype=float)
@@ -164,6 +167,15 @@ def merge_chunks(chunks: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.nda
     out = {}
     for key in keys:
         present = [c[key] for c in chunks if key in c]
+        # Chunks without rows hold no values: they must not change the type
+        # or per-row shape of the rows that exist (an empty list is float).
+        if total:
+            present = [a for a in present if len(a)]
+        if not present:
+            # The key only appears in chunks without rows: all its rows are missing.
+            dtype = padded_dtype(next(c[key] for c in chunks if key in c).dtype)
+            out[key] = np.full(total, missing_value(dtype), dtype=dtype)
+            continue
         dtype = common_dtype([a.dtype for a in present])
         ndims = {a.ndim for a in present}
         if len(ndims) > 1:
@@ -178,7 +190,8 @@ def merge_chunks(chunks: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.nda
             continue
         shape = tuple(np.max([a.shape[1:] for a in present], axis=0)) if ndims != {1} else ()
         shape = tuple(int(s) for s in shape)
-        needs_padding = len(present) < len(chunks) or any(a.shape[1:] != shape for a in present)
+        rows_without_key = any(n and key not in c for c, n in zip(chunks, lengths))
+        needs_padding = rows_without_key or any(a.shape[1:] != shape for a in present)
         if not needs_padding:
             if dtype.kind == "O":
                 # Convert first: concatenating str with float arrays would give 'nan' strings.
@@ -189,7 +202,7 @@ def merge_chunks(chunks: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.nda
         column = np.full((total, *shape), missing_value(dtype), dtype=dtype)
         start = 0
         for chunk, n in zip(chunks, lengths):
-            if key in chunk:
+            if key in chunk and n:
                 a = chunk[key]
                 column[(slice(start, start + n), *(slice(0, s) for s in a.shape[1:]))] = a
             start += n

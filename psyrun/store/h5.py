@@ -125,13 +125,17 @@ class H5Store(Store):
         if not os.path.exists(filename):
             self._write_new(filename, data)
             return
+        if count(data) == 0:
+            # No rows: nothing to add (and no column may change type because of it).
+            return
         tables = _tables()
         with tables.open_file(filename, "a") as h5file:
             nodes = self._nodes(h5file)
-            if self._fits(nodes, data):
-                if count(data):
-                    for key, node in nodes.items():
-                        node.append(_encode(data[key]))
+            rows = next(iter(nodes.values())).nrows if nodes else 0
+            # A file without rows takes its column types from the first rows.
+            if rows and self._fits(nodes, data):
+                for key, node in nodes.items():
+                    node.append(_encode(data[key]))
                 return
         merged = merge_chunks([self.load(filename), data])
         check_supported(merged, filename, "H5Store")
@@ -156,4 +160,4 @@ class H5Store(Store):
         tables = _tables()
         with tables.open_file(filename, "r") as h5file:
             nodes = self._nodes(h5file)
-            return next(iter(nodes.values())).nrows if nodes else 0
+            return int(next(iter(nodes.values())).nrows) if nodes else 0

@@ -65,18 +65,28 @@ def _to_record(data: dict[str, np.ndarray]) -> np.ndarray:
 
 def _write_chunk(zf: zipfile.ZipFile, chunk: int, data: dict[str, np.ndarray]) -> None:
     for key in data:
-        if _CHUNK_MEMBER.match(f"{key}.npy") or "/" in key:
+        # An empty name cannot be a field of the structured chunks (NumPy renames it).
+        if _CHUNK_MEMBER.match(f"{key}.npy") or "/" in key or not key:
             raise ValueError(
-                f"NpzStore cannot store a column named {key!r}: names like 'chunk000001' "
-                "and names containing '/' are reserved; rename the column"
+                f"NpzStore cannot store a column named {key!r}: the empty name, names "
+                "like 'chunk000001' and names containing '/' are reserved; rename the column"
             )
+    # Serialise every member before the archive is touched: a value that
+    # cannot be pickled must fail here, not half way through a member of a
+    # file that already holds results.
     if chunk == 0:
-        for key, column in data.items():
-            with zf.open(_member(chunk, key), "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, column, allow_pickle=True)
-        return
-    with zf.open(_member(chunk, None), "w", force_zip64=True) as member:
-        np.lib.format.write_array(member, _to_record(data), allow_pickle=True)
+        members = {_member(chunk, key): _npy_bytes(column) for key, column in data.items()}
+    else:
+        members = {_member(chunk, None): _npy_bytes(_to_record(data))}
+    for name, raw in members.items():
+        with zf.open(name, "w", force_zip64=True) as member:
+            member.write(raw)
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    np.lib.format.write_array(out, array, allow_pickle=True)
+    return out.getvalue()
 
 
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # zip local file header, 30 bytes
@@ -259,9 +269,13 @@ class NpzStore(Store):
         filename = os.fspath(filename)
         data = normalize(data)
         tmp = f"{filename}.tmp{os.getpid()}.npz"
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
-            _write_chunk(zf, 0, data)
-        os.replace(tmp, filename)
+        try:
+            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+                _write_chunk(zf, 0, data)
+            os.replace(tmp, filename)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
     def append(self, filename: str, data: Mapping[str, Any]) -> None:
         """Add the rows of ``data`` as new members (creates the file if missing)."""

@@ -209,13 +209,15 @@ class PickleStore(Store):
         if not os.path.exists(filename):
             self._write_new(filename, new)
             return
+        if count(new) == 0:
+            # No rows: nothing to add (and no column may change type because of it).
+            return
         with open(filename, "rb") as f:
             meta = self._read_meta(f)
-        if meta is None or not _fits(meta, new):
+        if meta is None or meta["rows"] == 0 or not _fits(meta, new):
+            # A file without rows takes its column types from the first rows.
             old = self.load(filename)
             self._write_new(filename, merge_chunks([old, new]) if old else new)
-            return
-        if count(new) == 0:
             return
         section = io.BytesIO()
         for slot, key in enumerate(meta["columns"]):

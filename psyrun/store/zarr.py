@@ -183,18 +183,21 @@ class ZarrStore(Store):
         if not os.path.exists(filename) and self._interrupted_rewrite(filename) is None:
             self._write_new(filename, data)
             return
+        k = count(data)
+        if k == 0:
+            # No rows: nothing to add (and no column may change type because of it).
+            return
         group = self._open(filename, "r+")
         arrays = self._arrays(group)
-        if self._fits(arrays, data):
-            k = count(data)
-            if k:
-                n = self._rows(group, arrays)
-                for key, array in arrays.items():
-                    # Also drops rows an interrupted append left past n.
-                    if array.shape[0] != n + k:
-                        array.resize((n + k, *array.shape[1:]))
-                    array[n : n + k] = data[key]
-                group.attrs[_ROWS_ATTR] = n + k  # the commit point
+        n = self._rows(group, arrays)
+        # A store without rows takes its column types from the first rows.
+        if n and self._fits(arrays, data):
+            for key, array in arrays.items():
+                # Also drops rows an interrupted append left past n.
+                if array.shape[0] != n + k:
+                    array.resize((n + k, *array.shape[1:]))
+                array[n : n + k] = data[key]
+            group.attrs[_ROWS_ATTR] = n + k  # the commit point
             return
         merged = merge_chunks([self.load(filename), data])
         check_supported(merged, filename, "ZarrStore")

@@ -10,6 +10,7 @@ This module prints; the layers below (:mod:`psyrun.tasks`,
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import sys
@@ -81,6 +82,24 @@ def _load(taskdir: str, names: Sequence[str] = ()):
     return tasks, selected
 
 
+def _file_errors(f):
+    """Turn an OSError about a file (bad workdir, full disk, no permission) into one line."""
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        try:
+            return f(*args, **kwargs)
+        except OSError as exc:
+            if exc.filename is None:
+                raise
+            raise click.ClickException(
+                f"{exc.strerror or type(exc).__name__}: {exc.filename!s}. Check that the "
+                "task's workdir and resultfile settings name directories you can write to."
+            ) from None
+
+    return wrapper
+
+
 class _Reporter:
     """Prints ``. <job>`` lines, or a progress bar for process jobs on a terminal."""
 
@@ -134,6 +153,7 @@ main = psy
     help="Keep existing results and evaluate only the missing assignments.",
 )
 @click.argument("task", nargs=-1)
+@_file_errors
 def run(taskdir: str, cont: bool, task: tuple[str, ...]) -> None:
     """Run all tasks that are not up to date (or the named ones).
 
@@ -143,69 +163,122 @@ def run(taskdir: str, cont: bool, task: tuple[str, ...]) -> None:
     # Jobs run in forked children of this process: import what they need once, here.
     import psyrun.mapper
     import psyrun.worker  # noqa: F401
-    from psyrun.scheduler import ImmediateRun
 
     tasks, selected = _load(taskdir, task)
     problems = tasks.selection_failed
     for t in selected:
         backend = t.make_backend()
-        held = backend.get_queued()
-        queued = [s for s in held if s.status.will_run]
-        if queued:
-            counts = Counter(str(s.status) for s in queued)
-            summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
-            _err(
-                f"{t.name}: jobs of the last run are still in the queue ({summary}); not "
-                f"submitting again. `psy status -v {t.name}` lists them, "
-                f"`psy kill {t.name}` cancels them."
-            )
-            continue
-        blocked = [s.id for s in held if s.status.in_queue and not s.status.will_run]
-        if blocked:
-            # They wait for a job that failed and can never run; this run replaces them.
-            _kill(t.scheduler, blocked)
-            click.echo(
-                f"{t.name}: cancelled {len(blocked)} blocked jobs (a job they needed failed)"
-            )
-        if (
-            not cont
-            and not t.overwrite_dirty
-            and _has_results(backend)
-            and not (backend.is_current())
-        ):
-            _err(
-                f"warning: {t.name}: the results in {backend.paths.root} are out of date and "
-                "overwrite_dirty is False; not running. Use `psy run -c` to add to them or "
-                f"`psy clean {t.name}` to remove them."
-            )
-            continue
-        plan = backend.plan(cont)
-        if plan.up_to_date:
-            for name in plan.graph.names:
-                click.echo(f"- {name}")
-            continue
-        scheduler = t.scheduler
-        runs_now = isinstance(scheduler, ImmediateRun)
-        if runs_now:
-            _preimport_store(t.store)
-        graph = plan.graph
-        n_process = len(graph) - 2
-        reporter = _Reporter(n_process, runs_now)
-        try:
-            ids = backend.submit(graph, on_start=reporter.start, on_submitted=reporter.done)
-        except Exception as exc:
-            reporter.close()
-            raise click.ClickException(
-                f"{t.name}: submitting jobs failed: {type(exc).__name__}: {exc}"
-            ) from None
-        finally:
-            reporter.close()
-        if runs_now:
-            problems |= _report_immediate(t, backend, scheduler, ids, len(graph))
-        else:
-            click.echo(f"{t.name}: submitted {len(ids)} jobs (`psy status {t.name}` follows them)")
+        with _task_lock(backend) as locked:
+            if not locked:
+                _err(
+                    f"error: {t.name}: another `psy run` or `psy clean` is working on this "
+                    "task (it holds the lock on "
+                    f"{_paths(backend).run_lock}); wait for it to finish, then run again."
+                )
+                problems = True
+                continue
+            try:
+                problems |= _run_task(t, backend, cont)
+            except KeyboardInterrupt:
+                _err(
+                    f"\n{t.name}: interrupted. The rows saved so far are kept; "
+                    f"`psy run -c {t.name}` continues with the rest."
+                )
+                sys.exit(130)
     if problems:
         sys.exit(1)
+
+
+def _run_task(t, backend, cont: bool) -> bool:
+    """Plan and submit one task; return True when something went wrong."""
+    from psyrun.scheduler import ImmediateRun
+
+    held = backend.get_queued()
+    queued = [s for s in held if s.status.will_run]
+    if queued:
+        counts = Counter(str(s.status) for s in queued)
+        summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+        _err(
+            f"{t.name}: jobs of the last run are still in the queue ({summary}); not "
+            f"submitting again. `psy status -v {t.name}` lists them, "
+            f"`psy kill {t.name}` cancels them."
+        )
+        return False
+    blocked = [s.id for s in held if s.status.in_queue and not s.status.will_run]
+    if blocked:
+        # They wait for a job that failed and can never run; this run replaces them.
+        _kill(t.scheduler, blocked)
+        click.echo(f"{t.name}: cancelled {len(blocked)} blocked jobs (a job they needed failed)")
+    if not cont and not t.overwrite_dirty and _has_results(backend) and not backend.is_current():
+        _err(
+            f"warning: {t.name}: the results in {backend.paths.root} are out of date and "
+            "overwrite_dirty is False; not running. Use `psy run -c` to add to them or "
+            f"`psy clean {t.name}` to remove them."
+        )
+        return False
+    try:
+        plan = backend.plan(cont)
+    except ValueError as exc:
+        # A task the backend cannot run as asked (for example -c without parameters).
+        _err(f"error: {exc}")
+        return True
+    if plan.up_to_date:
+        for name in plan.graph.names:
+            click.echo(f"- {name}")
+        return False
+    scheduler = t.scheduler
+    runs_now = isinstance(scheduler, ImmediateRun)
+    if runs_now:
+        _preimport_store(t.store)
+    graph = plan.graph
+    n_process = len(graph) - 2
+    reporter = _Reporter(n_process, runs_now)
+    try:
+        ids = backend.submit(graph, on_start=reporter.start, on_submitted=reporter.done)
+    except Exception as exc:
+        reporter.close()
+        raise click.ClickException(
+            f"{t.name}: submitting jobs failed: {type(exc).__name__}: {exc}"
+        ) from None
+    finally:
+        reporter.close()
+    if runs_now:
+        return _report_immediate(t, backend, scheduler, ids, len(graph))
+    click.echo(f"{t.name}: submitted {len(ids)} jobs (`psy status {t.name}` follows them)")
+    return False
+
+
+def _paths(backend):
+    """Return the task's file names (also for a backend that does not keep them)."""
+    from psyrun.paths import TaskPaths
+
+    return getattr(backend, "paths", None) or TaskPaths.for_task(backend.task)
+
+
+@contextlib.contextmanager
+def _task_lock(backend, create: bool = True):
+    """Hold the task's run lock; yield False (without waiting) when another psy holds it.
+
+    Two ``psy run`` (or a ``psy run`` and a ``psy clean``) of one task at once
+    would delete each other's part files; the second one must refuse.
+    """
+    from psyrun.store.locking import FileLock
+
+    paths = _paths(backend)
+    if not os.path.isdir(paths.root) and not create:
+        yield True
+        return
+    os.makedirs(os.path.dirname(paths.run_lock), exist_ok=True)
+    lock = FileLock(paths.run_lock, timeout=0)
+    try:
+        lock.acquire()
+    except TimeoutError:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
 
 
 def _kill(scheduler, jobids: list[str]) -> None:
@@ -261,6 +334,7 @@ def _report_immediate(t, backend, scheduler, ids: dict[str, str], n_jobs: int) -
 @taskdir_option
 @click.option("-v", "--verbose", is_flag=True, help="List missing assignments and jobs.")
 @click.argument("task", nargs=-1)
+@_file_errors
 def status(taskdir: str, verbose: bool, task: tuple[str, ...]) -> None:
     """Print how many assignments of each task (or the named ones) are done."""
     tasks, selected = _load(taskdir, task)
@@ -268,6 +342,8 @@ def status(taskdir: str, verbose: bool, task: tuple[str, ...]) -> None:
         backend = t.make_backend()
         progress = backend.progress()
         click.echo(f"{t.name}: {progress.completed} out of {progress.total} rows completed")
+        for message in getattr(backend, "unreadable", []):
+            _err(f"warning: {t.name}: {message}")
         queued = backend.get_queued()
         failed = backend.get_failed(queued)
         if verbose:
@@ -318,21 +394,33 @@ def _print_jobs(name: str, queued: list, failed: list, verbose: bool) -> None:
 @taskdir_option
 @click.option("--all", "all_tasks", is_flag=True, help="Clean every task.")
 @click.argument("task", nargs=-1)
+@_file_errors
 def clean(taskdir: str, all_tasks: bool, task: tuple[str, ...]) -> None:
     """Delete all files generated for the named tasks (work directory and results)."""
     if not task and not all_tasks:
         raise click.UsageError("name the tasks to clean (`psy list` shows them), or pass --all")
     tasks, selected = _load(taskdir, task)
+    problems = tasks.selection_failed
     for t in selected:
-        t.make_backend().clean()
+        backend = t.make_backend()
+        with _task_lock(backend, create=False) as locked:
+            if not locked:
+                _err(
+                    f"error: {t.name}: a `psy run` is working on this task; not cleaning "
+                    "(wait for it to finish, then clean)"
+                )
+                problems = True
+                continue
+            backend.clean()
         click.echo(f"cleaned {t.name}")
-    if tasks.selection_failed:
+    if problems:
         sys.exit(1)
 
 
 @psy.command()
 @taskdir_option
 @click.argument("task", nargs=-1)
+@_file_errors
 def kill(taskdir: str, task: tuple[str, ...]) -> None:
     """Cancel the queued and running jobs of all tasks (or the named ones)."""
     tasks, selected = _load(taskdir, task)
@@ -365,13 +453,20 @@ def _part_order(name: str):
 @psy.command()
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
 @click.argument("merged", type=click.Path(dir_okay=True))
-def merge(directory: str, merged: str) -> None:
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace MERGED if it exists (default: keep its rows and add the new ones).",
+)
+def merge(directory: str, merged: str, overwrite: bool) -> None:
     """Merge all result files in DIRECTORY into the single file MERGED.
 
     The extension of MERGED selects the format of the inputs and the output.
     A task's own part files (``<workdir>/<task>/out``) are always pickle
     files; when DIRECTORY holds no file of MERGED's format, its ``.pkl``
-    files are merged and converted.
+    files are merged and converted. When MERGED exists already, its rows are
+    kept and the merged rows appended (as psyrun 0.8 did), unless
+    --overwrite is given; merging the same files twice appends them twice.
     """
     from psyrun.backend._splitmerge import write_merged
     from psyrun.store import PickleStore, get_store
@@ -402,8 +497,26 @@ def merge(directory: str, merged: str) -> None:
     if not sources:
         raise click.ClickException(f"no {ext} files in {directory!r} to merge")
     paths = [os.path.join(directory, e) for e in sources]
-    rows = write_merged(store, merged, paths, keys=[], log=_err, source_store=source_store)
-    click.echo(f"merged {len(paths)} files ({rows} rows) into {merged}")
+    base = merged if os.path.exists(merged) and not overwrite else None
+    before = 0
+    if base is not None:
+        try:
+            before = store.count_rows(merged)
+        except Exception as exc:
+            raise click.ClickException(
+                f"{merged} exists but cannot be read ({type(exc).__name__}: {exc}); "
+                "pass --overwrite to replace it or choose another name"
+            ) from None
+    rows = write_merged(
+        store, merged, paths, keys=[], base=base, log=_err, source_store=source_store
+    )
+    if base is None:
+        click.echo(f"merged {len(paths)} files ({rows} rows) into {merged}")
+    else:
+        click.echo(
+            f"merged {len(paths)} files ({rows - before} rows) into {merged}, after the "
+            f"{before} rows it held ({rows} rows now; --overwrite replaces instead)"
+        )
 
 
 _SCHEDULERS = {"immediaterun": "ImmediateRun", "slurm": "Slurm", "sqsub": "Sqsub"}
@@ -493,6 +606,8 @@ def test(taskdir: str, task: tuple[str, ...]) -> None:
 
     The task's scheduler is not used; the assignment runs in this process.
     """
+    from psyrun.backend._splitmerge import call_setup
+
     tasks, selected = _load(taskdir, task)
     failures = 0
     for t in selected:
@@ -501,7 +616,7 @@ def test(taskdir: str, task: tuple[str, ...]) -> None:
             continue
         row = t.pspace[0]
         try:
-            extra = t.setup(0) if t.setup is not None else None
+            extra = call_setup(t, 0)
             result = t.execute(**row, **(extra or {}))
             if not isinstance(result, dict):
                 raise TypeError(f"execute returned {type(result).__name__}; it must return a dict")

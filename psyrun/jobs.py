@@ -258,6 +258,6 @@ def load_submitted(path: str) -> list[tuple[str, str, str]]:
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-    except (FileNotFoundError, ValueError):
+    except (FileNotFoundError, NotADirectoryError, ValueError):
         return []
     return [tuple(entry) for entry in data.get("jobs", [])]

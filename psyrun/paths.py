@@ -5,6 +5,7 @@ Layout of ``<workdir>/<task>/``::
     <task>:split.log, <task>:process:<i>.log, <task>:merge.log   job logs
     jobs/<job kind>.json          job descriptions read by psyrun.worker
     jobs/submitted.json           ids of the jobs submitted last
+    jobs/run.lock                 held by the `psy run` or `psy clean` working on the task
     status/<job name>.done|.failed  how each job ended (written by the job)
     in/pspace.pkl                 compact snapshot of the space to evaluate
     in/counter                    next row to hand out (load balancing)
@@ -49,7 +50,8 @@ def remove_path(path: str) -> None:
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path, ignore_errors=True)
     else:
-        with contextlib.suppress(FileNotFoundError):
+        # NotADirectoryError: a parent is a file, so `path` cannot exist either.
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             os.remove(path)
 
 
@@ -82,6 +84,8 @@ class TaskPaths:
         self.pspace = os.path.join(self.in_dir, "pspace.pkl")
         self.counter = os.path.join(self.in_dir, "counter")
         self.submitted = os.path.join(self.jobs_dir, "submitted.json")
+        #: Locked (flock) by the psy command submitting or cleaning the task.
+        self.run_lock = os.path.join(self.jobs_dir, "run.lock")
 
     @classmethod
     def for_task(cls, task) -> TaskPaths:

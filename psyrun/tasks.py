@@ -315,12 +315,35 @@ class TaskDef:
             raise TypeError(f"setup must be a function setup(proc_id) or None, got {c.setup!r}")
         if isinstance(c.exclude_from_result, str):
             c.exclude_from_result = [c.exclude_from_result]
+        if self.excluded_params:
+            self.warnings.append(
+                f"{self.path}: exclude_from_result leaves out the parameter(s) "
+                f"{', '.join(map(repr, self.excluded_params))}; without them psy cannot "
+                "tell which assignments are done, so `psy status` counts none and "
+                "`psy run -c` refuses to continue. Remove them from exclude_from_result "
+                "to keep both working."
+            )
+        if c.pool_size > 1 and not getattr(c.backend, "uses_pool", False):
+            self.warnings.append(
+                f"{self.path}: pool_size = {c.pool_size} is used only by "
+                f"LoadBalancingBackend; {c.backend.__name__} runs one process per job "
+                "(raise max_jobs for more parallel jobs)"
+            )
         if isinstance(c.file_dep, (str, os.PathLike)):
             c.file_dep = [c.file_dep]
         c.file_dep = [os.path.abspath(os.fspath(f)) for f in c.file_dep]
         object.__setattr__(c, "workdir", os.path.abspath(os.fspath(c.workdir)))
         if c.resultfile is not None:
             object.__setattr__(c, "resultfile", os.path.abspath(os.fspath(c.resultfile)))
+            ext = getattr(c.store, "ext", "") or ""
+            given = os.path.splitext(c.resultfile)[1]
+            if ext and given.lower() != ext.lower():
+                self.warnings.append(
+                    f"{self.path}: resultfile {os.path.basename(c.resultfile)!r} does not end "
+                    f"in {ext!r}, but the store is {type(c.store).__name__}, which writes "
+                    f"{ext!r} files whatever the name; set the store that matches the name "
+                    "(for example store = NpzStore() for '.npz') or rename the file"
+                )
 
     def __getattr__(self, name: str) -> Any:
         if name in Config.DEFAULTS:
@@ -330,6 +353,12 @@ class TaskDef:
                 value = os.path.join(self.config.workdir, self.name, "result" + ext)
             return value
         raise AttributeError(f"task {self.__dict__.get('name')!r} has no setting {name!r}")
+
+    @property
+    def excluded_params(self) -> list[str]:
+        """Parameters of `pspace` that ``exclude_from_result`` leaves out of the result."""
+        keys = set(self.config.pspace.keys())
+        return [k for k in self.config.exclude_from_result if k in keys]
 
     @property
     def dependencies(self) -> list[str]:

@@ -243,9 +243,17 @@ def write_merged(
 
     try:
         if has_base:
-            for chunk in store.iter_chunks(base):
-                store.append(tmp, chunk)
-                written += _count(chunk)
+            try:
+                chunks = store.iter_chunks(base)
+                for chunk in chunks:
+                    store.append(tmp, chunk)
+                    written += _count(chunk)
+            except Exception as exc:
+                raise OSError(
+                    f"cannot read the existing results {base} ({type(exc).__name__}: {exc}); "
+                    "it was left unchanged. Move it away (its rows are then evaluated "
+                    "again) or restore it, then run again."
+                ) from exc
         for path in good:
             for chunk in _store_of(source_store, path).iter_chunks(path):
                 n = _count(chunk)
@@ -417,6 +425,8 @@ class SplitMergeBackend(Backend):
         self.paths = TaskPaths.for_task(task)
         self.store = task.store
         self.part_store = part_store()
+        #: Messages about result or part files that could not be read (for psy status).
+        self.unreadable: list[str] = []
 
     def store_for(self, path: str) -> Store:
         """Return the store that reads `path`: the part store for parts, else the task's."""
@@ -438,8 +448,15 @@ class SplitMergeBackend(Backend):
         return files
 
     def _done_params(self, log=None) -> dict[str, np.ndarray]:
+        def record(message: str) -> None:
+            # Kept for `psy status`: an unreadable result must not look like "no rows".
+            if message not in self.unreadable:
+                self.unreadable.append(message)
+            if log is not None:
+                log(message)
+
         return load_params(
-            self.store_for, self._existing_files(), list(self.task.pspace.keys()), log=log
+            self.store_for, self._existing_files(), list(self.task.pspace.keys()), log=record
         )
 
     def get_missing(self):
@@ -523,22 +540,25 @@ class SplitMergeBackend(Backend):
 
     def job_names(self) -> list[str]:
         """Names of the jobs of a full run."""
-        n = self.n_process_jobs(len(self.task.pspace))
+        n_rows = len(self.task.pspace)
+        n = self.n_process_jobs(n_rows) if n_rows else 0
         return self.build_graph(n, cont=False, write=False).names
 
     def plan(self, cont: bool = False) -> Plan:
         """Decide the jobs to submit (see :meth:`Backend.plan`)."""
         if not cont:
             if self.is_current():
+                n_rows = len(self.task.pspace)
                 return Plan(
                     self.build_graph(
-                        self.n_process_jobs(len(self.task.pspace)), cont, write=False
+                        self.n_process_jobs(n_rows) if n_rows else 0, cont, write=False
                     ),
                     up_to_date=True,
                     reason="results are up to date",
                 )
             n_rows = len(self.task.pspace)
         else:
+            self.check_can_continue()
             parts = self.paths.list_parts()
             n_rows = len(self.get_missing())
             if n_rows == 0 and not parts and os.path.exists(self.paths.result):
@@ -551,6 +571,22 @@ class SplitMergeBackend(Backend):
         self._clear_markers()
         n_jobs = self.n_process_jobs(n_rows) if n_rows else 0
         return Plan(self.build_graph(n_jobs, cont), reason=f"{n_rows} rows to evaluate")
+
+    def check_can_continue(self) -> None:
+        """Raise ValueError when results cannot be matched to assignments (``-c`` refused).
+
+        With a parameter in ``exclude_from_result`` the stored rows lack it:
+        continuing would evaluate (and append) every row again, or with some
+        parameters left skip rows that only match on the others.
+        """
+        excluded = getattr(self.task, "excluded_params", [])
+        if excluded:
+            raise ValueError(
+                f"cannot continue task {self.task.name!r}: exclude_from_result leaves out "
+                f"the parameter(s) {', '.join(map(repr, excluded))}, so the stored results "
+                "cannot be matched to assignments. Remove them from exclude_from_result, "
+                "or run the whole task again without -c."
+            )
 
     def submit(self, graph: JobGraph, on_start=None, on_submitted=None) -> dict[str, str]:
         """Submit `graph` to the task's scheduler and record the job ids.
@@ -665,6 +701,7 @@ class SplitMergeBackend(Backend):
         p.make_dirs()
         keys = list(self.task.pspace.keys())
         if cont:
+            self.check_can_continue()
             parts = [path for _, path, _ in p.list_parts()]
             if parts:
                 rows = write_merged(

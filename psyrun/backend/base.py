@@ -65,6 +65,10 @@ class Backend(abc.ABC):
         The loaded task.
     """
 
+    #: Whether the backend runs ``pool_size`` worker processes per job (else
+    #: a task setting ``pool_size`` > 1 is warned about as having no effect).
+    uses_pool: bool = False
+
     def __init__(self, task) -> None:
         self.task = task
 

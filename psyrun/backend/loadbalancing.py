@@ -85,6 +85,7 @@ class LoadBalancingBackend(SplitMergeBackend):
     """
 
     kind = "loadbalancing"
+    uses_pool = True
 
     def after_split(self) -> None:
         """Reset the row counter for the new snapshot."""

@@ -7,6 +7,7 @@ fix they guard.
 from __future__ import annotations
 
 import os
+import pickle
 import threading
 
 import numpy as np
@@ -207,3 +208,20 @@ def test_npz_refuses_an_empty_column_name_before_writing(tmp_path):
     store.save(filename, {"a b": [1], "__x": ["ü"]})
     store.append(filename, {"a b": [2], "__x": ["üü"]})
     assert store.load(filename)["__x"].tolist() == ["ü", "üü"]
+
+
+@pytest.mark.parametrize("content", [b"garbage", pickle.dumps({"a": [1, 2]})])
+def test_npz_store_refuses_a_file_that_is_not_an_npz(tmp_path, content):
+    from psyrun.store import NpzStore
+
+    path = tmp_path / "results.npz"
+    path.write_bytes(content)
+    store = NpzStore()
+    with pytest.raises(ValueError, match=r"is not an \.npz file"):
+        store.load(str(path))
+    with pytest.raises(ValueError, match=r"is not an \.npz file"):
+        store.count_rows(str(path))
+    with pytest.raises(ValueError, match=r"is not an \.npz file"):
+        store.append(str(path), {"a": [3]})
+    # Nothing was changed: the misnamed file keeps its bytes.
+    assert path.read_bytes() == content

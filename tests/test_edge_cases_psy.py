@@ -469,3 +469,39 @@ def test_workdir_below_a_file_gives_one_line_errors(project):
         result = psy(command, "w")
         assert "Traceback" not in result.output, (command, result.output)
         assert result.exit_code == 0, (command, result.output)
+
+
+@pytest.mark.parametrize("backend", ["DistributeBackend", "LoadBalancingBackend"])
+@pytest.mark.parametrize("ext", [".h5", ".zarr"])
+def test_rows_without_an_array_output_are_padded_in_every_backend(project, backend, ext):
+    """A row whose execute omits an array output reads as NaN padding, not an object."""
+    store = {".h5": "H5Store", ".zarr": "ZarrStore"}[ext]
+    module = {".h5": "h5", ".zarr": "zarr"}[ext]
+    write_task(
+        project,
+        "ragged",
+        f"""
+        import numpy as np
+        from psyrun import Param
+        from psyrun.backend import {backend}
+        from psyrun.store.{module} import {store}
+
+        pspace = Param(a=np.arange(6))
+        backend = {backend}
+        store = {store}()
+        max_jobs = 3
+
+        def execute(a):
+            return {{}} if a == 0 else {{'v': np.arange(a, dtype=float)}}
+        """,
+    )
+    result = psy("run", "ragged")
+    assert result.exit_code == 0, result.output
+    data = load_result(project, "ragged", ext)
+    order = np.argsort(data["a"])
+    v = np.asarray(data["v"])[order]
+    assert v.dtype.kind == "f"
+    assert v.shape == (6, 5)
+    assert np.isnan(v[0]).all()
+    np.testing.assert_array_equal(v[5], np.arange(5.0))
+    assert np.isnan(v[2, 2:]).all()

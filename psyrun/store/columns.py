@@ -47,6 +47,10 @@ def _object_column(values: Sequence[Any]) -> np.ndarray:
     return out
 
 
+def _is_nan_scalar(value: Any) -> bool:
+    return isinstance(value, (float, np.floating)) and np.isnan(value)
+
+
 def to_column(values: Any) -> np.ndarray:
     """Turn one column (list, tuple or array) into a NumPy array.
 
@@ -73,9 +77,15 @@ def to_column(values: Any) -> np.ndarray:
     try:
         arr = np.asarray(values)
     except ValueError:  # ragged rows of arrays: pad them to the enclosing shape
+        ndim = max((np.ndim(v) for v in values), default=0)
         rows = []
         for v in values:
-            a = to_column([v]) if not isinstance(v, np.ndarray) else v[None]
+            if ndim and _is_nan_scalar(v):
+                # A row without this output (NaN-filled by the mapper) among array rows:
+                # a missing row, padded like any short one, not a 0-d object.
+                a = np.full((1,) + (0,) * ndim, np.nan)
+            else:
+                a = to_column([v]) if not isinstance(v, np.ndarray) else v[None]
             rows.append({"c": a})
         return merge_chunks(rows)["c"]
     if (arr.dtype.kind == "O" and arr.ndim > 1) or (arr.dtype.kind in "US" and n_str == 0):

@@ -186,6 +186,25 @@ class _Salvaged:
         return io.BytesIO(self._fp.read(size))
 
 
+def _check_is_zip(fp: IO[bytes], filename: str) -> None:
+    """Refuse a non-empty file that does not start like a zip archive.
+
+    Salvaging (and the repair before an append) must only ever act on an
+    npz whose tail was torn, never on some other file that happens to carry
+    the extension: reading it as empty could get it replaced.
+    """
+    size = fp.seek(0, os.SEEK_END)
+    fp.seek(0)
+    # A zip starts with its first member, or (no members) with its end record.
+    if size and fp.read(4) not in (zipfile.stringFileHeader, zipfile.stringEndArchive):
+        fp.seek(0)
+        raise ValueError(
+            f"{filename!r} is not an .npz file (no zip archive at its start); "
+            "check the file name or the task's store, nothing was changed"
+        )
+    fp.seek(0)
+
+
 @contextlib.contextmanager
 def _open_archive(filename: str) -> Iterator[zipfile.ZipFile | _Salvaged]:
     """Open ``filename`` for reading, salvaging the members of a torn file."""
@@ -193,6 +212,7 @@ def _open_archive(filename: str) -> Iterator[zipfile.ZipFile | _Salvaged]:
         try:
             archive = zipfile.ZipFile(fp)
         except zipfile.BadZipFile:
+            _check_is_zip(fp, filename)
             yield _Salvaged(fp)
             return
         with archive:
@@ -207,6 +227,7 @@ def _open_for_append(fp: IO[bytes]) -> zipfile.ZipFile:
     members are found by their local headers, the torn tail is cut off and
     the archive is told about them, so closing it writes a full member list.
     """
+    _check_is_zip(fp, getattr(fp, "name", "the file"))
     size = fp.seek(0, os.SEEK_END)
     fp.seek(0)
     zf = zipfile.ZipFile(fp, "a", compression=zipfile.ZIP_STORED)

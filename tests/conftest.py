@@ -25,3 +25,11 @@ settings.load_profile(os.environ.get("PSYRUN_HYPOTHESIS_PROFILE", "default"))
 def fake(tmp_path, monkeypatch) -> FakeCluster:
     """The fake cluster commands of tests/fakebin, first on PATH (see fakebin_helpers)."""
     return start_fake_cluster(tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """An empty project directory with a psy-tasks folder, as the working directory."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "psy-tasks").mkdir()
+    return tmp_path

@@ -10,9 +10,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from cli_helpers import psy, write_task
 
-from psyrun.cli import main
 from psyrun.tasks import load_tasks
 
 SQUARE = """
@@ -26,21 +25,6 @@ def execute(x):
 COMMANDS = ["run", "clean", "kill", "list", "merge", "new-task", "status", "test"]
 
 
-@pytest.fixture
-def project(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "psy-tasks").mkdir()
-    return tmp_path
-
-
-def write_task(project, name, text):
-    path = project / "psy-tasks" / f"task_{name}.py"
-    path.write_text(textwrap.dedent(text))
-    return path
-
-
-def psy(*args):
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
 def bump_mtime(path: Path, seconds: int = 5) -> None:

@@ -17,29 +17,11 @@ import time
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from cli_helpers import psy, write_task
 
-from psyrun.cli import main
 from psyrun.paths import TaskPaths
 from psyrun.store import get_store
 from psyrun.store.locking import FileLock
-
-
-@pytest.fixture
-def project(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "psy-tasks").mkdir()
-    return tmp_path
-
-
-def write_task(project, name, text):
-    path = project / "psy-tasks" / f"task_{name}.py"
-    path.write_text(textwrap.dedent(text))
-    return path
-
-
-def psy(*args):
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
 def paths_of(project, name, ext=".pkl"):

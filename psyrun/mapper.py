@@ -32,6 +32,28 @@ def _fill_value():
     return math.nan
 
 
+def block_rows(arrays: Mapping, keys: list[str]) -> tuple[dict[str, list], list[dict]]:
+    """Decode a block of parameter columns into ``(param_columns, rows)``.
+
+    Parameters
+    ----------
+    arrays : mapping of str to numpy.ndarray
+        The block's columns, as ``ParameterSpace.to_arrays`` returns them.
+    keys : list of str
+        The parameter names, in order.
+
+    Returns
+    -------
+    param_columns : dict of str to list
+        Plain Python values, column by column.
+    rows : list of dict
+        The same values, one dict per row (keyword arguments for the function).
+    """
+    columns = {k: _column_values(arrays[k]) for k in keys}
+    rows = [dict(zip(keys, values)) for values in zip(*(columns[k] for k in keys))]
+    return columns, rows
+
+
 def iter_rows(
     pspace, start: int = 0, stop: int | None = None, block_size: int = DEFAULT_BLOCK_SIZE
 ):
@@ -56,10 +78,7 @@ def iter_rows(
     stop = len(pspace) if stop is None else stop
     keys = list(pspace.keys())
     for block_start in range(start, stop, block_size):
-        arrays = pspace.to_arrays(block_start, min(block_start + block_size, stop))
-        columns = {k: _column_values(arrays[k]) for k in keys}
-        rows = [dict(zip(keys, values)) for values in zip(*(columns[k] for k in keys))]
-        yield columns, rows
+        yield block_rows(pspace.to_arrays(block_start, min(block_start + block_size, stop)), keys)
 
 
 def evaluate_rows(

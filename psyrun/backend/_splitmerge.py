@@ -76,43 +76,13 @@ def _store_of(store: Store | Callable[[str], Store], path: str) -> Store:
 # -- small helpers -------------------------------------------------------------
 
 
-def _column_values(column: np.ndarray) -> list:
-    """Plain Python values of a column: scalars for 1-d columns, arrays for n-d."""
-    if column.ndim == 1:
-        return column.tolist() if column.dtype.kind != "O" else list(column)
-    return list(column)
-
-
-def block_rows(arrays: Mapping[str, np.ndarray], keys: list[str]):
-    """``(param_columns, rows)`` for :func:`psyrun.mapper.evaluate_rows` from arrays."""
-    columns = {k: _column_values(arrays[k]) for k in keys}
-    if not keys:
-        return columns, []
-    rows = [dict(zip(keys, values)) for values in zip(*(columns[k] for k in keys))]
-    return columns, rows
-
-
 def missing_rows(space, done: Mapping[str, np.ndarray] | None) -> np.ndarray:
     """Row numbers of `space` whose parameters are not among the rows of `done`."""
     from psyrun.pspace import missing
 
-    n = len(space)
     if not done or not len(next(iter(done.values()))):
-        return np.arange(n, dtype=np.int64)
-    diff = missing(space, done)
-    survivors = getattr(diff, "_survivors", None)
-    if survivors is not None:
-        return np.asarray(survivors(), dtype=np.int64)
-    # Without access to row numbers: tag each row with its number and subtract.
-    from psyrun.pspace import Param
-
-    kept = []
-    block = 1 << 20
-    for start in range(0, n, block):
-        stop = min(n, start + block)
-        tagged = Param(__psyrun_row=np.arange(start, stop), **space.to_arrays(start, stop))
-        kept.append(missing(tagged, done).to_arrays()["__psyrun_row"])
-    return np.concatenate(kept).astype(np.int64) if kept else np.empty(0, np.int64)
+        return np.arange(len(space), dtype=np.int64)
+    return np.asarray(missing(space, done).surviving_rows(), dtype=np.int64)
 
 
 def _concat_columns(parts: list[dict[str, np.ndarray]], keys: list[str]) -> dict:
@@ -151,11 +121,13 @@ def load_params(
     parts = []
     for path in files:
         try:
-            for chunk in _store_of(store, path).iter_chunks(path):
-                parts.append({k: np.asarray(chunk[k]) for k in keys if k in chunk})
+            params = _file_params(_store_of(store, path), path, keys)
         except Exception as exc:
             if log is not None:
                 log(f"skipping unreadable file {path}: {type(exc).__name__}: {exc}")
+            continue
+        if params:
+            parts.append(params)
     return _concat_columns(parts, keys) if parts else {}
 
 
@@ -371,7 +343,7 @@ class RowFailures:
 
 def evaluate_block(task, arrays, keys, extra, failures: RowFailures) -> dict[str, list] | None:
     """Evaluate one block of rows; rows that raise are left out and recorded."""
-    from psyrun.mapper import concatenate_results, evaluate_rows
+    from psyrun.mapper import block_rows, concatenate_results, evaluate_rows
 
     columns, rows = block_rows(arrays, keys)
     if not rows:

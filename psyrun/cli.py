@@ -337,28 +337,34 @@ def _report_immediate(t, backend, scheduler, ids: dict[str, str], n_jobs: int) -
 @_file_errors
 def status(taskdir: str, verbose: bool, task: tuple[str, ...]) -> None:
     """Print how many assignments of each task (or the named ones) are done."""
+    from psyrun.backend.base import TaskProgress
+
     tasks, selected = _load(taskdir, task)
     for t in selected:
         backend = t.make_backend()
-        progress = backend.progress()
+        # With -v the missing rows are listed too: compute them once for both.
+        space = backend.get_missing() if verbose else None
+        if space is None:
+            progress = backend.progress()
+        else:
+            total = len(t.pspace)
+            progress = TaskProgress(total - len(space), total)
         click.echo(f"{t.name}: {progress.completed} out of {progress.total} rows completed")
         for message in getattr(backend, "unreadable", []):
             _err(f"warning: {t.name}: {message}")
         queued = backend.get_queued()
         failed = backend.get_failed(queued)
-        if verbose:
-            _print_missing(backend, progress)
+        if space is not None:
+            _print_missing(space)
         _print_jobs(t.name, queued, failed, verbose)
     if tasks.selection_failed:
         sys.exit(1)
 
 
-def _print_missing(backend, progress) -> None:
-    n_missing = progress.total - progress.completed
+def _print_missing(space) -> None:
+    n_missing = len(space)
     if n_missing <= 0:
         return
-    space = backend.get_missing()
-    n_missing = len(space)
     click.echo(f"  missing assignments ({n_missing}):")
     shown = space[: min(n_missing, MAX_MISSING_LISTED)]
     for row in shown.iterate():

@@ -55,8 +55,6 @@ MIN_BLOCK = 1024
 MAX_BLOCK = 16384
 #: Rows gathered before one append to the merged file.
 MERGE_ROWS = 65536
-#: Assignments ``psy status -v`` prints before summarising the rest.
-MAX_LISTED = 100
 
 _SNAPSHOT_VERSION = 1
 

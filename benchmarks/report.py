@@ -75,6 +75,12 @@ def main(argv: list[str]) -> int:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     rst = "--rst" in argv
     sections = [a for a in argv if a != "--rst"] or SECTIONS
+    known = [*SECTIONS, "slurm"]
+    unknown = [name for name in sections if name not in known]
+    if unknown:
+        print(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(known)}",
+              file=sys.stderr)
+        return 2
     rows = []
     for name in sections:
         module = importlib.import_module(f"report_{name}")

@@ -87,6 +87,7 @@ def evaluate_rows(
     rows: list[dict],
     exclude: Iterable[str] = (),
     extra_kwargs: Mapping | None = None,
+    on_error: Callable[[dict, Exception], None] | None = None,
 ) -> dict[str, list]:
     """Call `fn` on every row and return parameters and outputs as columns.
 
@@ -103,6 +104,10 @@ def evaluate_rows(
     extra_kwargs : mapping, optional
         More keyword arguments for every call (for example what a task's
         ``setup`` returned).
+    on_error : callable, optional
+        Called as ``on_error(row, exception)`` for a row whose call raises (or
+        returns something other than a dict); that row is left out of the
+        result and the others are kept. Without it the exception propagates.
 
     Returns
     -------
@@ -117,17 +122,30 @@ def evaluate_rows(
     """
     exclude = set(_exclude_keys(exclude))
     outputs = []
-    for row in rows:
-        result = fn(**row, **extra_kwargs) if extra_kwargs else fn(**row)
-        if not isinstance(result, Mapping):
-            raise TypeError(
-                f"the function {getattr(fn, '__name__', fn)!r} returned "
-                f"{type(result).__name__} for the parameters {row!r}; it must return a "
-                "dict mapping output names to values"
-            )
+    kept = []  # indices of the rows whose call succeeded
+    for i, row in enumerate(rows):
+        try:
+            result = fn(**row, **extra_kwargs) if extra_kwargs else fn(**row)
+            if not isinstance(result, Mapping):
+                raise TypeError(
+                    f"the function {getattr(fn, '__name__', fn)!r} returned "
+                    f"{type(result).__name__} for the parameters {row!r}; it must return a "
+                    "dict mapping output names to values"
+                )
+        except Exception as exc:
+            if on_error is None:
+                raise
+            on_error(row, exc)
+            continue
         outputs.append(result)
+        kept.append(i)
 
-    columns = {k: list(v) for k, v in param_columns.items() if k not in exclude}
+    if len(kept) == len(rows):
+        columns = {k: list(v) for k, v in param_columns.items() if k not in exclude}
+    else:
+        columns = {
+            k: [v[i] for i in kept] for k, v in param_columns.items() if k not in exclude
+        }
     output_keys: dict[str, None] = {}
     for result in outputs:
         output_keys.update(dict.fromkeys(result))

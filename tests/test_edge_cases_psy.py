@@ -487,3 +487,34 @@ def test_rows_without_an_array_output_are_padded_in_every_backend(project, backe
     assert np.isnan(v[0]).all()
     np.testing.assert_array_equal(v[5], np.arange(5.0))
     assert np.isnan(v[2, 2:]).all()
+
+
+@pytest.mark.parametrize("backend", ["DistributeBackend", "LoadBalancingBackend"])
+def test_a_failing_row_does_not_make_the_others_run_twice(project, backend):
+    calls = project / "calls.txt"
+    write_task(
+        project,
+        "flaky",
+        f"""
+        from psyrun import Param
+        from psyrun.backend import {backend}
+
+        pspace = Param(x=range(20))
+        backend = {backend}
+        max_jobs = 1
+
+        def execute(x):
+            with open({str(calls)!r}, 'a') as f:
+                f.write(f'{{x}}\\n')
+            if x == 13:
+                raise ValueError('thirteen')
+            return {{'y': x * x}}
+        """,
+    )
+    result = psy("run", "flaky")
+    assert result.exit_code == 1
+    evaluated = [int(line) for line in calls.read_text().split()]
+    assert sorted(evaluated) == list(range(20))
+    data = load_result(project, "flaky")
+    assert sorted(data["x"]) == [x for x in range(20) if x != 13]
+    assert all(y == x * x for x, y in zip(data["x"], data["y"]))

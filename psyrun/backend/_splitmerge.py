@@ -341,26 +341,22 @@ class RowFailures:
 
 def evaluate_block(task, arrays, keys, extra, failures: RowFailures) -> dict[str, list] | None:
     """Evaluate one block of rows; rows that raise are left out and recorded."""
-    from psyrun.mapper import block_rows, concatenate_results, evaluate_rows
+    from psyrun.mapper import block_rows, evaluate_rows
 
     columns, rows = block_rows(arrays, keys)
     if not rows:
         return None
-    exclude = tuple(task.exclude_from_result)
-    try:
-        return evaluate_rows(task.execute, columns, rows, exclude, extra)
-    except Exception:
-        pass
-    # Some row raised: evaluate one by one to keep the rows that work.
-    good = []
-    for row in rows:
-        try:
-            good.append(
-                evaluate_rows(task.execute, {k: [row[k]] for k in keys}, [row], exclude, extra)
-            )
-        except Exception as exc:
-            failures.add(row, exc)
-    return concatenate_results(good) if good else None
+    # Each row is evaluated exactly once: a failing row must not make the
+    # others run again (they may be expensive or have side effects).
+    result = evaluate_rows(
+        task.execute,
+        columns,
+        rows,
+        tuple(task.exclude_from_result),
+        extra,
+        on_error=failures.add,
+    )
+    return result if any(len(v) for v in result.values()) else None
 
 
 def call_setup(task, proc_id: int) -> dict | None:

@@ -25,10 +25,10 @@ Parts with the task's extension (left by an older psyrun) are still listed.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import shutil
+
+from psyrun.atomic import remove_path, tmp_name
 
 __all__ = ["PART_EXT", "TaskPaths", "remove_path", "tmp_name"]
 
@@ -36,23 +36,6 @@ PARTIAL = ".partial"
 #: Extension of every part file (the store that writes them: PickleStore).
 PART_EXT = ".pkl"
 _PART_RE = re.compile(r"^(\d+)(\.partial)?(\..+)$")
-
-
-def tmp_name(path: str) -> str:
-    """Return a temporary name next to `path`, unique to this process, with the same extension."""
-    head, tail = os.path.split(path)
-    base, ext = os.path.splitext(tail)
-    return os.path.join(head, f".{base}.tmp{os.getpid()}{ext}")
-
-
-def remove_path(path: str) -> None:
-    """Remove a file or directory tree (zarr stores are directories); ignore absence."""
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        # NotADirectoryError: a parent is a file, so `path` cannot exist either.
-        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-            os.remove(path)
 
 
 class TaskPaths:

@@ -105,7 +105,9 @@ def atomic_write(
     '42'
     """
     if mode not in ("w", "wb"):
-        raise ValueError(f"atomic_write writes whole files: mode must be 'w' or 'wb', got {mode!r}")
+        raise ValueError(
+            f"atomic_write writes whole files: mode must be 'w' or 'wb', got {mode!r}"
+        )
     path = os.fspath(path)
     tmp = tmp_name(path)
     if mode == "w" and encoding is None:

@@ -9,7 +9,6 @@ This module prints; the layers below (:mod:`psyrun.tasks`,
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import re
@@ -48,28 +47,42 @@ def _err(message: str) -> None:
     click.echo(message, err=True)
 
 
-def _load(taskdir: str, names: Sequence[str] = ()):
-    """Load the task directory; report load errors and warnings; check `names`."""
-    from psyrun.tasks import TaskConfigWarning, TaskDirError, load_tasks
+def _task_name(path: str) -> str | None:
+    base = os.path.basename(path)
+    if base.startswith("task_") and base.endswith(".py"):
+        return base[5:-3]
+    return None
+
+
+def _load(taskdir: str, names: Sequence[str] = (), report_errors: bool = True):
+    """Load the task directory (only the named tasks, if any); report problems; check `names`."""
+    from psyrun.tasks import TaskConfigWarning, TaskDirError, load_tasks, task_files
 
     try:
+        available = [_task_name(p) for p in task_files(taskdir)]
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", TaskConfigWarning)
-            tasks = load_tasks(taskdir)
+            # Named tasks: the other task files are not executed (nor their errors shown).
+            tasks = load_tasks(taskdir, names=list(names) if names else None)
     except TaskDirError as exc:
         raise click.ClickException(str(exc)) from None
+    if not available:
+        raise click.ClickException(
+            f"no task found in {taskdir!r}: task files are named task_<name>.py "
+            "(the task_ prefix is required)"
+        )
     for w in caught:
         if issubclass(w.category, TaskConfigWarning):
             _err(f"warning: {w.message}")
-    failed = {os.path.basename(e.path)[5:-3] for e in tasks.errors}
-    for error in tasks.errors:
-        _err(f"error: cannot load {error}")
-    unknown = [n for n in names if n not in tasks and n not in failed]
+    failed = {_task_name(e.path) for e in tasks.errors}
+    if report_errors:
+        for error in tasks.errors:
+            _err(f"error: cannot load {error}")
+    unknown = [n for n in names if n not in available]
     if unknown:
-        known = ", ".join(tasks) or "none"
         raise click.ClickException(
             f"no task named {', '.join(map(repr, unknown))} in {taskdir!r} "
-            f"(task files are task_<name>.py; tasks there: {known})"
+            f"(task files are task_<name>.py; tasks there: {', '.join(available)})"
         )
     broken = [n for n in names if n in failed]
     if broken:
@@ -100,28 +113,55 @@ def _file_errors(f):
     return wrapper
 
 
-class _Reporter:
-    """Prints ``. <job>`` lines, or a progress bar for process jobs on a terminal."""
+class _Printer:
+    """Prints what a run does: ``. <job>`` lines, or a bar counting rows on a terminal."""
 
-    def __init__(self, n_process: int, runs_now: bool) -> None:
+    def __init__(self, task: str) -> None:
+        self.task = task
         self.bar = None
-        self.use_bar = runs_now and n_process > 1 and sys.stdout.isatty()
-        self.n_process = n_process
+        self.use_bar = sys.stdout.isatty()
+        self.shown = 0
 
-    def start(self, name: str) -> None:
-        if self.use_bar and ":process:" in name:
-            if self.bar is None:
-                self.bar = click.progressbar(
-                    length=self.n_process, label=name.rsplit(":", 1)[0], show_pos=True
-                )
-                self.bar.__enter__()
-            return
+    # RunEvents
+    def info(self, text: str) -> None:
         self.close()
-        click.echo(f". {name}")
+        click.echo(f"{self.task}: {text}")
 
-    def done(self, name: str, jobid: str) -> None:
-        if self.bar is not None and ":process:" in name:
-            self.bar.update(1)
+    def warning(self, text: str) -> None:
+        self.close()
+        _err(f"warning: {self.task}: {text}")
+
+    def skipped(self, job: str) -> None:
+        click.echo(f"- {job}")
+
+    def planned(self, n_rows: int, n_jobs: int) -> None:
+        # On a terminal, a run evaluated here shows one bar counting rows (all jobs).
+        if self.use_bar and n_rows > 0:
+            self.bar = click.progressbar(length=n_rows, label=f"{self.task} rows", show_pos=True)
+            self.bar.__enter__()
+
+    def started(self, job: str) -> None:
+        if self.bar is None:
+            click.echo(f". {job}")
+
+    def submitted(self, job: str, jobid: str) -> None:
+        pass
+
+    def progress(self, rows_done: int, rows_total: int) -> None:
+        if not self.use_bar or rows_total <= 0:
+            return
+        if self.bar is None:
+            self.bar = click.progressbar(
+                length=rows_total, label=f"{self.task} rows", show_pos=True
+            )
+            self.bar.__enter__()
+        done = min(rows_done, rows_total)
+        if done > self.shown:
+            self.bar.update(done - self.shown)
+            self.shown = done
+
+    def finished(self) -> None:
+        self.close()
 
     def close(self) -> None:
         if self.bar is not None:
@@ -136,6 +176,7 @@ def psy() -> None:
 
     Tasks are task_<name>.py files in the task directory (psy-tasks unless
     --taskdir says otherwise); `psy <command> --help` describes a command.
+    Options such as --taskdir go after the command: `psy list --taskdir DIR`.
     """
 
 
@@ -152,9 +193,18 @@ main = psy
     is_flag=True,
     help="Keep existing results and evaluate only the missing assignments.",
 )
+@click.option(
+    "-j",
+    "--jobs",
+    "n_workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Run up to N jobs at once on this machine (LocalPool), whatever local "
+    "scheduler the task names.",
+)
 @click.argument("task", nargs=-1)
 @_file_errors
-def run(taskdir: str, cont: bool, task: tuple[str, ...]) -> None:
+def run(taskdir: str, cont: bool, n_workers: int | None, task: tuple[str, ...]) -> None:
     """Run all tasks that are not up to date (or the named ones).
 
     Each job is printed prefixed with '.' when it runs and '-' when it is
@@ -163,200 +213,78 @@ def run(taskdir: str, cont: bool, task: tuple[str, ...]) -> None:
     # Jobs run in forked children of this process: import what they need once, here.
     import psyrun.mapper
     import psyrun.worker  # noqa: F401
+    from psyrun.runner import run_task
 
     tasks, selected = _load(taskdir, task)
     problems = tasks.selection_failed
     for t in selected:
-        backend = t.make_backend()
-        with _task_lock(backend) as locked:
-            if not locked:
-                _err(
-                    f"error: {t.name}: another `psy run` or `psy clean` is working on this "
-                    "task (it holds the lock on "
-                    f"{_paths(backend).run_lock}); wait for it to finish, then run again."
-                )
-                problems = True
-                continue
-            try:
-                problems |= _run_task(t, backend, cont)
-            except KeyboardInterrupt:
-                _err(
-                    f"\n{t.name}: interrupted. The rows saved so far are kept; "
-                    f"`psy run -c {t.name}` continues with the rest."
-                )
-                sys.exit(130)
+        printer = _Printer(t.name)
+        report = run_task(t, continue_=cont, events=printer, n_workers=n_workers)
+        if report.outcome == "interrupted":
+            _err(f"\n{t.name}: {report.message}")
+            sys.exit(128 + (report.signum or 2))
+        problems |= not report.ok
+        _print_run_report(t.name, report)
     if problems:
         sys.exit(1)
 
 
-def _run_task(t, backend, cont: bool) -> bool:
-    """Plan and submit one task; return True when something went wrong."""
-    from psyrun.scheduler import ImmediateRun
-
-    held = backend.get_queued()
-    queued = [s for s in held if s.status.will_run]
-    if queued:
-        counts = Counter(str(s.status) for s in queued)
-        summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+def _print_run_report(name: str, report) -> None:
+    if report.outcome == "queued":
+        _err(f"{name}: {report.message}")
+    elif report.outcome == "submitted":
+        click.echo(f"{name}: submitted {len(report.jobs)} jobs (`psy status {name}` follows them)")
+    elif report.outcome == "failed":
+        failed = report.failed
+        _err(f"error: {name}: {len(failed)} of {report.n_jobs} jobs failed or did not run:")
+        for job in failed[:MAX_JOBS_LISTED]:
+            _err(f"  {job.name}: {job.message}")
+            _err(f"    log: {job.log}")
+        if len(failed) > MAX_JOBS_LISTED:
+            _err(f"  ... and {len(failed) - MAX_JOBS_LISTED} more (`psy status -v {name}`)")
         _err(
-            f"{t.name}: jobs of the last run are still in the queue ({summary}); not "
-            f"submitting again. `psy status -v {t.name}` lists them, "
-            f"`psy kill {t.name}` cancels them."
+            f"Fix the cause, then `psy run -c {name}` evaluates what is missing "
+            "and keeps what was computed."
         )
-        return False
-    blocked = [s.id for s in held if s.status.in_queue and not s.status.will_run]
-    if blocked:
-        # They wait for a job that failed and can never run; this run replaces them.
-        _kill(t.scheduler, blocked)
-        click.echo(f"{t.name}: cancelled {len(blocked)} blocked jobs (a job they needed failed)")
-    if not cont and not t.overwrite_dirty and _has_results(backend) and not backend.is_current():
-        _err(
-            f"warning: {t.name}: the results in {backend.paths.root} are out of date and "
-            "overwrite_dirty is False; not running. Use `psy run -c` to add to them or "
-            f"`psy clean {t.name}` to remove them."
-        )
-        return False
-    try:
-        plan = backend.plan(cont)
-    except ValueError as exc:
-        # A task the backend cannot run as asked (for example -c without parameters).
-        _err(f"error: {exc}")
-        return True
-    if plan.up_to_date:
-        for name in plan.graph.names:
-            click.echo(f"- {name}")
-        return False
-    scheduler = t.scheduler
-    runs_now = isinstance(scheduler, ImmediateRun)
-    if runs_now:
-        _preimport_store(t.store)
-    graph = plan.graph
-    n_process = len(graph) - 2
-    reporter = _Reporter(n_process, runs_now)
-    try:
-        ids = backend.submit(graph, on_start=reporter.start, on_submitted=reporter.done)
-    except Exception as exc:
-        reporter.close()
-        raise click.ClickException(
-            f"{t.name}: submitting jobs failed: {type(exc).__name__}: {exc}"
-        ) from None
-    finally:
-        reporter.close()
-    if runs_now:
-        return _report_immediate(t, backend, scheduler, ids, len(graph))
-    click.echo(f"{t.name}: submitted {len(ids)} jobs (`psy status {t.name}` follows them)")
-    return False
-
-
-def _paths(backend):
-    """Return the task's file names (also for a backend that does not keep them)."""
-    from psyrun.paths import TaskPaths
-
-    return getattr(backend, "paths", None) or TaskPaths.for_task(backend.task)
-
-
-@contextlib.contextmanager
-def _task_lock(backend, create: bool = True):
-    """Hold the task's run lock; yield False (without waiting) when another psy holds it.
-
-    Two ``psy run`` (or a ``psy run`` and a ``psy clean``) of one task at once
-    would delete each other's part files; the second one must refuse.
-    """
-    from psyrun.store.locking import FileLock
-
-    paths = _paths(backend)
-    if not os.path.isdir(paths.root) and not create:
-        yield True
-        return
-    os.makedirs(os.path.dirname(paths.run_lock), exist_ok=True)
-    lock = FileLock(paths.run_lock, timeout=0)
-    try:
-        lock.acquire()
-    except TimeoutError:
-        yield False
-        return
-    try:
-        yield True
-    finally:
-        lock.release()
-
-
-def _kill(scheduler, jobids: list[str]) -> None:
-    """Cancel jobs, in one call when the scheduler can."""
-    kill_jobs = getattr(scheduler, "kill_jobs", None)
-    if kill_jobs is not None:
-        kill_jobs(jobids)
-    else:
-        for jobid in jobids:
-            scheduler.kill(jobid)
-
-
-# Libraries a store imports on first use; jobs forked from psy inherit them.
-_STORE_LIBRARIES = {".h5": "tables", ".zarr": "zarr"}
-
-
-def _preimport_store(store) -> None:
-    module = _STORE_LIBRARIES.get(getattr(store, "ext", ""))
-    if module is not None:
-        import importlib
-
-        with contextlib.suppress(ImportError):
-            importlib.import_module(module)
-
-
-def _has_results(backend) -> bool:
-    return os.path.exists(backend.paths.result) or bool(backend.paths.list_parts())
-
-
-def _report_immediate(t, backend, scheduler, ids: dict[str, str], n_jobs: int) -> bool:
-    """After an ImmediateRun: name the failed jobs; return True when any failed."""
-    failed = backend.get_failed(queued=[])
-    if not failed:
-        return False
-    _err(f"error: {t.name}: {len(failed)} of {n_jobs} jobs failed or did not run:")
-    for job in failed[:MAX_JOBS_LISTED]:
-        message = job.message
-        result = scheduler.result(ids[job.name]) if job.name in ids else None
-        if result is not None and str(result.status) == "blocked":
-            message = "not run: a job it depends on failed"
-        _err(f"  {job.name}: {message}")
-        _err(f"    log: {job.log}")
-    if len(failed) > MAX_JOBS_LISTED:
-        _err(f"  ... and {len(failed) - MAX_JOBS_LISTED} more (`psy status -v {t.name}`)")
-    _err(
-        f"Fix the cause, then `psy run -c {t.name}` evaluates what is missing "
-        "and keeps what was computed."
-    )
-    return True
+    elif report.message:
+        _err(f"error: {name}: {report.message}")
 
 
 @psy.command()
 @taskdir_option
-@click.option("-v", "--verbose", is_flag=True, help="List missing assignments and jobs.")
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    help="List missing assignments and jobs (-v -v: every job, not only the first ones).",
+)
 @click.argument("task", nargs=-1)
 @_file_errors
-def status(taskdir: str, verbose: bool, task: tuple[str, ...]) -> None:
+def status(taskdir: str, verbose: int, task: tuple[str, ...]) -> None:
     """Print how many assignments of each task (or the named ones) are done."""
-    from psyrun.backend.base import TaskProgress
+    from psyrun.runner import task_status
 
     tasks, selected = _load(taskdir, task)
     for t in selected:
-        backend = t.make_backend()
-        # With -v the missing rows are listed too: compute them once for both.
-        space = backend.get_missing() if verbose else None
-        if space is None:
-            progress = backend.progress()
-        else:
-            total = len(t.pspace)
-            progress = TaskProgress(total - len(space), total)
+        report = task_status(t, missing=bool(verbose))
+        progress = report.progress
         click.echo(f"{t.name}: {progress.completed} out of {progress.total} rows completed")
-        for message in getattr(backend, "unreadable", []):
-            _err(f"warning: {t.name}: {message}")
-        queued = backend.get_queued()
-        failed = backend.get_failed(queued)
-        if space is not None:
-            _print_missing(space)
-        _print_jobs(t.name, queued, failed, verbose)
+        if report.running_pid is not None:
+            pid = f" (pid {report.running_pid})" if report.running_pid else ""
+            click.echo(
+                f"  a `psy run`{pid} is working on this task now: {report.rows_this_run} rows "
+                "evaluated so far in this run"
+            )
+        for note in progress.notes:
+            _err(f"warning: {t.name}: {note}")
+        if not os.path.isdir(report.workdir) and progress.total:
+            click.echo(
+                f"  nothing found in {report.workdir} (the workdir setting is relative to the "
+                "directory psy is started from)"
+            )
+        if report.missing is not None:
+            _print_missing(report.missing)
+        _print_jobs(t.name, report.queued, report.failed, verbose)
     if tasks.selection_failed:
         sys.exit(1)
 
@@ -373,27 +301,37 @@ def _print_missing(space) -> None:
         click.echo(f"    ... and {n_missing - MAX_MISSING_LISTED} more")
 
 
-def _print_jobs(name: str, queued: list, failed: list, verbose: bool) -> None:
+def _print_jobs(name: str, queued: list, failed: list, verbose: int) -> None:
+    limit = None if verbose >= 2 else MAX_JOBS_LISTED
     if queued:
         if verbose or len(queued) <= MAX_JOBS_LISTED:
             click.echo(f"  queued or running jobs ({len(queued)}):")
-            for s in queued:
+            for s in queued[:limit]:
                 click.echo(f"    {s.name} (id {s.id}, {s.status})")
+            if limit is not None and len(queued) > limit:
+                click.echo(f"    ... and {len(queued) - limit} more (`psy status -v -v {name}`)")
         else:
-            counts = Counter(str(s.status) for s in queued)
-            summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
-            click.echo(f"  jobs in the queue: {summary} (`psy status -v {name}` lists them)")
+            click.echo(
+                f"  jobs in the queue: {_summary(queued)} (`psy status -v {name}` lists them)"
+            )
     if failed:
         if verbose:
             click.echo(f"  failed jobs ({len(failed)}):")
-            for job in failed:
+            for job in failed[:limit]:
                 click.echo(f"    {job.name}: {job.message}")
                 click.echo(f"      log: {job.log}")
+            if limit is not None and len(failed) > limit:
+                click.echo(f"    ... and {len(failed) - limit} more (`psy status -v -v {name}`)")
         else:
             click.echo(
                 f"  {len(failed)} job(s) failed or did not finish "
                 f"(`psy status -v {name}` lists them with their logs)"
             )
+
+
+def _summary(statuses) -> str:
+    counts = Counter(str(s.status) for s in statuses)
+    return ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
 
 
 @psy.command()
@@ -403,21 +341,20 @@ def _print_jobs(name: str, queued: list, failed: list, verbose: bool) -> None:
 @_file_errors
 def clean(taskdir: str, all_tasks: bool, task: tuple[str, ...]) -> None:
     """Delete all files generated for the named tasks (work directory and results)."""
+    from psyrun.runner import clean_task
+
     if not task and not all_tasks:
         raise click.UsageError("name the tasks to clean (`psy list` shows them), or pass --all")
     tasks, selected = _load(taskdir, task)
     problems = tasks.selection_failed
     for t in selected:
-        backend = t.make_backend()
-        with _task_lock(backend, create=False) as locked:
-            if not locked:
-                _err(
-                    f"error: {t.name}: a `psy run` is working on this task; not cleaning "
-                    "(wait for it to finish, then clean)"
-                )
-                problems = True
-                continue
-            backend.clean()
+        if not clean_task(t):
+            _err(
+                f"error: {t.name}: a `psy run` is working on this task; not cleaning "
+                "(wait for it to finish, then clean)"
+            )
+            problems = True
+            continue
         click.echo(f"cleaned {t.name}")
     if problems:
         sys.exit(1)
@@ -429,13 +366,12 @@ def clean(taskdir: str, all_tasks: bool, task: tuple[str, ...]) -> None:
 @_file_errors
 def kill(taskdir: str, task: tuple[str, ...]) -> None:
     """Cancel the queued and running jobs of all tasks (or the named ones)."""
+    from psyrun.runner import kill_task
+
     tasks, selected = _load(taskdir, task)
     for t in selected:
-        backend = t.make_backend()
-        queued = backend.get_queued()
-        if queued:
-            _kill(t.scheduler, [s.id for s in queued])
-        click.echo(f"{t.name}: killed {len(queued)} jobs")
+        n, note = kill_task(t)
+        click.echo(f"{t.name}: killed {n} jobs" + (f" ({note})" if note else ""))
     if tasks.selection_failed:
         sys.exit(1)
 
@@ -443,17 +379,17 @@ def kill(taskdir: str, task: tuple[str, ...]) -> None:
 @psy.command(name="list")
 @taskdir_option
 def list_tasks(taskdir: str) -> None:
-    """List the names of all tasks."""
-    tasks, selected = _load(taskdir)
-    for t in selected:
-        click.echo(t.name)
-    if tasks.selection_failed:
-        sys.exit(1)
-
-
-def _part_order(name: str):
-    m = re.match(r"(\d+)", name)
-    return (0, int(m.group(1)), name) if m else (1, 0, name)
+    """List the names of all tasks (broken task files too, marked as such)."""
+    tasks, selected = _load(taskdir, report_errors=False)
+    rows = {t.name: t.name for t in selected}
+    for error in tasks.errors:
+        name = _task_name(error.path)
+        if name is not None:
+            rows[name] = f"{name} (broken: {error})"
+        else:
+            _err(f"error: cannot load {error}")
+    for name in sorted(rows):
+        click.echo(rows[name])
 
 
 @psy.command()
@@ -468,41 +404,26 @@ def merge(directory: str, merged: str, overwrite: bool) -> None:
     """Merge all result files in DIRECTORY into the single file MERGED.
 
     The extension of MERGED selects the format of the inputs and the output.
-    A task's own part files (``<workdir>/<task>/out``) are always pickle
-    files; when DIRECTORY holds no file of MERGED's format, its ``.pkl``
-    files are merged and converted. When MERGED exists already, its rows are
-    kept and the merged rows appended (as psyrun 0.8 did), unless
-    --overwrite is given; merging the same files twice appends them twice.
+    A task's own part files (WORKDIR/TASK/out) are always pickle files; when
+    DIRECTORY holds no file of MERGED's format, its .pkl files are merged and
+    converted. When MERGED exists already, its rows are kept and the merged
+    rows appended (as psyrun 0.8 did), unless --overwrite is given; merging
+    the same files twice appends them twice.
     """
-    from psyrun.backend._splitmerge import write_merged
+    from psyrun.merge import find_sources, write_merged
     from psyrun.store import PickleStore, get_store
 
     try:
         store = get_store(merged)
     except (ValueError, KeyError, ImportError) as exc:
         raise click.ClickException(str(exc).splitlines()[0] if str(exc) else repr(exc)) from None
-    target = os.path.abspath(merged)
-
-    def files_with(ext: str) -> list[str]:
-        return sorted(
-            (
-                e
-                for e in os.listdir(directory)
-                if os.path.splitext(e)[1].lower() == ext
-                and not e.startswith(".")
-                and os.path.abspath(os.path.join(directory, e)) != target
-            ),
-            key=_part_order,
-        )
-
     ext = os.path.splitext(merged)[1].lower()
-    sources, source_store = files_with(ext), store
+    sources, source_store = find_sources(directory, ext, exclude=merged), store
     if not sources and ext != PickleStore.ext:
         # psy's own part files are pickle files whatever the task's store.
-        sources, source_store = files_with(PickleStore.ext), PickleStore()
+        sources, source_store = find_sources(directory, PickleStore.ext), PickleStore()
     if not sources:
         raise click.ClickException(f"no {ext} files in {directory!r} to merge")
-    paths = [os.path.join(directory, e) for e in sources]
     base = merged if os.path.exists(merged) and not overwrite else None
     before = 0
     if base is not None:
@@ -513,19 +434,31 @@ def merge(directory: str, merged: str, overwrite: bool) -> None:
                 f"{merged} exists but cannot be read ({type(exc).__name__}: {exc}); "
                 "pass --overwrite to replace it or choose another name"
             ) from None
-    rows = write_merged(
-        store, merged, paths, keys=[], base=base, log=_err, source_store=source_store
-    )
+    try:
+        rows = write_merged(
+            store, merged, sources, keys=[], base=base, log=_err, source_store=source_store
+        )
+    except (TypeError, ValueError) as exc:
+        # A value the output's format cannot hold (an object column into HDF5, ...).
+        raise click.ClickException(
+            f"cannot merge into {merged}: {exc}".splitlines()[0]
+            + f"; {merged} was not written (choose a format that holds these values, "
+            "such as .pkl)"
+        ) from None
     if base is None:
-        click.echo(f"merged {len(paths)} files ({rows} rows) into {merged}")
+        click.echo(f"merged {len(sources)} files ({rows} rows) into {merged}")
     else:
         click.echo(
-            f"merged {len(paths)} files ({rows - before} rows) into {merged}, after the "
+            f"merged {len(sources)} files ({rows - before} rows) into {merged}, after the "
             f"{before} rows it held ({rows} rows now; --overwrite replaces instead)"
         )
 
 
-_SCHEDULERS = {"immediaterun": "ImmediateRun", "slurm": "Slurm", "sqsub": "Sqsub"}
+#: Schedulers `psy new-task --scheduler` writes templates for (by lower-case name).
+_SCHEDULERS = {
+    name.lower(): name
+    for name in ("ImmediateRun", "LocalPool", "Slurm", "GridEngine", "PBS", "LSF", "Sqsub", "Dask")
+}
 
 
 def _task_template(name: str, scheduler: str | None) -> str:
@@ -543,7 +476,7 @@ def _task_template(name: str, scheduler: str | None) -> str:
     if scheduler is None:
         lines += ["from psyrun import Param", ""]
     else:
-        lines += [f"from psyrun import Param, {scheduler}", ""]
+        lines += ["from psyrun import Param", f"from psyrun.scheduler import {scheduler}", ""]
     lines += [
         "# The parameter space: * is the Cartesian product, + concatenates.",
         "pspace = Param(x=np.linspace(0.0, 1.0, 11)) * Param(trial=np.arange(3))",
@@ -576,7 +509,9 @@ def _task_template(name: str, scheduler: str | None) -> str:
     "-s",
     "--scheduler",
     default=None,
-    help="Scheduler to pre-fill (ImmediateRun, Slurm or Sqsub) with its default arguments.",
+    help="Scheduler to pre-fill with its default arguments: "
+    + ", ".join(_SCHEDULERS.values())
+    + ".",
 )
 @click.argument("name")
 def new_task(taskdir: str, scheduler: str | None, name: str) -> None:
@@ -612,8 +547,6 @@ def test(taskdir: str, task: tuple[str, ...]) -> None:
 
     The task's scheduler is not used; the assignment runs in this process.
     """
-    from psyrun.backend._splitmerge import call_setup
-
     tasks, selected = _load(taskdir, task)
     failures = 0
     for t in selected:
@@ -622,14 +555,19 @@ def test(taskdir: str, task: tuple[str, ...]) -> None:
             continue
         row = t.pspace[0]
         try:
-            extra = call_setup(t, 0)
+            extra = t.run_setup(0)
             result = t.execute(**row, **(extra or {}))
-            if not isinstance(result, dict):
-                raise TypeError(f"execute returned {type(result).__name__}; it must return a dict")
         except Exception:
             failures += 1
             _err(f"{t.name}: FAILED for {row}")
             _err(traceback.format_exc().rstrip())
+            continue
+        if not isinstance(result, dict):
+            failures += 1
+            _err(
+                f"{t.name}: FAILED for {row}: execute returned {type(result).__name__} "
+                f"({result!r:.60}); it must return a dict of outputs"
+            )
             continue
         shown = {k: v for k, v in result.items() if k not in t.exclude_from_result}
         click.echo(f"{t.name}: ok, {row} -> {shown}")

@@ -19,16 +19,24 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from psyrun.atomic import atomic_write
+
 __all__ = [
     "Job",
     "JobArray",
+    "JobDescriptionError",
     "JobGraph",
     "is_current",
     "load_submitted",
     "newest_mtime",
+    "read_job_description",
     "save_submitted",
     "submit_graph",
+    "write_job_description",
 ]
+
+#: Format of the job description files.
+DESCRIPTION_FORMAT = 1
 
 
 @dataclass
@@ -245,12 +253,13 @@ def submit_graph(
 
 
 def save_submitted(path: str, ids: Mapping[str, str], logs: Mapping[str, str]) -> None:
-    """Record the submitted jobs (name, id, log) so that later commands can find them."""
+    """Record the submitted jobs (name, id, log) so that later commands can find them.
+
+    An empty id stands for a job not submitted yet.
+    """
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_write(path) as f:
         json.dump({"jobs": [[n, i, logs.get(n, "")] for n, i in ids.items()]}, f)
-    os.replace(tmp, path)
 
 
 def load_submitted(path: str) -> list[tuple[str, str, str]]:
@@ -261,3 +270,67 @@ def load_submitted(path: str) -> list[tuple[str, str, str]]:
     except (FileNotFoundError, NotADirectoryError, ValueError):
         return []
     return [tuple(entry) for entry in data.get("jobs", [])]
+
+
+class JobDescriptionError(RuntimeError):
+    """A job description does not match the task as it is now (or cannot be read)."""
+
+
+def backend_name(cls: type) -> str:
+    """Return the importable name of a backend class, as job descriptions record it."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def write_job_description(path: str, task, backend: type, kind: str, **fields: Any) -> None:
+    """Write the description of one kind of job of `task` (read by :mod:`psyrun.worker`).
+
+    It records the psyrun version and the backend, so that a job started
+    after the task changed backend (or psyrun was upgraded) refuses to run
+    on files written for another.
+    """
+    from psyrun import __version__
+
+    description = {
+        "version": DESCRIPTION_FORMAT,
+        "psyrun": __version__,
+        "backend": backend_name(backend),
+        "kind": kind,
+        "task": task.name,
+        "task_file": task.path,
+        "taskdir": task.taskdir,
+        "cwd": os.getcwd(),
+        **fields,
+    }
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with atomic_write(path) as f:
+        json.dump(description, f, indent=1)
+
+
+def read_job_description(path: str) -> dict[str, Any]:
+    """Read a job description; raise JobDescriptionError when it cannot be read."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            description = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise JobDescriptionError(f"cannot read job description {path!r}: {exc}") from None
+    if not isinstance(description, dict) or "kind" not in description:
+        raise JobDescriptionError(f"{path!r} is not a psyrun job description")
+    return description
+
+
+def check_job_description(description: Mapping[str, Any], task, backend: type) -> None:
+    """Raise JobDescriptionError when `description` was written for another psyrun or backend."""
+    from psyrun import __version__
+
+    problems = []
+    if description.get("psyrun", __version__) != __version__:
+        problems.append(f"psyrun {description.get('psyrun')} (this is psyrun {__version__})")
+    wanted = backend_name(backend)
+    if description.get("backend", wanted) != wanted:
+        problems.append(f"the backend {description.get('backend')} (the task now uses {wanted})")
+    if problems:
+        raise JobDescriptionError(
+            f"this job of task {task.name!r} was submitted by {' and '.join(problems)}; "
+            f"not running it. Run `psy run -c {task.name}` to submit the task again as it "
+            "is now (it keeps the rows computed so far)."
+        )

@@ -16,7 +16,7 @@ import traceback
 import types
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 __all__ = [
@@ -58,18 +58,6 @@ class TaskLoadError:
         return f"{self.path}: {self.message}"
 
 
-def _default_backend():
-    from psyrun.backend import DistributeBackend
-
-    return DistributeBackend
-
-
-def _default_scheduler():
-    from psyrun.scheduler import ImmediateRun
-
-    return ImmediateRun()
-
-
 def _default_store():
     from psyrun.store import PickleStore
 
@@ -82,6 +70,7 @@ def _default_pspace():
     return Param()
 
 
+@dataclass(init=False, repr=False)
 class Config:
     """Every setting a task file (or ``psy-conf.py``) may define, with its default.
 
@@ -98,16 +87,18 @@ class Config:
     setup : callable or None
         ``setup(proc_id)`` is called once per worker process before any
         `execute` call and returns a dict of extra keyword arguments for
-        `execute` (for example a GPU context). Default: None.
+        `execute` (for example a GPU context); its values are stored with
+        every row like parameters unless `exclude_from_result` names them.
+        Default: None.
     store : psyrun.store.Store
-        Store writing the result and intermediate files. Default:
-        ``PickleStore()``.
-    backend : type
-        Backend class that turns the task into jobs. Default:
+        Store writing the result file. Default: ``PickleStore()``.
+    backend : type or None
+        Backend class that turns the task into jobs. Default (None):
         :class:`psyrun.backend.DistributeBackend`.
-    scheduler : psyrun.scheduler.Scheduler
-        Scheduler submitting the jobs. Default: ``ImmediateRun()`` (run every
-        job at once on this machine).
+    scheduler : psyrun.scheduler.Scheduler or None
+        Scheduler submitting the jobs. Default (None): ``ImmediateRun()``
+        (run every job at once on this machine). The runner resolves the
+        defaults (:func:`psyrun.runner.scheduler_for`).
     scheduler_args : dict
         Extra arguments for the scheduler (values may be callables taking the
         job name). Default: ``{}``.
@@ -119,8 +110,8 @@ class Config:
         Worker processes per job (LoadBalancingBackend). Default: 1.
     workdir : str
         Directory for intermediate files and logs; each task uses
-        ``<workdir>/<task name>``. Default: ``psy-work`` in the current
-        directory.
+        ``<workdir>/<task name>``. Relative to the directory ``psy`` is
+        started from. Default: ``psy-work``.
     resultfile : str or None
         The result file. Default (None): ``<workdir>/<task>/result<ext>``
         with the store's extension.
@@ -132,36 +123,44 @@ class Config:
         result, ``psy run`` runs the task again. Default: ``[]``.
     overwrite_dirty : bool
         Whether ``psy run`` may overwrite results that are out of date. When
-        False it refuses with a warning (use ``psy run -c`` or remove the
-        results). Default: True.
+        False it refuses (use ``psy run -c`` or ``psy clean``). Default: True.
     python : str
         Python interpreter the jobs run with. Default: ``sys.executable``.
+    vectorized : bool
+        When True, `execute` receives a whole block of rows as keyword NumPy
+        arrays and returns a dict of arrays of the block's length. Default:
+        False.
+    block_size : int or None
+        Rows per call of a vectorized `execute` (None: a default of the
+        mapper). Default: None.
     """
 
-    #: setting name -> factory of its default value (called per task).
-    DEFAULTS: Mapping[str, Callable[[], Any]] = {
-        "pspace": _default_pspace,
-        "execute": lambda: None,
-        "setup": lambda: None,
-        "store": _default_store,
-        "backend": _default_backend,
-        "scheduler": _default_scheduler,
-        "scheduler_args": dict,
-        "max_jobs": lambda: 100,
-        "min_items": lambda: 1,
-        "pool_size": lambda: 1,
-        "workdir": lambda: os.path.abspath("psy-work"),
-        "resultfile": lambda: None,
-        "exclude_from_result": list,
-        "file_dep": list,
-        "overwrite_dirty": lambda: True,
-        "python": lambda: sys.executable,
-    }
+    pspace: Any = field(default_factory=_default_pspace)
+    execute: Callable | None = None
+    setup: Callable | None = None
+    store: Any = field(default_factory=_default_store)
+    backend: Any = None
+    scheduler: Any = None
+    scheduler_args: dict = field(default_factory=dict)
+    max_jobs: int = 100
+    min_items: int = 1
+    pool_size: int = 1
+    workdir: str = "psy-work"
+    resultfile: str | None = None
+    exclude_from_result: list = field(default_factory=list)
+    file_dep: list = field(default_factory=list)
+    overwrite_dirty: bool = True
+    python: str = field(default_factory=lambda: sys.executable)
+    vectorized: bool = False
+    block_size: int | None = None
 
     def __init__(self, **settings: Any) -> None:
-        self._explicit: set[str] = set()
-        for name, factory in self.DEFAULTS.items():
-            object.__setattr__(self, name, factory())
+        # Which settings were given (not left at their defaults) matters when
+        # psy-conf.py and a task file are combined.
+        object.__setattr__(self, "_explicit", set())
+        for f in fields(self):
+            default = f.default if f.default_factory is MISSING else f.default_factory()
+            object.__setattr__(self, f.name, default)
         for name, value in settings.items():
             setattr(self, name, value)
 
@@ -169,7 +168,7 @@ class Config:
         if name.startswith("_"):
             object.__setattr__(self, name, value)
             return
-        if name not in self.DEFAULTS:
+        if name not in SETTINGS:
             raise AttributeError(f"{name!r} is not a task setting{_suggestion(name)}")
         object.__setattr__(self, name, value)
         self._explicit.add(name)
@@ -180,16 +179,16 @@ class Config:
 
     def update(self, namespace: Mapping[str, Any]) -> None:
         """Take every setting found in `namespace` (a task file's globals)."""
-        for name in self.DEFAULTS:
+        for name in SETTINGS:
             if name in namespace:
                 setattr(self, name, namespace[name])
 
     def copy(self) -> Config:
         """Return a shallow copy (values shared, explicit-ness kept)."""
         new = Config()
-        for name in self.DEFAULTS:
+        for name in SETTINGS:
             object.__setattr__(new, name, getattr(self, name))
-        new._explicit = set(self._explicit)
+        object.__setattr__(new, "_explicit", set(self._explicit))
         return new
 
     @classmethod
@@ -210,8 +209,12 @@ class Config:
         return f"Config({items})"
 
 
+#: The names of every task setting.
+SETTINGS: tuple[str, ...] = tuple(f.name for f in fields(Config))
+
+
 def _suggestion(name: str) -> str:
-    close = difflib.get_close_matches(name, list(Config.DEFAULTS), n=1, cutoff=0.75)
+    close = difflib.get_close_matches(name, list(SETTINGS), n=1, cutoff=0.75)
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
@@ -234,7 +237,7 @@ def _typo_warnings(namespace: Mapping[str, Any], path: str) -> list[str]:
     """Messages for top-level names that look like misspelt settings."""
     messages = []
     for name, value in namespace.items():
-        if name.startswith("_") or name in Config.DEFAULTS or isinstance(value, types.ModuleType):
+        if name.startswith("_") or name in SETTINGS or isinstance(value, types.ModuleType):
             continue
         if isinstance(value, type) or (
             callable(value) and getattr(value, "__module__", None) != namespace.get("__name__")
@@ -242,7 +245,7 @@ def _typo_warnings(namespace: Mapping[str, Any], path: str) -> list[str]:
             # Classes and imported functions (``from psyrun import Scheduler``) are
             # not settings that were misspelt.
             continue
-        close = difflib.get_close_matches(name, list(Config.DEFAULTS), n=1, cutoff=0.8)
+        close = difflib.get_close_matches(name, list(SETTINGS), n=1, cutoff=0.8)
         if close:
             messages.append(
                 f"{path}: {name!r} is not a task setting and is ignored; did you mean "
@@ -256,18 +259,25 @@ class TaskDef:
 
     Settings are attributes (``task.pspace``, ``task.max_jobs``, ...);
     ``task.resultfile`` and ``task.workdir`` are absolute paths, the store
-    and scheduler are instances and ``task.backend`` is a backend class.
+    and scheduler are instances (or None: the defaults, resolved by
+    :mod:`psyrun.defaults`) and ``task.backend`` is a backend class or None.
+
+    :meth:`TaskDef.load` executes a task file and returns its task; the
+    constructor only checks and completes settings already read.
 
     Parameters
     ----------
     path : str or path
         The ``task_<name>.py`` file.
-    conf : Config, optional
-        Defaults (for example from ``psy-conf.py``) for settings the file
-        does not set.
+    config : Config
+        Its settings.
+    warnings : list of str, optional
+        Warnings found while reading the settings (kept in ``.warnings``).
     """
 
-    def __init__(self, path: str | os.PathLike, conf: Config | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike, config: Config, warnings: list[str] | None = None
+    ) -> None:
         self.path = os.path.abspath(os.fspath(path))
         base = os.path.basename(self.path)
         if not (base.startswith(TASK_PREFIX) and base.endswith(TASK_SUFFIX)):
@@ -275,11 +285,31 @@ class TaskDef:
         self.name = base[len(TASK_PREFIX) : -len(TASK_SUFFIX)]
         self.taskdir = os.path.dirname(self.path)
         self.conf_path = os.path.join(self.taskdir, CONF_FILENAME)
-        namespace = _exec_file(self.path, module_name=f"psyrun_task_{self.name}")
-        self.warnings = _typo_warnings(namespace, self.path)
-        self.config = conf.copy() if conf is not None else Config()
-        self.config.update(namespace)
+        self.warnings = list(warnings or [])
+        self.config = config
         self._normalize()
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, conf: Config | None = None) -> TaskDef:
+        """Execute a task file and return the task it defines.
+
+        Parameters
+        ----------
+        path : str or path
+            The ``task_<name>.py`` file.
+        conf : Config, optional
+            Defaults (for example from ``psy-conf.py``) for settings the file
+            does not set.
+        """
+        path = os.path.abspath(os.fspath(path))
+        base = os.path.basename(path)
+        if not (base.startswith(TASK_PREFIX) and base.endswith(TASK_SUFFIX)):
+            raise ValueError(f"task files are named task_<name>.py, got {base!r}")
+        name = base[len(TASK_PREFIX) : -len(TASK_SUFFIX)]
+        namespace = _exec_file(path, module_name=f"psyrun_task_{name}")
+        config = conf.copy() if conf is not None else Config()
+        config.update(namespace)
+        return cls(path, config, _typo_warnings(namespace, path))
 
     def _normalize(self) -> None:
         c = self.config
@@ -306,10 +336,20 @@ class TaskDef:
 
         if isinstance(c.backend, Backend):
             c.backend = type(c.backend)
-        if not (isinstance(c.backend, type) and issubclass(c.backend, Backend)):
+        if c.backend is not None and not (
+            isinstance(c.backend, type) and issubclass(c.backend, Backend)
+        ):
             raise TypeError(
                 "backend must be a backend class such as DistributeBackend or "
                 f"LoadBalancingBackend, got {c.backend!r}"
+            )
+        if not isinstance(c.vectorized, bool):
+            raise TypeError(f"vectorized must be True or False, got {c.vectorized!r}")
+        if c.block_size is not None and (
+            isinstance(c.block_size, bool) or not isinstance(c.block_size, int) or c.block_size < 1
+        ):
+            raise ValueError(
+                f"block_size must be a positive integer or None, got {c.block_size!r}"
             )
         if c.setup is not None and not callable(c.setup):
             raise TypeError(f"setup must be a function setup(proc_id) or None, got {c.setup!r}")
@@ -326,7 +366,8 @@ class TaskDef:
         if c.pool_size > 1 and not getattr(c.backend, "uses_pool", False):
             self.warnings.append(
                 f"{self.path}: pool_size = {c.pool_size} is used only by "
-                f"LoadBalancingBackend; {c.backend.__name__} runs one process per job "
+                f"LoadBalancingBackend; {getattr(c.backend, '__name__', 'DistributeBackend')} "
+                "runs one process per job "
                 "(raise max_jobs for more parallel jobs)"
             )
         if isinstance(c.file_dep, (str, os.PathLike)):
@@ -346,7 +387,7 @@ class TaskDef:
                 )
 
     def __getattr__(self, name: str) -> Any:
-        if name in Config.DEFAULTS:
+        if name in SETTINGS:
             value = getattr(self.__dict__["config"], name)
             if name == "resultfile" and value is None:
                 ext = getattr(self.config.store, "ext", "") or ".pkl"
@@ -368,9 +409,19 @@ class TaskDef:
             deps.append(self.conf_path)
         return deps
 
-    def make_backend(self):
-        """Return the backend instance for this task."""
-        return self.backend(self)
+    def run_setup(self, proc_id: int) -> dict | None:
+        """Run the task's ``setup(proc_id)``; return its dict of extra arguments (or None)."""
+        if self.config.setup is None:
+            return None
+        extra = self.config.setup(proc_id)
+        if extra is None:
+            return None
+        if not isinstance(extra, Mapping):
+            raise TypeError(
+                f"setup({proc_id}) returned {type(extra).__name__}; it must return a dict of "
+                "keyword arguments for execute"
+            )
+        return dict(extra)
 
     def __repr__(self) -> str:
         return f"TaskDef({self.name!r}, {self.path!r})"
@@ -514,7 +565,7 @@ def load_tasks(
         if names is not None and name not in names:
             continue
         try:
-            task = TaskDef(path, conf)
+            task = TaskDef.load(path, conf)
         except Exception as exc:
             tasks.errors.append(_load_error(path, exc))
             continue

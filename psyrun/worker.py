@@ -2,17 +2,23 @@
 
 ``python -m psyrun.worker <job description file> [array index]``
 
-The job description (written by the backend when ``psy run`` submits) names
-the task file, the backend and the kind of job; the worker loads the task,
-asks its backend to run the job and records how it ended in
+The job description (written by the backend when ``psy run`` submits, see
+:func:`psyrun.jobs.write_job_description`) names the task file, the backend
+and the kind of job. The worker loads the task, checks that the description
+was written by this psyrun for the backend the task names now, asks the
+backend to run the job, and records how it ended in
 ``<workdir>/<task>/status/<job name>.done`` or ``.failed``. Tracebacks go to
 standard output/error, which the scheduler sends to the job's log file.
+
+Jobs run in the directory of the task file, as in psyrun 0.8 (so ``execute``
+can open files kept next to it); relative ``workdir`` and ``resultfile``
+settings keep meaning what they meant where ``psy`` was started.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import signal
 import sys
 import traceback
 
@@ -21,12 +27,10 @@ __all__ = ["main"]
 USAGE = "usage: python -m psyrun.worker <job description file> [array index]"
 
 
-def _write_marker(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+def _stop_on_sigterm(signum, frame):
+    # A batch system's preemption or `psy` stopping its children: unwind so that
+    # the job's finally blocks write the rows evaluated so far.
+    raise SystemExit(128 + signum)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,55 +53,86 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) not in (1, 2):
         print(USAGE, file=sys.stderr)
         return 2
-    job_file = argv[0]
     try:
         index = int(argv[1]) if len(argv) == 2 else None
     except ValueError:
         print(f"{USAGE}\nthe array index must be an integer, got {argv[1]!r}", file=sys.stderr)
         return 2
+
+    from psyrun.jobs import JobDescriptionError, read_job_description
+
     try:
-        with open(job_file, encoding="utf-8") as f:
-            description = json.load(f)
-    except (OSError, ValueError) as exc:
-        print(f"psyrun.worker: cannot read job description {job_file!r}: {exc}", file=sys.stderr)
+        description = read_job_description(argv[0])
+    except JobDescriptionError as exc:
+        print(f"psyrun.worker: {exc}", file=sys.stderr)
         return 1
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)
+
+    started_in = os.getcwd()
+    try:
+        return _run(description, index)
+    finally:
+        # main() may run inside another process (a forked child, a test): leave it where it was.
+        os.chdir(started_in)
+
+
+def _run(description: dict, index: int | None) -> int:
+    from psyrun.atomic import atomic_write
+    from psyrun.defaults import backend_class
+    from psyrun.failures import RowsFailed
+    from psyrun.jobs import JobDescriptionError, check_job_description
+    from psyrun.tasks import get_task
 
     cwd = description.get("cwd")
     if cwd and os.path.isdir(cwd) and os.path.abspath(cwd) != os.getcwd():
         # Relative settings (workdir, resultfile) mean what they meant in psy.
         os.chdir(cwd)
 
-    from psyrun.backend._splitmerge import RowsFailed
-    from psyrun.paths import TaskPaths
-    from psyrun.tasks import get_task
-
     kind = description["kind"]
     markers = None
+
+    def mark(which: int, text: str) -> None:
+        if markers is not None:
+            os.makedirs(os.path.dirname(markers[which]), exist_ok=True)
+            with atomic_write(markers[which]) as f:
+                f.write(text)
+
     try:
         task = get_task(description["task_file"])
-        backend = task.make_backend()
-        paths = getattr(backend, "paths", None) or TaskPaths.for_task(task)
-        name = paths.job_name(kind, index)
-        markers = (paths.status_file(name, "done"), paths.status_file(name, "failed"))
+        cls = backend_class(task)
+        backend = cls(task)
+        name = backend.paths.job_name(kind, index)
+        markers = (
+            backend.paths.status_file(name, "done"),
+            backend.paths.status_file(name, "failed"),
+        )
         for m in markers:
             if os.path.exists(m):
                 os.remove(m)
+        check_job_description(description, task, cls)
         print(f"psyrun: job {name} started (pid {os.getpid()})", flush=True)
+        # Paths are absolute by now; execute and setup see the task's directory.
+        os.chdir(task.taskdir)
         code = backend.run_job(kind, index, description)
     except RowsFailed as exc:
         print(f"psyrun: {exc}", file=sys.stderr, flush=True)
-        if markers is not None:
-            _write_marker(markers[1], str(exc))
+        mark(1, str(exc))
         return 0
+    except JobDescriptionError as exc:
+        print(f"psyrun: {exc}", file=sys.stderr, flush=True)
+        mark(1, str(exc))
+        return 1
     except Exception as exc:
         traceback.print_exc()
         sys.stderr.flush()
-        if markers is not None:
-            _write_marker(markers[1], f"{type(exc).__name__}: {exc}")
+        mark(1, f"{type(exc).__name__}: {exc}")
         return 1
+    except SystemExit as exc:
+        mark(1, f"stopped by a signal (exit status {exc.code})")
+        raise
     code = 0 if code is None else int(code)
-    if markers is not None:
-        _write_marker(markers[0 if code == 0 else 1], "" if code == 0 else f"exit status {code}")
+    mark(0 if code == 0 else 1, "" if code == 0 else f"exit status {code}")
     print(f"psyrun: job finished with status {code}", flush=True)
     return code
 

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 from psyrun.backend import DistributeBackend, LoadBalancingBackend
-from psyrun.backend._splitmerge import Snapshot, write_merged, write_snapshot
+from psyrun.defaults import make_backend, scheduler_for
+from psyrun.merge import write_merged
+from psyrun.snapshot import Snapshot, write_snapshot
 from psyrun.jobs import Job, JobArray, JobGraph, is_current, submit_graph
 from psyrun.pspace import Param
 from psyrun.scheduler import ImmediateRun, Scheduler
@@ -45,10 +47,10 @@ def run(task, cont=False, scheduler=None):
     """Plan and submit a task's jobs with ImmediateRun; return (backend, scheduler, ids)."""
     if scheduler is not None:
         task.config.scheduler = scheduler
-    backend = task.make_backend()
+    backend = make_backend(task)
     plan = backend.plan(cont)
-    ids = {} if plan.up_to_date else backend.submit(plan.graph)
-    return backend, task.scheduler, ids
+    ids = {} if plan.up_to_date else backend.submit(plan.graph, scheduler_for(task))
+    return backend, scheduler_for(task), ids
 
 
 def result_rows(task):
@@ -97,7 +99,7 @@ def test_rows_shared_evenly(tmp_path, rows, max_jobs, min_items, expected):
             return {{'y': x}}
         """,
     )
-    backend = task.make_backend()
+    backend = make_backend(task)
     plan = backend.plan()
     assert backend.n_process_jobs(rows) == len(expected)
     # Run split and process jobs only and look at the parts before merging.
@@ -369,7 +371,7 @@ def test_huge_lazy_space_submits_without_expanding(tmp_path):
         """,
     )
     sched = ArrayRecorder()
-    backend = task.make_backend()
+    backend = make_backend(task)
     plan = backend.plan()
     ids = submit_graph(plan.graph, sched)
     assert len(ids) == 1002
@@ -417,7 +419,7 @@ def _kill_while_appending(task, block, rng):
     import sys
     import time
 
-    backend = task.make_backend()
+    backend = make_backend(task)
     plan = backend.plan()
     backend.run_split(cont=False)
     n_jobs = backend.n_process_jobs(len(task.pspace))
@@ -457,7 +459,7 @@ def test_kill_9_while_appending_loses_only_rows_in_flight(
 ):
     import time
 
-    from psyrun.backend._splitmerge import part_store
+    from psyrun.backend.splitmerge import part_store
 
     # Trials until the time budget is spent (at least 2): about 7 s per case.
     n, block, min_trials, max_trials, budget = 40_000, 100, 2, 5, 7.0
@@ -480,7 +482,7 @@ def test_kill_9_while_appending_loses_only_rows_in_flight(
             backend=backend,
         )
         hits += _kill_while_appending(task, block, rng)
-        backend_obj = task.make_backend()
+        backend_obj = make_backend(task)
         parts = [path for _, path, _ in backend_obj.paths.list_parts()]
         assert all(path.endswith(".pkl") for path in parts)
         # Every part reads, holds each row at most once, and with the right value.
@@ -521,7 +523,7 @@ def test_parts_are_pickle_files_and_result_uses_the_task_store(tmp_path, backend
         store="npz",
         backend=backend,
     )
-    backend_obj = task.make_backend()
+    backend_obj = make_backend(task)
     plan = backend_obj.plan()
     plan.graph.jobs = plan.graph.jobs[:2]  # split and process: keep the parts
     submit_graph(plan.graph, ImmediateRun())

@@ -149,7 +149,9 @@ def test_list_and_broken_task(project):
     write_task(project, "square", SQUARE)
     write_task(project, "broken", "raise RuntimeError('oops')\n")
     result = psy("list")
+    assert result.exit_code == 0, result.output  # listing works; the broken one is marked
     assert "square" in result.output.split()
+    assert "broken (broken: " in result.output
     assert "task_broken.py" in result.output
     assert "oops" in result.output
     assert psy("run", "square").exit_code == 0

@@ -230,8 +230,9 @@ def test_load_balancing_setup_runs_per_worker_and_is_excluded(tmp_path):
     assert calls(side) == dict.fromkeys(range(20), 1)
     data = load_result(result_path(tmp_path, "lb"), "pickle")
     assert "handle" not in data
-    assert sorted(data) == ["x", "y"]
-    expected = {"x": range(20), "y": [x * x + 1000 for x in range(20)]}
+    # What setup returned is stored like a parameter (as in psyrun 0.8), unless excluded.
+    assert sorted(data) == ["offset", "x", "y"]
+    expected = {"offset": [1000] * 20, "x": range(20), "y": [x * x + 1000 for x in range(20)]}
     assert sorted_rows(data) == sorted_rows(expected)
 
 

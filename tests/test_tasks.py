@@ -5,14 +5,17 @@ from __future__ import annotations
 import os
 import sys
 import textwrap
+import types
 
 import pytest
 
+from psyrun import defaults
 from psyrun.backend import DistributeBackend, LoadBalancingBackend
 from psyrun.pspace import Param
 from psyrun.scheduler import ImmediateRun
 from psyrun.store import H5Store, PickleStore
 from psyrun.tasks import (
+    SETTINGS,
     Config,
     TaskConfigWarning,
     TaskDef,
@@ -44,13 +47,18 @@ def test_config_defaults_are_those_of_psyrun_08(tmp_path, monkeypatch):
     assert c.execute is None
     assert c.setup is None
     assert isinstance(c.store, PickleStore)
-    assert c.backend is DistributeBackend
-    assert isinstance(c.scheduler, ImmediateRun)
+    # The defaults that name other parts of psyrun are resolved by psyrun.defaults.
+    assert c.backend is None
+    assert c.scheduler is None
+    task = types.SimpleNamespace(config=c)
+    assert defaults.backend_class(task) is DistributeBackend
+    assert isinstance(defaults.scheduler_for(task), ImmediateRun)
+    assert defaults.scheduler_for(task) is defaults.scheduler_for(task)
     assert c.scheduler_args == {}
     assert c.max_jobs == 100
     assert c.min_items == 1
     assert c.pool_size == 1
-    assert c.workdir == os.path.join(str(tmp_path), "psy-work")
+    assert c.workdir == "psy-work"  # relative to where psy starts; tasks make it absolute
     assert c.resultfile is None
     assert c.exclude_from_result == []
     assert c.file_dep == []
@@ -59,7 +67,7 @@ def test_config_defaults_are_those_of_psyrun_08(tmp_path, monkeypatch):
 
 
 def test_every_setting_is_documented_in_config():
-    for name in Config.DEFAULTS:
+    for name in SETTINGS:
         assert f"{name} :" in Config.__doc__, name
 
 
@@ -164,7 +172,7 @@ def test_missing_task_directory(tmp_path):
 def test_task_file_name_must_follow_scheme(tmp_path):
     path = write(tmp_path / "other.py", MINIMAL)
     with pytest.raises(ValueError, match=r"task_<name>\.py"):
-        TaskDef(path)
+        TaskDef.load(path)
 
 
 def test_get_task_reuses_until_file_changes(tmp_path):

@@ -2,15 +2,29 @@
 
 A backend turns a task into a :class:`psyrun.jobs.JobGraph` that a scheduler
 runs, executes its own jobs when :mod:`psyrun.worker` calls back into it, and
-answers what is done, missing, queued and failed.
+answers what is done, missing, queued and failed. This class is exactly what
+:mod:`psyrun.runner` (``psy run``), ``psy status``, ``psy kill``, ``psy clean``
+and the worker use: a backend that implements it works with every ``psy``
+command.
+
+Implement :meth:`Backend.plan`, :meth:`Backend.run_job` and
+:meth:`Backend.get_missing`. Everything else has a working default built on
+:attr:`Backend.paths` (the task's files, :class:`psyrun.paths.TaskPaths`):
+the worker writes ``status/<job>.done`` or ``.failed`` markers there, and
+:meth:`Backend.submit` records the job ids there.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
-from dataclasses import dataclass
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
+
+from psyrun.atomic import remove_path
+from psyrun.jobs import JobGraph, is_current, load_submitted, save_submitted, submit_graph
+from psyrun.paths import TaskPaths
 
 __all__ = ["Backend", "FailedJob", "Plan", "TaskProgress"]
 
@@ -22,16 +36,19 @@ class Plan:
     Attributes
     ----------
     graph : psyrun.jobs.JobGraph
-        The jobs (empty when there is nothing to do).
+        The jobs (their names are listed as ``- <job>`` when up to date).
     up_to_date : bool
         True when the results are current and nothing needs to run.
     reason : str
         Why the task runs (or does not), for messages.
+    n_rows : int
+        Rows the run evaluates (for the progress bar).
     """
 
-    graph: Any
+    graph: JobGraph
     up_to_date: bool = False
     reason: str = ""
+    n_rows: int = 0
 
 
 @dataclass
@@ -45,24 +62,37 @@ class FailedJob:
 
 @dataclass
 class TaskProgress:
-    """Rows of a task: ``completed`` out of ``total``."""
+    """Rows of a task: ``completed`` out of ``total``.
+
+    Attributes
+    ----------
+    notes : list of str
+        Things the user should know to read the figures right (a result file
+        that is gone, keys the results lack, files that cannot be read).
+    """
 
     completed: int
     total: int
+    notes: list[str] = field(default_factory=list)
 
 
 class Backend(abc.ABC):
     """Base class of the backends a task's ``backend`` setting names.
 
-    Implement :meth:`plan`, :meth:`run_job`, :meth:`get_missing`,
-    :meth:`get_queued` and :meth:`get_failed`. A task file selects a backend
-    by class (``backend = LoadBalancingBackend``); psyrun creates one instance
-    per task with ``backend(task)``.
+    A task file selects a backend by class (``backend = LoadBalancingBackend``);
+    psyrun creates one instance per task with ``backend(task)``.
 
     Parameters
     ----------
     task : psyrun.tasks.TaskDef
         The loaded task.
+
+    Attributes
+    ----------
+    task : psyrun.tasks.TaskDef
+        The task.
+    paths : psyrun.paths.TaskPaths
+        Every file of the task (work directory, logs, markers, result).
     """
 
     #: Whether the backend runs ``pool_size`` worker processes per job (else
@@ -71,42 +101,217 @@ class Backend(abc.ABC):
 
     def __init__(self, task) -> None:
         self.task = task
+        self.paths = TaskPaths.for_task(task)
+
+    # -- what every backend implements ---------------------------------------
 
     @abc.abstractmethod
     def plan(self, cont: bool = False) -> Plan:
         """Decide what to run: the job graph, or that the results are up to date.
 
         With `cont` (``psy run -c``) the results already computed are kept
-        and only missing assignments are evaluated.
+        and only missing assignments are evaluated. Raise ValueError (its
+        message is shown as is) when the task cannot run as asked. A plan
+        that is not up to date may write job descriptions
+        (:meth:`job_command`).
         """
 
     @abc.abstractmethod
     def run_job(self, kind: str, index: int | None, description: Mapping[str, Any]) -> int:
-        """Run one of this backend's jobs inside the job process; return its exit status."""
+        """Run one of this backend's jobs inside the job process; return its exit status.
+
+        Raise :class:`psyrun.failures.RowsFailed` when some rows raised but
+        the others were kept (the job is marked failed, its exit status is 0).
+        """
 
     @abc.abstractmethod
     def get_missing(self):
         """Return the parameter space of assignments without a result yet."""
 
-    @abc.abstractmethod
-    def get_queued(self) -> list:
-        """:class:`psyrun.scheduler.JobStatus` of this task's jobs the scheduler still holds."""
+    # -- defaults built on the task's files ----------------------------------
 
-    @abc.abstractmethod
-    def get_failed(self) -> list[FailedJob]:
-        """Return the jobs of the last run that failed or did not finish."""
+    def job_command(self, kind: str, *, array: bool = False, **fields: Any) -> list[str]:
+        """Write the description of a kind of job and return the command that runs it.
 
-    def progress(self) -> TaskProgress:
+        The command is ``[python, -m, psyrun.worker, <description>]`` (plus
+        ``%a``, the array index, when `array`); `fields` are stored in the
+        description for :meth:`run_job`.
+        """
+        from psyrun.jobs import write_job_description
+
+        path = self.paths.job_file(kind)
+        write_job_description(path, self.task, type(self), kind, **fields)
+        args = [self.task.python, "-m", "psyrun.worker", path]
+        return [*args, "%a"] if array else args
+
+    def has_results(self) -> bool:
+        """Whether any result (the result file or part files) exists."""
+        return os.path.exists(self.paths.result) or bool(self.paths.list_parts())
+
+    def is_current(self) -> bool:
+        """Results exist, are newer than the task's files, and the last run finished."""
+        if not is_current([self.paths.result], self.task.dependencies):
+            return False
+        return not self.paths.list_parts() and not self.failed_markers()
+
+    def changed_dependencies(self) -> list[str]:
+        """Return the task files (task file, file_dep, psy-conf.py) newer than the result."""
+        try:
+            stamp = os.stat(self.paths.result).st_mtime_ns
+        except FileNotFoundError:
+            return []
+        changed = []
+        for dep in self.task.dependencies:
+            try:
+                if os.stat(dep).st_mtime_ns > stamp:
+                    changed.append(dep)
+            except FileNotFoundError:
+                changed.append(dep)
+        return changed
+
+    def progress(self, missing=None) -> TaskProgress:
         """Rows completed out of the rows of the task's parameter space.
 
-        Note for implementers: the default computes the missing space.
+        `missing` is what :meth:`get_missing` returned, when the caller has it
+        already. Note for implementers: the default computes the missing space.
         """
         total = len(self.task.pspace)
-        return TaskProgress(total - len(self.get_missing()), total)
+        if missing is None:
+            missing = self.get_missing()
+        return TaskProgress(total - len(missing), total)
 
-    def job_names(self) -> list[str]:
-        """Names of the jobs a full run consists of (for ``- <job>`` lines)."""
-        return self.plan(cont=False).graph.names
+    def rows_evaluated(self) -> int:
+        """Rows the jobs of the current run have evaluated so far (for progress bars).
 
-    def clean(self) -> None:  # noqa: B027 - optional hook
-        """Remove every file generated for the task."""
+        The default reads the counters process jobs write with
+        :meth:`report_rows`; 0 when they write none.
+        """
+        d = self.paths.status_dir
+        if not os.path.isdir(d):
+            return 0
+        total = 0
+        for entry in os.listdir(d):
+            if entry.endswith(".rows"):
+                try:
+                    with open(os.path.join(d, entry), encoding="ascii") as f:
+                        total += int(f.read().strip() or 0)
+                except (OSError, ValueError):
+                    continue
+        return total
+
+    def report_rows(self, job_name: str, rows: int) -> None:
+        """Record in a job that it has evaluated `rows` rows (read by :meth:`rows_evaluated`)."""
+        from psyrun.atomic import atomic_write
+
+        with atomic_write(self.paths.status_file(job_name, "rows")) as f:
+            f.write(str(rows))
+
+    def submit(
+        self,
+        graph: JobGraph,
+        scheduler,
+        on_start: Callable[[str], None] | None = None,
+        on_submitted: Callable[[str, str], None] | None = None,
+    ) -> dict[str, str]:
+        """Submit `graph` to `scheduler` and record the job ids.
+
+        The ids (also of a partial submission that failed half-way) are saved
+        in the work directory so that ``psy status`` and ``psy kill`` find the
+        jobs later.
+        """
+        ids: dict[str, str] = {}
+        # Listed as pending first: `psy status` from another shell sees this run's jobs.
+        save_submitted(self.paths.submitted, dict.fromkeys(graph.names, ""), graph.logs())
+
+        def submitted(name: str, jobid: str) -> None:
+            ids[name] = jobid
+            if on_submitted is not None:
+                on_submitted(name, jobid)
+
+        try:
+            submit_graph(
+                graph,
+                scheduler,
+                self.task.scheduler_args,
+                on_start=on_start,
+                on_submitted=submitted,
+            )
+        finally:
+            save_submitted(self.paths.submitted, ids, graph.logs())
+        return ids
+
+    def submitted(self) -> list[tuple[str, str, str]]:
+        """``(name, id, log)`` of the jobs of the last submission."""
+        return load_submitted(self.paths.submitted)
+
+    def get_queued(self, scheduler) -> list:
+        """:class:`psyrun.scheduler.JobStatus` of the last submission's jobs `scheduler` holds."""
+        jobs = self.submitted()
+        if not jobs:
+            return []
+        names = {jobid: name for name, jobid, _ in jobs if jobid}
+        if not names:
+            return []
+        out = []
+        for jobid, status in scheduler.get_statuses(list(names)).items():
+            if status is None:
+                continue
+            if status.name != names.get(jobid):
+                status = status._replace(name=names.get(jobid, status.name))
+            out.append(status)
+        return out
+
+    def failed_markers(self) -> list[str]:
+        """Names of the ``status/*.failed`` markers of the last run."""
+        d = self.paths.status_dir
+        if not os.path.isdir(d):
+            return []
+        return sorted(e[: -len(".failed")] for e in os.listdir(d) if e.endswith(".failed"))
+
+    def clear_markers(self) -> None:
+        """Remove the job markers of the last run (a new run starts)."""
+        d = self.paths.status_dir
+        if os.path.isdir(d):
+            for entry in os.listdir(d):
+                remove_path(os.path.join(d, entry))
+
+    def get_failed(self, queued: list, pending: bool = False) -> list[FailedJob]:
+        """Jobs of the last submission that failed, or ended without finishing.
+
+        Parameters
+        ----------
+        queued : list of JobStatus
+            Jobs the scheduler still holds (from :meth:`get_queued`); they
+            have not failed.
+        pending : bool
+            A run is in progress (it holds the task lock): a job without a
+            marker has not started yet rather than failed.
+        """
+        held = {s.id for s in queued}
+        d = self.paths.status_dir
+        markers = set(os.listdir(d)) if os.path.isdir(d) else set()
+        failed = []
+        for name, jobid, log in self.submitted():
+            if jobid in held:
+                continue
+            marker = self.paths.status_file(name, "failed")
+            if os.path.basename(marker) in markers:
+                with open(marker, encoding="utf-8") as f:
+                    message = f.read().strip() or "failed"
+                failed.append(FailedJob(name, log, message))
+            elif not pending and (
+                os.path.basename(self.paths.status_file(name, "done")) not in markers
+            ):
+                failed.append(
+                    FailedJob(name, log, "did not finish (killed, crashed, or never started)")
+                )
+        return failed
+
+    def notes(self) -> list[str]:
+        """Messages for ``psy status`` about files that could not be read (default: none)."""
+        return []
+
+    def clean(self) -> None:
+        """Remove every file generated for the task (work directory and result)."""
+        remove_path(self.paths.root)
+        remove_path(self.paths.result)

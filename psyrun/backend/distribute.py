@@ -2,12 +2,12 @@
 
 ``split -> process 0..n-1 -> merge`` with ``n = min(max_jobs, ceil(rows /
 min_items))``. Process job ``i`` evaluates rows ``[len*i//n, len*(i+1)//n)``
-of the split's snapshot in blocks, appending each block to
-``out/<i>.partial.pkl``, and renames the file to ``out/<i>.pkl`` when the
-range is done. A job started again (requeued) after a crash resumes after
-the rows its partial file already holds. Parts are PickleStore files whatever
-the task's store (a kill loses only the rows being appended); the merge
-writes the result with the task's store.
+of the split's snapshot in blocks, appending to ``out/<i>.partial.pkl`` at
+least every :data:`FLUSH_SECONDS`, and renames the file to ``out/<i>.pkl``
+when the range is done. A job started again (requeued) after a crash resumes
+after the rows its partial file already holds. Parts are PickleStore files
+whatever the task's store (a kill loses only the rows not yet appended); the
+merge writes the result with the task's store.
 """
 
 from __future__ import annotations
@@ -15,26 +15,22 @@ from __future__ import annotations
 import os
 import time
 
-from psyrun.backend._splitmerge import (
-    MAX_BLOCK,
-    MIN_BLOCK,
-    RowFailures,
-    RowsFailed,
-    Snapshot,
-    SplitMergeBackend,
-    call_setup,
-    evaluate_block,
-    load_params,
-    missing_rows,
-)
-from psyrun.paths import remove_path
+from psyrun.atomic import remove_path
+from psyrun.backend.splitmerge import SplitMergeBackend
+from psyrun.failures import RowFailures, RowsFailed
+from psyrun.merge import load_params, missing_rows
+from psyrun.snapshot import Snapshot
 
 __all__ = ["DistributeBackend"]
 
-#: Seconds of evaluated results gathered in memory before one append.
-FLUSH_SECONDS = 1.0
+#: Seconds of evaluated results gathered in memory at most before one append:
+#: a kill or a cluster time limit loses at most about this much work.
+FLUSH_SECONDS = 2.0
 #: Rows gathered in memory at most before one append.
 MAX_PENDING = 65536
+#: Bounds on the rows evaluated at once; the size adapts to the time a row takes.
+MIN_BLOCK = 1
+MAX_BLOCK = 16384
 
 
 class DistributeBackend(SplitMergeBackend):
@@ -50,7 +46,23 @@ class DistributeBackend(SplitMergeBackend):
         The task to run.
     """
 
-    kind = "distribute"
+    def _resume_rows(self, snapshot: Snapshot, start: int, stop: int, partial: str):
+        """Rows of ``start:stop`` the partial file of a requeued job lacks (None: all)."""
+        if not os.path.exists(partial):
+            return None
+        try:
+            done = load_params(self.part_store, [partial], snapshot.keys)
+        except Exception as exc:
+            self._log(f"discarding unreadable {partial}: {type(exc).__name__}: {exc}")
+            remove_path(partial)
+            return None
+        if not done:
+            return None
+        from psyrun.pspace import Param
+
+        todo = start + missing_rows(Param(**snapshot.arrays(start, stop)), done)
+        self._log(f"resuming: {stop - start - len(todo)} rows already in {partial}")
+        return todo
 
     def run_process(self, index: int, n_jobs: int) -> int:
         """Evaluate row range `index` of `n_jobs` of the snapshot."""
@@ -62,45 +74,48 @@ class DistributeBackend(SplitMergeBackend):
         if os.path.exists(final):
             self._log(f"rows {start}:{stop} are already done ({final})")
             return 0
-        todo = None  # None: the whole range
-        if os.path.exists(partial):
-            # Requeued after a crash: evaluate only rows the partial file lacks.
-            try:
-                done = load_params(self.part_store, [partial], snapshot.keys)
-            except Exception as exc:
-                self._log(f"discarding unreadable {partial}: {type(exc).__name__}: {exc}")
-                remove_path(partial)
-                done = {}
-            if done:
-                from psyrun.pspace import Param
-
-                todo = start + missing_rows(Param(**snapshot.arrays(start, stop)), done)
-                self._log(f"resuming: {stop - start - len(todo)} rows already in {partial}")
-        extra = call_setup(self.task, index)
+        todo = self._resume_rows(snapshot, start, stop, partial)
+        extra = self.task.run_setup(index)
         failures = RowFailures()
-        block = min(MAX_BLOCK, max(MIN_BLOCK, (stop - start) // 8))
-        keys = snapshot.keys
+        job_name = p.job_name("process", index)
         n_todo = stop - start if todo is None else len(todo)
-        # Results are appended about every FLUSH_SECONDS (or MAX_PENDING rows): an
-        # append can cost a file sync, and a crash loses at most that much work.
         pending: list[dict] = []
-        pending_rows = 0
+        pending_rows = evaluated = 0
+        checked = False
         last_flush = time.monotonic()
-        for lo in range(0, n_todo, block):
-            hi = min(lo + block, n_todo)
-            if todo is None:
-                arrays = snapshot.arrays(start + lo, start + hi)
-            else:
-                arrays = snapshot.take(todo[lo:hi])
-            result = evaluate_block(self.task, arrays, keys, extra, failures)
-            if result:
-                pending.append(result)
-                pending_rows += hi - lo
-            now = time.monotonic()
-            if pending and (now - last_flush >= FLUSH_SECONDS or pending_rows >= MAX_PENDING):
-                self._append(partial, pending)
-                pending, pending_rows, last_flush = [], 0, now
-        self._append(partial, pending)
+        # Blocks start small and grow while rows are cheap, so that results
+        # reach the part file about every FLUSH_SECONDS even for slow rows.
+        block = MIN_BLOCK
+        lo = 0
+        try:
+            while lo < n_todo:
+                hi = min(lo + block, n_todo)
+                t0 = time.monotonic()
+                if todo is None:
+                    arrays = snapshot.arrays(start + lo, start + hi)
+                else:
+                    arrays = snapshot.take(todo[lo:hi])
+                result = self.evaluate(arrays, extra, failures)
+                now = time.monotonic()
+                per_row = (now - t0) / (hi - lo)
+                evaluated += hi - lo
+                lo = hi
+                if result:
+                    if not checked:
+                        self.check_block(result)
+                        checked = True
+                    pending.append(result)
+                    pending_rows += len(next(iter(result.values())))
+                if pending and (now - last_flush >= FLUSH_SECONDS or pending_rows >= MAX_PENDING):
+                    self._append(partial, pending)
+                    self.report_rows(job_name, evaluated)
+                    pending, pending_rows, last_flush = [], 0, now
+                target = FLUSH_SECONDS / 4 / per_row if per_row > 0 else MAX_BLOCK
+                block = int(max(MIN_BLOCK, min(MAX_BLOCK, 2 * block, target)))
+        finally:
+            # Also on SIGTERM (SystemExit) or Ctrl-C: keep what was evaluated.
+            self._append(partial, pending)
+            self.report_rows(job_name, evaluated)
         if os.path.exists(partial):
             os.replace(partial, final)
         self._log(f"evaluated rows {start}:{stop} ({stop - start - failures.count} results)")

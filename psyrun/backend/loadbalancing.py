@@ -13,19 +13,16 @@ chunk; the merge writes the result with the task's store.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 import traceback
 
-from psyrun.backend._splitmerge import (
-    RowFailures,
-    RowsFailed,
-    Snapshot,
-    SplitMergeBackend,
-    call_setup,
-    evaluate_block,
-)
-from psyrun.paths import tmp_name
+from psyrun.atomic import atomic_write
+from psyrun.backend.splitmerge import SplitMergeBackend
+from psyrun.failures import RowFailures, RowsFailed
+from psyrun.snapshot import Snapshot
 from psyrun.store.locking import FileLock
 
 __all__ = ["LoadBalancingBackend"]
@@ -46,10 +43,8 @@ def read_counter(path: str) -> int:
 
 def write_counter(path: str, value: int) -> None:
     """Set the counter (atomically: temporary file, then rename)."""
-    tmp = tmp_name(path)
-    with open(tmp, "w", encoding="ascii") as f:
+    with atomic_write(path) as f:
         f.write(str(value))
-    os.replace(tmp, path)
 
 
 def claim(path: str, n_rows: int, n_workers: int) -> tuple[int, int]:
@@ -84,7 +79,6 @@ class LoadBalancingBackend(SplitMergeBackend):
         The task to run.
     """
 
-    kind = "loadbalancing"
     uses_pool = True
 
     def after_split(self) -> None:
@@ -119,6 +113,15 @@ class LoadBalancingBackend(SplitMergeBackend):
             self._worker(index * pool_size, n_workers)
         except RowsFailed as exc:
             failure = exc
+        except BaseException:
+            # Stopped (SIGTERM, Ctrl-C) or crashed: stop the pool too, leave no orphans.
+            for pid in children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+            for pid in children:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
+            raise
         codes = []
         for pid in children:
             _, status = os.waitpid(pid, 0)
@@ -138,22 +141,26 @@ class LoadBalancingBackend(SplitMergeBackend):
         p = self.paths
         snapshot = Snapshot.read(p.pspace)
         n = len(snapshot)
-        extra = call_setup(self.task, proc_id)
+        extra = self.task.run_setup(proc_id)
         failures = RowFailures()
         out = p.shared_out()
         out_lock = FileLock(out)
         evaluated = 0
+        checked = False
+        job_name = p.job_name("process", proc_id // self.task.pool_size)
         while True:
             start, stop = claim(p.counter, n, n_workers)
             if start >= stop:
                 break
-            result = evaluate_block(
-                self.task, snapshot.arrays(start, stop), snapshot.keys, extra, failures
-            )
+            result = self.evaluate(snapshot.arrays(start, stop), extra, failures)
             if result:
+                if not checked:
+                    self.check_block(result)
+                    checked = True
                 with out_lock:
                     self.part_store.append(out, result)
             evaluated += stop - start
+            self.report_rows(f"{job_name}.{proc_id}", evaluated)
         self._log(f"worker {proc_id} evaluated {evaluated} rows")
         if failures.count:
             raise RowsFailed(failures)

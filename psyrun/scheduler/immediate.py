@@ -44,6 +44,16 @@ class ImmediateRun(Scheduler):
         Allow the forked fast path for psyrun worker commands.
     """
 
+    attached = True
+    local = True
+    monitor = None
+
+    def wait(self, jobids) -> None:
+        """Return at once: every job ran during its submission."""
+
+    def shutdown(self, cancel: bool = False) -> None:
+        """Nothing to release."""
+
     def __init__(self, fork: bool = True) -> None:
         self.fork = fork
         self._next_id = 0

@@ -1,0 +1,356 @@
+"""What both built-in backends share: split, merge, continue, status.
+
+Both run ``split -> process jobs -> merge``:
+
+* **split** stores a :mod:`psyrun.snapshot` of the rows to evaluate (the
+  lazy space, plus the row numbers still missing when continuing) and clears
+  old parts. With ``psy run -c`` it first folds every part left by an earlier
+  run (finished or partial) into the result file, so nothing computed is lost
+  and the only state between runs is the result.
+* **process** jobs write results to part files in ``out/`` (the backends
+  differ here). Part files are always :class:`psyrun.store.PickleStore`
+  files, whatever the task's store: its appends are crash-safe (a kill tears
+  at most the record being written, and reading drops it), whereas an
+  interrupted append can spoil a whole file of other stores.
+* **merge** streams the parts (and, when continuing, the old result) into the
+  result with :func:`psyrun.merge.write_merged`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from psyrun.backend.base import Backend, Plan, TaskProgress
+from psyrun.failures import RowFailures
+from psyrun.jobs import Job, JobArray, JobGraph
+from psyrun.merge import load_params, missing_rows, write_merged
+from psyrun.snapshot import write_snapshot
+
+if TYPE_CHECKING:
+    from psyrun.store.base import Store
+
+__all__ = ["SplitMergeBackend", "part_store"]
+
+
+def part_store() -> Store:
+    """Return the store every part file is written with (crash-safe appends)."""
+    from psyrun.store.pickle import PickleStore
+
+    return PickleStore()
+
+
+class SplitMergeBackend(Backend):
+    """Shared machinery of :class:`DistributeBackend` and :class:`LoadBalancingBackend`.
+
+    Subclasses implement :meth:`run_process` (and may override
+    :meth:`n_process_jobs` and :meth:`after_split`).
+    """
+
+    def __init__(self, task) -> None:
+        super().__init__(task)
+        self.store = task.store
+        self.part_store = part_store()
+        #: Messages about result or part files that could not be read (for psy status).
+        self.unreadable: list[str] = []
+        self._done: tuple[list, dict[str, np.ndarray]] | None = None
+
+    def store_for(self, path: str) -> Store:
+        """Return the store that reads `path`: the part store for parts, else the task's."""
+        if path != self.paths.result and self.paths.is_part_file(path):
+            return self.part_store
+        return self.store
+
+    @property
+    def keys(self) -> list[str]:
+        """The parameter keys of the task's space."""
+        return list(self.task.pspace.keys())
+
+    # -- planning (in psy) -----------------------------------------------------
+
+    def n_process_jobs(self, n_rows: int) -> int:
+        """Return the number of process jobs for `n_rows` rows."""
+        if not n_rows:
+            return 0
+        return min(self.task.max_jobs, max(1, math.ceil(n_rows / self.task.min_items)))
+
+    def _existing_files(self) -> list[str]:
+        files = [self.paths.result] if os.path.exists(self.paths.result) else []
+        files.extend(p for _, p, _ in self.paths.list_parts())
+        return files
+
+    def _done_params(self) -> dict[str, np.ndarray]:
+        # One command asks several questions of the same files: read them once
+        # (again only when they changed).
+        stamp = []
+        for path in self._existing_files():
+            with contextlib.suppress(OSError):
+                st = os.stat(path)
+                stamp.append((path, st.st_mtime_ns, st.st_size))
+        if self._done is None or self._done[0] != stamp:
+            self._done = (stamp, self._read_done_params())
+        return self._done[1]
+
+    def _read_done_params(self) -> dict[str, np.ndarray]:
+        def record(message: str) -> None:
+            # Kept for `psy status`: an unreadable result must not look like "no rows".
+            if message not in self.unreadable:
+                self.unreadable.append(message)
+
+        return load_params(self.store_for, self._existing_files(), self.keys, log=record)
+
+    def new_keys(self, done: Mapping[str, np.ndarray]) -> list[str]:
+        """Parameter keys of the space that the stored rows lack (the space grew a key)."""
+        return [k for k in self.keys if k not in done] if done else []
+
+    def get_missing(self):
+        """Return the assignments that no result file or part holds yet.
+
+        Stored rows that lack a key of the space (a parameter added since)
+        match nothing: every assignment counts as missing.
+        """
+        from psyrun.pspace import missing
+
+        done = self._done_params() if self._existing_files() else {}
+        if not done or self.new_keys(done):
+            return self.task.pspace
+        return missing(self.task.pspace, done)
+
+    def progress(self, missing=None) -> TaskProgress:
+        """Rows completed (in the result or in parts) out of the space's rows."""
+        total = len(self.task.pspace)
+        notes = []
+        if not os.path.exists(self.paths.result) and self.paths.list_parts() == []:
+            if os.path.exists(self.paths.submitted):
+                notes.append(
+                    f"the result file {self.paths.result} does not exist (deleted?); "
+                    f"`psy run -c {self.task.name}` evaluates all {total} rows again"
+                )
+            return TaskProgress(0, total, notes)
+        done = self._done_params()
+        added = self.new_keys(done)
+        if added:
+            notes.append(
+                f"the results lack the parameter(s) {', '.join(map(repr, added))} of the "
+                "space (added since they were computed), so no stored row matches an "
+                f"assignment. `psy run {self.task.name}` recomputes everything; "
+                f"`psy run -c {self.task.name}` refuses."
+            )
+            return TaskProgress(0, total, notes)
+        if missing is None:
+            missing = self.get_missing()
+        return TaskProgress(total - len(missing), total, notes)
+
+    def notes(self) -> list[str]:
+        """Messages about result or part files that could not be read."""
+        return list(self.unreadable)
+
+    def build_graph(self, n_jobs: int, cont: bool, write: bool = True) -> JobGraph:
+        """Build the job graph for `n_jobs` process jobs (writing descriptions if `write`)."""
+        p = self.paths
+
+        def command(kind: str, array: bool = False) -> list[str]:
+            if write:
+                return self.job_command(kind, array=array, cont=cont, n_jobs=n_jobs)
+            return []
+
+        split, process = p.job_name("split"), p.job_name("process")
+        graph = JobGraph(self.task.name)
+        graph.jobs.append(Job(split, command("split"), p.log("split")))
+        graph.jobs.append(
+            JobArray(
+                process,
+                n_jobs,
+                command("process", array=True),
+                p.log("process", "%a"),
+                depends_on=[split],
+            )
+        )
+        graph.jobs.append(
+            Job(
+                p.job_name("merge"),
+                command("merge"),
+                p.log("merge"),
+                depends_on=[process] if n_jobs else [split],
+            )
+        )
+        return graph
+
+    def plan(self, cont: bool = False) -> Plan:
+        """Decide the jobs to submit (see :meth:`Backend.plan`)."""
+        n_all = len(self.task.pspace)
+        if not cont:
+            if self.is_current():
+                return Plan(
+                    self.build_graph(self.n_process_jobs(n_all), cont, write=False),
+                    up_to_date=True,
+                    reason="results are up to date",
+                )
+            n_rows = n_all
+        else:
+            self.check_can_continue()
+            parts = self.paths.list_parts()
+            n_rows = len(self.get_missing())
+            if n_rows == 0 and not parts and os.path.exists(self.paths.result):
+                return Plan(
+                    self.build_graph(0, cont, write=False),
+                    up_to_date=True,
+                    reason="no assignments are missing",
+                )
+        self.paths.make_dirs()
+        self.clear_markers()
+        n_jobs = self.n_process_jobs(n_rows)
+        return Plan(
+            self.build_graph(n_jobs, cont), reason=f"{n_rows} rows to evaluate", n_rows=n_rows
+        )
+
+    def check_can_continue(self) -> None:
+        """Raise ValueError when results cannot be matched to assignments (``-c`` refused)."""
+        excluded = self.task.excluded_params
+        if excluded:
+            raise ValueError(
+                f"cannot continue task {self.task.name!r}: exclude_from_result leaves out "
+                f"the parameter(s) {', '.join(map(repr, excluded))}, so the stored results "
+                "cannot be matched to assignments. Remove them from exclude_from_result, "
+                "or run the whole task again without -c."
+            )
+        if self._existing_files():
+            added = self.new_keys(self._done_params())
+            if added:
+                raise ValueError(
+                    f"cannot continue task {self.task.name!r}: the parameter space has the "
+                    f"key(s) {', '.join(map(repr, added))} that the stored results lack, so "
+                    "no stored row can be matched to an assignment. Either run "
+                    f"`psy run {self.task.name}` (without -c) to recompute every row, or "
+                    "move the result file away to keep it, or give the new key one value "
+                    "and drop it from the space to continue the old results."
+                )
+
+    # -- jobs (in the job process) -----------------------------------------------
+
+    def run_job(self, kind: str, index: int | None, description: Mapping[str, Any]) -> int:
+        """Run a split, process or merge job."""
+        cont = bool(description.get("cont"))
+        if kind == "split":
+            self.run_split(cont)
+            return 0
+        if kind == "merge":
+            self.run_merge(cont)
+            return 0
+        if kind == "process":
+            if index is None:
+                raise ValueError("a process job needs its index: psyrun.worker <file> <index>")
+            return self.run_process(int(index), int(description["n_jobs"]))
+        raise ValueError(f"unknown job kind {kind!r} for {type(self).__name__}")
+
+    def _log(self, message: str) -> None:
+        print(f"psyrun: {message}", flush=True)
+
+    def run_split(self, cont: bool) -> None:
+        """Fold old parts (when continuing), snapshot the rows to evaluate, clear parts."""
+        p = self.paths
+        p.make_dirs()
+        keys = self.keys
+        if cont:
+            self.check_can_continue()
+            parts = [path for _, path, _ in p.list_parts()]
+            if parts:
+                rows = write_merged(
+                    self.store,
+                    p.result,
+                    parts,
+                    keys,
+                    base=p.result,
+                    log=self._log,
+                    source_store=self.store_for,
+                    drop=self.task.exclude_from_result,
+                )
+                self._log(f"kept {rows} rows from the result file and earlier parts")
+            p.clear_parts()
+            done = (
+                load_params(self.store, [p.result], keys, log=self._log)
+                if os.path.exists(p.result)
+                else {}
+            )
+            rows = missing_rows(self.task.pspace, done) if done else None
+        else:
+            p.clear_parts()
+            rows = None
+        write_snapshot(p.pspace, self.task.pspace, rows)
+        self.after_split()
+        n = len(self.task.pspace) if rows is None else len(rows)
+        self._log(f"{n} of {len(self.task.pspace)} rows to evaluate")
+
+    def after_split(self) -> None:
+        """Do extra work at the end of the split job (a hook for subclasses)."""
+
+    def run_process(self, index: int, n_jobs: int) -> int:
+        """Evaluate this job's share of the rows."""
+        raise NotImplementedError
+
+    def evaluate(self, arrays, extra, failures: RowFailures) -> dict | None:
+        """Evaluate one block of parameter columns; rows that raise are left out and recorded.
+
+        What ``setup`` returned (`extra`) is stored with every row, like a
+        parameter, unless ``exclude_from_result`` names it.
+        """
+        from psyrun.mapper import block_rows, evaluate_rows
+
+        columns, rows = block_rows(arrays, self.keys)
+        if not rows:
+            return None
+        # Each row is evaluated exactly once: a failing row must not make the
+        # others run again (they may be expensive or have side effects).
+        result = evaluate_rows(
+            self.task.execute,
+            columns,
+            rows,
+            tuple(self.task.exclude_from_result),
+            extra,
+            on_error=failures.add,
+        )
+        n = len(next(iter(result.values()))) if result else 0
+        if not n:
+            return None
+        return self._with_setup_values(result, extra, n)
+
+    def _with_setup_values(self, result: dict, extra, n: int) -> dict:
+        if extra:
+            excluded = set(self.task.exclude_from_result)
+            for key, value in extra.items():
+                if key not in excluded and key not in result:
+                    result[key] = [value] * n
+        return result
+
+    def check_block(self, block: Mapping) -> None:
+        """Check a block of results against the task's store before parts are written.
+
+        A value the store cannot hold would otherwise fail only at the merge.
+        """
+        from psyrun.store.columns import check_supported, normalize
+
+        if getattr(self.store, "ext", None) in (".h5", ".zarr"):
+            check_supported(normalize(block), self.paths.result, type(self.store).__name__)
+
+    def run_merge(self, cont: bool) -> None:
+        """Stream the parts (and the old result when continuing) into the result file."""
+        p = self.paths
+        parts = [path for _, path, _ in p.list_parts()]
+        base = p.result if cont and os.path.exists(p.result) else None
+        rows = write_merged(
+            self.store,
+            p.result,
+            parts,
+            self.keys,
+            base=base,
+            log=self._log,
+            source_store=self.store_for,
+            drop=self.task.exclude_from_result,
+        )
+        p.clear_parts()
+        self._log(f"merged {len(parts)} parts; {rows} rows in {p.result}")

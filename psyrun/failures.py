@@ -1,0 +1,63 @@
+"""Per-row failure accounting: a row that raises costs one row, not the job.
+
+A process job evaluates its rows block by block; a row whose ``execute``
+raises is left out of the results and counted here, the first few
+tracebacks go to the job's log, and the job finishes its range. At the end
+it raises :class:`RowsFailed`, which :mod:`psyrun.worker` turns into a
+"failed" marker (``psy status -v`` names the job) with exit status 0, so the
+merge still collects the other rows and ``psy run -c`` evaluates just the
+failed ones again.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+
+__all__ = ["RowFailures", "RowsFailed"]
+
+
+class RowFailures:
+    """Rows whose evaluation raised: counted, the first few tracebacks printed.
+
+    Parameters
+    ----------
+    max_printed : int
+        Tracebacks printed to standard error; later failures are only counted.
+    """
+
+    def __init__(self, max_printed: int = 3) -> None:
+        self.count = 0
+        self.first: str = ""
+        self.max_printed = max_printed
+
+    def add(self, row: dict, exc: BaseException) -> None:
+        """Record one failed row and print its traceback (the first few only)."""
+        self.count += 1
+        if not self.first:
+            self.first = f"{type(exc).__name__}: {exc}"
+        if self.count <= self.max_printed:
+            text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            print(f"psyrun: evaluating {row!r} raised:\n{text}", file=sys.stderr, flush=True)
+        elif self.count == self.max_printed + 1:
+            print("psyrun: further failing rows are counted, not printed", file=sys.stderr)
+
+    def merge(self, other: RowFailures) -> None:
+        """Add the failures counted by `other` (another worker of the same job)."""
+        self.count += other.count
+        self.first = self.first or other.first
+
+
+class RowsFailed(Exception):
+    """Some rows of a job raised; the job kept the others and finished its range.
+
+    :mod:`psyrun.worker` marks the job failed (``psy status -v`` names it) but
+    exits with status 0 so that the merge still collects the other rows.
+    """
+
+    def __init__(self, failures: RowFailures) -> None:
+        super().__init__(
+            f"{failures.count} row(s) raised an exception (first: {failures.first}); "
+            "the other rows were kept"
+        )
+        self.failures = failures

@@ -1,0 +1,252 @@
+"""The streaming, de-duplicating merge of result files.
+
+Used by the backends (merging part files into the result, folding the parts
+of an interrupted run into it before continuing) and by ``psy merge``. Rows
+are matched as whole rows on the parameter keys: a row of a source whose
+parameters the base file already holds is dropped, so merging after a crash
+between writing the result and removing the parts never duplicates a row.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Collection, Mapping
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from psyrun.atomic import remove_path, replace_path, tmp_name
+
+if TYPE_CHECKING:
+    pass
+
+__all__ = ["find_sources", "load_params", "missing_rows", "write_merged"]
+
+#: Rows gathered before one append to the merged file (each append may cost a sync).
+MERGE_ROWS = 65536
+
+
+def _store_of(store, path: str):
+    """`store` itself, or the store `store(path)` picks for `path`."""
+    return store if hasattr(store, "iter_chunks") else store(path)
+
+
+def _count(chunk: Mapping) -> int:
+    for v in chunk.values():
+        return len(v)
+    return 0
+
+
+def missing_rows(space, done: Mapping[str, np.ndarray] | None) -> np.ndarray:
+    """Row numbers of `space` whose parameters are not among the rows of `done`."""
+    from psyrun.pspace import missing
+
+    if not done or not len(next(iter(done.values()))):
+        return np.arange(len(space), dtype=np.int64)
+    return np.asarray(missing(space, done).surviving_rows(), dtype=np.int64)
+
+
+def concat_columns(parts: list[dict[str, np.ndarray]], keys: list[str]) -> dict:
+    """Concatenate the `keys` columns of `parts`; a key some part lacks is dropped.
+
+    Columns of different kinds or shapes become object columns, so that rows
+    still compare by value.
+    """
+    out = {}
+    for k in keys:
+        cols = [p[k] for p in parts if k in p]
+        if not cols:
+            continue
+        if len({c.dtype.kind for c in cols}) > 1 or len({c.shape[1:] for c in cols}) > 1:
+            merged = np.empty(sum(len(c) for c in cols), dtype=object)
+            i = 0
+            for c in cols:
+                for v in c:
+                    merged[i] = v
+                    i += 1
+            out[k] = merged
+        else:
+            out[k] = np.concatenate(cols)
+    lengths = {len(v) for v in out.values()}
+    if len(lengths) > 1:
+        # A key absent from some file: match on the keys every file has.
+        n = max(lengths)
+        out = {k: v for k, v in out.items() if len(v) == n}
+    return out
+
+
+def file_params(store, path: str, keys: list[str]) -> dict[str, np.ndarray]:
+    """Return the `keys` columns of one file (the keys it has)."""
+    parts = [
+        {k: np.asarray(chunk[k]) for k in keys if k in chunk} for chunk in store.iter_chunks(path)
+    ]
+    return concat_columns(parts, keys) if parts else {}
+
+
+def load_params(store, files: list[str], keys: list[str], log=None) -> dict[str, np.ndarray]:
+    """Return the parameter columns (`keys`) of every row in `files`, concatenated.
+
+    `store` is the store that reads the files, or a function of a file name
+    returning it. Files that cannot be read (a partial file cut short by a
+    crash) are reported to `log` and skipped.
+    """
+    parts = []
+    for path in files:
+        try:
+            params = file_params(_store_of(store, path), path, keys)
+        except Exception as exc:
+            if log is not None:
+                log(f"skipping unreadable file {path}: {type(exc).__name__}: {exc}")
+            continue
+        if params:
+            parts.append(params)
+    return concat_columns(parts, keys) if parts else {}
+
+
+def write_merged(
+    store,
+    dest: str,
+    sources: list[str],
+    keys: list[str],
+    base: str | None = None,
+    log=None,
+    source_store=None,
+    drop: Collection[str] = (),
+) -> int:
+    """Stream `base` (kept whole) and `sources` into `dest`; return rows written.
+
+    Parameters
+    ----------
+    store : psyrun.store.Store
+        Writes `dest` and reads `base`.
+    dest : str
+        The merged file. The data goes to a temporary name renamed over `dest`
+        at the end, so `dest` is never left half-written; on error it is
+        untouched.
+    sources : list of str
+        Files to merge. Sources that cannot be read (cut short by a crash) are
+        reported to `log` and skipped.
+    keys : list of str
+        The parameter keys rows are matched on.
+    base : str, optional
+        An existing file whose rows are kept; rows of `sources` whose
+        parameters it already holds are dropped.
+    log : callable, optional
+        Receives one-line messages.
+    source_store : Store or callable, optional
+        Reads `sources` (default: `store`): a store, or a function of a file
+        name returning one, so parts written with another store are converted
+        while streaming.
+    drop : collection of str, optional
+        Columns left out of every chunk (the task's ``exclude_from_result``,
+        so a column excluded after the parts were written does not reach the
+        result).
+    """
+    if source_store is None:
+        source_store = store
+    from psyrun.pspace import Param
+
+    drop = set(drop)
+    has_base = base is not None and os.path.exists(base)
+    good, source_params = [], []
+    for path in sources:
+        source = _store_of(source_store, path)
+        try:
+            if has_base:
+                source_params.append(file_params(source, path, keys))
+            else:
+                # Nothing to drop: only make sure the file reads (cheap for parts).
+                source.count_rows(path)
+        except Exception as exc:
+            if log is not None:
+                log(f"skipping unreadable part {path}: {type(exc).__name__}: {exc}")
+            continue
+        good.append(path)
+    keep = None
+    if has_base and good:
+        seen = load_params(store, [base], keys)
+        combined = concat_columns([sp for sp in source_params if sp], keys)
+        if seen and combined:
+            n_total = len(next(iter(combined.values())))
+            keep = np.zeros(n_total, dtype=bool)
+            keep[missing_rows(Param(**combined), seen)] = True
+
+    tmp = tmp_name(dest)
+    remove_path(tmp)
+    written = 0
+    offset = 0
+    pending: list[dict] = []
+    pending_rows = 0
+
+    def flush() -> None:
+        nonlocal pending, pending_rows
+        if pending:
+            from psyrun.store.columns import merge_chunks
+
+            store.append(tmp, pending[0] if len(pending) == 1 else merge_chunks(pending))
+        pending, pending_rows = [], 0
+
+    def without_dropped(chunk: Mapping) -> dict:
+        return {k: np.asarray(v) for k, v in chunk.items() if k not in drop}
+
+    try:
+        if has_base:
+            try:
+                for chunk in store.iter_chunks(base):
+                    store.append(tmp, without_dropped(chunk))
+                    written += _count(chunk)
+            except Exception as exc:
+                raise OSError(
+                    f"cannot read the existing results {base} ({type(exc).__name__}: {exc}); "
+                    "it was left unchanged. Move it away (its rows are then evaluated "
+                    "again) or restore it, then run again."
+                ) from exc
+        for path in good:
+            for chunk in _store_of(source_store, path).iter_chunks(path):
+                n = _count(chunk)
+                if keep is not None:
+                    mask = keep[offset : offset + n]
+                    offset += n
+                    if not mask.all():
+                        chunk = {k: np.asarray(v)[mask] for k, v in chunk.items()}
+                        n = int(mask.sum())
+                if n:
+                    pending.append(without_dropped(chunk))
+                    pending_rows += n
+                    written += n
+                    if pending_rows >= MERGE_ROWS:
+                        flush()
+        flush()
+        if not os.path.exists(tmp):
+            store.save(tmp, {k: [] for k in keys})
+        replace_path(tmp, dest)
+    except BaseException:
+        remove_path(tmp)
+        raise
+    return written
+
+
+def _part_order(name: str):
+    m = re.match(r"(\d+)", name)
+    return (0, int(m.group(1)), name) if m else (1, 0, name)
+
+
+def find_sources(directory: str, ext: str, exclude: str | None = None) -> list[str]:
+    """Files in `directory` with extension `ext`, part files in index order.
+
+    Hidden files (temporary names) and the file `exclude` (the merge target)
+    are left out.
+    """
+    target = os.path.abspath(exclude) if exclude else None
+    names = sorted(
+        (
+            e
+            for e in os.listdir(directory)
+            if os.path.splitext(e)[1].lower() == ext.lower()
+            and not e.startswith(".")
+            and os.path.abspath(os.path.join(directory, e)) != target
+        ),
+        key=_part_order,
+    )
+    return [os.path.join(directory, e) for e in names]

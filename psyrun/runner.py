@@ -1,0 +1,461 @@
+"""Running a task, and the rules of ``psy run``, ``psy status``, ``psy kill``, ``psy clean``.
+
+Running a task from Python is one call::
+
+    from psyrun.runner import run_task
+    from psyrun.tasks import load_tasks
+
+    report = run_task(load_tasks("psy-tasks")["square"])
+    print(report.outcome, report.failed)
+
+:func:`run_task` holds every rule of ``psy run``: it takes the task's lock (a
+second run of the same task refuses), does not submit again while jobs of the
+last run are still queued, cancels jobs blocked by a failed dependency,
+refuses to overwrite out-of-date results when ``overwrite_dirty`` is False,
+asks the backend for a plan (nothing to do when the results are up to date),
+submits the job graph, and for a scheduler that runs jobs under this process
+(:attr:`psyrun.scheduler.Scheduler.attached`) waits for them and names the
+failed ones. It returns a :class:`RunReport`; what happens along the way is
+told to a :class:`RunEvents` object (the ``psy`` command prints it).
+
+SIGTERM (and SIGINT) during a run stop every job this process started, release
+the lock and end the run with outcome ``"interrupted"``; ``psy run -c`` then
+finishes the rest, every row exactly once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from psyrun.backend.base import FailedJob, TaskProgress
+from psyrun.defaults import make_backend, scheduler_for
+
+__all__ = [
+    "Interrupted",
+    "RunEvents",
+    "RunReport",
+    "StatusReport",
+    "clean_task",
+    "kill_task",
+    "run_task",
+    "task_status",
+]
+
+#: Outcomes of :func:`run_task` that are not a problem.
+GOOD_OUTCOMES = frozenset({"completed", "submitted", "up-to-date", "queued"})
+
+
+class Interrupted(KeyboardInterrupt):
+    """A signal (SIGTERM, SIGINT) asked the run to stop; ``signum`` tells which."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class RunEvents:
+    """Receives what happens during :func:`run_task`; every method does nothing here.
+
+    Subclass it to print or log (the ``psy`` command does).
+    """
+
+    def info(self, text: str) -> None:
+        """Tell the user something."""
+
+    def warning(self, text: str) -> None:
+        """Warn the user."""
+
+    def skipped(self, job: str) -> None:
+        """`job` does not run: its results are up to date."""
+
+    def planned(self, n_rows: int, n_jobs: int) -> None:
+        """The run evaluates `n_rows` rows with `n_jobs` jobs (sent before any job starts)."""
+
+    def started(self, job: str) -> None:
+        """`job` is being submitted (an attached scheduler may run it now)."""
+
+    def submitted(self, job: str, jobid: str) -> None:
+        """`job` was submitted with id `jobid`."""
+
+    def progress(self, rows_done: int, rows_total: int) -> None:
+        """Rows evaluated so far by the jobs of this run (called while waiting)."""
+
+    def finished(self) -> None:
+        """No more events come for this run."""
+
+
+@dataclass
+class RunReport:
+    """How :func:`run_task` ended.
+
+    Attributes
+    ----------
+    task : str
+        The task's name.
+    outcome : str
+        ``"completed"`` (an attached scheduler ran every job), ``"failed"``
+        (some jobs failed: see `failed`), ``"submitted"`` (handed to a batch
+        system), ``"up-to-date"``, ``"queued"`` (jobs of the last run are
+        still queued: nothing submitted), ``"dirty"`` (out-of-date results
+        and ``overwrite_dirty = False``), ``"locked"`` (another run holds the
+        task), ``"refused"`` (the task cannot run as asked) or
+        ``"interrupted"``.
+    message : str
+        What the user should know about the outcome (empty when nothing).
+    jobs : dict of str to str
+        Job name -> id of the jobs submitted.
+    failed : list of FailedJob
+        The failed jobs (outcome ``"failed"``).
+    n_jobs : int
+        Jobs in the plan.
+    signum : int or None
+        The signal that interrupted the run.
+    """
+
+    task: str
+    outcome: str
+    message: str = ""
+    jobs: dict[str, str] = field(default_factory=dict)
+    failed: list[FailedJob] = field(default_factory=list)
+    n_jobs: int = 0
+    signum: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True unless the outcome is a problem for the user to act on."""
+        return self.outcome in GOOD_OUTCOMES
+
+
+@contextlib.contextmanager
+def task_lock(backend, create: bool = True) -> Iterator[bool]:
+    """Hold the task's run lock; yield False (without waiting) when another psy holds it.
+
+    Two ``psy run`` (or a ``psy run`` and a ``psy clean``) of one task at once
+    would delete each other's part files; the second one must refuse.
+    """
+    from psyrun.store.locking import FileLock
+
+    path = backend.paths.run_lock
+    if not os.path.isdir(backend.paths.root) and not create:
+        yield True
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    lock = FileLock(path, timeout=0)
+    try:
+        lock.acquire()
+    except TimeoutError:
+        yield False
+        return
+    try:
+        # For `psy status`: which process runs the task (flock does not care).
+        with open(path, "w", encoding="ascii") as f:
+            f.write(str(os.getpid()))
+        yield True
+    finally:
+        lock.release()
+
+
+def running_pid(backend) -> int | None:
+    """Return the pid of the ``psy run`` holding the task's lock, or None when no run holds it."""
+    import fcntl
+
+    path = backend.paths.run_lock
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            return int(text) if text.isdigit() else 0
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _signals_raise_interrupted() -> Iterator[None]:
+    """Turn SIGTERM and SIGINT into :class:`Interrupted` while the block runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Interrupted(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _local_pool(task, n_workers: int):
+    """Return the LocalPool that ``psy run -j N`` uses instead of the task's scheduler."""
+    scheduler = scheduler_for(task)
+    if not getattr(scheduler, "local", False):
+        raise ValueError(
+            f"-j/--jobs runs jobs on this machine, but task {task.name!r} uses the scheduler "
+            f"{type(scheduler).__name__}, which submits them to a cluster; drop -j (the "
+            "cluster runs the jobs in parallel) or set scheduler = ImmediateRun()"
+        )
+    from psyrun.scheduler.localpool import LocalPool
+
+    return LocalPool(n_workers)
+
+
+def run_task(
+    task, continue_: bool = False, events: RunEvents | None = None, n_workers: int | None = None
+) -> RunReport:
+    """Run `task` as ``psy run`` does; return how it ended.
+
+    Parameters
+    ----------
+    task : psyrun.tasks.TaskDef
+        The task (see :func:`psyrun.tasks.load_tasks`).
+    continue_ : bool
+        Keep the results computed so far and evaluate only missing
+        assignments (``psy run -c``).
+    events : RunEvents, optional
+        Receives messages and progress while the run goes.
+    n_workers : int, optional
+        Run up to this many jobs at once on this machine with
+        :class:`psyrun.scheduler.LocalPool` (``psy run -j N``) instead of the
+        task's scheduler; refused (outcome ``"refused"``) for a cluster
+        scheduler.
+
+    Returns
+    -------
+    RunReport
+    """
+    events = events or RunEvents()
+    backend = make_backend(task)
+    try:
+        scheduler = scheduler_for(task) if n_workers is None else _local_pool(task, n_workers)
+    except ValueError as exc:
+        return RunReport(task.name, "refused", str(exc))
+    with task_lock(backend) as locked:
+        if not locked:
+            return RunReport(
+                task.name,
+                "locked",
+                f"another `psy run` or `psy clean` is working on this task (it holds the lock "
+                f"on {backend.paths.run_lock}); wait for it to finish, then run again.",
+            )
+        try:
+            with _signals_raise_interrupted():
+                return _run_locked(task, backend, scheduler, continue_, events)
+        except KeyboardInterrupt as exc:
+            return _interrupted(task, backend, scheduler, exc)
+        finally:
+            events.finished()
+
+
+def _interrupted(task, backend, scheduler, exc: KeyboardInterrupt) -> RunReport:
+    signum = getattr(exc, "signum", signal.SIGINT)
+    kept = backend.rows_evaluated()
+    if getattr(scheduler, "attached", False):
+        with contextlib.suppress(Exception):
+            scheduler.shutdown(cancel=True)
+        where = "every job this run started was stopped"
+    else:
+        where = (
+            "jobs already submitted stay in the cluster's queue "
+            f"(`psy status {task.name}` follows them, `psy kill {task.name}` cancels them)"
+        )
+    return RunReport(
+        task.name,
+        "interrupted",
+        f"interrupted ({signal.Signals(signum).name}); {where}. {kept} rows evaluated in this "
+        f"run are kept; `psy run -c {task.name}` continues with the rest.",
+        signum=int(signum),
+    )
+
+
+def _summary(statuses) -> str:
+    counts = Counter(str(s.status) for s in statuses)
+    return ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+
+
+def _run_locked(task, backend, scheduler, cont: bool, events: RunEvents) -> RunReport:
+    name = task.name
+    held = backend.get_queued(scheduler)
+    queued = [s for s in held if s.status.will_run]
+    if queued:
+        return RunReport(
+            name,
+            "queued",
+            f"jobs of the last run are still in the queue ({_summary(queued)}); not "
+            f"submitting again. `psy status -v {name}` lists them, `psy kill {name}` "
+            "cancels them.",
+        )
+    blocked = [s.id for s in held if s.status.in_queue and not s.status.will_run]
+    if blocked:
+        # They wait for a job that failed and can never run; this run replaces them.
+        scheduler.kill_jobs(blocked)
+        events.info(f"cancelled {len(blocked)} blocked jobs (a job they needed failed)")
+    if (
+        not cont
+        and not task.overwrite_dirty
+        and backend.has_results()
+        and not backend.is_current()
+    ):
+        changed = backend.changed_dependencies()
+        why = (
+            f"{', '.join(changed)} changed since they were computed"
+            if changed
+            else "the last run did not finish"
+        )
+        return RunReport(
+            name,
+            "dirty",
+            f"the results in {backend.paths.root} are out of date ({why}) and "
+            "overwrite_dirty is False, so they are not overwritten. `psy run -c "
+            f"{name}` keeps them and adds the missing rows (rows already computed are not "
+            f"recomputed with the changed task); `psy clean {name}` removes them; or set "
+            "overwrite_dirty = True.",
+        )
+    try:
+        plan = backend.plan(cont)
+    except ValueError as exc:
+        return RunReport(name, "refused", str(exc))
+    if plan.up_to_date:
+        for job in plan.graph.names:
+            events.skipped(job)
+        return RunReport(name, "up-to-date", n_jobs=len(plan.graph))
+    attached = bool(getattr(scheduler, "attached", False))
+    events.planned(plan.n_rows if attached else 0, len(plan.graph))
+    if attached:
+        _preload_store(task.store)
+        scheduler.monitor = lambda: events.progress(backend.rows_evaluated(), plan.n_rows)
+    try:
+        ids = backend.submit(
+            plan.graph, scheduler, on_start=events.started, on_submitted=events.submitted
+        )
+        if attached:
+            scheduler.wait(list(ids.values()))
+            events.progress(backend.rows_evaluated(), plan.n_rows)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        return RunReport(
+            name,
+            "refused",
+            f"submitting jobs failed: {type(exc).__name__}: {exc}",
+            n_jobs=len(plan.graph),
+        )
+    finally:
+        if attached:
+            scheduler.monitor = None
+    if not attached:
+        return RunReport(name, "submitted", jobs=ids, n_jobs=len(plan.graph))
+    failed = backend.get_failed([])
+    for job in failed:
+        result = scheduler.result(ids[job.name]) if job.name in ids else None
+        if result is not None and result.status == "blocked":
+            job.message = "not run: a job it depends on failed"
+    outcome = "failed" if failed else "completed"
+    return RunReport(name, outcome, jobs=ids, failed=failed, n_jobs=len(plan.graph))
+
+
+def _preload_store(store) -> None:
+    """Import the store's library once here, so that forked jobs inherit it."""
+    preload = getattr(store, "preload", None)
+    if preload is not None:
+        with contextlib.suppress(ImportError):
+            preload()
+
+
+@dataclass
+class StatusReport:
+    """What ``psy status`` reports for one task.
+
+    Attributes
+    ----------
+    progress : TaskProgress
+        Rows done out of the space's rows, with notes.
+    missing : ParameterSpace or None
+        The missing assignments (when asked for).
+    queued : list of JobStatus
+        Jobs the scheduler still holds.
+    failed : list of FailedJob
+        Jobs of the last run that failed or did not finish.
+    running_pid : int or None
+        The pid of a ``psy run`` working on the task now (0: unknown pid).
+    workdir : str
+        The task's work directory looked in.
+    rows_this_run : int
+        Rows evaluated so far by the run in progress.
+    """
+
+    progress: TaskProgress
+    missing: object
+    queued: list
+    failed: list[FailedJob]
+    running_pid: int | None
+    workdir: str
+    rows_this_run: int = 0
+
+
+def task_status(task, missing: bool = False) -> StatusReport:
+    """Report on `task` as ``psy status`` does (`missing`: also the missing assignments)."""
+    backend = make_backend(task)
+    scheduler = scheduler_for(task)
+    space = backend.get_missing() if missing else None
+    progress = backend.progress(space)
+    progress.notes.extend(backend.notes())
+    pid = running_pid(backend)
+    queued = backend.get_queued(scheduler)
+    failed = backend.get_failed(queued, pending=pid is not None)
+    return StatusReport(
+        progress,
+        space,
+        queued,
+        failed,
+        pid,
+        backend.paths.root,
+        backend.rows_evaluated() if pid is not None else 0,
+    )
+
+
+def kill_task(task) -> tuple[int, str]:
+    """Cancel the queued and running jobs of `task`; return how many, and a note.
+
+    The note says why nothing was killed when the scheduler runs jobs under
+    the ``psy run`` that started them (stop that process instead).
+    """
+    backend = make_backend(task)
+    scheduler = scheduler_for(task)
+    queued = backend.get_queued(scheduler)
+    if queued:
+        scheduler.kill_jobs([s.id for s in queued])
+        return len(queued), ""
+    if getattr(scheduler, "attached", False):
+        pid = running_pid(backend)
+        if pid:
+            return 0, (
+                f"{type(scheduler).__name__} runs the jobs inside the `psy run` that started "
+                f"them (pid {pid}); stop that process (Ctrl-C, or kill {pid}) to stop them"
+            )
+        return 0, f"{type(scheduler).__name__} queues nothing: no job is waiting or running"
+    return 0, ""
+
+
+def clean_task(task) -> bool:
+    """Remove every file generated for `task`; False (nothing removed) while a run holds it."""
+    backend = make_backend(task)
+    with task_lock(backend, create=False) as locked:
+        if not locked:
+            return False
+        backend.clean()
+    return True

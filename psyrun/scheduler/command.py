@@ -264,6 +264,10 @@ class CommandScheduler(Scheduler):
         # Arrays submitted here: array id -> number of tasks (compact dependencies).
         self._array_sizes: dict[str, int] = {}
 
+    def run(self, argv: list[str], input: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run one scheduler command (every command goes through here; see :func:`run_command`)."""
+        return run_command(argv, input=input)
+
     # -- scheduler arguments -------------------------------------------------
 
     @property
@@ -505,7 +509,7 @@ class CommandScheduler(Scheduler):
         """Note an accepted submission (a hook: e.g. to store the job's name)."""
 
     def _run_submit(self, cmd: list[str], name: str | None, script: str | None) -> str:
-        proc = run_command(cmd, input=script)
+        proc = self.run(cmd, input=script)
         what = f"{self.submit_program} for job {name!r}"
         if proc.returncode != 0:
             raise SchedulerError(command_error(what, cmd, proc))
@@ -561,7 +565,7 @@ class CommandScheduler(Scheduler):
         """Return every job the status tool lists, from one call cached until :meth:`refresh`."""
         if self._statuses is None:
             cmd = self.status_command()
-            proc = run_command(cmd)
+            proc = self.run(cmd)
             if proc.returncode != 0:
                 raise SchedulerError(command_error(cmd[0], cmd, proc))
             self._statuses = self.parse_status(proc.stdout or "")
@@ -621,7 +625,7 @@ class CommandScheduler(Scheduler):
         targets = self._compact_kill(ids)
         for start in range(0, len(targets), self.kill_batch):
             cmd = self.kill_command(targets[start : start + self.kill_batch])
-            proc = run_command(cmd)
+            proc = self.run(cmd)
             if proc.returncode != 0 and not self.kill_error_ignorable(proc):
                 raise SchedulerError(command_error(cmd[0], cmd, proc))
         if self._statuses is not None:

@@ -301,12 +301,23 @@ class Slurm(CommandScheduler):
         jobid = first.split(";", 1)[0].strip()
         return jobid if jobid.isdigit() else None
 
+    def run(self, argv: list[str], input: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run a Slurm command (through this module's ``run_command``, which tests count)."""
+        return run_command(argv) if input is None else run_command(argv, input=input)
+
+    def _run_submit(self, cmd: list[str], name: str | None, script: str | None) -> str:
+        # Every sbatch call goes through _sbatch (tests wrap it to record ids).
+        return self._sbatch(cmd, name)
+
+    def _sbatch(self, cmd: list[str], name: str | None) -> str:
+        return super()._run_submit(cmd, name, None)
+
     def max_array_size(self) -> int:
         """Return the cluster's MaxArraySize (``scontrol show config``, read once)."""
         if self._max_array_size is None:
             size = None
             try:
-                proc = run_command(["scontrol", "show", "config"])
+                proc = self.run(["scontrol", "show", "config"])
                 if proc.returncode == 0:
                     size = parse_max_array_size(proc.stdout)
             except SchedulerError:

@@ -97,6 +97,31 @@ def command_error(what: str, argv: Sequence[str], proc: subprocess.CompletedProc
     )
 
 
+# -- durations ----------------------------------------------------------------
+
+_DURATION_RE = re.compile(r"^\s*(?:(\d+)d)?\s*(?:(\d+)h)?\s*(?:(\d+)m(?:in)?)?\s*(?:(\d+)s)?\s*$")
+
+
+def duration_seconds(value: Any) -> int | None:
+    """Read a time limit written with units (``'1h'``, ``'30m'``, ``'1h30m'``, ``'2d'``).
+
+    Returns the number of seconds, or ``None`` when `value` is not of that
+    form (then it is meant in the batch system's own syntax and passed on).
+    """
+    if not isinstance(value, str):
+        return None
+    m = _DURATION_RE.match(value.lower())
+    if m is None or not any(m.groups()):
+        return None
+    days, hours, minutes, seconds = (int(g or 0) for g in m.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def hms(seconds: int) -> str:
+    """Write `seconds` as ``H:MM:SS`` (hours may exceed 24)."""
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
 # -- job ids ----------------------------------------------------------------
 
 # One pattern per way of writing ids: job number, task index, server suffix.
@@ -663,4 +688,12 @@ class CommandScheduler(Scheduler):
         return list(out)
 
 
-__all__ = ["ArrayChunk", "CommandScheduler", "JobId", "command_error", "run_command"]
+__all__ = [
+    "ArrayChunk",
+    "CommandScheduler",
+    "JobId",
+    "command_error",
+    "duration_seconds",
+    "hms",
+    "run_command",
+]

@@ -11,7 +11,14 @@ from importlib import resources
 from typing import Any
 
 from psyrun.scheduler.base import ARRAY_INDEX_TOKEN, JobState, JobStatus, SchedulerError
-from psyrun.scheduler.command import ArrayChunk, CommandScheduler, JobId, run_command
+from psyrun.scheduler.command import (
+    ArrayChunk,
+    CommandScheduler,
+    JobId,
+    duration_seconds,
+    hms,
+    run_command,
+)
 
 #: scheduler_args names of the user guide and the sbatch option each becomes.
 SBATCH_OPTIONS = {
@@ -187,8 +194,9 @@ class Slurm(CommandScheduler):
     Scheduler arguments (``scheduler_args`` of a task), each a fixed value or
     a function called with the job name:
 
-    ``timelimit`` (``--time``), ``memory`` (``--mem``), ``memory_per_cpu``
-    (``--mem-per-cpu``), ``n_cpus`` (``--cpus-per-task``), ``n_nodes``
+    ``timelimit`` (``--time``: sbatch's forms such as ``'1:00:00'``, or with
+    units: ``'1h'``, ``'90m'``, ``'1h30m'``, ``'2d'``), ``memory`` (``--mem``),
+    ``memory_per_cpu`` (``--mem-per-cpu``), ``n_cpus`` (``--cpus-per-task``), ``n_nodes``
     (``--nodes``), ``cores-per-socket``, ``sockets-per-node``;
     ``max_running``: the most tasks of one job array that run at once;
     ``sbatch_args``: any other sbatch options, as a list of arguments
@@ -259,7 +267,15 @@ class Slurm(CommandScheduler):
         return [] if name is None else [f"--job-name={name}"]
 
     def resource_options(self, values: Mapping[str, Any]) -> list[str]:
-        """``--option=value`` for each sbatch option in :data:`SBATCH_OPTIONS`."""
+        """``--option=value`` for each sbatch option in :data:`SBATCH_OPTIONS`.
+
+        A time limit with units (``'1h'``, ``'90m'``, ``'1h30m'``, ``'2d'``),
+        which sbatch refuses, becomes ``H:MM:SS``; other values are sbatch's own.
+        """
+        values = dict(values)
+        seconds = duration_seconds(values.get("timelimit"))
+        if seconds is not None:
+            values["timelimit"] = hms(seconds)
         return [f"{opt}={values[key]}" for key, opt in SBATCH_OPTIONS.items() if key in values]
 
     def passthrough_option(self, key: str, value: Any) -> list[str]:

@@ -97,6 +97,17 @@ def command_error(what: str, argv: Sequence[str], proc: subprocess.CompletedProc
     )
 
 
+def current_user() -> str:
+    """Return the name of the user running psyrun (the uid when there is none)."""
+    import getpass
+    import os
+
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in the environment or the password database
+        return str(os.getuid())
+
+
 # -- durations ----------------------------------------------------------------
 
 _DURATION_RE = re.compile(r"^\s*(?:(\d+)d)?\s*(?:(\d+)h)?\s*(?:(\d+)m(?:in)?)?\s*(?:(\d+)s)?\s*$")
@@ -120,6 +131,61 @@ def duration_seconds(value: Any) -> int | None:
 def hms(seconds: int) -> str:
     """Write `seconds` as ``H:MM:SS`` (hours may exceed 24)."""
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+# -- job scripts for systems that read them on stdin (PBS, LSF) ---------------
+
+
+def batch_launcher_path() -> str:
+    """Return the path of the fixed script that PBS and LSF jobs run (``batch_launcher.sh``)."""
+    from importlib import resources
+
+    return str(resources.files("psyrun.scheduler").joinpath("batch_launcher.sh"))
+
+
+def batch_script(
+    argv: Sequence[str],
+    output: str,
+    chunk: ArrayChunk | None,
+    index_variable: str,
+    first_index: int = 0,
+    directory: str | None = None,
+) -> str:
+    """Return the job script that runs `argv` with its output in `output`.
+
+    The script changes to `directory` (default: the current one, as Slurm
+    does) and hands the argv to the fixed ``batch_launcher.sh``, every word
+    quoted for the shell, so that spaces, quotes, ``;`` or ``$()`` arrive
+    unchanged. In an array task the launcher computes psyrun's index from
+    `index_variable` (minus `first_index`, plus the chunk's offset) and puts
+    it for ``%a``.
+    """
+    import os
+
+    if chunk is None:
+        mode = ["", "0", "0"]
+    else:
+        mode = [index_variable, str(first_index), str(chunk.offset)]
+    words = ["/bin/bash", batch_launcher_path(), *mode, output, "--", *argv]
+    return (
+        "#!/bin/bash\n"
+        "# Written by psyrun: runs one command through psyrun's batch_launcher.sh.\n"
+        f"cd {shlex.quote(directory or os.getcwd())} || exit 1\n"
+        f"exec {shlex.join(words)}\n"
+    )
+
+
+_NAME_RE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def safe_job_name(name: str | None, default: str = "psyrun") -> str:
+    """Return `name` with characters batch systems refuse in names replaced by ``_``.
+
+    PBS and LSF arrays accept letters, digits, ``.``, ``-`` and ``_`` (and PBS a
+    letter first), so ``task:process`` becomes ``task_process``.
+    """
+    text = _NAME_RE.sub("_", name or default)
+    return text if text[:1].isalpha() else f"j{text}"
 
 
 # -- job ids ----------------------------------------------------------------
@@ -281,6 +347,8 @@ class CommandScheduler(Scheduler):
     passthrough_example: Any = None
     #: Index of the first task of an array as the batch system counts.
     first_task_index: int = 0
+    #: Smaller arrays go out as single jobs (PBS Pro refuses a one-task array).
+    min_array_size: int = 1
     #: Ids per kill command (keeps argv well below ARG_MAX).
     kill_batch: int = 2000
 
@@ -411,8 +479,8 @@ class CommandScheduler(Scheduler):
         """Options every submission starts with (e.g. ``--parsable``)."""
         return []
 
-    def name_options(self, name: str | None) -> list[str]:
-        """Options that give the job its name (none by default)."""
+    def name_options(self, name: str | None, chunk: ArrayChunk | None = None) -> list[str]:
+        """Options that give the job (or the array of `chunk`) its name (none by default)."""
         return []
 
     def array_options(self, chunk: ArrayChunk) -> list[str]:
@@ -452,7 +520,7 @@ class CommandScheduler(Scheduler):
         groups = {
             "fixed": lambda: self.fixed_options(),
             "array": lambda: [] if chunk is None else self.array_options(chunk),
-            "name": lambda: self.name_options(name),
+            "name": lambda: self.name_options(name, chunk),
             "resources": lambda: self.scheduler_options(name, scheduler_args),
             "dependencies": lambda: self.dependency_options(self.compact_dependencies(deps)),
             "output": lambda: self.output_options(output, chunk),
@@ -490,11 +558,11 @@ class CommandScheduler(Scheduler):
         fails, the arrays already accepted are cancelled before the error is
         raised.
         """
-        if not self.supports_arrays:
+        n = check_count(n)
+        if not self.supports_arrays or n < self.min_array_size:
             return super().submit_array(
                 n, args, output_filename, name, depends_on, scheduler_args
             )
-        n = check_count(n)
         argv = check_args(args)
         if n == 0:
             return []
@@ -692,8 +760,12 @@ __all__ = [
     "ArrayChunk",
     "CommandScheduler",
     "JobId",
+    "batch_launcher_path",
+    "batch_script",
     "command_error",
+    "current_user",
     "duration_seconds",
     "hms",
     "run_command",
+    "safe_job_name",
 ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import os
 import re
 import subprocess
@@ -15,6 +14,7 @@ from psyrun.scheduler.command import (
     ArrayChunk,
     CommandScheduler,
     JobId,
+    current_user,
     duration_seconds,
     hms,
     run_command,
@@ -262,7 +262,7 @@ class Slurm(CommandScheduler):
         """``--parsable``: sbatch prints only the id."""
         return ["--parsable"]
 
-    def name_options(self, name: str | None) -> list[str]:
+    def name_options(self, name: str | None, chunk: ArrayChunk | None = None) -> list[str]:
         """``--job-name=NAME``."""
         return [] if name is None else [f"--job-name={name}"]
 
@@ -345,7 +345,7 @@ class Slurm(CommandScheduler):
 
     def status_command(self) -> list[str]:
         """``squeue`` for our user's jobs, in a format :func:`parse_squeue` reads."""
-        user = self.user or _current_user()
+        user = self.user or current_user()
         return ["squeue", "--noheader", f"--user={user}", f"--format={_SQUEUE_FORMAT}"]
 
     def parse_status(self, stdout: str) -> dict[str, JobStatus]:
@@ -370,13 +370,6 @@ def _only_invalid_ids(stderr: str) -> bool:
         or "Job/step already completing" in line
         for line in lines
     )
-
-
-def _current_user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # no user name in the environment or the password database
-        return str(os.getuid())
 
 
 __all__ = ["DEFAULT_MAX_ARRAY_SIZE", "SBATCH_OPTIONS", "Slurm", "expand_array_ids", "parse_squeue"]

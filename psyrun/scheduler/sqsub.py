@@ -113,7 +113,7 @@ class Sqsub(CommandScheduler):
         """``-o FILE``."""
         return ["-o", output]
 
-    def name_options(self, name: str | None) -> list[str]:
+    def name_options(self, name: str | None, chunk: ArrayChunk | None = None) -> list[str]:
         """``-j NAME``."""
         return [] if name is None else ["-j", name]
 

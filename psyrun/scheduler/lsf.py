@@ -1,8 +1,4 @@
-"""LSF: IBM Spectrum LSF with bsub, bjobs and bkill.
-
-No LSF cluster can run on psyrun's machines: this module is tested with fake
-``bsub``/``bjobs``/``bkill`` commands and command lines taken from the manuals.
-"""
+"""LSF: IBM Spectrum LSF with bsub, bjobs and bkill (tested with fake commands only)."""
 
 from __future__ import annotations
 
@@ -12,16 +8,9 @@ import subprocess
 from collections.abc import Mapping
 from typing import Any
 
+from psyrun.scheduler import command
 from psyrun.scheduler.base import JobState, JobStatus
-from psyrun.scheduler.command import (
-    ArrayChunk,
-    CommandScheduler,
-    JobId,
-    batch_script,
-    current_user,
-    duration_seconds,
-    safe_job_name,
-)
+from psyrun.scheduler.command import ArrayChunk, CommandScheduler, JobId
 
 #: scheduler_args names of the user guide and the bsub option each becomes.
 BSUB_OPTIONS = {
@@ -41,15 +30,8 @@ DEFAULT_MAX_ARRAY_SIZE = 1000
 # bjobs' STAT column; DONE and EXIT mean the job is no longer held (bjobs
 # lists finished jobs for a while), anything unknown counts as running.
 _STATES = {
-    "PEND": JobState.QUEUED,
-    "PSUSP": JobState.QUEUED,
-    "WAIT": JobState.QUEUED,
-    "RUN": JobState.RUNNING,
-    "USUSP": JobState.RUNNING,
-    "SSUSP": JobState.RUNNING,
-    "PROV": JobState.RUNNING,
-    "UNKWN": JobState.RUNNING,
-    "ZOMBI": JobState.RUNNING,
+    **dict.fromkeys(("PEND", "PSUSP", "WAIT"), JobState.QUEUED),
+    **dict.fromkeys(("RUN", "USUSP", "SSUSP", "PROV", "UNKWN", "ZOMBI"), JobState.RUNNING),
     "DONE": JobState.COMPLETED,
     "EXIT": JobState.FAILED,
 }
@@ -155,12 +137,12 @@ class LSF(CommandScheduler):
         if chunk is None:
             return [] if name is None else ["-J", name]
         throttle = "" if chunk.throttle is None else f"%{chunk.throttle}"
-        return ["-J", f"{safe_job_name(name)}[1-{chunk.count}]{throttle}"]
+        return ["-J", f"{command.safe_job_name(name)}[1-{chunk.count}]{throttle}"]
 
     def resource_options(self, values: Mapping[str, Any]) -> list[str]:
         """``-W`` (minutes or ``H:MM``), ``-M`` and ``-n``."""
         values = dict(values)
-        seconds = duration_seconds(values.get("timelimit"))
+        seconds = command.duration_seconds(values.get("timelimit"))
         if seconds is not None:
             minutes = -(-seconds // 60)  # LSF counts whole minutes: round up
             values["timelimit"] = f"{minutes // 60}:{minutes % 60:02d}"
@@ -176,7 +158,7 @@ class LSF(CommandScheduler):
 
     def job_script(self, argv: list[str], output: str, chunk: ArrayChunk | None) -> str:
         """Return the script bsub reads on stdin (see :func:`.batch_script`)."""
-        return batch_script(argv, output, chunk, "LSB_JOBINDEX", first_index=1)
+        return command.batch_script(argv, output, chunk, "LSB_JOBINDEX", first_index=1)
 
     def max_array_size(self) -> int:
         """Return the most elements of one array (``max_array_size``)."""
@@ -191,7 +173,7 @@ class LSF(CommandScheduler):
 
     def status_command(self) -> list[str]:
         """``bjobs`` for our user's unfinished jobs, array elements one per line."""
-        user = self.user or current_user()
+        user = self.user or command.current_user()
         return ["bjobs", "-noheader", "-u", user, "-o", BJOBS_FORMAT]
 
     def parse_status(self, stdout: str) -> dict[str, JobStatus]:

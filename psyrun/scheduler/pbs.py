@@ -1,7 +1,7 @@
 """PBS: PBS Pro / OpenPBS and Torque with qsub, qstat and qdel.
 
-No PBS server can run on psyrun's machines: this module is tested with fake
-``qsub``/``qstat``/``qdel`` commands and command lines taken from the manuals.
+Without a PBS server on psyrun's machines, the tests drive fake commands and
+compare command lines with the forms of the PBS Pro and Torque manuals.
 """
 
 from __future__ import annotations
@@ -43,19 +43,9 @@ FLAVORS = ("pro", "torque")
 # qstat's job_state letters; X (subjob done), F (finished) and C (Torque:
 # completed) mean the job is no longer held; anything unknown counts as running.
 _STATES = {
-    "Q": JobState.QUEUED,
-    "H": JobState.QUEUED,
-    "W": JobState.QUEUED,
-    "T": JobState.QUEUED,
-    "M": JobState.QUEUED,
-    "R": JobState.RUNNING,
-    "E": JobState.RUNNING,
-    "B": JobState.RUNNING,
-    "S": JobState.RUNNING,
-    "U": JobState.RUNNING,
-    "X": JobState.COMPLETED,
-    "F": JobState.COMPLETED,
-    "C": JobState.COMPLETED,
+    **dict.fromkeys("QHWTM", JobState.QUEUED),
+    **dict.fromkeys("REBSU", JobState.RUNNING),
+    **dict.fromkeys("XFC", JobState.COMPLETED),
 }
 
 _SIZE_RE = re.compile(r"^(\d+)([KMGTP])B?$", re.IGNORECASE)
@@ -148,12 +138,9 @@ class PBS(CommandScheduler):
     passthrough_example = {"q": "workq"}
 
     def __init__(
-        self,
-        workdir: str | os.PathLike[str] | None = None,
-        *,
-        flavor: str = "pro",
+        self, workdir: str | os.PathLike[str] | None = None, *, flavor: str = "pro",
         user: str | None = None,
-    ) -> None:
+    ) -> None:  # fmt: skip
         super().__init__()
         if flavor not in FLAVORS:
             raise ValueError(f"unknown PBS flavor {flavor!r}; choose 'pro' or 'torque'")

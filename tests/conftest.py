@@ -28,6 +28,18 @@ def fake(tmp_path, monkeypatch) -> FakeCluster:
 
 
 @pytest.fixture
+def fake_pbs(tmp_path, monkeypatch) -> FakeCluster:
+    """Like `fake`, with the fake PBS qsub/qstat/qdel first on PATH."""
+    return start_fake_cluster(tmp_path, monkeypatch, "pbs")
+
+
+@pytest.fixture
+def fake_lsf(tmp_path, monkeypatch) -> FakeCluster:
+    """Like `fake`, with the fake LSF bsub/bjobs/bkill first on PATH."""
+    return start_fake_cluster(tmp_path, monkeypatch, "lsf")
+
+
+@pytest.fixture
 def project(tmp_path, monkeypatch):
     """An empty project directory with a psy-tasks folder, as the working directory."""
     monkeypatch.chdir(tmp_path)

@@ -3,7 +3,10 @@
 The scripts there (``sbatch``, ``squeue``, ``sqsub``, ...) log every call to a
 JSON-lines file and answer with what a test scripted for them. The ``fake``
 fixture (``conftest.py``) puts them first on ``PATH`` and returns a
-:class:`FakeCluster` that reads the log and scripts the answers.
+:class:`FakeCluster` that reads the log and scripts the answers. The PBS
+(``qsub``, ``qstat``, ``qdel``) and LSF (``bsub``, ``bjobs``, ``bkill``) fakes
+live in subdirectories, put on ``PATH`` only by the ``fake_pbs`` and
+``fake_lsf`` fixtures, so that a real (Grid Engine) ``qsub`` is never shadowed.
 """
 
 from __future__ import annotations
@@ -32,6 +35,13 @@ class FakeCluster:
         records = [json.loads(line) for line in self.log.read_text().splitlines()]
         return [r["argv"] for r in records if prog is None or r["prog"] == prog]
 
+    def stdins(self, prog: str) -> list[str]:
+        """Return the job script given on stdin to every logged call of `prog`."""
+        if not self.log.exists():
+            return []
+        records = [json.loads(line) for line in self.log.read_text().splitlines()]
+        return [r.get("stdin", "") for r in records if r["prog"] == prog]
+
     def script(self, prog: str, out: str | None = None, err: str | None = None, rc: int = 0):
         """Make `prog` print `out` and `err` and exit with `rc` (None: its default)."""
         for ext, value in (("out", out), ("err", err), ("rc", str(rc))):
@@ -42,11 +52,18 @@ class FakeCluster:
                 path.write_text(value)
 
 
-def start_fake_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeCluster:
-    """Put the fake commands first on ``PATH`` with a fresh state directory."""
+def start_fake_cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, system: str | None = None
+) -> FakeCluster:
+    """Put the fake commands first on ``PATH`` with a fresh state directory.
+
+    `system` ``"pbs"`` or ``"lsf"`` adds that system's fakes (``tests/fakebin/<system>``).
+    """
     d = tmp_path / "fake"
     d.mkdir()
-    monkeypatch.setenv("PATH", f"{FAKEBIN}{os.pathsep}{os.environ['PATH']}")
+    path = [str(FAKEBIN / system)] if system else []
+    monkeypatch.setenv("PATH", os.pathsep.join([*path, str(FAKEBIN), os.environ["PATH"]]))
+    monkeypatch.delenv("PSYRUN_FAKE_RUN", raising=False)
     monkeypatch.setenv("PSYRUN_FAKE_DIR", str(d))
     monkeypatch.setenv("PSYRUN_FAKE_LOG", str(d / "calls.jsonl"))
     monkeypatch.setenv("PSYRUN_FAKE_PYTHON", sys.executable)

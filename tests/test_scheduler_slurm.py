@@ -5,9 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
+from slurm_helpers import slurm_unavailable_reason
 
 from psyrun.scheduler import JobState, JobStatus, SchedulerError, Slurm
 from psyrun.scheduler.slurm import (
@@ -444,3 +448,76 @@ def test_launcher_is_a_file_in_the_package():
     assert path.is_file()
     assert path.read_text().startswith("#!/bin/bash")
     assert path.parent == Path(__import__("psyrun.scheduler").scheduler.__file__).parent
+
+
+# -- time limits with units, and the template of psy new-task ------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "sent"),
+    [
+        ("1h", "1:00:00"),
+        ("90m", "1:30:00"),
+        ("1h30m", "1:30:00"),
+        ("2d", "48:00:00"),
+        ("45s", "0:00:45"),
+        ("30", "30"),  # sbatch's own forms pass unchanged
+        ("1-12:00:00", "1-12:00:00"),
+        ("UNLIMITED", "UNLIMITED"),
+    ],
+)
+def test_time_limits_with_units_become_sbatch_forms(given, sent):
+    assert Slurm().sbatch_options(None, {"timelimit": given}) == [f"--time={sent}"]
+
+
+def test_template_arguments_are_sbatch_forms():
+    options = Slurm().sbatch_options("t:split", Slurm.USER_DEFAULT_ARGS)
+    assert "--time=1:00:00" in options
+    assert "--mem-per-cpu=1G" in options
+
+
+@pytest.mark.slurm
+def test_new_task_template_runs_on_the_live_cluster_as_written(tmp_path):
+    """`psy new-task --scheduler Slurm` writes a task that sbatch accepts and that completes."""
+    reason = slurm_unavailable_reason()  # asked here: the other tests need no cluster
+    if reason is not None:
+        pytest.skip(reason)
+    from e2e_helpers import load_result, ok, psy
+
+    name = "tmpl" + uuid.uuid4().hex[:8]
+    taskdir = tmp_path / "psy-tasks"
+    ok(psy("new-task", "--taskdir", str(taskdir), "--scheduler", "Slurm", name, cwd=tmp_path))
+    source = (taskdir / f"task_{name}.py").read_text()
+    assert "'timelimit': '1:00:00'" in source
+    try:
+        ok(psy("run", "--taskdir", str(taskdir), name, cwd=tmp_path))
+        deadline = time.monotonic() + 180
+        result = tmp_path / "psy-work" / name / "result.pkl"
+        while not result.exists() or _queued(name):
+            assert time.monotonic() < deadline, f"{name} did not complete: {_queued(name)}"
+            time.sleep(1)
+        status = ok(psy("status", "--taskdir", str(taskdir), name, cwd=tmp_path))
+        assert "33 out of 33 rows completed" in status.stdout, status.stdout
+        data = load_result(result, "pickle")
+        assert sorted(zip(data["x"].round(3), data["trial"])) == sorted(
+            (round(x, 3), t) for x in np.linspace(0.0, 1.0, 11) for t in range(3)
+        )
+    finally:
+        ids = [j for j, _ in _queued(name)]
+        if ids:
+            subprocess.run(["scancel", *ids], capture_output=True, timeout=60, check=False)
+
+
+def _queued(task: str) -> list[tuple[str, str]]:
+    out = subprocess.run(
+        ["squeue", "--noheader", "--format=%i|%j"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    return [
+        (jobid, jname)
+        for jobid, jname in (line.strip().split("|", 1) for line in out.splitlines() if line)
+        if jname.startswith(f"{task}:")
+    ]

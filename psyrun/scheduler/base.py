@@ -1,8 +1,8 @@
 """The scheduler interface: how psyrun hands a job to something that runs it.
 
 This module holds the interface only; every scheduler lives in its own module
-(:mod:`psyrun.scheduler.immediate`, :mod:`psyrun.scheduler.slurm`,
-:mod:`psyrun.scheduler.sqsub`).
+(:mod:`psyrun.scheduler.immediate`, :mod:`psyrun.scheduler.slurm`, ...;
+the common layer of command-line schedulers is :mod:`psyrun.scheduler.command`).
 
 A job is an argv list (never a shell string) plus the file its standard output
 and standard error go to. A scheduler returns an opaque string id for every job
@@ -163,6 +163,11 @@ class Scheduler(abc.ABC):
       :meth:`kill_jobs` calls :meth:`kill` once per id; a scheduler whose
       commands are external programs should override them with one batched
       call (note for implementers: the defaults cost one call per job).
+      :class:`psyrun.scheduler.command.CommandScheduler` does that for
+      schedulers that drive command-line tools.
+    - :meth:`wait`, :meth:`result` and :meth:`shutdown` do nothing: right for
+      a detached scheduler (:attr:`attached` False). An attached scheduler
+      (its jobs run under this process) overrides all three.
 
     Job ids are strings. :meth:`get_status` returns ``None`` for a job the
     scheduler does not hold (any more): finished, cancelled or unknown. For a
@@ -175,18 +180,35 @@ class Scheduler(abc.ABC):
     supports_arrays: bool = False
 
     #: Scheduler arguments (with example values) that ``psy new-task
-    #: --scheduler`` writes into a new task file.
+    #: --scheduler`` writes into a new task file. They must be accepted, as
+    #: written, by the real system.
     USER_DEFAULT_ARGS: Mapping[str, Any] = {}
 
+    #: True when the jobs run under this process and end with it (ImmediateRun,
+    #: a local pool, Dask): ``psy run`` then calls :meth:`wait` after submitting
+    #: and reports every job through :meth:`result`. False (detached: Slurm,
+    #: ...): ``psy run`` returns after submitting and ``psy status`` follows the
+    #: jobs later.
+    attached: bool = False
+
+    #: True when the jobs run on this machine; ``psy run -j N`` replaces only a
+    #: local scheduler by a pool of N processes.
+    local: bool = False
+
+    #: Set by the runner: an attached scheduler calls it about every
+    #: :attr:`monitor_interval` seconds while it waits for its jobs (to update a
+    #: progress bar). Exceptions it raises propagate.
+    monitor: Callable[[], None] | None = None
+
+    #: Seconds between two calls of :attr:`monitor`.
+    monitor_interval: float = 0.5
+
+    # (The signatures below are kept compact: every scheduler repeats them.)
     @abc.abstractmethod
     def submit(
-        self,
-        args: Sequence[str],
-        output_filename: str,
-        name: str | None = None,
-        depends_on: Iterable[str] | None = None,
-        scheduler_args: Mapping[str, Any] | None = None,
-    ) -> str:
+        self, args: Sequence[str], output_filename: str, name: str | None = None,
+        depends_on: Iterable[str] | None = None, scheduler_args: Mapping[str, Any] | None = None,
+    ) -> str:  # fmt: skip
         """Submit one job and return its id.
 
         Parameters
@@ -210,14 +232,9 @@ class Scheduler(abc.ABC):
         """
 
     def submit_array(
-        self,
-        n: int,
-        args: Sequence[str],
-        output_filename: str,
-        name: str | None = None,
-        depends_on: Iterable[str] | None = None,
-        scheduler_args: Mapping[str, Any] | None = None,
-    ) -> list[str]:
+        self, n: int, args: Sequence[str], output_filename: str, name: str | None = None,
+        depends_on: Iterable[str] | None = None, scheduler_args: Mapping[str, Any] | None = None,
+    ) -> list[str]:  # fmt: skip
         """Submit `n` jobs that differ only in their index 0..n-1.
 
         The token ``%a`` in any element of `args` and in `output_filename`
@@ -290,6 +307,33 @@ class Scheduler(abc.ABC):
 
     def refresh(self) -> None:  # noqa: B027 - an optional hook, empty on purpose
         """Forget cached status information so that the next query asks again."""
+
+    def wait(self, jobids: Iterable[str]) -> None:  # noqa: B027 - detached: nothing to wait for
+        """Block until every job in `jobids` has ended (completed, failed, blocked, cancelled).
+
+        The default returns at once, which is right for a detached scheduler.
+        An attached one waits for its jobs, calls :attr:`monitor` while it
+        waits, and on any exception (KeyboardInterrupt included) stops the jobs
+        it started, marks them CANCELLED and re-raises.
+        """
+
+    def result(self, jobid: str) -> JobStatus | None:
+        """Return how a job submitted by this instance ended, or ``None``.
+
+        The state of an ended job is COMPLETED, FAILED, BLOCKED (not run because
+        a dependency failed) or CANCELLED. ``None`` means unknown or not ended,
+        and is what the default (and every detached scheduler) returns.
+        """
+        return None
+
+    def shutdown(self, cancel: bool = False) -> None:  # noqa: B027 - nothing held by default
+        """Release what the scheduler holds (processes, clients, clusters).
+
+        Parameters
+        ----------
+        cancel
+            First stop every job this instance started that still runs.
+        """
 
 
 def check_count(n: int) -> int:

@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import getpass
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+import subprocess
+from collections.abc import Mapping
 from importlib import resources
 from typing import Any
 
-from psyrun.scheduler._command import command_error, run_command
-from psyrun.scheduler.base import (
-    ARRAY_INDEX_TOKEN,
-    JobState,
-    JobStatus,
-    Scheduler,
-    SchedulerError,
-    check_args,
-    check_count,
-    normalize_dependencies,
-    resolve_arg,
-)
+from psyrun.scheduler.base import ARRAY_INDEX_TOKEN, JobState, JobStatus, SchedulerError
+from psyrun.scheduler.command import ArrayChunk, CommandScheduler, JobId, run_command
 
 #: scheduler_args names of the user guide and the sbatch option each becomes.
 SBATCH_OPTIONS = {
@@ -76,9 +66,6 @@ _BLOCKED_REASONS = {"DependencyNeverSatisfied"}
 
 # The squeue output format: id, compact state, reason, name (last: it may hold anything).
 _SQUEUE_FORMAT = "%i|%t|%r|%j"
-
-# Ids per scancel call when they cannot be compacted (keeps argv well below ARG_MAX).
-_SCANCEL_BATCH = 2000
 
 _ID_RE = re.compile(r"^(\d+)(?:_(\d+|\[[^\]]*\]))?$")
 
@@ -188,7 +175,7 @@ def escape_output_pattern(filename: str, array: bool) -> str:
     return "%a".join(part.replace("%", "%%") for part in filename.split(ARRAY_INDEX_TOKEN))
 
 
-class Slurm(Scheduler):
+class Slurm(CommandScheduler):
     """Submit jobs to a Slurm cluster with ``sbatch``.
 
     Every job runs a fixed batch script shipped with psyrun
@@ -225,7 +212,15 @@ class Slurm(Scheduler):
     """
 
     supports_arrays = True
-    USER_DEFAULT_ARGS = {"timelimit": "1h", "n_cpus": 1, "memory_per_cpu": "1G"}
+    USER_DEFAULT_ARGS = {"timelimit": "1:00:00", "n_cpus": 1, "memory_per_cpu": "1G"}
+
+    submit_program = "sbatch"
+    id_style = "slurm"
+    id_label = "a Slurm job id"
+    OPTIONS = SBATCH_OPTIONS
+    EXTRA_ARGS = EXTRA_ARGS
+    passthrough_arg = "sbatch_args"
+    passthrough_example = {"partition": "gpu"}
 
     def __init__(
         self,
@@ -234,114 +229,12 @@ class Slurm(Scheduler):
         user: str | None = None,
         max_array_size: int | None = None,
     ) -> None:
+        super().__init__()
         self.workdir = workdir
         self.user = user
         self._max_array_size = max_array_size
-        self._statuses: dict[str, JobStatus] | None = None
-        # array job id -> number of tasks, for compact dependencies.
-        self._array_sizes: dict[str, int] = {}
 
-    # -- submission ---------------------------------------------------------
-
-    def submit(
-        self,
-        args: Sequence[str],
-        output_filename: str,
-        name: str | None = None,
-        depends_on: Iterable[str] | None = None,
-        scheduler_args: Mapping[str, Any] | None = None,
-    ) -> str:
-        """Submit one job with sbatch and return its id (see :meth:`Scheduler.submit`)."""
-        argv = check_args(args)
-        options = self.sbatch_options(name, scheduler_args)
-        output = escape_output_pattern(os.fspath(output_filename), array=False)
-        cmd = [
-            "sbatch",
-            "--parsable",
-            *options,
-            *self._dependency_options(depends_on),
-            f"--output={output}",
-            launcher_path(),
-            "single",
-            "",
-            "--",
-            *argv,
-        ]
-        jobid = self._sbatch(cmd, name)
-        self._remember(JobStatus(jobid, JobState.QUEUED, name))
-        return jobid
-
-    def submit_array(
-        self,
-        n: int,
-        args: Sequence[str],
-        output_filename: str,
-        name: str | None = None,
-        depends_on: Iterable[str] | None = None,
-        scheduler_args: Mapping[str, Any] | None = None,
-    ) -> list[str]:
-        """Submit `n` jobs as Slurm job arrays; return ``"<array id>_<task>"`` per index.
-
-        ``%a`` in `args` and `output_filename` becomes the index 0..n-1. More
-        than MaxArraySize jobs are split into several arrays whose tasks get
-        the right indices (the batch script adds each array's offset).
-        """
-        n = check_count(n)
-        argv = check_args(args)
-        if n == 0:
-            return []
-        options = self.sbatch_options(name, scheduler_args)
-        max_running = resolve_arg((scheduler_args or {}).get("max_running"), name)
-        throttle = ""
-        if max_running is not None:
-            if not isinstance(max_running, int) or isinstance(max_running, bool):
-                raise TypeError(f"max_running must be an integer, got {max_running!r}")
-            if max_running < 1:
-                raise ValueError(f"max_running must be at least 1, got {max_running}")
-            throttle = f"%{max_running}"
-        dependencies = self._dependency_options(depends_on)
-        output_filename = os.fspath(output_filename)
-        chunk = self.max_array_size()
-        ids: list[str] = []
-        for offset in range(0, n, chunk):
-            count = min(chunk, n - offset)
-            if offset == 0:
-                # Slurm's own %a is the index: let sbatch open the log itself
-                # (it also receives Slurm's messages, e.g. a time-limit kill).
-                output = [f"--output={escape_output_pattern(output_filename, array=True)}"]
-                launcher_output = ""
-            else:
-                output = ["--output=/dev/null"]
-                launcher_output = output_filename
-            cmd = [
-                "sbatch",
-                "--parsable",
-                f"--array=0-{count - 1}{throttle}",
-                *options,
-                *dependencies,
-                *output,
-                launcher_path(),
-                str(offset),
-                launcher_output,
-                "--",
-                *argv,
-            ]
-            try:
-                jobid = self._sbatch(cmd, name)
-            except BaseException:
-                # Arrays already accepted would run without their siblings, and
-                # nobody would know their ids: cancel them before giving up.
-                done = sorted({j.split("_", 1)[0] for j in ids})
-                if done:
-                    with contextlib.suppress(SchedulerError):
-                        self.kill_jobs(done)
-                raise
-            self._array_sizes[jobid] = count
-            for i in range(count):
-                ids.append(f"{jobid}_{i}")
-                self._remember(JobStatus(f"{jobid}_{i}", JobState.QUEUED, name))
-            self._remember(JobStatus(jobid, JobState.QUEUED, name))
-        return ids
+    # -- the sbatch command ---------------------------------------------------
 
     def sbatch_options(
         self,
@@ -355,65 +248,58 @@ class Slurm(Scheduler):
         ValueError
             For an argument name that is not known (the message lists the valid ones).
         """
-        scheduler_args = dict(scheduler_args or {})
-        unknown = sorted(set(scheduler_args) - set(VALID_ARGS))
-        if unknown:
-            valid = ", ".join(VALID_ARGS)
-            raise ValueError(
-                f"unknown Slurm scheduler argument(s) {', '.join(map(repr, unknown))}; "
-                f"valid ones are: {valid}. Pass other sbatch options with "
-                "'sbatch_args', e.g. {'sbatch_args': {'partition': 'gpu'}}."
-            )
-        options = []
-        if name is not None:
-            options.append(f"--job-name={name}")
-        for key, option in SBATCH_OPTIONS.items():
-            if key in scheduler_args:
-                value = resolve_arg(scheduler_args[key], name)
-                if value is not None:
-                    options.append(f"{option}={value}")
-        extra = resolve_arg(scheduler_args.get("sbatch_args"), name)
-        options.extend(_extra_options(extra))
-        return options
+        return [*self.name_options(name), *self.scheduler_options(name, scheduler_args)]
 
-    def _dependency_options(self, depends_on: Iterable[str] | None) -> list[str]:
-        deps = normalize_dependencies(depends_on)
-        if not deps:
-            return []
-        for d in deps:
-            if not _ID_RE.match(d) or "[" in d:
-                raise ValueError(f"not a Slurm job id to depend on: {d!r}")
-        # Whole arrays submitted here are named by their array id (a short
-        # dependency string instead of one entry per task).
-        tasks_by_array: dict[str, set[str]] = {}
-        for d in deps:
-            if "_" in d:
-                base, task = d.split("_", 1)
-                tasks_by_array.setdefault(base, set()).add(task)
-        compact: list[str] = []
-        seen: set[str] = set()
-        for d in deps:
-            base = d.split("_", 1)[0]
-            size = self._array_sizes.get(base)
-            if "_" in d and size is not None and len(tasks_by_array[base]) == size:
-                d = base
-            if d not in seen:
-                seen.add(d)
-                compact.append(d)
-        return [f"--dependency=afterok:{':'.join(compact)}"]
+    def fixed_options(self) -> list[str]:
+        """``--parsable``: sbatch prints only the id."""
+        return ["--parsable"]
 
-    def _sbatch(self, cmd: list[str], name: str | None) -> str:
-        proc = run_command(cmd)
-        if proc.returncode != 0:
-            raise SchedulerError(command_error(f"sbatch for job {name!r}", cmd, proc))
-        # --parsable prints "<id>" or "<id>;<cluster>".
-        first = proc.stdout.strip().splitlines()[0] if proc.stdout.strip() else ""
+    def name_options(self, name: str | None) -> list[str]:
+        """``--job-name=NAME``."""
+        return [] if name is None else [f"--job-name={name}"]
+
+    def resource_options(self, values: Mapping[str, Any]) -> list[str]:
+        """``--option=value`` for each sbatch option in :data:`SBATCH_OPTIONS`."""
+        return [f"{opt}={values[key]}" for key, opt in SBATCH_OPTIONS.items() if key in values]
+
+    def passthrough_option(self, key: str, value: Any) -> list[str]:
+        """``--key=value`` (``-k value`` for one-letter keys), a bare flag for True."""
+        flag = f"-{key}" if len(key) == 1 else f"--{key}"
+        if value is True:
+            return [flag]
+        return [flag, str(value)] if len(key) == 1 else [f"{flag}={value}"]
+
+    def array_options(self, chunk: ArrayChunk) -> list[str]:
+        """``--array=0-(count-1)[%throttle]``."""
+        throttle = "" if chunk.throttle is None else f"%{chunk.throttle}"
+        return [f"--array=0-{chunk.count - 1}{throttle}"]
+
+    def dependency_options(self, deps: list[JobId]) -> list[str]:
+        """``--dependency=afterok:ID:ID...``."""
+        return [f"--dependency=afterok:{':'.join(map(str, deps))}"] if deps else []
+
+    def output_options(self, output: str, chunk: ArrayChunk | None) -> list[str]:
+        """``--output``: the log itself, except for the later arrays of a split one."""
+        if chunk is None:
+            return [f"--output={escape_output_pattern(output, array=False)}"]
+        if chunk.offset == 0:
+            # Slurm's own %a is the index: let sbatch open the log itself
+            # (it also receives Slurm's messages, e.g. a time-limit kill).
+            return [f"--output={escape_output_pattern(output, array=True)}"]
+        return ["--output=/dev/null"]
+
+    def job_command(self, argv: list[str], output: str, chunk: ArrayChunk | None) -> list[str]:
+        """Run the launcher with the mode (``single`` or the array offset) and the argv."""
+        if chunk is None:
+            return [launcher_path(), "single", "", "--", *argv]
+        launcher_output = "" if chunk.offset == 0 else output
+        return [launcher_path(), str(chunk.offset), launcher_output, "--", *argv]
+
+    def parse_submit_output(self, stdout: str) -> str | None:
+        """Read ``<id>`` or ``<id>;<cluster>`` (``--parsable``)."""
+        first = stdout.strip().splitlines()[0] if stdout.strip() else ""
         jobid = first.split(";", 1)[0].strip()
-        if not jobid.isdigit():
-            raise SchedulerError(
-                command_error(f"sbatch for job {name!r} printed no job id", cmd, proc)
-            )
-        return jobid
+        return jobid if jobid.isdigit() else None
 
     def max_array_size(self) -> int:
         """Return the cluster's MaxArraySize (``scontrol show config``, read once)."""
@@ -428,101 +314,24 @@ class Slurm(Scheduler):
             self._max_array_size = size if size and size > 0 else DEFAULT_MAX_ARRAY_SIZE
         return self._max_array_size
 
-    # -- status -------------------------------------------------------------
+    # -- status and kill ------------------------------------------------------
 
-    def refresh(self) -> None:
-        """Forget the cached ``squeue`` answer; the next status query asks again."""
-        self._statuses = None
+    def status_command(self) -> list[str]:
+        """``squeue`` for our user's jobs, in a format :func:`parse_squeue` reads."""
+        user = self.user or _current_user()
+        return ["squeue", "--noheader", f"--user={user}", f"--format={_SQUEUE_FORMAT}"]
 
-    def _remember(self, status: JobStatus) -> None:
-        if self._statuses is not None:
-            self._statuses[status.id] = status
+    def parse_status(self, stdout: str) -> dict[str, JobStatus]:
+        """See :func:`parse_squeue`."""
+        return parse_squeue(stdout)
 
-    def _query(self) -> dict[str, JobStatus]:
-        if self._statuses is None:
-            user = self.user or _current_user()
-            cmd = ["squeue", "--noheader", f"--user={user}", f"--format={_SQUEUE_FORMAT}"]
-            proc = run_command(cmd)
-            if proc.returncode != 0:
-                raise SchedulerError(command_error("squeue", cmd, proc))
-            self._statuses = parse_squeue(proc.stdout)
-        return self._statuses
+    def kill_command(self, jobids: list[str]) -> list[str]:
+        """``scancel ID...``."""
+        return ["scancel", *jobids]
 
-    def get_statuses(self, jobids: Iterable[str]) -> dict[str, JobStatus]:
-        """Return the statuses of the held jobs among `jobids`, from one ``squeue`` call."""
-        statuses = self._query()
-        result = {}
-        for jobid in jobids:
-            status = statuses.get(str(jobid))
-            if status is not None and status.status.in_queue:
-                result[str(jobid)] = status
-        return result
-
-    def get_status(self, jobid: str) -> JobStatus | None:
-        """Return the status of a held job, ``None`` when finished or unknown."""
-        return self.get_statuses([jobid]).get(str(jobid))
-
-    def get_jobs(self) -> list[str]:
-        """Return the ids of this user's queued, running and blocked jobs (tasks expanded)."""
-        statuses = self._query()
-        # Entries under an array's own id summarise its tasks: list the tasks only.
-        array_ids = {j.split("_", 1)[0] for j in statuses if "_" in j}
-        return [
-            jobid
-            for jobid, status in statuses.items()
-            if status.status.in_queue and jobid not in array_ids
-        ]
-
-    # -- kill ---------------------------------------------------------------
-
-    def kill(self, jobid: str) -> None:
-        """Cancel a job, one array task (``123_4``) or a whole array (``123``)."""
-        self.kill_jobs([jobid])
-
-    def kill_jobs(self, jobids: Iterable[str]) -> None:
-        """Cancel several jobs with one ``scancel`` call (ids already gone are ignored).
-
-        When the ids cover every task of an array that the last ``squeue``
-        answer holds, the array is cancelled by its own id, so that killing
-        thousands of array tasks stays one short command.
-        """
-        ids = [str(j) for j in jobids]
-        if not ids:
-            return
-        for j in ids:
-            if not _ID_RE.match(j) or "[" in j:
-                raise ValueError(f"not a Slurm job id: {j!r}")
-        targets = self._compact_ids(ids)
-        for start in range(0, len(targets), _SCANCEL_BATCH):
-            cmd = ["scancel", *targets[start : start + _SCANCEL_BATCH]]
-            proc = run_command(cmd)
-            if proc.returncode != 0 and not _only_invalid_ids(proc.stderr):
-                raise SchedulerError(command_error("scancel", cmd, proc))
-        if self._statuses is not None:
-            for j in targets:
-                self._statuses.pop(j, None)
-                if "_" not in j:
-                    for k in [k for k in self._statuses if k.startswith(f"{j}_")]:
-                        del self._statuses[k]
-
-    def _compact_ids(self, ids: list[str]) -> list[str]:
-        """Replace the tasks of an array by the array id when they are all its held tasks."""
-        if self._statuses is None:
-            return list(dict.fromkeys(ids))
-        wanted: dict[str, set[str]] = {}
-        for j in ids:
-            if "_" in j:
-                wanted.setdefault(j.split("_", 1)[0], set()).add(j)
-        held: dict[str, set[str]] = {}
-        for k, status in self._statuses.items():
-            if "_" in k and status.status.in_queue:
-                held.setdefault(k.split("_", 1)[0], set()).add(k)
-        whole = {b for b, tasks in wanted.items() if b in held and held[b] <= tasks}
-        out: dict[str, None] = {}
-        for j in ids:
-            base = j.split("_", 1)[0]
-            out[base if "_" in j and base in whole else j] = None
-        return list(out)
+    def kill_error_ignorable(self, proc: subprocess.CompletedProcess[str]) -> bool:
+        """Tell whether scancel complained only about jobs that no longer exist."""
+        return _only_invalid_ids(proc.stderr)
 
 
 def _only_invalid_ids(stderr: str) -> bool:
@@ -534,36 +343,6 @@ def _only_invalid_ids(stderr: str) -> bool:
         or "Job/step already completing" in line
         for line in lines
     )
-
-
-def _extra_options(extra: Any) -> list[str]:
-    """Turn the ``sbatch_args`` scheduler argument into sbatch arguments."""
-    if extra is None:
-        return []
-    if isinstance(extra, str):
-        raise TypeError(
-            "sbatch_args must be a list of arguments such as ['--partition=gpu'] or a dict "
-            f"such as {{'partition': 'gpu'}}, not a string: {extra!r}"
-        )
-    if isinstance(extra, Mapping):
-        options = []
-        for key, value in extra.items():
-            key = str(key).lstrip("-")
-            if not key:
-                raise ValueError("sbatch_args has an empty option name")
-            if value is None or value is False:
-                continue
-            flag = f"-{key}" if len(key) == 1 else f"--{key}"
-            if value is True:
-                options.append(flag)
-            elif len(key) == 1:
-                options.extend([flag, str(value)])
-            else:
-                options.append(f"{flag}={value}")
-        return options
-    if isinstance(extra, Iterable):
-        return [str(a) for a in extra]
-    raise TypeError(f"sbatch_args must be a list or a dict, got {extra!r}")
 
 
 def _current_user() -> str:

@@ -5,19 +5,11 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
-from psyrun.scheduler._command import command_error, run_command
-from psyrun.scheduler.base import (
-    JobState,
-    JobStatus,
-    Scheduler,
-    SchedulerError,
-    check_args,
-    normalize_dependencies,
-    resolve_arg,
-)
+from psyrun.scheduler.base import JobState, JobStatus
+from psyrun.scheduler.command import ArrayChunk, CommandScheduler, JobId
 
 #: scheduler_args names and the sqsub option each becomes.
 SQSUB_OPTIONS = {
@@ -74,7 +66,7 @@ def parse_sqjobs(output: str) -> dict[str, tuple[JobState, str]]:
     return result
 
 
-class Sqsub(Scheduler):
+class Sqsub(CommandScheduler):
     """Submit jobs with Sharcnet's ``sqsub``.
 
     Scheduler arguments, each a fixed value or a function called with the job
@@ -92,10 +84,18 @@ class Sqsub(Scheduler):
     supports_arrays = False
     USER_DEFAULT_ARGS = {"timelimit": "1h", "memory": "1G", "n_cpus": 1}
 
+    submit_program = "sqsub"
+    id_style = "plain"
+    id_label = "an sqsub job id"
+    submit_layout = ("resources", "output", "name", "dependencies", "command")
+    OPTIONS = SQSUB_OPTIONS
+    REQUIRED_ARGS = REQUIRED_ARGS
+    DEFAULT_ARGS = {"n_cpus": 1}
+
     def __init__(self, workdir: str | os.PathLike[str] | None = None) -> None:
+        super().__init__()
         self.workdir = None if workdir is None else os.fspath(workdir)
         self._names: dict[str, str | None] | None = None
-        self._statuses: dict[str, tuple[JobState, str]] | None = None
 
     def sqsub_options(
         self, name: str | None, scheduler_args: Mapping[str, Any] | None
@@ -107,58 +107,28 @@ class Sqsub(Scheduler):
         ValueError
             For an unknown argument name or a missing required one.
         """
-        scheduler_args = dict(scheduler_args or {})
-        unknown = sorted(set(scheduler_args) - set(SQSUB_OPTIONS))
-        if unknown:
-            raise ValueError(
-                f"unknown Sqsub scheduler argument(s) {', '.join(map(repr, unknown))}; "
-                f"valid ones are: {', '.join(SQSUB_OPTIONS)}"
-            )
-        missing = [k for k in REQUIRED_ARGS if scheduler_args.get(k) is None]
-        if missing:
-            raise ValueError(
-                f"Sqsub needs the scheduler argument(s) {', '.join(map(repr, missing))} "
-                f"(for example scheduler_args = {{'timelimit': '1h', 'memory': '1G'}})"
-            )
-        scheduler_args.setdefault("n_cpus", 1)
-        options = []
-        for key, option in SQSUB_OPTIONS.items():
-            if key in scheduler_args:
-                value = resolve_arg(scheduler_args[key], name)
-                if value is not None:
-                    options.extend([option, str(value)])
-        return options
+        return self.scheduler_options(name, scheduler_args)
 
-    def submit(
-        self,
-        args: Sequence[str],
-        output_filename: str,
-        name: str | None = None,
-        depends_on: Iterable[str] | None = None,
-        scheduler_args: Mapping[str, Any] | None = None,
-    ) -> str:
-        """Submit one job with sqsub and return its id (see :meth:`Scheduler.submit`)."""
-        argv = check_args(args)
-        cmd = ["sqsub", *self.sqsub_options(name, scheduler_args)]
-        cmd.extend(["-o", os.fspath(output_filename)])
-        if name is not None:
-            cmd.extend(["-j", name])
-        deps = normalize_dependencies(depends_on)
-        for d in deps:
-            if not d.isdigit():
-                raise ValueError(f"not an sqsub job id to depend on: {d!r}")
-        if deps:
-            cmd.extend(["-w", ",".join(deps)])
-        cmd.extend(argv)
-        proc = run_command(cmd)
-        m = _SUBMITTED_RE.search(proc.stdout or "")
-        if proc.returncode != 0 or m is None:
-            raise SchedulerError(command_error(f"sqsub for job {name!r}", cmd, proc))
-        jobid = m.group(1)
+    def output_options(self, output: str, chunk: ArrayChunk | None) -> list[str]:
+        """``-o FILE``."""
+        return ["-o", output]
+
+    def name_options(self, name: str | None) -> list[str]:
+        """``-j NAME``."""
+        return [] if name is None else ["-j", name]
+
+    def dependency_options(self, deps: list[JobId]) -> list[str]:
+        """``-w ID,ID...``."""
+        return ["-w", ",".join(map(str, deps))] if deps else []
+
+    def parse_submit_output(self, stdout: str) -> str | None:
+        """Read ``submitted as jobid N``."""
+        m = _SUBMITTED_RE.search(stdout)
+        return None if m is None else m.group(1)
+
+    def submitted(self, jobid: str, name: str | None) -> None:
+        """Keep the name of the job (sqjobs does not show it)."""
         self._save_name(jobid, name)
-        if self._statuses is not None:
-            self._statuses[jobid] = (JobState.QUEUED, "Q")
-        return jobid
 
     # -- names of jobs ------------------------------------------------------
 
@@ -191,54 +161,18 @@ class Sqsub(Scheduler):
 
     # -- status and kill ----------------------------------------------------
 
-    def refresh(self) -> None:
-        """Forget the cached ``sqjobs`` answer; the next status query asks again."""
-        self._statuses = None
+    def status_command(self) -> list[str]:
+        """``sqjobs``."""
+        return ["sqjobs"]
 
-    def _query(self) -> dict[str, tuple[JobState, str]]:
-        if self._statuses is None:
-            cmd = ["sqjobs"]
-            proc = run_command(cmd)
-            if proc.returncode != 0:
-                raise SchedulerError(command_error("sqjobs", cmd, proc))
-            self._statuses = parse_sqjobs(proc.stdout)
-        return self._statuses
-
-    def get_statuses(self, jobids: Iterable[str]) -> dict[str, JobStatus]:
-        """Return the statuses of the held jobs among `jobids`, from one ``sqjobs`` call."""
-        statuses = self._query()
+    def parse_status(self, stdout: str) -> dict[str, JobStatus]:
+        """Read ``sqjobs`` output (:func:`parse_sqjobs`), with the names kept in `workdir`."""
         names = self._load_names()
-        result = {}
-        for jobid in map(str, jobids):
-            entry = statuses.get(jobid)
-            if entry is not None and entry[0].in_queue:
-                result[jobid] = JobStatus(jobid, entry[0], names.get(jobid))
-        return result
+        return {
+            jobid: JobStatus(jobid, state, names.get(jobid))
+            for jobid, (state, _) in parse_sqjobs(stdout).items()
+        }
 
-    def get_status(self, jobid: str) -> JobStatus | None:
-        """Return the status of a held job, ``None`` when finished or unknown."""
-        return self.get_statuses([jobid]).get(str(jobid))
-
-    def get_jobs(self) -> list[str]:
-        """Return the ids of this user's queued and running jobs."""
-        return [j for j, (state, _) in self._query().items() if state.in_queue]
-
-    def kill(self, jobid: str) -> None:
-        """Cancel a job with ``sqkill``."""
-        self.kill_jobs([jobid])
-
-    def kill_jobs(self, jobids: Iterable[str]) -> None:
-        """Cancel several jobs with one ``sqkill`` call."""
-        ids = [str(j) for j in jobids]
-        if not ids:
-            return
-        for j in ids:
-            if not j.isdigit():
-                raise ValueError(f"not an sqsub job id: {j!r}")
-        cmd = ["sqkill", *ids]
-        proc = run_command(cmd)
-        if proc.returncode != 0:
-            raise SchedulerError(command_error("sqkill", cmd, proc))
-        if self._statuses is not None:
-            for j in ids:
-                self._statuses.pop(j, None)
+    def kill_command(self, jobids: list[str]) -> list[str]:
+        """``sqkill ID...``."""
+        return ["sqkill", *jobids]

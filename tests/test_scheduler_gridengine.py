@@ -93,9 +93,9 @@ def test_memory_resource_and_parallel_environment_are_settings():
 
 def test_unknown_or_impossible_arguments_say_what_to_do():
     sched = GridEngine()
-    with pytest.raises(ValueError, match="'partition'.*valid ones are: timelimit.*qsub_args"):
+    with pytest.raises(ValueError, match=r"'partition'.*valid ones are: timelimit.*qsub_args"):
         sched.qsub_options("t", {"partition": "gpu"})
-    with pytest.raises(ValueError, match="n_nodes=2.*qsub_args"):
+    with pytest.raises(ValueError, match=r"n_nodes=2.*qsub_args"):
         sched.qsub_options("t", {"n_nodes": 2})
     with pytest.raises(ValueError, match="not both"):
         sched.qsub_options("t", {"memory": "1G", "memory_per_cpu": "1G"})
@@ -305,7 +305,8 @@ def test_job_script_exits_100_on_failure_so_dependents_wait(tmp_path):
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert proc.returncode == 100
-    assert (tmp_path / "o.log").read_text() == "hi\npsyrun: the job's command exited with status 3\n"
+    expected = "hi\npsyrun: the job's command exited with status 3\n"
+    assert (tmp_path / "o.log").read_text() == expected
     proc = subprocess.run(
         ["sh", LAUNCHER, "0", "", "--", "true"], capture_output=True, text=True, check=False,
         env={"PATH": "/usr/bin:/bin"},

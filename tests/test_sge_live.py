@@ -96,7 +96,8 @@ def test_array_with_throttle_then_dependent_job(tmp_path, prefix):
         4, [PY, "-c", stamp, "%a"], str(tmp_path / "arr-%a.log"), name=f"{prefix}:arr",
         scheduler_args={"max_running": 2, "timelimit": "5m"},
     )  # fmt: skip
-    assert len(ids) == 4 and len({i.split(".")[0] for i in ids}) == 1
+    assert len(ids) == 4
+    assert len({i.split(".")[0] for i in ids}) == 1
     after = sched.submit(
         [PY, "-c", "import time; print(time.time())"], str(tmp_path / "after.log"),
         name=f"{prefix}:after", depends_on=ids,

@@ -2,8 +2,8 @@
 
 :class:`Scheduler` is the interface (in :mod:`psyrun.scheduler.base`);
 :class:`ImmediateRun` runs jobs at once on this machine, :class:`Slurm` submits
-them to a Slurm cluster with ``sbatch`` and :class:`Sqsub` to Sharcnet's
-``sqsub``.
+them to a Slurm cluster with ``sbatch``, :class:`Sqsub` to Sharcnet's
+``sqsub`` and :class:`Dask` runs them on a dask.distributed cluster.
 """
 
 from __future__ import annotations
@@ -15,9 +15,14 @@ from psyrun.scheduler.immediate import ImmediateRun
 
 # The cluster schedulers are loaded on first use; psy run with ImmediateRun
 # does not need them.
-_LAZY = {"Slurm": "psyrun.scheduler.slurm", "Sqsub": "psyrun.scheduler.sqsub"}
+_LAZY = {
+    "Dask": "psyrun.scheduler.dask",
+    "Slurm": "psyrun.scheduler.slurm",
+    "Sqsub": "psyrun.scheduler.sqsub",
+}
 
 __all__ = [
+    "Dask",
     "ImmediateRun",
     "JobState",
     "JobStatus",

@@ -566,10 +566,8 @@ def _recorded_status(output_filename: str, key: str) -> tuple[bool, int | None]:
         return False, None
     trailer = _TRAILER.format(key=key)
     if tail and tail[-1].startswith(trailer):
-        try:
-            return True, int(tail[-1][len(trailer) :])
-        except ValueError:
-            pass
+        with contextlib.suppress(ValueError, IndexError):
+            return True, int(tail[-1][len(trailer) :].split()[0])
     return True, None
 
 
@@ -602,7 +600,9 @@ def _execute(
     where = getattr(worker, "address", "?")
     note = "started again" if attempted else "started"
     with open(output_filename, "ab" if attempted else "wb") as out:
-        out.write(f"{_HEADER.format(key=key)}{note} on worker {where}\n".encode())
+        out.write(
+            f"{_HEADER.format(key=key)}{note} on worker {where} at {time.time():.3f}\n".encode()
+        )
     # O_APPEND: the job's output and the trailer below never overwrite each other.
     with open(output_filename, "ab") as out:
         try:
@@ -615,10 +615,10 @@ def _execute(
                 start_new_session=True,
             )
         except OSError as e:
-            code = 127
             out.write(f"psyrun: cannot run {argv!r}: {e}\n".encode())
-            out.write(f"{_TRAILER.format(key=key)}{code}\n".encode())
-            return _RAN, code
+            out.write(f"{_TRAILER.format(key=key)}127 after 0 s\n".encode())
+            return _RAN, 127
+        started = time.monotonic()
         with _RUNNING_LOCK:
             _RUNNING[key] = proc
         try:
@@ -636,7 +636,8 @@ def _execute(
         finally:
             with _RUNNING_LOCK:
                 _RUNNING.pop(key, None)
-        out.write(f"{_TRAILER.format(key=key)}{code}\n".encode())
+        elapsed = time.monotonic() - started
+        out.write(f"{_TRAILER.format(key=key)}{code} after {elapsed:.3f} s\n".encode())
     return _RAN, code
 
 

@@ -242,7 +242,8 @@ class Dask(Scheduler):
                 "dashboard_address": None,
             }
             kwargs.update(self.cluster_kwargs)
-            self._cluster = distributed.LocalCluster(**kwargs)
+            with _sigint_ignored():
+                self._cluster = distributed.LocalCluster(**kwargs)
             target = self._cluster
         elif isinstance(self.address, distributed.Client):
             self._client, self._own_client = self.address, False
@@ -523,6 +524,24 @@ class Dask(Scheduler):
 
     def __repr__(self) -> str:
         return f"Dask({self.address!r})"
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """Ignore SIGINT while the embedded cluster starts its worker processes.
+
+    The workers inherit the disposition: Ctrl-C in the terminal then reaches
+    only this process, which cancels the jobs and lets the workers stop them
+    gracefully, instead of killing the workers (and their jobs) with it.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _is_cluster(obj: Any) -> bool:

@@ -10,7 +10,7 @@ import types
 
 import pytest
 
-from psyrun.scheduler import ImmediateRun, JobState, JobStatus, Scheduler, immediate
+from psyrun.scheduler import ImmediateRun, JobState, JobStatus, Scheduler, _fork
 
 PY = sys.executable
 
@@ -117,38 +117,52 @@ def test_submit_array_substitutes_the_index(tmp_path):
     assert sched.submit_array(0, [PY], str(tmp_path / "none-%a.log")) == []
 
 
+FAKE_JOB = """
+import os, sys
+
+def main(argv):
+    print("fake worker", argv, f"pid={os.getpid()}", f"name={__name__}", f"argv0={sys.argv[0]}")
+    sys.stdout.write("no newline at the end")
+    print("to stderr", file=sys.stderr)
+    if argv and argv[0] == "raise":
+        raise RuntimeError("boom in the job")
+    if argv and argv[0] == "exit":
+        sys.exit(int(argv[1]))
+    if argv and argv[0] == "message":
+        sys.exit("a message instead of a status")
+    if argv and argv[0] == "none":
+        return None
+    return int(argv[0]) if argv else 0
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
+"""
+
+#: A module only this test process can import (a fresh interpreter cannot).
+FAKE = "psyrun_fake_job_module"
+
+
 @pytest.fixture
-def fake_worker(monkeypatch):
-    """A stand-in psyrun.worker whose main() reports what it was given."""
-    module = types.ModuleType("psyrun.worker")
-
-    def main(argv):
-        print("fake worker", argv, f"pid={os.getpid()}")
-        sys.stdout.write("no newline at the end")
-        print("to stderr", file=sys.stderr)
-        if argv and argv[0] == "raise":
-            raise RuntimeError("boom in the job")
-        if argv and argv[0] == "exit":
-            sys.exit(int(argv[1]))
-        if argv and argv[0] == "none":
-            return None
-        return int(argv[0]) if argv else 0
-
-    module.main = main
-    monkeypatch.setitem(sys.modules, "psyrun.worker", module)
+def fake_worker(tmp_path_factory, monkeypatch):
+    """A job module importable here only, that reports what it was given."""
+    where = tmp_path_factory.mktemp("fakemod")
+    (where / f"{FAKE}.py").write_text(FAKE_JOB)
+    monkeypatch.syspath_prepend(str(where))
     # Earlier tests in this process may have left idle threads (zarr's event loop),
     # which would send these jobs down the subprocess path; the fork path is under test.
-    monkeypatch.setattr(immediate, "threading", types.SimpleNamespace(active_count=lambda: 1))
-    return module
+    monkeypatch.setattr(_fork, "other_threads_running", lambda: False)
+    return where / f"{FAKE}.py"
 
 
 def test_worker_jobs_run_in_a_forked_child(tmp_path, fake_worker):
     sched = ImmediateRun()
     out = tmp_path / "w.log"
-    jobid = sched.submit([PY, "-m", "psyrun.worker", "0", "job file.json"], str(out))
+    jobid = sched.submit([PY, "-m", FAKE, "0", "job file.json"], str(out))
     text = _read(out)
     # The fake module only exists in this process, so it ran in a fork of it.
     assert "fake worker ['0', 'job file.json']" in text
+    # Run like ``python -m``: as __main__, argv[0] the module's file.
+    assert f"name=__main__ argv0={fake_worker}" in text
     child_pid = int(text.split("pid=")[1].split()[0])
     assert child_pid != os.getpid()
     assert "no newline at the end" in text
@@ -158,11 +172,18 @@ def test_worker_jobs_run_in_a_forked_child(tmp_path, fake_worker):
 
 @pytest.mark.parametrize(
     ("argv", "code"),
-    [(["5"], 5), (["none"], 0), (["exit", "7"], 7), (["exit", "0"], 0), (["300"], 1)],
+    [
+        (["5"], 5),
+        (["none"], 0),
+        (["exit", "7"], 7),
+        (["exit", "0"], 0),
+        (["300"], 1),
+        (["message"], 1),
+    ],
 )
 def test_forked_exit_status(tmp_path, fake_worker, argv, code):
     sched = ImmediateRun()
-    jobid = sched.submit([PY, "-m", "psyrun.worker", *argv], str(tmp_path / "w.log"))
+    jobid = sched.submit([PY, "-m", FAKE, *argv], str(tmp_path / "w.log"))
     assert sched.returncode(jobid) == code
     assert sched.result(jobid).status is (JobState.COMPLETED if code == 0 else JobState.FAILED)
 
@@ -170,18 +191,18 @@ def test_forked_exit_status(tmp_path, fake_worker, argv, code):
 def test_forked_exception_becomes_exit_1_with_traceback(tmp_path, fake_worker):
     sched = ImmediateRun()
     out = tmp_path / "w.log"
-    bad = sched.submit([PY, "-m", "psyrun.worker", "raise"], str(out))
+    bad = sched.submit([PY, "-m", FAKE, "raise"], str(out))
     assert sched.returncode(bad) == 1
     text = _read(out)
     assert "Traceback" in text
     assert "RuntimeError: boom in the job" in text
     # The parent carries on normally after a failed child.
-    dep = sched.submit([PY, "-m", "psyrun.worker", "0"], str(tmp_path / "d.log"), depends_on=bad)
+    dep = sched.submit([PY, "-m", FAKE, "0"], str(tmp_path / "d.log"), depends_on=bad)
     assert sched.get_status(dep).status is JobState.BLOCKED
 
 
 def test_other_threads_or_fork_false_use_a_subprocess(tmp_path, fake_worker, monkeypatch):
-    monkeypatch.setattr(immediate, "threading", threading)  # count the real threads here
+    monkeypatch.setattr(_fork, "other_threads_running", lambda: threading.active_count() > 1)
     for sched in (ImmediateRun(fork=False), ImmediateRun()):
         out = tmp_path / "w.log"
         stop = threading.Event()
@@ -189,7 +210,7 @@ def test_other_threads_or_fork_false_use_a_subprocess(tmp_path, fake_worker, mon
         if sched.fork:
             thread.start()
         try:
-            sched.submit([PY, "-m", "psyrun.worker", "0"], str(out))
+            sched.submit([PY, "-m", FAKE, "0"], str(out))
         finally:
             stop.set()
             if thread.is_alive():
@@ -201,7 +222,7 @@ def test_other_threads_or_fork_false_use_a_subprocess(tmp_path, fake_worker, mon
 def test_fork_only_for_the_running_interpreter(tmp_path, fake_worker):
     sched = ImmediateRun()
     out = tmp_path / "w.log"
-    sched.submit(["python-other", "-m", "psyrun.worker", "0"], str(out))
+    sched.submit(["python-other", "-m", FAKE, "0"], str(out))
     assert "fake worker" not in _read(out)
 
 
@@ -209,7 +230,7 @@ def test_forked_jobs_are_cheap(tmp_path, fake_worker):
     sched = ImmediateRun()
     start = time.perf_counter()
     for i in range(50):
-        sched.submit([PY, "-m", "psyrun.worker", "0"], str(tmp_path / f"{i}.log"))
+        sched.submit([PY, "-m", FAKE, "0"], str(tmp_path / f"{i}.log"))
     elapsed = time.perf_counter() - start
     # An interpreter start-up alone costs ~20-50 ms; 50 forks take well under that each.
     assert elapsed < 2.5, elapsed

@@ -6,7 +6,6 @@ import os
 import sys
 import threading
 import time
-import types
 
 import pytest
 

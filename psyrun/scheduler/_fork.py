@@ -35,7 +35,7 @@ _POLL_MAX = 0.02
 
 
 def other_threads_running() -> bool:
-    """True when another Python thread runs in this process (then forking is unsafe)."""
+    """Tell whether another Python thread runs in this process (then forking is unsafe)."""
     return threading.active_count() > 1
 
 
@@ -49,7 +49,7 @@ def module_command(argv: Sequence[str]) -> tuple[str, list[str]] | None:
 
 
 def _importable(module: str) -> bool:
-    """True when `module` can be run with ``python -m`` by this process."""
+    """Tell whether this process can run `module` as ``python -m`` would."""
     try:
         spec = importlib.util.find_spec(module)
         if spec is not None and spec.submodule_search_locations is not None:
@@ -119,8 +119,17 @@ class Child:
                 os.kill(self.pid, sig)
 
 
-def start(argv: list[str], output_filename: str, allow_fork: bool) -> Child:
+def start(
+    argv: list[str],
+    output_filename: str,
+    allow_fork: bool,
+    register: Callable[[Child], None] | None = None,
+) -> Child:
     """Start `argv` with stdout and stderr in `output_filename`.
+
+    `register` is called with the new child before this returns; on the fork
+    path SIGINT and SIGTERM are held back until it has returned, so an
+    interrupt cannot leave a child that nobody knows of.
 
     Raises
     ------
@@ -130,7 +139,7 @@ def start(argv: list[str], output_filename: str, allow_fork: bool) -> Child:
     """
     target = fork_target(argv, allow_fork)
     if target is not None:
-        return _start_forked(target[0], target[1], output_filename)
+        return _start_forked(target[0], target[1], output_filename, register)
     with open(output_filename, "wb") as out:
         try:
             popen = subprocess.Popen(
@@ -138,26 +147,44 @@ def start(argv: list[str], output_filename: str, allow_fork: bool) -> Child:
             )
         except OSError as e:
             out.write(f"psyrun: cannot run {argv!r}: {e}\n".encode())
-            return Child(None, code=127)
-    return Child(popen.pid, popen=popen)
+            child = Child(None, code=127)
+        else:
+            # (Blocking signals here would leave them blocked in the new program.)
+            child = Child(popen.pid, popen=popen)
+    if register is not None:
+        register(child)
+    return child
 
 
-def _start_forked(module: str, args: list[str], output_filename: str) -> Child:
+_INTERRUPTS = {signal.SIGINT, signal.SIGTERM}
+
+
+def _start_forked(
+    module: str, args: list[str], output_filename: str, register: Callable[[Child], None] | None
+) -> Child:
     # Open in the parent so that an unwritable log is the caller's error, at once.
     fd = os.open(output_filename, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
     # Buffered output would otherwise be written twice (by parent and child).
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(AttributeError, ValueError, OSError):
             stream.flush()
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _INTERRUPTS)
     try:
-        pid = os.fork()
-    except BaseException:
+        try:
+            pid = os.fork()
+        except BaseException:
+            os.close(fd)
+            raise
+        if pid == 0:  # pragma: no cover - the child leaves with os._exit; covered by tests
+            _child_main(module, args, fd, old_mask)
         os.close(fd)
-        raise
-    if pid == 0:  # pragma: no cover - the child leaves with os._exit; covered by tests
-        _child_main(module, args, fd)
-    os.close(fd)
-    return Child(pid)
+        child = Child(pid)
+        if register is not None:
+            register(child)
+    finally:
+        # A signal that came meanwhile is handled now, with the child known.
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    return child
 
 
 def _raise_terminated(signum: int, frame: object) -> None:
@@ -181,7 +208,7 @@ def _reset_signals() -> None:
 
 
 def _exit_code(exc: SystemExit) -> int:
-    """The exit status ``python`` gives for `exc` (a message goes to stderr, status 1)."""
+    """Return the exit status ``python`` gives for `exc` (a message: to stderr, status 1)."""
     code = exc.code
     if code is None:
         return 0
@@ -192,11 +219,13 @@ def _exit_code(exc: SystemExit) -> int:
     return 1
 
 
-def _child_main(module: str, args: list[str], fd: int) -> None:
+def _child_main(module: str, args: list[str], fd: int, mask: Iterable[int]) -> None:
     """Body of the forked child: run `module` as ``__main__``; never returns."""
     code = 1
     try:
         _reset_signals()
+        # Signals held back during the fork arrive now, at the job's handlers.
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         # The parent's exit handlers are not the job's; the job's own run at its end.
         atexit._clear()
         os.dup2(fd, 1)
@@ -246,33 +275,20 @@ def _child_main(module: str, args: list[str], fd: int) -> None:
         os._exit(code)
 
 
-def wait_any(
-    children: Iterable[Child],
-    deadline: float | None = None,
-    tick: Callable[[], None] | None = None,
-    interval: float = 0.5,
-) -> list[Child]:
-    """Poll `children` until one or more have ended (or `deadline` passes); return those.
+def wait_any(children: Iterable[Child], deadline: float | None = None) -> list[Child]:
+    """Poll `children` until one or more have ended, or `deadline` (monotonic) passes.
 
-    `tick` is called about every `interval` seconds while waiting (exceptions
-    propagate).
+    Returns the children that have ended (reaped), possibly none at the deadline.
     """
     children = list(children)
     sleep = _POLL_MIN
-    next_tick = time.monotonic() + interval
     while True:
         ended = [c for c in children if c.poll() is not None]
         now = time.monotonic()
         if ended or not children or (deadline is not None and now >= deadline):
             return ended
-        if tick is not None and now >= next_tick:
-            tick()
-            now = time.monotonic()
-            next_tick = now + interval
-        until = next_tick if tick is not None else now + sleep
-        if deadline is not None:
-            until = min(until, deadline)
-        time.sleep(max(0.0, min(sleep, until - now)))
+        pause = sleep if deadline is None else min(sleep, deadline - now)
+        time.sleep(max(0.0, pause))
         sleep = min(sleep * 2, _POLL_MAX)
 
 
@@ -290,7 +306,8 @@ def stop(children: Iterable[Child], grace: float = DEFAULT_GRACE) -> None:
         while alive and time.monotonic() < deadline:
             ended = wait_any(alive, deadline=deadline)
             alive = [c for c in alive if c not in ended]
-    except BaseException:  # noqa: S110 - a second Ctrl-C: stop waiting, kill at once
+    except BaseException:
+        # A second Ctrl-C: stop waiting, kill at once.
         pass
     for c in alive:
         c.send_signal(signal.SIGKILL)
@@ -299,5 +316,5 @@ def stop(children: Iterable[Child], grace: float = DEFAULT_GRACE) -> None:
             try:
                 c.wait()
                 break
-            except BaseException:  # noqa: S112 - reap even through repeated interrupts
-                continue
+            except BaseException:
+                continue  # reap even through repeated interrupts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -88,17 +89,24 @@ class ImmediateRun(Scheduler):
             self._jobs[jobid] = (JobState.BLOCKED, name, None)
             return jobid
 
-        child = _fork.start(argv, output_filename, self.fork)
+        started: list[_fork.Child] = []
         try:
+            # Registered by start(), so that an interrupt right after still stops it.
+            child = _fork.start(argv, output_filename, self.fork, started.append)
             if self.monitor is None:
                 code = child.wait()
             else:
-                while child.poll() is None:
-                    _fork.wait_any([child], tick=self.monitor, interval=self.monitor_interval)
+                next_tick = time.monotonic() + self.monitor_interval
+                while not _fork.wait_any([child], deadline=next_tick):
+                    self.monitor()
+                    next_tick = time.monotonic() + self.monitor_interval
                 code = child.code
         except BaseException:
-            _fork.stop([child], self.grace)
-            self._jobs[jobid] = (JobState.CANCELLED, name, child.code)
+            if not started:  # it never ran (the log could not be opened, ...)
+                self._next_id -= 1
+                raise
+            _fork.stop(started, self.grace)
+            self._jobs[jobid] = (JobState.CANCELLED, name, started[0].code)
             raise
         state = JobState.COMPLETED if code == 0 else JobState.FAILED
         self._jobs[jobid] = (state, name, code)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 import time
@@ -10,6 +11,7 @@ import time
 import pytest
 
 from psyrun.scheduler import ImmediateRun, JobState, JobStatus, Scheduler, _fork
+from psyrun.scheduler import immediate as immediate_module
 
 PY = sys.executable
 
@@ -117,9 +119,24 @@ def test_submit_array_substitutes_the_index(tmp_path):
 
 
 FAKE_JOB = """
-import os, sys
+import os, signal, sys, time
+
+def hold(pidfile, final, signame):
+    # Interrupt the scheduler, then run until stopped; the finally block
+    # shows whether the SIGTERM that stops the job unwinds it.
+    with open(pidfile, "w") as f:
+        f.write(str(os.getpid()))
+    try:
+        if signame != "-":
+            os.kill(os.getppid(), getattr(signal, signame))
+        time.sleep(60)
+    finally:
+        with open(final, "w") as f:
+            f.write("finally ran")
 
 def main(argv):
+    if argv and argv[0] == "hold":
+        return hold(*argv[1:])
     print("fake worker", argv, f"pid={os.getpid()}", f"name={__name__}", f"argv0={sys.argv[0]}")
     sys.stdout.write("no newline at the end")
     print("to stderr", file=sys.stderr)
@@ -233,6 +250,132 @@ def test_forked_jobs_are_cheap(tmp_path, fake_worker):
     elapsed = time.perf_counter() - start
     # An interpreter start-up alone costs ~20-50 ms; 50 forks take well under that each.
     assert elapsed < 2.5, elapsed
+
+
+def test_contract_attributes():
+    sched = ImmediateRun()
+    assert sched.attached
+    assert sched.local
+    assert sched.monitor is None
+    assert sched.monitor_interval == 0.5
+    sched.wait(["0"])
+    sched.shutdown(cancel=True)
+    assert sched.result("0") is None
+
+
+def test_any_python_m_module_importable_here_is_forked(tmp_path, monkeypatch):
+    monkeypatch.setattr(_fork, "other_threads_running", lambda: False)
+    pkg = tmp_path / "mods" / "psyrun_fake_pkg"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "__main__.py").write_text(
+        "import os, sys\nprint('pkg main', __name__, sys.argv[1:], os.getppid())\nsys.exit(4)"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path / "mods"))
+    sched = ImmediateRun()
+    out = tmp_path / "p.log"
+    jobid = sched.submit([PY, "-m", "psyrun_fake_pkg", "x"], str(out))
+    # Only this process can import the package: it ran in a fork, as python -m would.
+    assert _read(out).split() == ["pkg", "main", "__main__", "['x']", str(os.getpid())]
+    assert sched.returncode(jobid) == 4
+
+
+def test_python_m_module_not_importable_here_runs_as_subprocess(tmp_path, monkeypatch):
+    monkeypatch.setattr(_fork, "other_threads_running", lambda: False)
+    where = tmp_path / "elsewhere"
+    where.mkdir()
+    (where / "psyrun_sub_only.py").write_text("import sys; print('sub', sys.argv[1:])")
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(where), os.environ.get("PYTHONPATH", "")])
+    )
+    sched = ImmediateRun()
+    out = tmp_path / "s.log"
+    jobid = sched.submit([PY, "-m", "psyrun_sub_only", "a b"], str(out))
+    assert _read(out).strip() == "sub ['a b']"
+    assert sched.returncode(jobid) == 0
+
+
+def test_monitor_is_called_while_a_job_runs(tmp_path, fake_worker):
+    sched = ImmediateRun()
+    calls = []
+    sched.monitor = lambda: calls.append(time.monotonic())
+    sched.monitor_interval = 0.05
+    start = time.monotonic()
+    jobid = sched.submit([PY, "-c", "import time; time.sleep(0.5)"], str(tmp_path / "m.log"))
+    elapsed = time.monotonic() - start
+    assert sched.result(jobid).status is JobState.COMPLETED
+    # About every monitor_interval seconds, not more often.
+    assert 5 <= len(calls) <= elapsed / 0.05 + 1
+    assert min(b - a for a, b in zip(calls, calls[1:])) >= 0.045
+
+
+class Interrupted(KeyboardInterrupt):
+    """What psy's own SIGTERM handler raises."""
+
+
+@pytest.fixture
+def sigterm_raises():
+    """While the test runs, SIGTERM raises :class:`Interrupted` in this process."""
+
+    def handler(signum, frame):
+        raise Interrupted(signum)
+
+    old = signal.signal(signal.SIGTERM, handler)
+    yield
+    signal.signal(signal.SIGTERM, old)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize(("signame", "expected"), [("SIGTERM", Interrupted), ("SIGINT", None)])
+def test_a_signal_during_a_job_stops_it_and_propagates(
+    tmp_path, fake_worker, sigterm_raises, signame, expected
+):
+    expected = expected or KeyboardInterrupt
+    sched = ImmediateRun()
+    pidfile, final = tmp_path / "pid", tmp_path / "final"
+    with pytest.raises(expected):
+        sched.submit([PY, "-m", FAKE, "hold", pidfile, final, signame], str(tmp_path / "h.log"))
+    assert _gone(int(pidfile.read_text()))
+    # The child's SIGTERM handler unwound the job: its finally block ran.
+    assert final.read_text() == "finally ran"
+    assert sched.returncode("0") == 143
+    assert sched.result("0").status is JobState.CANCELLED
+    # The scheduler is usable afterwards.
+    jobid = sched.submit([PY, "-m", FAKE, "0"], str(tmp_path / "ok.log"))
+    assert sched.result(jobid).status is JobState.COMPLETED
+
+
+def test_a_monitor_error_stops_the_job(tmp_path, fake_worker):
+    sched = ImmediateRun(grace=2)
+    pidfile, final = tmp_path / "pid", tmp_path / "final"
+
+    def monitor():
+        if pidfile.exists():
+            raise RuntimeError("the progress bar broke")
+
+    sched.monitor = monitor
+    sched.monitor_interval = 0.02
+    with pytest.raises(RuntimeError, match="progress bar broke"):
+        sched.submit([PY, "-m", FAKE, "hold", pidfile, final, "-"], str(tmp_path / "h.log"))
+    assert _gone(int(pidfile.read_text()))
+    assert final.read_text() == "finally ran"
+    assert sched.result("0").status is JobState.CANCELLED
+
+
+def test_no_scheduler_module_names_the_worker():
+    # The schedulers run any ``python -m`` module; knowing the worker made a cycle.
+    folder = os.path.dirname(immediate_module.__file__)
+    for name in os.listdir(folder):
+        if name.endswith(".py"):
+            with open(os.path.join(folder, name), encoding="utf-8") as f:
+                assert "psyrun.worker" not in f.read(), name
 
 
 def test_a_user_scheduler_gets_working_defaults(tmp_path):

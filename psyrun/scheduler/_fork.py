@@ -55,8 +55,9 @@ def _importable(module: str) -> bool:
         if spec is not None and spec.submodule_search_locations is not None:
             # ``python -m package`` runs ``package.__main__``.
             spec = importlib.util.find_spec(module + ".__main__")
-    except (ImportError, ValueError, AttributeError):
-        # ValueError: a module in sys.modules without __spec__ (made up at run time).
+    except Exception:
+        # A module in sys.modules without __spec__ (ValueError), a parent
+        # package that fails to import, ...: a subprocess will tell in its log.
         return False
     return spec is not None and spec.loader is not None
 

@@ -103,7 +103,6 @@ class ImmediateRun(Scheduler):
                 code = child.code
         except BaseException:
             if not started:  # it never ran (the log could not be opened, ...)
-                self._next_id -= 1
                 raise
             _fork.stop(started, self.grace)
             self._jobs[jobid] = (JobState.CANCELLED, name, started[0].code)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import signal
 import sys
 import threading
 import time
-import types
 
 import pytest
 
-from psyrun.scheduler import ImmediateRun, JobState, JobStatus, Scheduler, immediate
+from psyrun.scheduler import ImmediateRun, JobState, JobStatus, Scheduler, _fork
+from psyrun.scheduler import immediate as immediate_module
 
 PY = sys.executable
 
@@ -117,38 +119,67 @@ def test_submit_array_substitutes_the_index(tmp_path):
     assert sched.submit_array(0, [PY], str(tmp_path / "none-%a.log")) == []
 
 
+FAKE_JOB = """
+import os, signal, sys, time
+
+def hold(pidfile, final, signame):
+    # Interrupt the scheduler, then run until stopped; the finally block
+    # shows whether the SIGTERM that stops the job unwinds it.
+    with open(pidfile, "w") as f:
+        f.write(str(os.getpid()))
+    try:
+        if signame != "-":
+            os.kill(os.getppid(), getattr(signal, signame))
+        time.sleep(60)
+    finally:
+        with open(final, "w") as f:
+            f.write("finally ran")
+
+def main(argv):
+    if argv and argv[0] == "hold":
+        return hold(*argv[1:])
+    print("fake worker", argv, f"pid={os.getpid()}", f"name={__name__}", f"argv0={sys.argv[0]}")
+    sys.stdout.write("no newline at the end")
+    print("to stderr", file=sys.stderr)
+    if argv and argv[0] == "raise":
+        raise RuntimeError("boom in the job")
+    if argv and argv[0] == "exit":
+        sys.exit(int(argv[1]))
+    if argv and argv[0] == "message":
+        sys.exit("a message instead of a status")
+    if argv and argv[0] == "none":
+        return None
+    return int(argv[0]) if argv else 0
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
+"""
+
+#: A module only this test process can import (a fresh interpreter cannot).
+FAKE = "psyrun_fake_job_module"
+
+
 @pytest.fixture
-def fake_worker(monkeypatch):
-    """A stand-in psyrun.worker whose main() reports what it was given."""
-    module = types.ModuleType("psyrun.worker")
-
-    def main(argv):
-        print("fake worker", argv, f"pid={os.getpid()}")
-        sys.stdout.write("no newline at the end")
-        print("to stderr", file=sys.stderr)
-        if argv and argv[0] == "raise":
-            raise RuntimeError("boom in the job")
-        if argv and argv[0] == "exit":
-            sys.exit(int(argv[1]))
-        if argv and argv[0] == "none":
-            return None
-        return int(argv[0]) if argv else 0
-
-    module.main = main
-    monkeypatch.setitem(sys.modules, "psyrun.worker", module)
+def fake_worker(tmp_path_factory, monkeypatch):
+    """A job module importable here only, that reports what it was given."""
+    where = tmp_path_factory.mktemp("fakemod")
+    (where / f"{FAKE}.py").write_text(FAKE_JOB)
+    monkeypatch.syspath_prepend(str(where))
     # Earlier tests in this process may have left idle threads (zarr's event loop),
     # which would send these jobs down the subprocess path; the fork path is under test.
-    monkeypatch.setattr(immediate, "threading", types.SimpleNamespace(active_count=lambda: 1))
-    return module
+    monkeypatch.setattr(_fork, "other_threads_running", lambda: False)
+    return where / f"{FAKE}.py"
 
 
 def test_worker_jobs_run_in_a_forked_child(tmp_path, fake_worker):
     sched = ImmediateRun()
     out = tmp_path / "w.log"
-    jobid = sched.submit([PY, "-m", "psyrun.worker", "0", "job file.json"], str(out))
+    jobid = sched.submit([PY, "-m", FAKE, "0", "job file.json"], str(out))
     text = _read(out)
     # The fake module only exists in this process, so it ran in a fork of it.
     assert "fake worker ['0', 'job file.json']" in text
+    # Run like ``python -m``: as __main__, argv[0] the module's file.
+    assert f"name=__main__ argv0={fake_worker}" in text
     child_pid = int(text.split("pid=")[1].split()[0])
     assert child_pid != os.getpid()
     assert "no newline at the end" in text
@@ -158,11 +189,18 @@ def test_worker_jobs_run_in_a_forked_child(tmp_path, fake_worker):
 
 @pytest.mark.parametrize(
     ("argv", "code"),
-    [(["5"], 5), (["none"], 0), (["exit", "7"], 7), (["exit", "0"], 0), (["300"], 1)],
+    [
+        (["5"], 5),
+        (["none"], 0),
+        (["exit", "7"], 7),
+        (["exit", "0"], 0),
+        (["300"], 1),
+        (["message"], 1),
+    ],
 )
 def test_forked_exit_status(tmp_path, fake_worker, argv, code):
     sched = ImmediateRun()
-    jobid = sched.submit([PY, "-m", "psyrun.worker", *argv], str(tmp_path / "w.log"))
+    jobid = sched.submit([PY, "-m", FAKE, *argv], str(tmp_path / "w.log"))
     assert sched.returncode(jobid) == code
     assert sched.result(jobid).status is (JobState.COMPLETED if code == 0 else JobState.FAILED)
 
@@ -170,18 +208,18 @@ def test_forked_exit_status(tmp_path, fake_worker, argv, code):
 def test_forked_exception_becomes_exit_1_with_traceback(tmp_path, fake_worker):
     sched = ImmediateRun()
     out = tmp_path / "w.log"
-    bad = sched.submit([PY, "-m", "psyrun.worker", "raise"], str(out))
+    bad = sched.submit([PY, "-m", FAKE, "raise"], str(out))
     assert sched.returncode(bad) == 1
     text = _read(out)
     assert "Traceback" in text
     assert "RuntimeError: boom in the job" in text
     # The parent carries on normally after a failed child.
-    dep = sched.submit([PY, "-m", "psyrun.worker", "0"], str(tmp_path / "d.log"), depends_on=bad)
+    dep = sched.submit([PY, "-m", FAKE, "0"], str(tmp_path / "d.log"), depends_on=bad)
     assert sched.get_status(dep).status is JobState.BLOCKED
 
 
 def test_other_threads_or_fork_false_use_a_subprocess(tmp_path, fake_worker, monkeypatch):
-    monkeypatch.setattr(immediate, "threading", threading)  # count the real threads here
+    monkeypatch.setattr(_fork, "other_threads_running", lambda: threading.active_count() > 1)
     for sched in (ImmediateRun(fork=False), ImmediateRun()):
         out = tmp_path / "w.log"
         stop = threading.Event()
@@ -189,7 +227,7 @@ def test_other_threads_or_fork_false_use_a_subprocess(tmp_path, fake_worker, mon
         if sched.fork:
             thread.start()
         try:
-            sched.submit([PY, "-m", "psyrun.worker", "0"], str(out))
+            sched.submit([PY, "-m", FAKE, "0"], str(out))
         finally:
             stop.set()
             if thread.is_alive():
@@ -201,7 +239,7 @@ def test_other_threads_or_fork_false_use_a_subprocess(tmp_path, fake_worker, mon
 def test_fork_only_for_the_running_interpreter(tmp_path, fake_worker):
     sched = ImmediateRun()
     out = tmp_path / "w.log"
-    sched.submit(["python-other", "-m", "psyrun.worker", "0"], str(out))
+    sched.submit(["python-other", "-m", FAKE, "0"], str(out))
     assert "fake worker" not in _read(out)
 
 
@@ -209,10 +247,136 @@ def test_forked_jobs_are_cheap(tmp_path, fake_worker):
     sched = ImmediateRun()
     start = time.perf_counter()
     for i in range(50):
-        sched.submit([PY, "-m", "psyrun.worker", "0"], str(tmp_path / f"{i}.log"))
+        sched.submit([PY, "-m", FAKE, "0"], str(tmp_path / f"{i}.log"))
     elapsed = time.perf_counter() - start
     # An interpreter start-up alone costs ~20-50 ms; 50 forks take well under that each.
     assert elapsed < 2.5, elapsed
+
+
+def test_contract_attributes():
+    sched = ImmediateRun()
+    assert sched.attached
+    assert sched.local
+    assert sched.monitor is None
+    assert sched.monitor_interval == 0.5
+    sched.wait(["0"])
+    sched.shutdown(cancel=True)
+    assert sched.result("0") is None
+
+
+def test_any_python_m_module_importable_here_is_forked(tmp_path, monkeypatch):
+    monkeypatch.setattr(_fork, "other_threads_running", lambda: False)
+    pkg = tmp_path / "mods" / "psyrun_fake_pkg"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "__main__.py").write_text(
+        "import os, sys\nprint('pkg main', __name__, sys.argv[1:], os.getppid())\nsys.exit(4)"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path / "mods"))
+    sched = ImmediateRun()
+    out = tmp_path / "p.log"
+    jobid = sched.submit([PY, "-m", "psyrun_fake_pkg", "x"], str(out))
+    # Only this process can import the package: it ran in a fork, as python -m would.
+    assert _read(out).split() == ["pkg", "main", "__main__", "['x']", str(os.getpid())]
+    assert sched.returncode(jobid) == 4
+
+
+def test_python_m_module_not_importable_here_runs_as_subprocess(tmp_path, monkeypatch):
+    monkeypatch.setattr(_fork, "other_threads_running", lambda: False)
+    where = tmp_path / "elsewhere"
+    where.mkdir()
+    (where / "psyrun_sub_only.py").write_text("import sys; print('sub', sys.argv[1:])")
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(where), os.environ.get("PYTHONPATH", "")])
+    )
+    sched = ImmediateRun()
+    out = tmp_path / "s.log"
+    jobid = sched.submit([PY, "-m", "psyrun_sub_only", "a b"], str(out))
+    assert _read(out).strip() == "sub ['a b']"
+    assert sched.returncode(jobid) == 0
+
+
+def test_monitor_is_called_while_a_job_runs(tmp_path, fake_worker):
+    sched = ImmediateRun()
+    calls = []
+    sched.monitor = lambda: calls.append(time.monotonic())
+    sched.monitor_interval = 0.05
+    start = time.monotonic()
+    jobid = sched.submit([PY, "-c", "import time; time.sleep(0.5)"], str(tmp_path / "m.log"))
+    elapsed = time.monotonic() - start
+    assert sched.result(jobid).status is JobState.COMPLETED
+    # About every monitor_interval seconds, not more often.
+    assert 5 <= len(calls) <= elapsed / 0.05 + 1
+    assert min(b - a for a, b in itertools.pairwise(calls)) >= 0.045
+
+
+class Interrupted(KeyboardInterrupt):
+    """What psy's own SIGTERM handler raises."""
+
+
+@pytest.fixture
+def sigterm_raises():
+    """While the test runs, SIGTERM raises :class:`Interrupted` in this process."""
+
+    def handler(signum, frame):
+        raise Interrupted(signum)
+
+    old = signal.signal(signal.SIGTERM, handler)
+    yield
+    signal.signal(signal.SIGTERM, old)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize(("signame", "expected"), [("SIGTERM", Interrupted), ("SIGINT", None)])
+def test_a_signal_during_a_job_stops_it_and_propagates(
+    tmp_path, fake_worker, sigterm_raises, signame, expected
+):
+    expected = expected or KeyboardInterrupt
+    sched = ImmediateRun()
+    pidfile, final = tmp_path / "pid", tmp_path / "final"
+    with pytest.raises(expected):
+        sched.submit([PY, "-m", FAKE, "hold", pidfile, final, signame], str(tmp_path / "h.log"))
+    assert _gone(int(pidfile.read_text()))
+    # The child's SIGTERM handler unwound the job: its finally block ran.
+    assert final.read_text() == "finally ran"
+    assert sched.returncode("0") == 143
+    assert sched.result("0").status is JobState.CANCELLED
+    # The scheduler is usable afterwards.
+    jobid = sched.submit([PY, "-m", FAKE, "0"], str(tmp_path / "ok.log"))
+    assert sched.result(jobid).status is JobState.COMPLETED
+
+
+def test_a_monitor_error_stops_the_job(tmp_path, fake_worker):
+    sched = ImmediateRun(grace=2)
+    pidfile, final = tmp_path / "pid", tmp_path / "final"
+
+    def monitor():
+        if pidfile.exists():
+            raise RuntimeError("the progress bar broke")
+
+    sched.monitor = monitor
+    sched.monitor_interval = 0.02
+    with pytest.raises(RuntimeError, match="progress bar broke"):
+        sched.submit([PY, "-m", FAKE, "hold", pidfile, final, "-"], str(tmp_path / "h.log"))
+    assert _gone(int(pidfile.read_text()))
+    assert final.read_text() == "finally ran"
+    assert sched.result("0").status is JobState.CANCELLED
+
+
+def test_no_scheduler_module_names_the_worker():
+    # The schedulers run any ``python -m`` module; knowing the worker made a cycle.
+    folder = os.path.dirname(immediate_module.__file__)
+    for name in os.listdir(folder):
+        if name.endswith(".py"):
+            with open(os.path.join(folder, name), encoding="utf-8") as f:
+                assert "psyrun.worker" not in f.read(), name
 
 
 def test_a_user_scheduler_gets_working_defaults(tmp_path):

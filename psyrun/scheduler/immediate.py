@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import subprocess
-import sys
-import threading
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from psyrun.scheduler import _fork
 from psyrun.scheduler.base import (
     JobState,
     JobStatus,
@@ -17,10 +15,6 @@ from psyrun.scheduler.base import (
     check_args,
     normalize_dependencies,
 )
-
-# The entry point every psyrun job runs; jobs that start with it can run in a
-# forked child of the current process instead of a fresh interpreter.
-_WORKER_PREFIX = ("-m", "psyrun.worker")
 
 
 class ImmediateRun(Scheduler):
@@ -31,31 +25,39 @@ class ImmediateRun(Scheduler):
     :meth:`get_status` reports it as :attr:`JobState.BLOCKED`, and
     :meth:`result` tells how every job ended.
 
-    Commands of the form ``[sys.executable, '-m', 'psyrun.worker', ...]`` run
-    in a forked child of this process (psyrun and numpy are already imported
-    there, so a job costs milliseconds instead of an interpreter start-up),
-    unless `fork` is False or other threads are running (forking a
-    multi-threaded process can deadlock the child); anything else runs as a
-    subprocess.
+    Commands of the form ``[sys.executable, '-m', MODULE, *args]`` run
+    ``MODULE`` as ``__main__`` in a forked child of this process (psyrun and
+    numpy are already imported there, so a job costs milliseconds instead of
+    an interpreter start-up), unless `fork` is False, other threads are
+    running (forking a multi-threaded process can deadlock the child) or
+    ``MODULE`` cannot be imported here; anything else runs as a subprocess.
+
+    While a job runs, :attr:`monitor` (when set) is called about every
+    :attr:`monitor_interval` seconds. An exception that arrives meanwhile
+    (Ctrl-C, a monitor's error) stops the job (SIGTERM, up to `grace`
+    seconds for its ``finally`` blocks, then SIGKILL), marks it CANCELLED and
+    propagates.
 
     Parameters
     ----------
     fork
-        Allow the forked fast path for psyrun worker commands.
+        Allow the forked fast path for ``python -m`` commands.
+    grace
+        Seconds an interrupted job gets between SIGTERM and SIGKILL.
     """
 
-    attached = True
-    local = True
-    monitor = None
+    #: Jobs run under this process and end with it.
+    attached: bool = True
+    #: Jobs run on this machine.
+    local: bool = True
+    #: Called (by this scheduler) about every :attr:`monitor_interval`
+    #: seconds while a job runs; set by the caller.
+    monitor: Callable[[], None] | None = None
+    monitor_interval: float = 0.5
 
-    def wait(self, jobids) -> None:
-        """Return at once: every job ran during its submission."""
-
-    def shutdown(self, cancel: bool = False) -> None:
-        """Nothing to release."""
-
-    def __init__(self, fork: bool = True) -> None:
+    def __init__(self, fork: bool = True, *, grace: float = _fork.DEFAULT_GRACE) -> None:
         self.fork = fork
+        self.grace = float(grace)
         self._next_id = 0
         # id -> (state, name, exit status or None when skipped)
         self._jobs: dict[str, tuple[JobState, str | None, int | None]] = {}
@@ -87,23 +89,33 @@ class ImmediateRun(Scheduler):
             self._jobs[jobid] = (JobState.BLOCKED, name, None)
             return jobid
 
-        if self._can_fork(argv):
-            code = _run_forked(argv[3:], output_filename)
-        else:
-            code = _run_subprocess(argv, output_filename)
+        started: list[_fork.Child] = []
+        try:
+            # Registered by start(), so that an interrupt right after still stops it.
+            child = _fork.start(argv, output_filename, self.fork, started.append)
+            if self.monitor is None:
+                code = child.wait()
+            else:
+                next_tick = time.monotonic() + self.monitor_interval
+                while not _fork.wait_any([child], deadline=next_tick):
+                    self.monitor()
+                    next_tick = time.monotonic() + self.monitor_interval
+                code = child.code
+        except BaseException:
+            if not started:  # it never ran (the log could not be opened, ...)
+                raise
+            _fork.stop(started, self.grace)
+            self._jobs[jobid] = (JobState.CANCELLED, name, started[0].code)
+            raise
         state = JobState.COMPLETED if code == 0 else JobState.FAILED
         self._jobs[jobid] = (state, name, code)
         return jobid
 
-    def _can_fork(self, argv: list[str]) -> bool:
-        return (
-            self.fork
-            and hasattr(os, "fork")
-            and len(argv) >= 3
-            and argv[0] == sys.executable
-            and tuple(argv[1:3]) == _WORKER_PREFIX
-            and threading.active_count() == 1
-        )
+    def wait(self, jobids: Iterable[str] | None = None) -> None:
+        """Return at once: every job has ended when :meth:`submit` returns."""
+
+    def shutdown(self, cancel: bool = False) -> None:
+        """Release nothing: no job outlives its :meth:`submit`."""
 
     def kill(self, jobid: str) -> None:
         """Forget a skipped job; finished jobs cannot be killed (nothing to do)."""
@@ -130,75 +142,9 @@ class ImmediateRun(Scheduler):
         return JobStatus(jobid, entry[0], entry[1])
 
     def returncode(self, jobid: str) -> int | None:
-        """Return the exit status of a job that ran (``None`` if it was skipped or is unknown)."""
+        """Return the exit status of a job that ran (``None`` if it was skipped or is unknown).
+
+        A job ended by signal N has exit status -N.
+        """
         entry = self._jobs.get(jobid)
         return None if entry is None else entry[2]
-
-
-def _run_subprocess(argv: list[str], output_filename: str) -> int:
-    """Run `argv` with stdout and stderr in `output_filename`; return its exit status."""
-    with open(output_filename, "wb") as out:
-        try:
-            proc = subprocess.run(
-                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=False
-            )
-        except OSError as e:
-            # A missing program is the job's failure, reported in its log.
-            out.write(f"psyrun: cannot run {argv!r}: {e}\n".encode())
-            return 127
-    return proc.returncode
-
-
-def _run_forked(worker_argv: list[str], output_filename: str) -> int:
-    """Run ``psyrun.worker.main(worker_argv)`` in a forked child; return its exit status."""
-    # Open in the parent so that an unwritable log is the caller's error, at once.
-    fd = os.open(output_filename, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-    # Buffered output would otherwise be written twice (by parent and child).
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(AttributeError, ValueError, OSError):
-            stream.flush()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child leaves with os._exit; covered by tests
-        _child(worker_argv, fd)
-    os.close(fd)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
-
-
-def _child(worker_argv: list[str], fd: int) -> None:
-    """Body of the forked child: never returns."""
-    code = 1
-    try:
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        os.close(fd)
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.close(null)
-        # sys.stdout may be a capture object (pytest, IDEs) rather than fd 1:
-        # point Python's streams at the log explicitly.
-        sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
-        sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
-        sys.stdin = open(0, closefd=False)  # noqa: SIM115
-        try:
-            import importlib
-
-            worker = importlib.import_module("psyrun.worker")
-            result = worker.main(list(worker_argv))
-            code = 0 if result is None else int(result)
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-            if not isinstance(e.code, int) and e.code is not None:
-                print(e.code, file=sys.stderr)
-        except BaseException:
-            import traceback
-
-            traceback.print_exc()
-            code = 1
-        finally:
-            for stream in (sys.stdout, sys.stderr):
-                with contextlib.suppress(Exception):
-                    stream.flush()
-    finally:
-        # Exit statuses wrap modulo 256: keep a failure a failure.
-        os._exit(code if 0 <= code <= 255 else 1)

@@ -44,7 +44,7 @@ _FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 _RUN_FLAGS = _FLAGS | doctest.REPORT_ONLY_FIRST_FAILURE
 
 #: Pages skipped when an optional package is missing: page name -> modules.
-_NEEDS = {"recipes.rst": ("pandas", "xarray", "matplotlib")}
+_NEEDS = {"recipes.rst": ("pandas", "xarray", "matplotlib"), "dask.rst": ("distributed",)}
 
 
 def _blocks(text: str):

@@ -101,7 +101,8 @@ def atomic_write(
     >>> d = tempfile.mkdtemp()
     >>> with atomic_write(os.path.join(d, "counter")) as f:
     ...     _ = f.write("42")
-    >>> open(os.path.join(d, "counter")).read()
+    >>> with open(os.path.join(d, "counter")) as f:
+    ...     f.read()
     '42'
     """
     if mode not in ("w", "wb"):

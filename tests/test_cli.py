@@ -201,7 +201,10 @@ def test_merge_converts_psys_own_pickle_parts(project):
     np.testing.assert_array_equal(np.sort(merged["a"]), [0, 1, 2, 3])
 
 
-@pytest.mark.parametrize("scheduler", [None, "ImmediateRun", "slurm", "Sqsub"])
+@pytest.mark.parametrize(
+    "scheduler",
+    [None, "ImmediateRun", "LocalPool", "slurm", "GridEngine", "pbs", "LSF", "Sqsub", "dask"],
+)
 def test_new_task_template_loads_and_runs(project, scheduler):
     args = ["new-task", "fresh"] + (["--scheduler", scheduler] if scheduler else [])
     result = psy(*args)
@@ -219,7 +222,9 @@ def test_new_task_template_loads_and_runs(project, scheduler):
     assert test.exit_code == 0, test.output
     assert "fresh: ok" in test.output
     assert psy("new-task", "fresh").exit_code != 0  # exists already
-    assert psy("new-task", "--scheduler", "pbs", "other").exit_code == 2
+    unknown = psy("new-task", "--scheduler", "condor", "other")
+    assert unknown.exit_code == 2
+    assert "GridEngine" in unknown.output  # the choices are listed
 
 
 def test_test_command_reports_failure(project):

@@ -234,3 +234,11 @@ def test_row_table_large_typed(monkeypatch, disabled):
     found = table.contains([a, b])
     expected = np.isin(a * 100 + b.astype(int), a[:30_000] * 100 + b[:30_000].astype(int))
     np.testing.assert_array_equal(found, expected)
+
+
+def test_values_equal_string_arrays_by_whole_value():
+    # Rows of 2-d string columns are whole array values, matched by content.
+    a = np.array([["x", "y"], ["x", "z"]])
+    np.testing.assert_array_equal(K.values_equal(a, np.array([["x", "y"]] * 2)), [True, False])
+    # Array values of different shapes never match (this raised a ValueError).
+    assert K.values_equal(np.array([["x"]]), np.array([["x", "x"]])).tolist() == [False]

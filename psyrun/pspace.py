@@ -40,6 +40,7 @@ __all__ = [
     "Product",
     "RowView",
     "Sum",
+    "dict_concat",
     "missing",
 ]
 
@@ -1270,6 +1271,37 @@ class RowView(ParameterSpace):
             parts = [f"({base})[{int(run[0])}:{int(run[-1]) + 1}]" for run in runs]
             return parts[0] if len(parts) == 1 else "(" + " + ".join(parts) + ")"
         return f"({base}).sample({k})"
+
+
+def dict_concat(dicts: Iterable[Mapping[str, Any]], fill: Any = None) -> dict[str, list]:
+    """Turn dicts (one per row) into one dict of lists (one per key), as psyrun 0.8 did.
+
+    Parameters
+    ----------
+    dicts : iterable of mapping
+        One mapping per row.
+    fill : optional
+        The value of a row that lacks a key (None, as in psyrun 0.8; pass
+        ``math.nan`` to mark missing values as the parameter spaces do).
+
+    Returns
+    -------
+    dict of str to list
+        Every key of any of the dicts, in order of first appearance, mapped to
+        the list of its values, one per dict.
+
+    Examples
+    --------
+    >>> dict_concat([{'a': 0, 'b': 0}, {'a': 1}])
+    {'a': [0, 1], 'b': [0, None]}
+    >>> dict_concat([{'a': 0}, {'b': 1}], fill=math.nan)
+    {'a': [0, nan], 'b': [nan, 1]}
+    """
+    rows = list(dicts)
+    keys: dict[str, None] = {}
+    for row in rows:
+        keys.update(dict.fromkeys(row))
+    return {k: [row.get(k, fill) for row in rows] for k in keys}
 
 
 def missing(

@@ -14,11 +14,17 @@ array values match by content.
 
 Set the environment variable ``PSYRUN_DISABLE_NUMBA=1`` to always use the
 NumPy references.
+
+The compiled kernels are not cached on disk unless ``PSYRUN_NUMBA_CACHE`` asks
+for it (see :func:`numba_cache_dir`): numba's cache files are not safe when
+many jobs start together on a shared filesystem (numba issue 4807), so by
+default every process compiles what it needs (a second or two, once).
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -34,6 +40,7 @@ __all__ = [
     "hash_floats",
     "hash_rows",
     "mix64",
+    "numba_cache_dir",
     "values_equal",
 ]
 
@@ -64,6 +71,63 @@ def _numba_disabled() -> bool:
     return os.environ.get("PSYRUN_DISABLE_NUMBA", "") not in ("", "0")
 
 
+_CACHE_OFF = ("", "0", "false", "no", "off")
+_CACHE_ON = ("1", "true", "yes", "on")
+
+
+def numba_cache_dir() -> str | None:
+    """Return the directory numba caches psyrun's kernels in (None: no cache).
+
+    Read from the environment variable ``PSYRUN_NUMBA_CACHE`` on every call:
+
+    * unset, empty or ``0``: no cache (the default);
+    * ``1``: ``$XDG_CACHE_HOME/psyrun/numba/<host>`` (``~/.cache`` without
+      ``XDG_CACHE_HOME``);
+    * any other value: a directory, used as ``<directory>/<host>``.
+
+    Each host gets its own subdirectory, so processes writing one cache
+    directory share its filesystem client (numba's cache is not safe for
+    writers on several hosts at once). numba's own ``NUMBA_CACHE_DIR`` does not
+    apply to psyrun's kernels.
+
+    Returns
+    -------
+    str or None
+        The directory, or None when caching is off.
+    """
+    value = os.environ.get("PSYRUN_NUMBA_CACHE", "").strip()
+    if value.lower() in _CACHE_OFF:
+        return None
+    if value.lower() in _CACHE_ON:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        base = os.path.join(base, "psyrun", "numba")
+    else:
+        base = os.path.expanduser(value)
+    return os.path.join(base, socket.gethostname() or "localhost")
+
+
+def _jit(loop: Callable) -> Callable:
+    """Compile `loop` with numba, cached in :func:`numba_cache_dir` if one is set."""
+    import numba
+
+    cache_dir = numba_cache_dir()
+    if cache_dir is not None:
+        try:
+            os.makedirs(cache_dir, exist_ok=True)
+        except OSError:
+            cache_dir = None  # an unusable cache only costs compile time
+    if cache_dir is None:
+        return numba.njit(cache=False, nogil=True)(loop)
+    # numba picks a function's cache directory when it is decorated, from its
+    # global setting: set it for our kernels only, then put it back.
+    saved = numba.config.CACHE_DIR
+    numba.config.CACHE_DIR = cache_dir
+    try:
+        return numba.njit(cache=True, nogil=True)(loop)
+    finally:
+        numba.config.CACHE_DIR = saved
+
+
 class _Kernel:
     """A numba loop compiled on first use, with a NumPy reference beside it."""
 
@@ -80,11 +144,10 @@ class _Kernel:
         """Return the numba-compiled loop (None if numba cannot be imported)."""
         if self._compiled is None and not self._unavailable:
             try:
-                import numba
+                self._compiled = _jit(self.loop)
             except ImportError:  # pragma: no cover - numba is a dependency
                 self._unavailable = True
                 return None
-            self._compiled = numba.njit(cache=True, nogil=True)(self.loop)
         return self._compiled
 
     def __call__(self, *args):
@@ -541,8 +604,9 @@ def values_equal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
             n = len(a)
             flat = _numeric_equal(a.reshape(-1), b.reshape(-1)).reshape(n, -1)
             return flat.all(axis=1)
-    if ka == "U" and kb == "U":
-        return a == b
+    if ka == "U" and kb == "U" and a.shape[1:] == b.shape[1:]:
+        # Array values of unequal shapes never match: the loop below says so.
+        return (a == b).reshape(len(a), -1).all(axis=1)
     xs = a.tolist() if a.ndim == 1 else list(a)
     ys = b.tolist() if b.ndim == 1 else list(b)
     return np.fromiter(

@@ -22,8 +22,10 @@ numbers (:meth:`ParameterSpace._take`). Everything else (``p[i]``,
 from __future__ import annotations
 
 import bisect
+import keyword
 import math
 import operator
+import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import repeat
 from typing import Any
@@ -38,6 +40,7 @@ __all__ = [
     "Product",
     "RowView",
     "Sum",
+    "dict_concat",
     "missing",
 ]
 
@@ -48,6 +51,13 @@ DEFAULT_BLOCK_SIZE = 16384
 _DIFF_BLOCK = 1 << 20
 
 _NAN = math.nan
+
+#: Columns with more values than this are summarised by ``repr`` (as numpy
+#: summarises arrays of more than 1000 values), so that printing a space never
+#: prints millions of values.
+REPR_MAX_VALUES = 1000
+#: Runs of rows a sample's ``repr`` writes as slices at most.
+_REPR_MAX_SLICES = 100
 
 
 class AmbiguousOperationError(RuntimeError):
@@ -522,14 +532,94 @@ class ParameterSpace:
     def __setstate__(self, state):
         self.__dict__.update(state)
 
-    def _describe(self) -> str:
+    def _describe(self, evaluable: bool = False) -> str:
+        """Text of the tree; `evaluable` asks for code that rebuilds it."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
-        return self._describe()
+        # Evaluates back to an equal space (with Param, missing and numpy in
+        # scope) unless a column has more than REPR_MAX_VALUES values.
+        return self._describe(evaluable=True)
 
     def __str__(self) -> str:
         return self._describe()
+
+
+# --------------------------------------------------------------------------
+# Code that evaluates back to a space (repr)
+
+
+def _param_code(items: dict[str, str]) -> str:
+    """``Param(...)`` call for key -> value code, keyword form where possible."""
+    if all(_is_keyword_name(k) for k in items):
+        return "Param(" + ", ".join(f"{k}={v}" for k, v in items.items()) + ")"
+    return "Param(**{" + ", ".join(f"{k!r}: {v}" for k, v in items.items()) + "})"
+
+
+def _is_keyword_name(key: str) -> bool:
+    """Whether ``key=`` in a call passes exactly `key` (Python normalises to NFKC)."""
+    return (
+        key.isidentifier()
+        and not keyword.iskeyword(key)
+        and unicodedata.normalize("NFKC", key) == key
+    )
+
+
+def _float_code(value: float) -> str:
+    if math.isfinite(value):
+        return repr(value)
+    if math.isnan(value):
+        return "float('nan')"
+    return "float('inf')" if value > 0 else "-float('inf')"
+
+
+def _array_code(array: np.ndarray) -> str:
+    """``numpy.array(...)`` code for an array, keeping dtype and shape."""
+    dtype = array.dtype
+    if dtype.kind in "mM":
+        # Dates and durations: their integer counts round-trip exactly.
+        code = f"numpy.array({array.view(np.int64).tolist()!r}, dtype='int64').view({dtype.str!r})"
+    else:
+        code = f"numpy.array({_value_code(array.tolist())}, dtype={dtype.str!r})"
+    if array.size == 0 and array.ndim > 1:
+        code += f".reshape({array.shape!r})"
+    return code
+
+
+def _column_code(column: np.ndarray) -> str:
+    """Code for a leaf column: a list if ``Param`` makes this column of it."""
+    if column.ndim == 1 and column.dtype.kind == "O":
+        return _value_code(column.tolist())
+    if column.dtype.kind not in "mMV":
+        values = column.tolist()
+        again = _column(values)
+        if again.dtype == column.dtype and again.shape == column.shape:
+            return _value_code(values)
+    return _array_code(column)
+
+
+def _value_code(value: Any) -> str:
+    """Python code for one value; repr() except where repr does not evaluate."""
+    if isinstance(value, np.ndarray):
+        return _array_code(value)
+    if isinstance(value, np.generic):
+        return f"numpy.{type(value).__name__}({_value_code(value.item())})"
+    if isinstance(value, float):
+        return _float_code(value)
+    if isinstance(value, complex) and not math.isfinite(abs(value)):
+        return f"complex({_float_code(value.real)}, {_float_code(value.imag)})"
+    if type(value) is list:
+        return "[" + ", ".join(map(_value_code, value)) + "]"
+    if type(value) is tuple:
+        inner = ", ".join(map(_value_code, value))
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
+    if type(value) is dict:
+        items = ", ".join(f"{_value_code(k)}: {_value_code(v)}" for k, v in value.items())
+        return "{" + items + "}"
+    if type(value) in (set, frozenset) and value:
+        inner = "{" + ", ".join(map(_value_code, value)) + "}"
+        return inner if type(value) is set else f"frozenset({inner})"
+    return repr(value)
 
 
 # --------------------------------------------------------------------------
@@ -560,7 +650,7 @@ class Param(ParameterSpace):
     {'a': [1, 2, 3], 'b': [4, 5, 6], 'c': [7, 7, 7]}
     """
 
-    def __init__(self, **columns: Any):
+    def __init__(self, /, **columns: Any):
         self._keys = list(columns)
         self._columns: dict[str, np.ndarray] = {}
         self._scalars: dict[str, Any] = {}
@@ -626,7 +716,16 @@ class Param(ParameterSpace):
                 out[key] = column[i].copy()
         return out
 
-    def _describe(self) -> str:
+    def _describe(self, evaluable: bool = False) -> str:
+        if evaluable and all(c.size <= REPR_MAX_VALUES for c in self._columns.values()):
+            return _param_code(
+                {
+                    k: _value_code(self._scalars[k])
+                    if k in self._scalars
+                    else _column_code(self._columns[k])
+                    for k in self._keys
+                }
+            )
         parts = []
         for key in self._keys:
             if key in self._scalars:
@@ -782,11 +881,13 @@ class Product(ParameterSpace):
             out.update(factor._row(r))
         return out
 
-    def _describe(self) -> str:
+    def _describe(self, evaluable: bool = False) -> str:
         if not self._factors:
             return "Param()"
         return " * ".join(
-            f"({f._describe()})" if isinstance(f, (Sum, Difference)) else f._describe()
+            f"({f._describe(evaluable)})"
+            if isinstance(f, (Sum, Difference))
+            else f._describe(evaluable)
             for f in self._factors
         )
 
@@ -909,8 +1010,8 @@ class Sum(ParameterSpace):
         values = self._parts[j]._row(i - offsets[j])
         return {k: values.get(k, _NAN) for k in self._keys}
 
-    def _describe(self) -> str:
-        return "(" + " + ".join(p._describe() for p in self._parts) + ")"
+    def _describe(self, evaluable: bool = False) -> str:
+        return "(" + " + ".join(p._describe(evaluable) for p in self._parts) + ")"
 
 
 class _Columns:
@@ -951,7 +1052,11 @@ class _Columns:
     def _range_take(self, start, stop, keys=None):
         return {k: self._array(k)[start:stop] for k in (self.data if keys is None else keys)}
 
-    def _describe(self) -> str:
+    def _describe(self, evaluable: bool = False) -> str:
+        if evaluable and all(np.size(v) <= REPR_MAX_VALUES for v in self.data.values()):
+            # missing() accepts the mapping itself.
+            items = ", ".join(f"{k!r}: {_value_code(v)}" for k, v in self.data.items())
+            return "{" + items + "}"
         return f"<{self.n} rows of {_format_keys(list(self.data))}>"
 
 
@@ -1043,10 +1148,12 @@ class Difference(ParameterSpace):
     def _row(self, i):
         return self._minuend._row(int(self._survivors()[i]))
 
-    def _describe(self) -> str:
+    def _describe(self, evaluable: bool = False) -> str:
+        minuend = self._minuend._describe(evaluable)
+        subtrahend = self._subtrahend._describe(evaluable)
         if self._ignore_extra_keys:
-            return f"missing({self._minuend._describe()}, {self._subtrahend._describe()})"
-        return f"({self._minuend._describe()} - {self._subtrahend._describe()})"
+            return f"missing({minuend}, {subtrahend})"
+        return f"({minuend} - {subtrahend})"
 
 
 def _surviving_rows(minuend: ParameterSpace, subtrahend, shared: list[str]) -> np.ndarray:
@@ -1133,13 +1240,68 @@ class RowView(ParameterSpace):
     def _row(self, i):
         return self._base._row(int(self._rows[i]))
 
-    def _describe(self) -> str:
+    def _describe(self, evaluable: bool = False) -> str:
+        base = self._base._describe(evaluable)
         if isinstance(self._rows, range):
             r = self._rows
+            if not r:
+                return f"({base})[0:0]"
+            # A negative step ending before row 0 has stop -1, which a slice
+            # would read as the last row: leave the stop out then.
+            stop = "" if r.stop < 0 else str(r.stop)
             step = "" if r.step == 1 else f":{r.step}"
-            return f"({self._base._describe()})[{r.start}:{r.stop}{step}]"
-        seed = "" if self._seed is None else f", seed={self._seed!r}"
-        return f"({self._base._describe()}).sample({len(self._rows)}{seed})"
+            return f"({base})[{r.start}:{stop}{step}]"
+        k = len(self._rows)
+        if not evaluable:
+            seed = "" if self._seed is None else f", seed={self._seed!r}"
+            return f"({base}).sample({k}{seed})"
+        seed = self._seed
+        if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+            # The call with the same seed draws the same rows only if this view
+            # was sampled from the base itself (not from a view of it).
+            redrawn = np.sort(np.random.default_rng(seed).choice(len(self._base), k, False))
+            if np.array_equal(redrawn, self._rows):
+                return f"({base}).sample({k}, seed={int(seed)!r})"
+        # No seed draws these rows again: write them as slices of the base
+        # (row values and column types stay as they are).
+        if not k:
+            return f"({base})[0:0]"
+        runs = np.split(self._rows, np.flatnonzero(np.diff(self._rows) != 1) + 1)
+        if len(runs) <= _REPR_MAX_SLICES:
+            parts = [f"({base})[{int(run[0])}:{int(run[-1]) + 1}]" for run in runs]
+            return parts[0] if len(parts) == 1 else "(" + " + ".join(parts) + ")"
+        return f"({base}).sample({k})"
+
+
+def dict_concat(dicts: Iterable[Mapping[str, Any]], fill: Any = None) -> dict[str, list]:
+    """Turn dicts (one per row) into one dict of lists (one per key), as psyrun 0.8 did.
+
+    Parameters
+    ----------
+    dicts : iterable of mapping
+        One mapping per row.
+    fill : optional
+        The value of a row that lacks a key (None, as in psyrun 0.8; pass
+        ``math.nan`` to mark missing values as the parameter spaces do).
+
+    Returns
+    -------
+    dict of str to list
+        Every key of any of the dicts, in order of first appearance, mapped to
+        the list of its values, one per dict.
+
+    Examples
+    --------
+    >>> dict_concat([{'a': 0, 'b': 0}, {'a': 1}])
+    {'a': [0, 1], 'b': [0, None]}
+    >>> dict_concat([{'a': 0}, {'b': 1}], fill=math.nan)
+    {'a': [0, nan], 'b': [nan, 1]}
+    """
+    rows = list(dicts)
+    keys: dict[str, None] = {}
+    for row in rows:
+        keys.update(dict.fromkeys(row))
+    return {k: [row.get(k, fill) for row in rows] for k in keys}
 
 
 def missing(

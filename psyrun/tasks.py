@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
+from psyrun.exceptions import TaskConfigWarning
+
 __all__ = [
     "Config",
     "TaskConfigWarning",
@@ -33,10 +35,6 @@ __all__ = [
 CONF_FILENAME = "psy-conf.py"
 TASK_PREFIX = "task_"
 TASK_SUFFIX = ".py"
-
-
-class TaskConfigWarning(UserWarning):
-    """A task setting looks wrong (for example a misspelt setting name)."""
 
 
 class TaskDirError(FileNotFoundError):

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -234,3 +239,109 @@ def test_row_table_large_typed(monkeypatch, disabled):
     found = table.contains([a, b])
     expected = np.isin(a * 100 + b.astype(int), a[:30_000] * 100 + b[:30_000].astype(int))
     np.testing.assert_array_equal(found, expected)
+
+
+def test_values_equal_string_arrays_by_whole_value():
+    # Rows of 2-d string columns are whole array values, matched by content.
+    a = np.array([["x", "y"], ["x", "z"]])
+    np.testing.assert_array_equal(K.values_equal(a, np.array([["x", "y"]] * 2)), [True, False])
+    # Array values of different shapes never match (this raised a ValueError).
+    assert K.values_equal(np.array([["x"]]), np.array([["x", "x"]])).tolist() == [False]
+
+
+# ---------------------------------------------------------------------------
+# numba's on-disk cache: off unless PSYRUN_NUMBA_CACHE asks for it
+
+_COMPILE_MIX64 = """
+import numba, numpy as np
+from psyrun import _kernels as K
+before = numba.config.CACHE_DIR
+f = K.mix64.compiled()
+x = np.arange(10, dtype=np.uint64)
+assert (f(x) == K.mix64.reference(x)).all()
+assert numba.config.CACHE_DIR == before, "numba's global cache setting changed"
+print(sum(f.stats.cache_hits.values()))
+"""
+
+
+def run_compile(env_changes: dict[str, str | None]) -> int:
+    """Compile mix64 in a fresh interpreter; return its numba cache hits."""
+    env = dict(os.environ)
+    env.pop("PSYRUN_DISABLE_NUMBA", None)
+    for key, value in env_changes.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    out = subprocess.run(
+        [sys.executable, "-c", _COMPILE_MIX64], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout.split()[-1])
+
+
+def cache_files(directory: Path) -> list[Path]:
+    return [p for p in directory.rglob("*") if p.suffix in (".nbi", ".nbc")]
+
+
+def test_kernels_write_no_numba_cache_by_default(tmp_path):
+    # Where numba itself would cache (cache=True honours NUMBA_CACHE_DIR).
+    numba_dir = tmp_path / "numba"
+    env = {"PSYRUN_NUMBA_CACHE": None, "NUMBA_CACHE_DIR": str(numba_dir)}
+    assert run_compile(env) == 0
+    assert run_compile(env) == 0  # compiled again: nothing was cached
+    assert not numba_dir.exists() or cache_files(numba_dir) == []
+
+
+def test_numba_cache_opt_in_writes_a_per_host_directory_and_is_reused(tmp_path):
+    env = {"PSYRUN_NUMBA_CACHE": str(tmp_path / "cache"), "NUMBA_CACHE_DIR": None}
+    assert run_compile(env) == 0  # empty cache: compiled and written
+    host_dir = tmp_path / "cache" / socket.gethostname()
+    assert cache_files(host_dir)
+    assert set(cache_files(tmp_path / "cache")) == set(cache_files(host_dir))
+    assert run_compile(env) >= 1  # loaded from the cache
+
+
+def test_numba_cache_opt_in_with_many_processes_starting_together(tmp_path):
+    # Jobs of one array start at once on a node: all must work with one cache.
+    env = dict(os.environ, PSYRUN_NUMBA_CACHE=str(tmp_path / "cache"))
+    env.pop("PSYRUN_DISABLE_NUMBA", None)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _COMPILE_MIX64],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert out.split()[-1].isdigit()
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err
+
+
+def test_numba_cache_dir_from_the_environment(monkeypatch, tmp_path):
+    host = socket.gethostname()
+    for off in (None, "", "0", "false", "off"):
+        if off is None:
+            monkeypatch.delenv("PSYRUN_NUMBA_CACHE", raising=False)
+        else:
+            monkeypatch.setenv("PSYRUN_NUMBA_CACHE", off)
+        assert K.numba_cache_dir() is None
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("PSYRUN_NUMBA_CACHE", "1")
+    assert K.numba_cache_dir() == str(tmp_path / "xdg" / "psyrun" / "numba" / host)
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert K.numba_cache_dir() == str(tmp_path / "home" / ".cache" / "psyrun" / "numba" / host)
+    monkeypatch.setenv("PSYRUN_NUMBA_CACHE", str(tmp_path / "mine"))
+    assert K.numba_cache_dir() == str(tmp_path / "mine" / host)
+
+
+def test_unusable_numba_cache_directory_only_costs_compile_time(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    assert run_compile({"PSYRUN_NUMBA_CACHE": str(blocker / "cache")}) == 0

@@ -11,6 +11,8 @@ from pprint import pprint
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import psyrun
 from psyrun import _kernels
@@ -579,16 +581,152 @@ def test_every_node_pickles():
         assert pprinted(q.build()) == pprinted(space.build())
 
 
-def test_repr_is_readable_and_does_not_expand():
-    assert repr(Param(a=[1, 2], c=7)) == "Param(a=[1, 2], c=7)"
-    text = repr(big_product())
+def test_str_is_short_and_does_not_expand():
+    assert str(Param(a=[1, 2], c=7)) == "Param(a=[1, 2], c=7)"
+    text = str(big_product())
     assert "Param(a=<100 int64>)" in text
     assert len(text) < 300
     assert str(Param(a=[1]) + Param(b=[2])) == "(Param(a=[1]) + Param(b=[2]))"
-    assert repr(Param(a=[1, 2]) - Param(a=[1])) == "(Param(a=[1, 2]) - Param(a=[1]))"
-    assert repr(missing(Param(a=[1]), {"a": [1], "y": [2]})).startswith("missing(Param(a=[1]),")
-    assert repr(Param(a=range(10))[2:8:2]) == "(Param(a=<10 int64>))[2:8:2]"
-    assert "sample(3, seed=1)" in repr(Param(a=range(10)).sample(3, seed=1))
+    assert str(Param(a=[1, 2]) - Param(a=[1])) == "(Param(a=[1, 2]) - Param(a=[1]))"
+    assert str(missing(Param(a=[1]), {"a": [1], "y": [2]})).startswith("missing(Param(a=[1]),")
+    assert str(Param(a=range(10))[2:8:2]) == "(Param(a=<10 int64>))[2:8:2]"
+    assert "sample(3, seed=1)" in str(Param(a=range(10)).sample(3, seed=1))
+
+
+def test_repr_summarises_large_columns_without_expanding_rows():
+    text = repr(big_product())  # 10**12 rows, six 100-value columns
+    assert "Param(a=[0, 1, 2," in text
+    assert len(text) < 3000
+    big = Param(a=np.arange(psyrun.pspace.REPR_MAX_VALUES + 1))
+    assert repr(big) == f"Param(a=<{psyrun.pspace.REPR_MAX_VALUES + 1} int64>)"
+
+
+REPR_SCOPE = {"Param": Param, "missing": missing, "numpy": np}
+
+
+def same_values(x, y) -> bool:
+    """Equal and of the same type, NaN equal to NaN, arrays by dtype and content."""
+    if type(x) is not type(y):
+        return False
+    if isinstance(x, np.ndarray):
+        return (
+            x.dtype == y.dtype
+            and x.shape == y.shape
+            and all(same_values(a, b) for a, b in zip(x.tolist(), y.tolist()))
+        )
+    if isinstance(x, float) and math.isnan(x):
+        return math.isnan(y)
+    if isinstance(x, complex):
+        return same_values(x.real, y.real) and same_values(x.imag, y.imag)
+    if isinstance(x, (list, tuple)):
+        return len(x) == len(y) and all(same_values(a, b) for a, b in zip(x, y))
+    return x == y
+
+
+def assert_repr_round_trips(space) -> None:
+    text = repr(space)
+    again = eval(text, dict(REPR_SCOPE))
+    assert again.keys() == space.keys(), text
+    assert len(again) == len(space), text
+    got, expected = again.build(), space.build()
+    for key in space.keys():
+        assert len(got[key]) == len(expected[key])
+        for g, e in zip(got[key], expected[key]):
+            assert same_values(g, e), (text, key, g, e)
+    for key in space.keys():
+        # Same column types, so stores write the same files.
+        assert again._spec(key).dtype == space._spec(key).dtype, (text, key)
+
+
+@pytest.mark.parametrize(
+    "space",
+    [
+        Param(**{"b.b": [3, 4]}),
+        Param(a=[1, 2]) * Param(**{"b.b": [3, 4]}),
+        Param(**{"class": [1, 2], "a b": "x", "1st": [0.5, 1.5], "": [None, "s"]}),
+        # A ligature: ``ﬁ=`` in a call would mean ``fi`` (Python normalises names).
+        Param(**{"ﬁ": [1]}),  # noqa: PIE804
+        Param(self=[1, 2], x=np.arange(2, dtype=np.int32)),
+        Param(a=[1.5, math.nan, math.inf, -math.inf], b=[1, "x", None, (1,)]),
+        Param(w=[np.zeros(2), np.ones(2)], v=[np.zeros(2), np.ones(3)]),
+        Param(s=np.array(["u", "vv"]), t=[b"x", b"y"], c=[1 + 2j, complex(math.nan, 1)]),
+        Param(d=np.array(["2020-01-01", "NaT"], dtype="datetime64[D]")),
+        Param(e=np.zeros((0, 3))),
+        Param(o=[{"k": [1, 2]}, {1, 2}], g=[np.float32(0.5), "x"]),
+        (Param(a=[1, 2]) + Param(**{"b.b": [3]})) * Param(c=["u", "v"]),
+        Param(a=[1, 2, 3], b=4) - Param(a=[2]),
+        (Param(a=[1, 2]) * Param(b=[3, 4]) - Param(a=[1], b=[3])) * Param(c=[0]),
+        missing(Param(**{"x.y": [1, 2, 3]}), {"x.y": [2], "out": np.array([0.5])}),
+        Param(a=range(10))[2:8:3],
+        Param(a=range(10))[::-1],
+        Param(a=range(10))[::-3],
+        Param(a=range(10)).sample(4, seed=5),
+        Param(a=range(10))[1:].sample(4, seed=5),
+        Param(a=range(10)).sample(3, seed=np.random.default_rng(1)),
+        Param(),
+        Param(a=[]),
+    ],
+    ids=repr,
+)
+def test_repr_evaluates_back_to_an_equal_space(space):
+    assert_repr_round_trips(space)
+
+
+KEY_TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=6)
+KEY_NAMES = st.one_of(
+    st.sampled_from(["a", "b.b", "class", "lambda", "self", "x y", "1", "", "ﬁ", "_"]), KEY_TEXT
+)
+VALUES = st.one_of(
+    st.integers(-3, 3),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=3),
+    st.sampled_from([None, b"x", (1, 2), True]),
+)
+
+
+@st.composite
+def leaves(draw, keys):
+    n = draw(st.integers(0, 3))
+    kind = st.sampled_from(["list", "scalar", "array"])
+    columns = {}
+    for key in keys:
+        how = draw(kind)
+        if how == "scalar" and n:
+            columns[key] = draw(VALUES.filter(lambda v: not isinstance(v, tuple)))
+        elif how == "array":
+            dtype = draw(st.sampled_from(["int32", "float64", "bool", "U2", "S1"]))
+            shape = (n, draw(st.integers(1, 2))) if draw(st.booleans()) else n
+            columns[key] = np.zeros(shape, dtype)
+        else:
+            columns[key] = draw(st.lists(VALUES, min_size=n, max_size=n))
+    return Param(**columns)
+
+
+@st.composite
+def trees(draw, keys, depth=2):
+    """A space over exactly `keys`, from leaves joined by *, +, - and views."""
+    op = draw(st.sampled_from(["leaf", "product", "sum", "difference", "view"]))
+    if depth == 0 or op == "leaf" or (op == "product" and len(keys) < 2):
+        return draw(leaves(keys))
+    if op == "product":
+        cut = draw(st.integers(1, len(keys) - 1))
+        return draw(trees(keys[:cut], depth - 1)) * draw(trees(keys[cut:], depth - 1))
+    if op == "sum":
+        return draw(trees(keys, depth - 1)) + draw(trees(keys, depth - 1))
+    base = draw(trees(keys, depth - 1))
+    if op == "difference":
+        sub = draw(leaves(keys[: draw(st.integers(1, len(keys)))]))
+        return missing(base, sub) if draw(st.booleans()) else base - sub
+    if draw(st.booleans()):
+        return base.sample(draw(st.integers(0, len(base))), seed=draw(st.integers(0, 9)))
+    start, stop = draw(st.integers(-3, 3)), draw(st.integers(-3, 3))
+    return base[start : stop : draw(st.sampled_from([1, 2, -1]))]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(KEY_NAMES, min_size=1, max_size=3, unique=True).flatmap(trees))
+def test_repr_of_any_space_evaluates_back_to_an_equal_space(space):
+    assert_repr_round_trips(space)
 
 
 def test_operators_reject_other_types():

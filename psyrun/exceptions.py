@@ -1,0 +1,125 @@
+"""Warnings and errors of psyrun, in one place.
+
+The warning classes of psyrun 0.8 keep their names, so code written for it
+can still silence them::
+
+    warnings.filterwarnings("ignore", category=psyrun.exceptions.TaskWarning)
+
+=============================  ====================================================
+0.8 class                      What psyrun issues it for now
+=============================  ====================================================
+``TaskWarning``                Base of the warnings about tasks (below).
+``TaskConfigWarning`` (new)    A ``TaskWarning``: a suspicious task setting, for
+                               example a misspelt setting name (issued by
+                               :func:`psyrun.tasks.load_tasks`).
+``IneffectiveExcludeWarning``  ``exclude_from_result`` / ``exclude`` names a key
+                               that is neither a parameter nor an output.
+``JobsRunningWarning``         Jobs of the last run are still queued; ``psy run``
+                               reports this in its output and does not submit.
+``TaskWorkdirDirtyWarning``    Results are out of date and ``overwrite_dirty`` is
+                               False; ``psy run`` reports this in its output.
+=============================  ====================================================
+
+Unlike psyrun 0.8, importing this module does not change the warning filters.
+The errors raised elsewhere (:class:`~psyrun.tasks.TaskDirError`,
+:class:`~psyrun.pspace.AmbiguousOperationError`,
+:class:`~psyrun.scheduler.SchedulerError`) can be imported from here as well.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+# Errors defined next to the code raising them; re-exported lazily so that
+# importing this module (which psyrun.tasks does) imports nothing else.
+_ELSEWHERE = {
+    "AmbiguousOperationError": "psyrun.pspace",
+    "SchedulerError": "psyrun.scheduler.base",
+    "TaskDirError": "psyrun.tasks",
+}
+
+__all__ = sorted(
+    [
+        "IneffectiveExcludeWarning",
+        "JobsRunningWarning",
+        "TaskConfigWarning",
+        "TaskWarning",
+        "TaskWorkdirDirtyWarning",
+        *_ELSEWHERE,
+    ]
+)
+
+
+class TaskWarning(UserWarning):
+    """A warning about one task; ``task_name`` names it when known.
+
+    Parameters
+    ----------
+    *args
+        The message (as for any warning).
+    task_name : str, optional
+        The task the warning is about.
+    """
+
+    def __init__(self, *args: object, task_name: str | None = None) -> None:
+        super().__init__(*args)
+        self.task_name = task_name
+
+
+class TaskConfigWarning(TaskWarning):
+    """A task setting looks wrong (for example a misspelt setting name)."""
+
+
+class JobsRunningWarning(TaskWarning):
+    """Jobs of a task's last run are still queued, so no new ones are submitted.
+
+    Parameters
+    ----------
+    task_name : str
+        The task.
+    message : str, optional
+        The text; by default one naming the task and ``psy kill``.
+    """
+
+    def __init__(self, task_name: str, message: str | None = None) -> None:
+        if message is None:
+            message = (
+                f"{task_name}: jobs of the last run are still in the queue; not submitting "
+                f"again until they finish (`psy kill {task_name}` cancels them)"
+            )
+        super().__init__(message, task_name=task_name)
+
+
+class TaskWorkdirDirtyWarning(TaskWarning):
+    """A task's results are out of date and ``overwrite_dirty`` forbids replacing them.
+
+    Parameters
+    ----------
+    task_name : str
+        The task.
+    message : str, optional
+        The text; by default one naming ``psy run -c`` and ``psy clean``.
+    """
+
+    def __init__(self, task_name: str, message: str | None = None) -> None:
+        if message is None:
+            message = (
+                f"{task_name}: the results are out of date and overwrite_dirty is False; "
+                f"use `psy run -c {task_name}` to add to them or `psy clean {task_name}`"
+            )
+        super().__init__(message, task_name=task_name)
+
+
+class IneffectiveExcludeWarning(UserWarning):
+    """A key to exclude from the results is neither a parameter nor an output."""
+
+
+def __getattr__(name: str):
+    module = _ELSEWHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'psyrun.exceptions' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -12,8 +12,12 @@ from psyrun.backend.base import Backend, FailedJob, Plan, TaskProgress
 from psyrun.backend.distribute import DistributeBackend
 from psyrun.backend.loadbalancing import LoadBalancingBackend
 
+#: psyrun 0.8's name of the default backend.
+DefaultBackend = DistributeBackend
+
 __all__ = [
     "Backend",
+    "DefaultBackend",
     "DistributeBackend",
     "FailedJob",
     "LoadBalancingBackend",

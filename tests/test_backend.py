@@ -13,11 +13,11 @@ import pytest
 
 from psyrun.backend import DistributeBackend, LoadBalancingBackend
 from psyrun.defaults import make_backend, scheduler_for
-from psyrun.merge import write_merged
-from psyrun.snapshot import Snapshot, write_snapshot
 from psyrun.jobs import Job, JobArray, JobGraph, is_current, submit_graph
+from psyrun.merge import write_merged
 from psyrun.pspace import Param
 from psyrun.scheduler import ImmediateRun, Scheduler
+from psyrun.snapshot import Snapshot, write_snapshot
 from psyrun.store import get_store
 from psyrun.tasks import load_tasks
 

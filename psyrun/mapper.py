@@ -50,6 +50,8 @@ DEFAULT_BLOCK_SIZE = 1024
 #: overhead vanishes, small enough that a block of float columns stays in cache.
 DEFAULT_VECTORIZED_BLOCK_SIZE = 65536
 
+#: Rows per block when results stay in memory (``map_pspace``, row by row).
+_IN_MEMORY_BLOCK_SIZE = 16384
 # The value an output key takes in rows (or blocks) that did not return it.
 _FILL = math.nan
 # Returned by the generated row loops when every row was consumed.
@@ -140,7 +142,7 @@ def _is_name(key: str) -> bool:
 
 
 def _compile(source: str, name: str):
-    namespace: dict[str, Any] = {"_END": _END}
+    namespace: dict[str, Any] = {"_END": _END, "_dict": dict}
     exec(compile(source, f"<psyrun.mapper {name}>", "exec"), namespace)
     return namespace[name]
 
@@ -172,7 +174,8 @@ def _keyed_loop(param_keys: tuple[str, ...] | None, with_extra: bool, output_key
         f"def _keyed_loop(_fn, _rows, _extra, {', '.join(appenders)}):",
         f"    for {target} in _rows:",
         f"        _r = _fn({args})",
-        f"        if type(_r) is not dict or len(_r) != {n}:",
+        # ``__class__`` is a cheaper lookup than a call of ``type``.
+        f"        if _r.__class__ is not _dict or len(_r) != {n}:",
         "            return _r",
     ]
     if n:
@@ -294,10 +297,15 @@ def _general_outputs(fn, results, kept, param_keys, on_error, row_of):
     return {k: [r.get(k, _FILL) for r in results] for k in keys}, kept
 
 
-def _assemble(param_columns: Mapping, outputs: Mapping, kept, exclude) -> dict:
-    """Parameter columns (only the kept rows) then outputs, without `exclude`."""
+def _assemble(param_columns: Mapping, outputs: Mapping, kept, exclude, copy=True) -> dict:
+    """Parameter columns (only the kept rows) then outputs, without `exclude`.
+
+    `copy=False` reuses the parameter lists when every row was kept.
+    """
     if kept is None:
-        columns = {k: list(v) for k, v in param_columns.items() if k not in exclude}
+        columns = {
+            k: list(v) if copy else v for k, v in param_columns.items() if k not in exclude
+        }
     else:
         columns = {k: [v[i] for i in kept] for k, v in param_columns.items() if k not in exclude}
     for k, v in outputs.items():
@@ -480,7 +488,7 @@ def evaluate_block(
         return {k: columns[k][i] for k in keys}
 
     outputs, kept = _run_rows(fn, rows, n, columns, tuple(keys), extra, on_error, row_of)
-    return _assemble(columns, outputs, kept, exclude)
+    return _assemble(columns, outputs, kept, exclude, copy=False)
 
 
 # -- vectorized evaluation ---------------------------------------------------------
@@ -638,10 +646,16 @@ def iter_results(
         )
 
 
-def _join(pieces: list) -> list | np.ndarray:
-    """Concatenate one key's pieces: lists stay lists, arrays become one array."""
+def _join(pieces: list, reuse: bool = False) -> list | np.ndarray:
+    """Concatenate one key's pieces: lists stay lists, arrays become one array.
+
+    `reuse` extends the first list in place instead of copying it.
+    """
     if all(type(p) is list for p in pieces):
-        return list(itertools.chain.from_iterable(pieces))
+        joined = pieces[0] if reuse else list(pieces[0])
+        for piece in pieces[1:]:
+            joined.extend(piece)
+        return joined
     arrays = [p if isinstance(p, np.ndarray) else _as_column(list(p)) for p in pieces]
     kinds = {a.dtype.kind for a in arrays}
     if len({a.shape[1:] for a in arrays}) == 1 and (
@@ -670,6 +684,10 @@ def concatenate_results(blocks: Iterable[Mapping[str, Any]]) -> dict[str, list |
     Blocks of lists give lists; blocks of arrays (vectorized results) give
     arrays.
     """
+    return _concatenate(blocks, reuse=False)
+
+
+def _concatenate(blocks: Iterable[Mapping[str, Any]], reuse: bool) -> dict:
     blocks = [b for b in blocks if b]
     lengths = [len(next(iter(b.values()))) for b in blocks]
     keys: dict = {}
@@ -685,7 +703,7 @@ def concatenate_results(blocks: Iterable[Mapping[str, Any]]) -> dict[str, list |
                 pieces.append(_fill_piece(next(iter(block.values())), n))
         # One array block needs no copy; lists are always copied (callers extend them).
         single = len(pieces) == 1 and isinstance(pieces[0], np.ndarray)
-        merged[key] = pieces[0] if single else _join(pieces)
+        merged[key] = pieces[0] if single else _join(pieces, reuse)
     return merged
 
 
@@ -812,6 +830,11 @@ def map_pspace(
 def _evaluate_range(fn, pspace, start, stop, exclude, vectorized=False, block_size=None):
     """Results for a row range, without excluded keys, and the excluded keys seen."""
     # Module-level so that joblib can pickle it; the lazy space travels, not rows.
+    if vectorized:
+        return _evaluate_range_vectorized(fn, pspace, start, stop, exclude, block_size)
+    if block_size is None:
+        # Nothing is written between blocks here: larger blocks decode faster.
+        block_size = _IN_MEMORY_BLOCK_SIZE
     found: set = set()
     blocks = []
     for block in iter_results(
@@ -820,10 +843,66 @@ def _evaluate_range(fn, pspace, start, stop, exclude, vectorized=False, block_si
         block, found_here = _drop_excluded(block, exclude)
         found |= found_here
         blocks.append(block)
-    result = concatenate_results(blocks)
+    # The blocks are ours: their lists can be extended in place.
+    result = _concatenate(blocks, reuse=True)
     if not result:
         result = _empty_result(pspace, exclude, vectorized)
     return result, found
+
+
+def _evaluate_range_vectorized(fn, pspace, start, stop, exclude, block_size):
+    """:func:`_evaluate_range` for a vectorized function.
+
+    The whole range is decoded at once (much faster than block by block, and
+    every row is kept in memory anyway); `fn` then sees views of it, a block at
+    a time. While every block returns the same keys, dtypes and shapes, the
+    outputs are copied into columns allocated once (fresh memory for every
+    block's result would cost more than the computation); otherwise the blocks
+    are concatenated, NaN filling keys that some blocks lack.
+    """
+    size = _block_size(block_size, True)
+    stop = len(pspace) if stop is None else min(stop, len(pspace))
+    keys = list(pspace.keys())
+    params = pspace.to_arrays(start, stop)
+    n = len(params[keys[0]]) if keys else 0
+    columns: dict[str, np.ndarray] | None = None  # the fast path's columns
+    chunks: list[tuple[int, dict]] = []  # (rows, outputs) once the fast path is left
+    for block_start in range(0, n, size):
+        views = {k: v[block_start : block_start + size] for k, v in params.items()}
+        block = evaluate_block(fn, views, keys, vectorized=True)
+        outputs = {k: v for k, v in block.items() if k not in params}
+        rows = len(views[keys[0]])
+        if columns is None and not chunks:
+            columns = {k: np.empty((n, *v.shape[1:]), v.dtype) for k, v in outputs.items()}
+        if columns is not None and _fits(outputs, columns):
+            for k, v in outputs.items():
+                columns[k][block_start : block_start + rows] = v
+            continue
+        if columns is not None:
+            chunks.append((block_start, {k: c[:block_start] for k, c in columns.items()}))
+            columns = None
+        chunks.append((rows, outputs))
+    result = {k: v for k, v in params.items() if k not in exclude}
+    if columns is not None:
+        found = {k for k in exclude if k in params or k in columns}
+        result.update((k, v) for k, v in columns.items() if k not in exclude)
+        return result, found
+    out_keys: dict = {}
+    for _, outputs in chunks:
+        out_keys.update(dict.fromkeys(outputs))
+    found = {k for k in exclude if k in params or k in out_keys}
+    for key in out_keys:
+        if key not in exclude:
+            result[key] = _join([o[key] if key in o else np.full(m, _FILL) for m, o in chunks])
+    return result, found
+
+
+def _fits(outputs: Mapping[str, np.ndarray], columns: Mapping[str, np.ndarray]) -> bool:
+    """Whether a block's outputs have exactly the columns' keys, dtypes and shapes."""
+    return outputs.keys() == columns.keys() and all(
+        v.dtype == columns[k].dtype and v.shape[1:] == columns[k].shape[1:]
+        for k, v in outputs.items()
+    )
 
 
 def map_pspace_parallel(
@@ -884,7 +963,7 @@ def map_pspace_parallel(
         if stop > start
     )
     found = set().union(*(f for _, f in blocks))
-    result = concatenate_results(b for b, _ in blocks)
+    result = _concatenate((b for b, _ in blocks), reuse=True)
     if not result:
         result = _empty_result(pspace, exclude, vectorized)
     _warn_unknown_excludes(exclude, found, pspace, n_rows)

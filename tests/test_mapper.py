@@ -159,8 +159,7 @@ def test_defaultdict_results_are_not_read_through_their_default():
         return d
 
     result = map_pspace(fn, Param(x=[1, 0, 2]))
-    assert result["y"][0] == 1 and math.isnan(result["y"][1]) and result["y"][2] == 2
-    assert math.isnan(result["z"][0]) and result["z"][1] == 0
+    same(result, {"x": [1, 0, 2], "y": [1, math.nan, 2], "z": [math.nan, 0, math.nan]})
 
 
 def test_parameter_names_that_are_not_identifiers():

@@ -303,9 +303,7 @@ def _assemble(param_columns: Mapping, outputs: Mapping, kept, exclude, copy=True
     `copy=False` reuses the parameter lists when every row was kept.
     """
     if kept is None:
-        columns = {
-            k: list(v) if copy else v for k, v in param_columns.items() if k not in exclude
-        }
+        columns = {k: list(v) if copy else v for k, v in param_columns.items() if k not in exclude}
     else:
         columns = {k: [v[i] for i in kept] for k, v in param_columns.items() if k not in exclude}
     for k, v in outputs.items():
@@ -1042,9 +1040,7 @@ def map_pspace_hdd_backed(
         blocks = (
             block
             for block, _ in joblib.Parallel(n_jobs=pool_size, return_as="generator")(
-                joblib.delayed(_evaluate_range)(
-                    fn, todo, start, stop, exclude, vectorized, size
-                )
+                joblib.delayed(_evaluate_range)(fn, todo, start, stop, exclude, vectorized, size)
                 for start, stop in itertools.pairwise(bounds)
             )
         )

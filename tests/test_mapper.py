@@ -111,6 +111,7 @@ def test_hdd_backed_with_a_pool(tmp_path):
 
 # -- the row loop: fast path, general path, failures ---------------------------
 
+
 def reference(fn, space):
     """The columns a naive loop builds: parameters, then outputs, NaN where absent."""
     rows = space.build()
@@ -264,9 +265,7 @@ def clash_on_odd(x):
     ],
     ids=["map_pspace", "parallel", "iter_results", "evaluate_block", "evaluate_rows"],
 )
-@pytest.mark.parametrize(
-    "fn", [clash_on_odd, lambda x: {"x": x}], ids=["some-rows", "every-row"]
-)
+@pytest.mark.parametrize("fn", [clash_on_odd, lambda x: {"x": x}], ids=["some-rows", "every-row"])
 def test_an_output_named_like_a_parameter_is_an_error(run, fn):
     with pytest.raises(OutputKeyError, match=r"returned 'x', which is also a parameter; rename"):
         run(fn, Param(x=[0, 1, 2, 3]))

@@ -415,43 +415,42 @@ class StoreTests:
 
     # -- optional capabilities: the flags are true ----------------------------------------
 
-    def _capability_file(self, store: Store, filename: str) -> int:
-        """Write ``capability_rows`` rows of one float column in 8 appends; return its bytes."""
-        n = self.capability_rows
-        x = np.arange(n, dtype=float)
+    def _capability_file(self, store: Store, filename: str, flag: str) -> int:
+        """Skip unless the store sets ``flag``; else write the test file and return its size.
+
+        The file holds ``capability_rows`` rows of one float column, in 8 appends.
+        """
+        if not getattr(store, flag):
+            pytest.skip(f"store does not set {flag}")
+        x = np.arange(self.capability_rows, dtype=float)
         for piece in np.array_split(x, 8):
             store.append(filename, {"x": piece})
         return x.nbytes
 
+    @staticmethod
+    def _assert_reads_part(what: str, peak: int, limit: float, flag: str) -> None:
+        assert peak < limit, (
+            f"{what} allocated up to {peak} bytes at once (limit {int(limit)}): "
+            f"{flag} promises that it does not read the whole file"
+        )
+
     def test_row_range_reads_only_those_rows(self, store, filename):
-        if not store.supports_row_range:
-            pytest.skip("store does not claim to read row ranges")
-        total = self._capability_file(store, filename)
+        total = self._capability_file(store, filename, "supports_row_range")
         middle = self.capability_rows // 2
         with _forbidden(store, "load", "iter_chunks"), _peak_memory() as memory:
             rows = store.load_rows(filename, middle, middle + 10)
         assert_columns_equal(rows, {"x": np.arange(middle, middle + 10, dtype=float)})
-        assert memory["peak"] < total / 4, (
-            f"load_rows of 10 rows allocated {memory['peak']} bytes for a file of {total}: "
-            "supports_row_range promises that it does not read the whole file"
-        )
+        self._assert_reads_part("load_rows", memory["peak"], total / 4, "supports_row_range")
 
     def test_load_of_one_row_reads_only_that_row(self, store, filename):
-        if not store.supports_row_range:
-            pytest.skip("store does not claim to read row ranges")
-        total = self._capability_file(store, filename)
+        total = self._capability_file(store, filename, "supports_row_range")
         with _peak_memory() as memory:
             row = store.load(filename, row=-1)
         assert_columns_equal(row, {"x": [self.capability_rows - 1.0]})
-        assert memory["peak"] < total / 4, (
-            f"load(row=-1) allocated {memory['peak']} bytes for a file of {total}: "
-            "supports_row_range promises that one row is read without the others"
-        )
+        self._assert_reads_part("load(row=-1)", memory["peak"], total / 4, "supports_row_range")
 
     def test_iter_chunks_holds_one_chunk_at_a_time(self, store, filename):
-        if not store.supports_chunks:
-            pytest.skip("store does not claim to iterate chunks without loading the file")
-        total = self._capability_file(store, filename)
+        total = self._capability_file(store, filename, "supports_chunks")
         chunk_rows = self.capability_rows // 16
         seen = 0
         with _forbidden(store, "load"), _peak_memory() as memory:
@@ -461,22 +460,14 @@ class StoreTests:
                 seen += len(chunk["x"])
                 del chunk
         assert seen == self.capability_rows
-        assert memory["peak"] < total / 2, (
-            f"iter_chunks allocated up to {memory['peak']} bytes at once for a file of "
-            f"{total}: supports_chunks promises that it does not load the whole file"
-        )
+        self._assert_reads_part("iter_chunks", memory["peak"], total / 2, "supports_chunks")
 
     def test_count_rows_reads_no_rows(self, store, filename):
-        if not store.supports_row_count:
-            pytest.skip("store does not claim to count rows without loading the file")
-        total = self._capability_file(store, filename)
+        total = self._capability_file(store, filename, "supports_row_count")
         with _forbidden(store, "load", "load_rows", "iter_chunks"), _peak_memory() as memory:
             n = store.count_rows(filename)
         assert n == self.capability_rows
-        assert memory["peak"] < total / 8, (
-            f"count_rows allocated {memory['peak']} bytes for a file of {total}: "
-            "supports_row_count promises that it does not load the file"
-        )
+        self._assert_reads_part("count_rows", memory["peak"], total / 8, "supports_row_count")
 
 
 # -- the stateful model test -------------------------------------------------------------
@@ -650,10 +641,8 @@ def store_model_test(
 
     Parameters
     ----------
-    make_store
-        Returns the store to test (a class works).
-    strings
-        Whether the store keeps str columns.
+    make_store, strings
+        As for :func:`store_model`.
     max_examples
         Number of random sequences of operations.
     steps

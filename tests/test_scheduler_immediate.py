@@ -125,8 +125,9 @@ import os, signal, sys, time
 def hold(pidfile, final, signame):
     # Interrupt the scheduler, then run until stopped; the finally block
     # shows whether the SIGTERM that stops the job unwinds it.
-    with open(pidfile, "w") as f:
+    with open(pidfile + ".tmp", "w") as f:
         f.write(str(os.getpid()))
+    os.replace(pidfile + ".tmp", pidfile)
     try:
         if signame != "-":
             os.kill(os.getppid(), getattr(signal, signame))

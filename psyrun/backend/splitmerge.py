@@ -358,6 +358,7 @@ class SplitMergeBackend(Backend):
             log=self._log,
             source_store=self.store_for,
             drop=self.task.exclude_from_result,
+            consume=True,
         )
         p.clear_parts()
         self._log(f"merged {len(parts)} parts; {rows} rows in {p.result}")

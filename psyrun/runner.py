@@ -75,7 +75,7 @@ class RunEvents:
         """`job` does not run: its results are up to date."""
 
     def planned(self, n_rows: int, n_jobs: int) -> None:
-        """The run evaluates `n_rows` rows with `n_jobs` jobs (sent before any job starts)."""
+        """Announce that the run evaluates `n_rows` rows with `n_jobs` jobs (before any starts)."""
 
     def started(self, job: str) -> None:
         """`job` is being submitted (an attached scheduler may run it now)."""
@@ -263,7 +263,6 @@ def run_task(
 
 def _interrupted(task, backend, scheduler, exc: KeyboardInterrupt) -> RunReport:
     signum = getattr(exc, "signum", signal.SIGINT)
-    kept = backend.rows_evaluated()
     if getattr(scheduler, "attached", False):
         with contextlib.suppress(Exception):
             scheduler.shutdown(cancel=True)
@@ -273,6 +272,8 @@ def _interrupted(task, backend, scheduler, exc: KeyboardInterrupt) -> RunReport:
             "jobs already submitted stay in the cluster's queue "
             f"(`psy status {task.name}` follows them, `psy kill {task.name}` cancels them)"
         )
+    # Counted after the jobs stopped: they write their last rows as they go.
+    kept = backend.rows_evaluated()
     return RunReport(
         task.name,
         "interrupted",

@@ -233,7 +233,8 @@ def test_overwrite_dirty_refusal_exits_1_naming_the_change(tmp_path):
     dep = tmp_path / "data.txt"
     dep.write_text("1")
     settings = f"overwrite_dirty = False\nfile_dep = [{str(dep)!r}]"
-    write(tmp_path / "psy-tasks" / "task_keep.py", counting_task(side, range(4), settings=settings))
+    task = counting_task(side, range(4), settings=settings)
+    write(tmp_path / "psy-tasks" / "task_keep.py", task)
     ok(psy("run", cwd=tmp_path))
     age_files(tmp_path)
     dep.write_text("2")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from psyrun.atomic import remove_path, replace_path, tmp_name
+from psyrun.atomic import tmp_name
 
 if TYPE_CHECKING:
     pass
@@ -148,7 +148,7 @@ def write_merged(
     from psyrun.pspace import Param
 
     drop = set(drop)
-    has_base = base is not None and os.path.exists(base)
+    has_base = base is not None and store.exists(base)
     good, source_params = [], []
     for path in sources:
         source = _store_of(source_store, path)
@@ -173,7 +173,7 @@ def write_merged(
             keep[missing_rows(Param(**combined), seen)] = True
 
     tmp = tmp_name(dest)
-    remove_path(tmp)
+    store.remove(tmp)
     written = 0
     offset = 0
     pending: list[dict] = []
@@ -218,11 +218,11 @@ def write_merged(
                     if pending_rows >= MERGE_ROWS:
                         flush()
         flush()
-        if not os.path.exists(tmp):
+        if not store.exists(tmp):
             store.save(tmp, {k: [] for k in keys})
-        replace_path(tmp, dest)
+        store.replace(tmp, dest)
     except BaseException:
-        remove_path(tmp)
+        store.remove(tmp)
         raise
     return written
 

@@ -146,7 +146,7 @@ class Backend(abc.ABC):
 
     def has_results(self) -> bool:
         """Whether any result (the result file or part files) exists."""
-        return os.path.exists(self.paths.result) or bool(self.paths.list_parts())
+        return self.task.store.exists(self.paths.result) or bool(self.paths.list_parts())
 
     def is_current(self) -> bool:
         """Results exist, are newer than the task's files, and the last run finished."""
@@ -314,4 +314,4 @@ class Backend(abc.ABC):
     def clean(self) -> None:
         """Remove every file generated for the task (work directory and result)."""
         remove_path(self.paths.root)
-        remove_path(self.paths.result)
+        self.task.store.remove(self.paths.result)

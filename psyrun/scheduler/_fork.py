@@ -18,6 +18,7 @@ import atexit
 import contextlib
 import importlib.util
 import os
+import runpy
 import signal
 import subprocess
 import sys
@@ -243,7 +244,6 @@ def _child_main(module: str, args: list[str], fd: int, mask: Iterable[int]) -> N
         # Like ``python -m``: argv[0] is replaced by the module's file name.
         sys.argv = ["-m", *args]
         try:
-            import runpy
             import warnings
 
             # The module may be imported here already (psy imports the worker);

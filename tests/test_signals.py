@@ -140,3 +140,47 @@ def test_kill_9_of_one_job_under_j2_then_continue(tmp_path, backend):
     assert "psy run -c slow" in out, out
     ok(psy("run", "-c", "slow", cwd=tmp_path))
     assert_every_row_once(tmp_path, n_rows)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="DistributeBackend.run_process resets `pending` only after report_rows: a "
+    "SIGTERM during report_rows (its fsync) makes the finally block append the block again",
+)
+def test_a_stop_while_the_row_counter_is_written_appends_no_row_twice(tmp_path, monkeypatch):
+    """Issue 12.3: SIGTERM arriving just after a flush must not duplicate rows.
+
+    The stop is injected where a real signal lands most often (the fsync of
+    the row counter right after an append), so that the race is checked
+    every time rather than once in a while.
+    """
+    from psyrun.backend.distribute import DistributeBackend
+    from psyrun.defaults import make_backend
+    from psyrun.store import PickleStore
+    from psyrun.tasks import load_tasks
+
+    write(
+        tmp_path / "psy-tasks" / "task_slow.py",
+        counting_task(tmp_path / "calls.txt", range(6), settings="max_jobs = 1"),
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("psyrun.backend.distribute.FLUSH_SECONDS", 0.0)
+    task = load_tasks("psy-tasks")["slow"]
+    backend = make_backend(task)
+    assert isinstance(backend, DistributeBackend)
+    backend.plan()
+    backend.run_split(cont=False)
+    real = backend.report_rows
+    stops = []
+
+    def stopped_during_first_counter_write(job, rows):
+        real(job, rows)
+        if not stops:
+            stops.append(rows)
+            raise SystemExit(128 + signal.SIGTERM)
+
+    monkeypatch.setattr(backend, "report_rows", stopped_during_first_counter_write)
+    with pytest.raises(SystemExit):
+        backend.run_process(0, 1)
+    x = PickleStore().load(backend.paths.partial(0))["x"].tolist()
+    assert len(x) == len(set(x)), f"rows appended twice: {sorted(x)}"

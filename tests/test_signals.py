@@ -142,11 +142,6 @@ def test_kill_9_of_one_job_under_j2_then_continue(tmp_path, backend):
     assert_every_row_once(tmp_path, n_rows)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DistributeBackend.run_process resets `pending` only after report_rows: a "
-    "SIGTERM during report_rows (its fsync) makes the finally block append the block again",
-)
 def test_a_stop_while_the_row_counter_is_written_appends_no_row_twice(tmp_path, monkeypatch):
     """Issue 12.3: SIGTERM arriving just after a flush must not duplicate rows.
 

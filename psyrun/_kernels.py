@@ -110,6 +110,7 @@ def _jit(loop: Callable) -> Callable:
     """Compile `loop` with numba, cached in :func:`numba_cache_dir` if one is set."""
     import numba
 
+    _compile_steps(numba)
     cache_dir = numba_cache_dir()
     if cache_dir is not None:
         try:
@@ -126,6 +127,20 @@ def _jit(loop: Callable) -> Callable:
         return numba.njit(cache=True, nogil=True)(loop)
     finally:
         numba.config.CACHE_DIR = saved
+
+
+# Scalar steps the loops share (defined with the kernels below). The loops find
+# them as globals of this module when numba compiles them, so they are replaced
+# here by their compiled versions first; numba inlines them into the loops.
+_SCALAR_STEPS = ("_splitmix", "_float_key")
+
+
+def _compile_steps(numba: Any) -> None:
+    module = globals()
+    for name in _SCALAR_STEPS:
+        step = module[name]
+        if not isinstance(step, numba.core.dispatcher.Dispatcher):
+            module[name] = numba.njit(inline="always", nogil=True)(step)
 
 
 class _Kernel:
@@ -171,13 +186,26 @@ def _mix64_reference(x: np.ndarray) -> np.ndarray:
     return z ^ (z >> _S31)
 
 
+def _splitmix(z):  # pragma: no cover - compiled by numba
+    # The splitmix64 finaliser of one uint64 (the scalar form of _mix64_reference).
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def _float_key(x, canonical, bits):  # pragma: no cover - compiled by numba
+    # The bits of float x, with both zeros alike and every NaN as _NAN_BITS;
+    # `bits` is a uint64 view of the 1-element scratch array `canonical`.
+    if x != x:
+        return np.uint64(0x7FF8000000000000)
+    canonical[0] = x + 0.0
+    return bits[0]
+
+
 def _mix64_loop(x):  # pragma: no cover - compiled by numba
     out = np.empty(x.shape[0], dtype=np.uint64)
     for i in range(x.shape[0]):
-        z = x[i]
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        out[i] = z ^ (z >> np.uint64(31))
+        out[i] = _splitmix(x[i])
     return out
 
 
@@ -199,15 +227,7 @@ def _hash_floats_loop(values):  # pragma: no cover - compiled by numba
     canonical = np.empty(1, dtype=np.float64)
     bits = canonical.view(np.uint64)
     for i in range(n):
-        x = values[i]
-        if x != x:
-            z = np.uint64(0x7FF8000000000000)
-        else:
-            canonical[0] = x + 0.0
-            z = bits[0]
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        out[i] = z ^ (z >> np.uint64(31))
+        out[i] = _splitmix(_float_key(values[i], canonical, bits))
     return out
 
 
@@ -222,10 +242,7 @@ def _combine_hashes_reference(acc: np.ndarray, h: np.ndarray) -> np.ndarray:
 def _combine_hashes_loop(acc, h):  # pragma: no cover - compiled by numba
     out = np.empty(acc.shape[0], dtype=np.uint64)
     for i in range(acc.shape[0]):
-        z = acc[i] * np.uint64(0x100000001B3) + h[i]
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        out[i] = z ^ (z >> np.uint64(31))
+        out[i] = _splitmix(acc[i] * np.uint64(0x100000001B3) + h[i])
     return out
 
 
@@ -251,19 +268,8 @@ def _hash_float_rows_loop(values, seed):  # pragma: no cover - compiled by numba
     for i in range(n):
         acc = seed[i]
         for j in range(m):
-            x = values[i, j]
-            if x != x:
-                z = np.uint64(0x7FF8000000000000)
-            else:
-                canonical[0] = x + 0.0
-                z = bits[0]
-            z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-            z = z ^ (z >> np.uint64(31))
-            acc = acc * np.uint64(0x100000001B3) + z
-            acc = (acc ^ (acc >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-            acc = (acc ^ (acc >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-            acc = acc ^ (acc >> np.uint64(31))
+            z = _splitmix(_float_key(values[i, j], canonical, bits))
+            acc = _splitmix(acc * np.uint64(0x100000001B3) + z)
         out[i] = acc
     return out
 

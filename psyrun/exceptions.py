@@ -70,44 +70,50 @@ class TaskConfigWarning(TaskWarning):
     """A task setting looks wrong (for example a misspelt setting name)."""
 
 
-class JobsRunningWarning(TaskWarning):
+class _TaskStateWarning(TaskWarning):
+    """A warning about the state of a task's jobs or results, with a default text.
+
+    Parameters
+    ----------
+    task_name : str
+        The task.
+    message : str, optional
+        The text; by default :attr:`default_message` with the task's name.
+    """
+
+    #: The text when none is given; ``{task_name}`` stands for the task's name.
+    default_message = "{task_name}"
+
+    def __init__(self, task_name: str, message: str | None = None) -> None:
+        if message is None:
+            message = self.default_message.format(task_name=task_name)
+        super().__init__(message, task_name=task_name)
+
+
+class JobsRunningWarning(_TaskStateWarning):
     """Jobs of a task's last run are still queued, so no new ones are submitted.
 
-    Parameters
-    ----------
-    task_name : str
-        The task.
-    message : str, optional
-        The text; by default one naming the task and ``psy kill``.
+    Takes the task's name and optionally the text (by default one naming the
+    task and ``psy kill``).
     """
 
-    def __init__(self, task_name: str, message: str | None = None) -> None:
-        if message is None:
-            message = (
-                f"{task_name}: jobs of the last run are still in the queue; not submitting "
-                f"again until they finish (`psy kill {task_name}` cancels them)"
-            )
-        super().__init__(message, task_name=task_name)
+    default_message = (
+        "{task_name}: jobs of the last run are still in the queue; not submitting "
+        "again until they finish (`psy kill {task_name}` cancels them)"
+    )
 
 
-class TaskWorkdirDirtyWarning(TaskWarning):
+class TaskWorkdirDirtyWarning(_TaskStateWarning):
     """A task's results are out of date and ``overwrite_dirty`` forbids replacing them.
 
-    Parameters
-    ----------
-    task_name : str
-        The task.
-    message : str, optional
-        The text; by default one naming ``psy run -c`` and ``psy clean``.
+    Takes the task's name and optionally the text (by default one naming
+    ``psy run -c`` and ``psy clean``).
     """
 
-    def __init__(self, task_name: str, message: str | None = None) -> None:
-        if message is None:
-            message = (
-                f"{task_name}: the results are out of date and overwrite_dirty is False; "
-                f"use `psy run -c {task_name}` to add to them or `psy clean {task_name}`"
-            )
-        super().__init__(message, task_name=task_name)
+    default_message = (
+        "{task_name}: the results are out of date and overwrite_dirty is False; "
+        "use `psy run -c {task_name}` to add to them or `psy clean {task_name}`"
+    )
 
 
 class IneffectiveExcludeWarning(UserWarning):

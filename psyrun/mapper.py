@@ -207,6 +207,18 @@ def _run_rows(fn, rows, n, param_keys, call_keys, extra, on_error, row_of):
     cols: list[list] = []
     results: list | None = None  # general mode: the raw results, one per kept row
 
+    def skipped(exc: Exception, succeeded: int = 0) -> bool:
+        # `succeeded` rows ran before row `pos + succeeded` raised `exc`: report
+        # that row to on_error and step past it (False: no on_error, re-raise).
+        nonlocal pos
+        pos += succeeded
+        if on_error is None:
+            return False
+        on_error(row_of(pos), exc)
+        failed.append(pos)
+        pos += 1
+        return True
+
     while pos < n:
         if results is None and out_keys is None:
             # Look at one result to choose the fast loop's keys.
@@ -214,12 +226,9 @@ def _run_rows(fn, rows, n, param_keys, call_keys, extra, on_error, row_of):
             try:
                 plain(fn, itertools.islice(it, 1), extra, first.append)
             except Exception as exc:
-                if on_error is None:
-                    raise
-                on_error(row_of(pos), exc)
-                failed.append(pos)
-                pos += 1
-                continue
+                if skipped(exc):
+                    continue
+                raise
             pos += 1
             result = first[0]
             if type(result) is dict and all(type(k) is str for k in result):
@@ -234,13 +243,9 @@ def _run_rows(fn, rows, n, param_keys, call_keys, extra, on_error, row_of):
             try:
                 odd = loop(fn, it, extra, *(c.append for c in cols))
             except Exception as exc:
-                pos += len(cols[0]) - before
-                if on_error is None:
-                    raise
-                on_error(row_of(pos), exc)
-                failed.append(pos)
-                pos += 1
-                continue
+                if skipped(exc, len(cols[0]) - before):
+                    continue
+                raise
             pos += len(cols[0]) - before
             if odd is _END:
                 break
@@ -257,13 +262,9 @@ def _run_rows(fn, rows, n, param_keys, call_keys, extra, on_error, row_of):
             try:
                 plain(fn, it, extra, results.append)
             except Exception as exc:
-                pos += len(results) - before
-                if on_error is None:
-                    raise
-                on_error(row_of(pos), exc)
-                failed.append(pos)
-                pos += 1
-                continue
+                if skipped(exc, len(results) - before):
+                    continue
+                raise
             break
 
     kept = None

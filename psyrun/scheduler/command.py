@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import re
 import shlex
 import subprocess
@@ -100,12 +101,31 @@ def command_error(what: str, argv: Sequence[str], proc: subprocess.CompletedProc
 def current_user() -> str:
     """Return the name of the user running psyrun (the uid when there is none)."""
     import getpass
-    import os
 
     try:
         return getpass.getuser()
     except Exception:  # no user name in the environment or the password database
         return str(os.getuid())
+
+
+# How active a state is, most active first: an array's own entry takes the
+# most active state among its tasks.
+_ACTIVITY = {
+    JobState.RUNNING: 0,
+    JobState.QUEUED: 1,
+    JobState.BLOCKED: 2,
+    JobState.FAILED: 3,
+    JobState.CANCELLED: 4,
+    JobState.COMPLETED: 5,
+}
+
+
+def more_active(state: JobState, than: JobStatus | None) -> bool:
+    """Tell whether `state` is more active than the status `than` (``None``: nothing yet).
+
+    Running beats queued, then blocked, failed, cancelled and completed.
+    """
+    return than is None or _ACTIVITY[state] < _ACTIVITY[than.status]
 
 
 # -- durations ----------------------------------------------------------------
@@ -160,8 +180,6 @@ def batch_script(
     `index_variable` (minus `first_index`, plus the chunk's offset) and puts
     it for ``%a``.
     """
-    import os
-
     if chunk is None:
         mode = ["", "0", "0"]
     else:
@@ -321,6 +339,17 @@ class CommandScheduler(Scheduler):
     Status comes from one call of the status tool, cached until
     :meth:`refresh`; jobs this instance submits are added to the cache as
     queued.
+
+    Parameters
+    ----------
+    workdir
+        Accepted for compatibility with psyrun 0.8 task files (kept as
+        :attr:`workdir`).
+    user
+        Whose jobs the status command lists (default: the current user).
+    max_array_size
+        The most tasks of one array submission; by default asked of the batch
+        system (see :meth:`max_array_size`).
     """
 
     #: The program that submits jobs.
@@ -351,9 +380,23 @@ class CommandScheduler(Scheduler):
     min_array_size: int = 1
     #: Ids per kill command (keeps argv well below ARG_MAX).
     kill_batch: int = 2000
+    #: The array size used when :meth:`array_limit_command` gives no answer.
+    default_max_array_size: int = 1 << 62
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        workdir: str | os.PathLike[str] | None = None,
+        *,
+        user: str | None = None,
+        max_array_size: int | None = None,
+    ) -> None:
+        # workdir: accepted for psyrun 0.8 task files (Sqsub keeps job names there).
+        self.workdir = workdir
+        #: Whose jobs the status command lists (None: the current user).
+        self.user = user
         self._statuses: dict[str, JobStatus] | None = None
+        # None: ask the batch system on first use (see max_array_size).
+        self._max_array_size = max_array_size
         # Arrays submitted here: array id -> number of tasks (compact dependencies).
         self._array_sizes: dict[str, int] = {}
 
@@ -410,6 +453,19 @@ class CommandScheduler(Scheduler):
                 if value is not None:
                     values[key] = value
         return values
+
+    def named_options(
+        self, name: str | None, scheduler_args: Mapping[str, Any] | None
+    ) -> list[str]:
+        """Return the name options and :meth:`scheduler_options` of job `name`.
+
+        Raises
+        ------
+        ValueError
+            For an unknown argument name (the message lists the valid ones), a
+            missing required one, or a value the batch system cannot express.
+        """
+        return [*self.name_options(name), *self.scheduler_options(name, scheduler_args)]
 
     def scheduler_options(
         self, name: str | None, scheduler_args: Mapping[str, Any] | None
@@ -503,9 +559,34 @@ class CommandScheduler(Scheduler):
         """Return a job script for the submit program's stdin (default: none)."""
         return None
 
+    def array_limit_command(self) -> list[str] | None:
+        """Return the command that prints the largest array allowed (default: none to ask)."""
+        return None
+
+    def parse_array_limit(self, stdout: str) -> int | None:
+        """Read the largest array allowed from that command's output (``None``: not said)."""
+        return None
+
     def max_array_size(self) -> int:
-        """Return the most tasks of one array submission (larger arrays are split)."""
-        return 1 << 62
+        """Return the most tasks of one array submission (larger arrays are split).
+
+        The size given to the constructor, else the answer of
+        :meth:`array_limit_command` read with :meth:`parse_array_limit` (asked
+        once), else :attr:`default_max_array_size` (also for an answer of 0 or
+        a failing command).
+        """
+        if self._max_array_size is None:
+            size = None
+            cmd = self.array_limit_command()
+            if cmd is not None:
+                try:
+                    proc = self.run(cmd)
+                    if proc.returncode == 0:
+                        size = self.parse_array_limit(proc.stdout)
+                except SchedulerError:
+                    size = None
+            self._max_array_size = size if size and size > 0 else self.default_max_array_size
+        return self._max_array_size
 
     def submit_command(
         self,
@@ -766,6 +847,7 @@ __all__ = [
     "current_user",
     "duration_seconds",
     "hms",
+    "more_active",
     "run_command",
     "safe_job_name",
 ]

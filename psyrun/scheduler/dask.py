@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from psyrun.scheduler.base import (
@@ -167,10 +167,6 @@ class Dask(Scheduler):
     attached: bool = True
     #: Jobs may run on other machines: ``psy run -j`` does not replace this scheduler.
     local: bool = False
-    #: Called about every :attr:`monitor_interval` seconds while :meth:`wait` waits.
-    monitor: Callable[[], None] | None = None
-    #: Seconds between calls of :attr:`monitor`.
-    monitor_interval: float = 0.5
 
     def __init__(
         self,
@@ -277,13 +273,9 @@ class Dask(Scheduler):
     # -- submission -------------------------------------------------------
 
     def submit(
-        self,
-        args: Sequence[str],
-        output_filename: str,
-        name: str | None = None,
-        depends_on: Iterable[str] | None = None,
-        scheduler_args: Mapping[str, Any] | None = None,
-    ) -> str:
+        self, args: Sequence[str], output_filename: str, name: str | None = None,
+        depends_on: Iterable[str] | None = None, scheduler_args: Mapping[str, Any] | None = None,
+    ) -> str:  # fmt: skip
         """Queue one job on the cluster and return its id at once (see :meth:`Scheduler.submit`).
 
         Ids of jobs this instance did not submit (earlier runs) among

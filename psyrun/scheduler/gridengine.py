@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import math
 import os
 import re
@@ -13,7 +12,13 @@ from importlib import resources
 from typing import Any
 
 from psyrun.scheduler.base import JobState, JobStatus, SchedulerError
-from psyrun.scheduler.command import ArrayChunk, CommandScheduler, JobId, run_command
+from psyrun.scheduler.command import (
+    ArrayChunk,
+    CommandScheduler,
+    JobId,
+    current_user,
+    more_active,
+)
 
 #: scheduler_args names of the user guide (and a few more) and what each becomes.
 GRIDENGINE_ARGS = {
@@ -188,16 +193,6 @@ def state_of(code: str) -> JobState:
     return JobState.RUNNING
 
 
-_RANK = {
-    JobState.RUNNING: 0,
-    JobState.QUEUED: 1,
-    JobState.BLOCKED: 2,
-    JobState.FAILED: 3,
-    JobState.CANCELLED: 4,
-    JobState.COMPLETED: 5,
-}
-
-
 def parse_qstat_xml(output: str) -> dict[str, JobStatus]:
     """Parse ``qstat -xml -r`` output into statuses by job id.
 
@@ -241,7 +236,7 @@ def parse_qstat_xml(output: str) -> dict[str, JobStatus]:
             jobid = f"{number}.{task}"
             statuses[jobid] = JobStatus(jobid, state, name or None)
         prev = summary.get(number)
-        if prev is None or _RANK[state] < _RANK[prev.status]:
+        if more_active(state, prev):
             summary[number] = JobStatus(number, state, name or None)
     # Blocked: held on a failed or blocked job; repeat until nothing changes (chains).
     failed = {j for j, s in statuses.items() if s.status is JobState.FAILED}
@@ -369,6 +364,7 @@ class GridEngine(CommandScheduler):
     EXTRA_ARGS = GRIDENGINE_ARGS
     passthrough_arg = "qsub_args"
     passthrough_example = {"P": "myproject"}
+    default_max_array_size = DEFAULT_MAX_ARRAY_TASKS
 
     def __init__(
         self,
@@ -380,34 +376,21 @@ class GridEngine(CommandScheduler):
         shell: str = "/bin/sh",
         max_array_size: int | None = None,
     ) -> None:
-        super().__init__()
-        self.workdir = workdir
-        self.user = user
+        super().__init__(workdir, user=user, max_array_size=max_array_size)
         self.memory_resource = memory_resource
         self.parallel_environment = parallel_environment
         self.shell = shell
-        self._max_array_size = max_array_size
 
     # -- the qsub command -------------------------------------------------------
 
-    def qsub_options(
-        self, name: str | None, scheduler_args: Mapping[str, Any] | None
-    ) -> list[str]:
-        """Translate `scheduler_args` for the job `name` into qsub arguments (name included).
-
-        Raises
-        ------
-        ValueError
-            For an unknown argument name (the message lists the valid ones) or
-            a value Grid Engine cannot express.
-        """
-        return [*self.name_options(name), *self.scheduler_options(name, scheduler_args)]
+    #: Translate `scheduler_args` for the job `name` into qsub arguments (name included).
+    qsub_options = CommandScheduler.named_options
 
     def fixed_options(self) -> list[str]:
         """``-terse`` (print the id only), ``-cwd``, ``-V`` and ``-S <shell>``."""
         return ["-terse", "-cwd", "-V", "-S", self.shell]
 
-    def name_options(self, name: str | None) -> list[str]:
+    def name_options(self, name: str | None, chunk: ArrayChunk | None = None) -> list[str]:
         """``-N NAME`` (see :func:`job_name`)."""
         return [] if name is None else ["-N", job_name(name)]
 
@@ -475,25 +458,19 @@ class GridEngine(CommandScheduler):
         jobid = first.split(".", 1)[0]
         return jobid if jobid.isdigit() else None
 
-    def max_array_size(self) -> int:
-        """Return the cluster's ``max_aj_tasks`` (``qconf -sconf``, read once)."""
-        if self._max_array_size is None:
-            size = None
-            try:
-                proc = run_command(["qconf", "-sconf"])
-                if proc.returncode == 0:
-                    size = parse_max_aj_tasks(proc.stdout)
-            except SchedulerError:
-                size = None
-            # 0 means "no limit"; any size works then.
-            self._max_array_size = size if size and size > 0 else DEFAULT_MAX_ARRAY_TASKS
-        return self._max_array_size
+    def array_limit_command(self) -> list[str]:
+        """``qconf -sconf`` (read once by :meth:`max_array_size`)."""
+        return ["qconf", "-sconf"]
+
+    def parse_array_limit(self, stdout: str) -> int | None:
+        """See :func:`parse_max_aj_tasks` (0, "no limit", gives the default size)."""
+        return parse_max_aj_tasks(stdout)
 
     # -- status and kill ------------------------------------------------------
 
     def status_command(self) -> list[str]:
         """``qstat -xml -r -u USER``: states, full names and ``-hold_jid`` parents."""
-        return ["qstat", "-xml", "-r", "-u", self.user or _current_user()]
+        return ["qstat", "-xml", "-r", "-u", self.user or current_user()]
 
     def parse_status(self, stdout: str) -> dict[str, JobStatus]:
         """See :func:`parse_qstat_xml`."""
@@ -521,13 +498,6 @@ def _qsub_can_name(output: str, chunk: ArrayChunk | None) -> bool:
     ``$JOB_ID`` and the like) or ``:`` (``host:path``).
     """
     return chunk is None and "$" not in output and ":" not in output
-
-
-def _current_user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # no user name in the environment or the password database
-        return str(os.getuid())
 
 
 __all__ = [

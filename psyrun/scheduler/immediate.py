@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from psyrun.scheduler import _fork
@@ -50,10 +50,6 @@ class ImmediateRun(Scheduler):
     attached: bool = True
     #: Jobs run on this machine.
     local: bool = True
-    #: Called (by this scheduler) about every :attr:`monitor_interval`
-    #: seconds while a job runs; set by the caller.
-    monitor: Callable[[], None] | None = None
-    monitor_interval: float = 0.5
 
     def __init__(self, fork: bool = True, *, grace: float = _fork.DEFAULT_GRACE) -> None:
         self.fork = fork
@@ -63,13 +59,9 @@ class ImmediateRun(Scheduler):
         self._jobs: dict[str, tuple[JobState, str | None, int | None]] = {}
 
     def submit(
-        self,
-        args: Sequence[str],
-        output_filename: str,
-        name: str | None = None,
-        depends_on: Iterable[str] | None = None,
-        scheduler_args: Mapping[str, Any] | None = None,
-    ) -> str:
+        self, args: Sequence[str], output_filename: str, name: str | None = None,
+        depends_on: Iterable[str] | None = None, scheduler_args: Mapping[str, Any] | None = None,
+    ) -> str:  # fmt: skip
         """Run the job now and return its id (see :meth:`Scheduler.submit`).
 
         `scheduler_args` are accepted and ignored.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import operator
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,10 +111,6 @@ class LocalPool(Scheduler):
     local: bool = True
     #: Arrays are queued one job per index (queueing is cheap).
     supports_arrays: bool = False
-    #: Called (by :meth:`wait`) about every :attr:`monitor_interval` seconds;
-    #: set by the caller.
-    monitor: Callable[[], None] | None = None
-    monitor_interval: float = 0.5
 
     def __init__(
         self,
@@ -134,13 +130,9 @@ class LocalPool(Scheduler):
         return f"LocalPool(n_workers={self.n_workers})"
 
     def submit(
-        self,
-        args: Sequence[str],
-        output_filename: str,
-        name: str | None = None,
-        depends_on: Iterable[str] | None = None,
-        scheduler_args: Mapping[str, Any] | None = None,
-    ) -> str:
+        self, args: Sequence[str], output_filename: str, name: str | None = None,
+        depends_on: Iterable[str] | None = None, scheduler_args: Mapping[str, Any] | None = None,
+    ) -> str:  # fmt: skip
         """Queue a job and return its id at once (see :meth:`Scheduler.submit`).
 
         It runs in :meth:`wait`. Dependencies this instance did not issue

@@ -125,10 +125,7 @@ class LSF(CommandScheduler):
         user: str | None = None,
         max_array_size: int = DEFAULT_MAX_ARRAY_SIZE,
     ) -> None:
-        super().__init__()
-        self.workdir = workdir
-        self.user = user
-        self._max_array_size = int(max_array_size)
+        super().__init__(workdir, user=user, max_array_size=int(max_array_size))
 
     # -- the bsub command -----------------------------------------------------
 
@@ -159,10 +156,6 @@ class LSF(CommandScheduler):
     def job_script(self, argv: list[str], output: str, chunk: ArrayChunk | None) -> str:
         """Return the script bsub reads on stdin (see :func:`.batch_script`)."""
         return command.batch_script(argv, output, chunk, "LSB_JOBINDEX", first_index=1)
-
-    def max_array_size(self) -> int:
-        """Return the most elements of one array (``max_array_size``)."""
-        return self._max_array_size
 
     def parse_submit_output(self, stdout: str) -> str | None:
         """Read ``Job <123> is submitted to queue <normal>.``."""

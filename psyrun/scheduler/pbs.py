@@ -141,12 +141,10 @@ class PBS(CommandScheduler):
         self, workdir: str | os.PathLike[str] | None = None, *, flavor: str = "pro",
         user: str | None = None,
     ) -> None:  # fmt: skip
-        super().__init__()
+        super().__init__(workdir, user=user)
         if flavor not in FLAVORS:
             raise ValueError(f"unknown PBS flavor {flavor!r}; choose 'pro' or 'torque'")
-        self.workdir = workdir
         self.flavor = flavor
-        self.user = user
         # PBS Pro refuses an array of one subjob; Torque takes it.
         self.min_array_size = 2 if flavor == "pro" else 1
 

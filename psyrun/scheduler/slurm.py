@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 from collections.abc import Mapping
 from importlib import resources
 from typing import Any
 
-from psyrun.scheduler.base import ARRAY_INDEX_TOKEN, JobState, JobStatus, SchedulerError
+from psyrun.scheduler.base import ARRAY_INDEX_TOKEN, JobState, JobStatus
 from psyrun.scheduler.command import (
     ArrayChunk,
     CommandScheduler,
@@ -17,6 +16,7 @@ from psyrun.scheduler.command import (
     current_user,
     duration_seconds,
     hms,
+    more_active,
     run_command,
 )
 
@@ -148,21 +148,11 @@ def parse_squeue(output: str) -> dict[str, JobStatus]:
             if "_" in jobid:
                 base = jobid.split("_", 1)[0]
                 prev = by_array.get(base)
-                if prev is None or _RANK[state] < _RANK[prev.status]:
+                if more_active(state, prev):
                     by_array[base] = JobStatus(base, state, name)
     for base, status in by_array.items():
         statuses.setdefault(base, status)
     return statuses
-
-
-_RANK = {
-    JobState.RUNNING: 0,
-    JobState.QUEUED: 1,
-    JobState.BLOCKED: 2,
-    JobState.FAILED: 3,
-    JobState.CANCELLED: 4,
-    JobState.COMPLETED: 5,
-}
 
 
 def parse_max_array_size(output: str) -> int | None:
@@ -209,14 +199,10 @@ class Slurm(CommandScheduler):
     from one ``squeue`` call, cached until :meth:`refresh`. A job waiting for a
     parent that failed is reported as :attr:`JobState.BLOCKED`.
 
-    Parameters
-    ----------
-    workdir
-        Accepted for compatibility with psyrun 0.8 task files; not needed.
-    user
-        Whose jobs ``squeue`` lists (default: the current user).
-    max_array_size
-        Override the cluster's MaxArraySize (mainly for tests).
+    The parameters are :class:`~psyrun.scheduler.command.CommandScheduler`'s:
+    `workdir` (accepted for psyrun 0.8 task files, not needed), `user` (whose
+    jobs ``squeue`` lists; default: the current user) and `max_array_size` (to
+    override the cluster's MaxArraySize, mainly for tests).
     """
 
     supports_arrays = True
@@ -229,34 +215,12 @@ class Slurm(CommandScheduler):
     EXTRA_ARGS = EXTRA_ARGS
     passthrough_arg = "sbatch_args"
     passthrough_example = {"partition": "gpu"}
-
-    def __init__(
-        self,
-        workdir: str | os.PathLike[str] | None = None,
-        *,
-        user: str | None = None,
-        max_array_size: int | None = None,
-    ) -> None:
-        super().__init__()
-        self.workdir = workdir
-        self.user = user
-        self._max_array_size = max_array_size
+    default_max_array_size = DEFAULT_MAX_ARRAY_SIZE
 
     # -- the sbatch command ---------------------------------------------------
 
-    def sbatch_options(
-        self,
-        name: str | None,
-        scheduler_args: Mapping[str, Any] | None,
-    ) -> list[str]:
-        """Translate `scheduler_args` for the job `name` into sbatch arguments.
-
-        Raises
-        ------
-        ValueError
-            For an argument name that is not known (the message lists the valid ones).
-        """
-        return [*self.name_options(name), *self.scheduler_options(name, scheduler_args)]
+    #: Translate `scheduler_args` for the job `name` into sbatch arguments (name included).
+    sbatch_options = CommandScheduler.named_options
 
     def fixed_options(self) -> list[str]:
         """``--parsable``: sbatch prints only the id."""
@@ -328,18 +292,13 @@ class Slurm(CommandScheduler):
     def _sbatch(self, cmd: list[str], name: str | None) -> str:
         return super()._run_submit(cmd, name, None)
 
-    def max_array_size(self) -> int:
-        """Return the cluster's MaxArraySize (``scontrol show config``, read once)."""
-        if self._max_array_size is None:
-            size = None
-            try:
-                proc = self.run(["scontrol", "show", "config"])
-                if proc.returncode == 0:
-                    size = parse_max_array_size(proc.stdout)
-            except SchedulerError:
-                size = None
-            self._max_array_size = size if size and size > 0 else DEFAULT_MAX_ARRAY_SIZE
-        return self._max_array_size
+    def array_limit_command(self) -> list[str]:
+        """``scontrol show config`` (read once by :meth:`max_array_size`)."""
+        return ["scontrol", "show", "config"]
+
+    def parse_array_limit(self, stdout: str) -> int | None:
+        """See :func:`parse_max_array_size`."""
+        return parse_max_array_size(stdout)
 
     # -- status and kill ------------------------------------------------------
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
-from typing import Any
 
 from psyrun.scheduler.base import JobState, JobStatus
 from psyrun.scheduler.command import ArrayChunk, CommandScheduler, JobId
@@ -93,21 +91,11 @@ class Sqsub(CommandScheduler):
     DEFAULT_ARGS = {"n_cpus": 1}
 
     def __init__(self, workdir: str | os.PathLike[str] | None = None) -> None:
-        super().__init__()
-        self.workdir = None if workdir is None else os.fspath(workdir)
+        super().__init__(None if workdir is None else os.fspath(workdir))
         self._names: dict[str, str | None] | None = None
 
-    def sqsub_options(
-        self, name: str | None, scheduler_args: Mapping[str, Any] | None
-    ) -> list[str]:
-        """Translate `scheduler_args` for job `name` into sqsub arguments.
-
-        Raises
-        ------
-        ValueError
-            For an unknown argument name or a missing required one.
-        """
-        return self.scheduler_options(name, scheduler_args)
+    #: Translate `scheduler_args` for job `name` into sqsub arguments (name not included).
+    sqsub_options = CommandScheduler.scheduler_options
 
     def output_options(self, output: str, chunk: ArrayChunk | None) -> list[str]:
         """``-o FILE``."""

@@ -113,6 +113,7 @@ def write_merged(
     log=None,
     source_store=None,
     drop: Collection[str] = (),
+    metadata: Mapping | None = None,
 ) -> int:
     """Stream `base` (kept whole) and `sources` into `dest`; return rows written.
 
@@ -220,11 +221,32 @@ def write_merged(
         flush()
         if not store.exists(tmp):
             store.save(tmp, {k: [] for k in keys})
+        if metadata is None:
+            metadata = _inputs_metadata(store, base if has_base else None, good, source_store)
+        if metadata and store.supports_metadata:
+            # Written to the temporary file: the result appears with it or not at all.
+            store.write_metadata(tmp, metadata)
         store.replace(tmp, dest)
     except BaseException:
         store.remove(tmp)
         raise
     return written
+
+
+def _inputs_metadata(store, base: str | None, sources: list[str], source_store) -> dict:
+    """The metadata a merge of `base` and `sources` keeps (see :func:`write_merged`)."""
+    from psyrun.provenance import combine
+
+    found = []
+    for path, reader in [(base, store)] + [(p, _store_of(source_store, p)) for p in sources]:
+        if path is None:
+            continue
+        try:
+            found.append(reader.read_metadata(path))
+        except Exception:
+            # Metadata only describes the rows: an unreadable one must not stop the merge.
+            continue
+    return combine(found)
 
 
 def _part_order(name: str):

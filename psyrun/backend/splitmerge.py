@@ -344,6 +344,19 @@ class SplitMergeBackend(Backend):
         """
         self.store.check(block, self.paths.result)
 
+    def _provenance(self, base: str | None) -> dict:
+        """The provenance of this run (:mod:`psyrun.provenance`), for the result file."""
+        from psyrun.provenance import collect, continued, run_started
+
+        meta = collect(self.task, run_started(self.paths))
+        if base is not None:
+            try:
+                old = self.store.read_metadata(base)
+            except Exception:
+                old = {}  # write_merged reports an unreadable result itself
+            meta = continued(meta, old)
+        return meta
+
     def run_merge(self, cont: bool) -> None:
         """Stream the parts (and the old result when continuing) into the result file."""
         p = self.paths
@@ -358,6 +371,7 @@ class SplitMergeBackend(Backend):
             log=self._log,
             source_store=self.store_for,
             drop=self.task.exclude_from_result,
+            metadata=self._provenance(base),
         )
         p.clear_parts()
         self._log(f"merged {len(parts)} parts; {rows} rows in {p.result}")

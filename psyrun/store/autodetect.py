@@ -122,6 +122,7 @@ class AutodetectStore(Store):
     """
 
     ext = ""
+    supports_metadata = True  # every built-in store; a plugin store may refuse to write
 
     def save(self, filename: str, data: Mapping[str, Any]) -> None:
         """Save with the store for ``filename``'s extension."""

@@ -58,16 +58,15 @@ def concat_columns(parts: list[dict[str, np.ndarray]], keys: list[str]) -> dict:
         cols = [p[k] for p in parts if k in p]
         if not cols:
             continue
-        if len({c.dtype.kind for c in cols}) > 1 or len({c.shape[1:] for c in cols}) > 1:
-            merged = np.empty(sum(len(c) for c in cols), dtype=object)
-            i = 0
-            for c in cols:
-                for v in c:
-                    merged[i] = v
-                    i += 1
-            out[k] = merged
-        else:
+        if len({c.dtype.kind for c in cols}) == 1 and len({c.shape[1:] for c in cols}) == 1:
             out[k] = np.concatenate(cols)
+            continue
+        # Mixed kinds or shapes: one object per row (element by element, so
+        # that NumPy does not broadcast array values into a new dimension).
+        values = [v for c in cols for v in c]
+        out[k] = np.empty(len(values), dtype=object)
+        for i, v in enumerate(values):
+            out[k][i] = v
     lengths = {len(v) for v in out.values()}
     if len(lengths) > 1:
         # A key absent from some file: match on the keys every file has.

@@ -12,6 +12,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from psyrun.defaults import make_backend
 from psyrun.jobs import submit_graph
 from psyrun.scheduler import JobState, JobStatus, _fork
 from psyrun.scheduler.localpool import LocalPool, default_workers
@@ -413,7 +414,7 @@ def test_psyrun_jobs_run_in_the_pool(tmp_path, monkeypatch, backend, settings):
             return {{'y': x * x}}
         """,
     )
-    plan = task.make_backend().plan()
+    plan = make_backend(task).plan()
     pool = LocalPool(2)
     calls = []
     pool.monitor = lambda: calls.append(1)

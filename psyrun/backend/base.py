@@ -203,7 +203,8 @@ class Backend(abc.ABC):
         """Record in a job that it has evaluated `rows` rows (read by :meth:`rows_evaluated`)."""
         from psyrun.atomic import atomic_write
 
-        with atomic_write(self.paths.status_file(job_name, "rows")) as f:
+        # Only a progress figure: not worth a sync.
+        with atomic_write(self.paths.status_file(job_name, "rows"), sync=False) as f:
             f.write(str(rows))
 
     def submit(

@@ -233,7 +233,7 @@ def write_merged(
 
 
 def _inputs_metadata(store, base: str | None, sources: list[str], source_store) -> dict:
-    """The metadata a merge of `base` and `sources` keeps (see :func:`write_merged`)."""
+    """Return the metadata a merge of `base` and `sources` keeps (see :func:`write_merged`)."""
     from psyrun.provenance import combine
 
     found = []

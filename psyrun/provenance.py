@@ -169,7 +169,7 @@ def continued(new: Mapping[str, Any], old: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def combine(metadata: list[Mapping[str, Any]]) -> dict[str, Any]:
-    """The metadata of a file merged from inputs with `metadata` (in merge order).
+    """Return the metadata of a file merged from inputs with `metadata` (in merge order).
 
     The first non-empty one is kept; other, different ones are listed under
     ``merged_from`` so that nothing about the inputs is lost.

@@ -68,7 +68,8 @@ def test_result_records_the_run_and_loads_as_before(tmp_path, store):
     assert meta["task"] == "sq"
     assert meta["task_file"] == str(task_file.resolve())
     assert meta["task_sha256"] == hashlib.sha256(task_file.read_bytes()).hexdigest()
-    assert meta["pspace_length"] == 6 and meta["pspace_keys"] == ["x"]
+    assert meta["pspace_length"] == 6
+    assert meta["pspace_keys"] == ["x"]
     assert meta["merge_host"] == socket.gethostname()
     assert meta["python_version"].startswith(f"{sys.version_info[0]}.{sys.version_info[1]}.")
     import psyrun
@@ -100,12 +101,14 @@ def test_git_commit_and_dirty_flag(tmp_path):
     ok(psy("run", "sq", cwd=tmp_path))
     meta = load_metadata(str(result_path(tmp_path, "sq")))
     # Results in psy-work are untracked: they do not make the checkout dirty.
-    assert meta["git_commit"] == head and meta["git_dirty"] is False
+    assert meta["git_commit"] == head
+    assert meta["git_dirty"] is False
     with open(tmp_path / "psy-tasks" / "task_sq.py", "a") as f:
         f.write("\n# changed\n")
     ok(psy("run", "sq", cwd=tmp_path))
     meta = load_metadata(str(result_path(tmp_path, "sq")))
-    assert meta["git_commit"] == head and meta["git_dirty"] is True
+    assert meta["git_commit"] == head
+    assert meta["git_dirty"] is True
 
 
 def test_no_git_repository_means_no_git_keys(tmp_path, monkeypatch):

@@ -345,7 +345,7 @@ class SplitMergeBackend(Backend):
         self.store.check(block, self.paths.result)
 
     def _provenance(self, base: str | None) -> dict:
-        """The provenance of this run (:mod:`psyrun.provenance`), for the result file."""
+        """Return the provenance of this run (:mod:`psyrun.provenance`), for the result file."""
         from psyrun.provenance import collect, continued, run_started
 
         meta = collect(self.task, run_started(self.paths))

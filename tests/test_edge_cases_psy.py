@@ -13,11 +13,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
 from cli_helpers import psy, write_task
+from e2e_helpers import wait_for_rows
 
 from psyrun.paths import TaskPaths
 from psyrun.store import get_store
@@ -102,7 +102,7 @@ import time
 import numpy as np
 from psyrun import Param
 {backend}
-pspace = Param(a=np.arange(40))
+pspace = Param(a=np.arange(80))
 max_jobs = 4
 def execute(a):
     time.sleep(0.04)
@@ -131,12 +131,10 @@ def test_ctrl_c_then_continue_keeps_rows_once(tmp_path, backend):
         env=env,
         start_new_session=True,
     )
-    # Wait until a process job has started, then press "Ctrl-C".
+    # Wait until a job has written a row (not a fixed time: the machine may be
+    # loaded), then press "Ctrl-C".
     log_dir = tmp_path / "psy-work" / "slow"
-    deadline = time.monotonic() + 30
-    while not list(log_dir.glob("slow:process:*.log")) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.6)
+    wait_for_rows(log_dir, 1, proc=proc)
     os.killpg(proc.pid, signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, out
@@ -148,7 +146,7 @@ def test_ctrl_c_then_continue_keeps_rows_once(tmp_path, backend):
     )
     assert cont.returncode == 0, cont.stdout + cont.stderr
     result = get_store(".pkl").load(str(log_dir / "result.pkl"))
-    assert sorted(result["a"].tolist()) == list(range(40))
+    assert sorted(result["a"].tolist()) == list(range(80))
     assert all(y == 2 * a for a, y in zip(result["a"], result["y"]))
 
 

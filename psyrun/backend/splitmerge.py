@@ -189,7 +189,9 @@ class SplitMergeBackend(Backend):
         total = len(self.task.pspace)
         notes = []
         if not self.store.exists(self.paths.result) and self.paths.list_parts() == []:
-            if os.path.exists(self.paths.submitted):
+            merged = self.paths.status_file(self.paths.job_name("merge"), "done")
+            if os.path.exists(merged):
+                # The last run finished, so its result was there: it was deleted.
                 notes.append(
                     f"the result file {self.paths.result} does not exist (deleted?); "
                     f"`psy run -c {self.task.name}` evaluates all {total} rows again"
@@ -449,6 +451,7 @@ class SplitMergeBackend(Backend):
             log=self._log,
             source_store=self.store_for,
             drop=self.task.exclude_from_result,
+            consume=True,
             metadata=self._provenance(base),
         )
         p.clear_parts()

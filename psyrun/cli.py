@@ -258,13 +258,29 @@ def _print_run_report(name: str, report) -> None:
     count=True,
     help="List missing assignments and jobs (-v -v: every job, not only the first ones).",
 )
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Redraw the status until the task is complete (exit 0) or jobs failed (exit 1).",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=2.0,
+    show_default=True,
+    help="Seconds between two redraws of --watch.",
+)
 @click.argument("task", nargs=-1)
 @_file_errors
-def status(taskdir: str, verbose: int, task: tuple[str, ...]) -> None:
+def status(
+    taskdir: str, verbose: int, watch: bool, interval: float, task: tuple[str, ...]
+) -> None:
     """Print how many assignments of each task (or the named ones) are done."""
     from psyrun.runner import task_status
 
     tasks, selected = _load(taskdir, task)
+    if watch:
+        _watch(selected, interval)
     for t in selected:
         report = task_status(t, missing=bool(verbose))
         progress = report.progress
@@ -282,11 +298,47 @@ def status(taskdir: str, verbose: int, task: tuple[str, ...]) -> None:
                 f"  nothing found in {report.workdir} (the workdir setting is relative to the "
                 "directory psy is started from)"
             )
+        if verbose:
+            _print_provenance(t)
         if report.missing is not None:
             _print_missing(report.missing)
         _print_jobs(t.name, report.queued, report.failed, verbose)
     if tasks.selection_failed:
         sys.exit(1)
+
+
+def _watch(selected: list, interval: float) -> None:
+    """``psy status --watch``: follow one task until it has ended, then exit."""
+    from psyrun.watch import watch
+
+    if len(selected) != 1:
+        raise click.UsageError("--watch follows one task: name it, e.g. `psy status --watch sq`")
+    try:
+        code = watch(selected[0], interval)
+    except KeyboardInterrupt:
+        click.echo()
+        code = 130
+    sys.exit(code)
+
+
+def _print_provenance(t) -> None:
+    """Print the main lines the result file records about its run (`psy status -v`)."""
+    try:
+        meta = t.store.read_metadata(t.resultfile) if t.store.exists(t.resultfile) else {}
+    except Exception:
+        return  # the unreadable result is reported among the notes
+    if not meta:
+        return
+    where = f" on {meta['merge_host']}" if "merge_host" in meta else ""
+    click.echo(
+        f"  result written {meta.get('finished', '?')}{where} by psyrun "
+        f"{meta.get('psyrun_version', '?')}, Python {meta.get('python_version', '?')}"
+    )
+    if "git_commit" in meta:
+        dirty = " (uncommitted changes)" if meta.get("git_dirty") else ""
+        click.echo(f"  git commit {meta['git_commit'][:12]}{dirty}")
+    if "task_sha256" in meta:
+        click.echo(f"  task file sha256 {meta['task_sha256'][:16]}...")
 
 
 def _print_missing(space) -> None:

@@ -113,6 +113,7 @@ def write_merged(
     source_store=None,
     drop: Collection[str] = (),
     consume: bool = False,
+    metadata: Mapping | None = None,
 ) -> int:
     """Stream `base` (kept whole) and `sources` into `dest`; return rows written.
 
@@ -146,6 +147,12 @@ def write_merged(
         The sources may be used up (the merge job's part files): a single
         source already in `store`'s format is renamed to `dest` instead of
         copied.
+    metadata : mapping, optional
+        The metadata of `dest` (the backends pass the run's provenance). By
+        default `dest` keeps the metadata of its inputs: that of `base`, or
+        else of the first source with any; different metadata of other
+        inputs is listed under ``merged_from``. Stores that cannot hold
+        metadata get none.
     """
     if source_store is None:
         source_store = store
@@ -173,6 +180,8 @@ def write_merged(
         if type(source) is type(store) and not drop & set(first):
             # Nothing to convert, drop or add: the part becomes the result.
             rows = source.count_rows(good[0])
+            if metadata and store.supports_metadata:
+                store.write_metadata(good[0], metadata)
             store.replace(good[0], dest)
             return rows
     keep = None
@@ -232,11 +241,32 @@ def write_merged(
         flush()
         if not store.exists(tmp):
             store.save(tmp, {k: [] for k in keys})
+        if metadata is None:
+            metadata = _inputs_metadata(store, base if has_base else None, good, source_store)
+        if metadata and store.supports_metadata:
+            # Written to the temporary file: the result appears with it or not at all.
+            store.write_metadata(tmp, metadata)
         store.replace(tmp, dest)
     except BaseException:
         store.remove(tmp)
         raise
     return written
+
+
+def _inputs_metadata(store, base: str | None, sources: list[str], source_store) -> dict:
+    """Return the metadata a merge of `base` and `sources` keeps (see :func:`write_merged`)."""
+    from psyrun.provenance import combine
+
+    found = []
+    for path, reader in [(base, store)] + [(p, _store_of(source_store, p)) for p in sources]:
+        if path is None:
+            continue
+        try:
+            found.append(reader.read_metadata(path))
+        except Exception:
+            # Metadata only describes the rows: an unreadable one must not stop the merge.
+            continue
+    return combine(found)
 
 
 def _part_order(name: str):

@@ -9,7 +9,9 @@ assignment. Two views make it easy to analyse:
   result are NaN, so a sweep plots in one line.
 
 :func:`load_results`, :func:`load_dataframe` and :func:`load_xarray` do the
-same starting from a task name, reading the task's result file with its store.
+same starting from a task name, reading the task's result file with its store;
+:func:`load_metadata` returns what the result file records about the run that
+produced it (see :mod:`psyrun.provenance`).
 
 pandas and xarray are optional (``pip install "psyrun[analysis]"``) and are
 imported only by the functions that need them.
@@ -30,6 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 __all__ = [
     "load_dataframe",
+    "load_metadata",
     "load_results",
     "load_xarray",
     "to_dataframe",
@@ -399,4 +402,56 @@ def load_xarray(
         The results on the parameter grid.
     """
     taskdef = _find_task(task, taskdir)
-    return to_xarray(load_results(taskdef), dims=dims, pspace=taskdef.pspace)
+    dataset = to_xarray(load_results(taskdef), dims=dims, pspace=taskdef.pspace)
+    dataset.attrs.update(taskdef.store.read_metadata(os.fspath(taskdef.resultfile)))
+    return dataset
+
+
+def _is_path(target) -> bool:
+    if isinstance(target, os.PathLike):
+        return True
+    if not isinstance(target, str):
+        return False
+    from psyrun.store.autodetect import available_stores
+
+    ext = os.path.splitext(target.rstrip("/" + os.sep))[1].lower()
+    return os.sep in target or "/" in target or ext in available_stores()
+
+
+def load_metadata(path_or_task, taskdir: str | os.PathLike = "psy-tasks") -> dict[str, Any]:
+    """Return the metadata recorded in a result file: which run produced it.
+
+    Parameters
+    ----------
+    path_or_task : str, path or psyrun.tasks.TaskDef
+        A result file (a path, or a name with a result extension such as
+        ``result.h5``; the store is chosen by the extension), a task name or
+        a loaded task (its result file is read with its store).
+    taskdir : str or path, optional
+        The task directory, for a task name.
+
+    Returns
+    -------
+    dict
+        The provenance keys described in :mod:`psyrun.provenance` (task file
+        hash, git commit, versions, host, times, ...); an empty dict for a
+        result written without it (by psyrun 0.8, or by hand).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the result file does not exist.
+    KeyError, RuntimeError
+        For an unknown task name or a task file that fails to load.
+    """
+    if _is_path(path_or_task):
+        from psyrun.store import get_store
+
+        path = os.fspath(path_or_task)
+        store = get_store(path)
+    else:
+        taskdef = _find_task(path_or_task, taskdir)
+        path, store = os.fspath(taskdef.resultfile), taskdef.store
+    if not store.exists(path):
+        raise FileNotFoundError(f"no result file {path!r}")
+    return store.read_metadata(path)

@@ -96,7 +96,7 @@ class DistributeBackend(SplitMergeBackend):
                     arrays = snapshot.arrays(start + lo, start + hi)
                 else:
                     arrays = snapshot.take(todo[lo:hi])
-                result = self.evaluate(arrays, extra, failures)
+                result = self.evaluate(arrays, extra, failures, job_name)
                 now = time.monotonic()
                 per_row = (now - t0) / (hi - lo)
                 evaluated += hi - lo

@@ -154,7 +154,7 @@ class LoadBalancingBackend(SplitMergeBackend):
             start, stop = claim(p.counter, n, n_workers, max_chunk)
             if start >= stop:
                 break
-            result = self.evaluate(snapshot.arrays(start, stop), extra, failures)
+            result = self.evaluate(snapshot.arrays(start, stop), extra, failures, job_name)
             if result:
                 if not checked:
                     self.check_block(result)

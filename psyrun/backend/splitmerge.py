@@ -19,8 +19,10 @@ Both run ``split -> process jobs -> merge``:
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +45,67 @@ def part_store() -> Store:
     from psyrun.store.pickle import PickleStore
 
     return PickleStore()
+
+
+def _timed(fn, calls: list):
+    """Wrap `fn` to append ``(seconds, end time)`` of every call that returns a mapping."""
+
+    @functools.wraps(fn)
+    def timed(*args, **kwargs):
+        t0 = time.perf_counter()
+        out = fn(*args, **kwargs)
+        if isinstance(out, Mapping):  # other results are failed rows, left out
+            calls.append((time.perf_counter() - t0, time.time()))
+        return out
+
+    return timed
+
+
+@functools.lru_cache(maxsize=1)
+def _host() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+def _add_records(
+    result: dict, record, n: int, calls, per_row: float, job: str | None, vectorized: bool
+) -> None:
+    """Add the ``psy_*`` columns of the task's ``record`` setting to `result` (`n` rows).
+
+    Row by row, `calls` holds each kept row's time and end; when it does not
+    match the kept rows (a row returned an odd value), or for a vectorized
+    block, every row gets the block's time divided by its rows (`per_row`).
+    """
+    import datetime
+
+    from psyrun.mapper import OutputKeyError
+    from psyrun.tasks import RECORD_COLUMNS
+
+    columns = {RECORD_COLUMNS[name]: name for name in record}
+    clash = [c for c in columns if c in result]
+    if clash:
+        raise OutputKeyError(
+            f"execute (or setup) returned {clash[0]!r}, which the task's record setting "
+            f"adds as a column; rename that output or remove {columns[clash[0]]!r} "
+            "from record"
+        )
+    if calls is None or len(calls) != n:
+        now = time.time()
+        calls = [(per_row, now)] * n
+
+    def utc(t: float) -> str:
+        return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).isoformat()
+
+    values = {
+        "duration": lambda: [c[0] for c in calls],
+        "host": lambda: [_host()] * n,
+        "job": lambda: [job or ""] * n,
+        "finished": lambda: [utc(c[1]) for c in calls],
+    }
+    for column, name in columns.items():
+        data = values[name]()
+        result[column] = np.asarray(data) if vectorized else data
 
 
 class SplitMergeBackend(Backend):
@@ -295,21 +358,32 @@ class SplitMergeBackend(Backend):
         """Evaluate this job's share of the rows."""
         raise NotImplementedError
 
-    def evaluate(self, arrays, extra, failures: RowFailures) -> dict | None:
+    def evaluate(
+        self, arrays, extra, failures: RowFailures, job: str | None = None
+    ) -> dict | None:
         """Evaluate one block of parameter columns; rows that raise are left out and recorded.
 
         Each row is evaluated exactly once (a failing row must not make the
         others run again: they may be expensive or have side effects); a
         vectorized block that raises is evaluated again row by row to find the
         rows that fail. What ``setup`` returned (`extra`) is stored with every
-        row, like a parameter, unless ``exclude_from_result`` names it.
+        row, like a parameter, unless ``exclude_from_result`` names it. The
+        task's ``record`` setting adds its ``psy_*`` columns (`job` is the
+        name ``psy_job`` holds).
         """
         from psyrun.mapper import evaluate_block
 
-        if not len(next(iter(arrays.values()), ())):
+        n_in = len(next(iter(arrays.values()), ()))
+        if not n_in:
             return None
+        record = self.task.record
+        execute, calls = self.task.execute, None
+        if record and not self.task.vectorized and {"duration", "finished"} & set(record):
+            calls = []
+            execute = _timed(execute, calls)
+        started = time.perf_counter()
         result = evaluate_block(
-            self.task.execute,
+            execute,
             arrays,
             self.keys,
             exclude=tuple(self.task.exclude_from_result),
@@ -317,10 +391,14 @@ class SplitMergeBackend(Backend):
             on_error=failures.add,
             vectorized=self.task.vectorized,
         )
+        elapsed = time.perf_counter() - started
         n = len(next(iter(result.values()))) if result else 0
         if not n:
             return None
-        return self._with_setup_values(result, extra, n)
+        result = self._with_setup_values(result, extra, n)
+        if record:
+            _add_records(result, record, n, calls, elapsed / n_in, job, self.task.vectorized)
+        return result
 
     @property
     def vector_block(self) -> int:
@@ -346,6 +424,19 @@ class SplitMergeBackend(Backend):
         """
         self.store.check(block, self.paths.result)
 
+    def _provenance(self, base: str | None) -> dict:
+        """Return the provenance of this run (:mod:`psyrun.provenance`), for the result file."""
+        from psyrun.provenance import collect, continued, run_started
+
+        meta = collect(self.task, run_started(self.paths))
+        if base is not None:
+            try:
+                old = self.store.read_metadata(base)
+            except Exception:
+                old = {}  # write_merged reports an unreadable result itself
+            meta = continued(meta, old)
+        return meta
+
     def run_merge(self, cont: bool) -> None:
         """Stream the parts (and the old result when continuing) into the result file."""
         p = self.paths
@@ -361,6 +452,7 @@ class SplitMergeBackend(Backend):
             source_store=self.store_for,
             drop=self.task.exclude_from_result,
             consume=True,
+            metadata=self._provenance(base),
         )
         p.clear_parts()
         self._log(f"merged {len(parts)} parts; {rows} rows in {p.result}")

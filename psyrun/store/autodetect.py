@@ -122,6 +122,7 @@ class AutodetectStore(Store):
     """
 
     ext = ""
+    supports_metadata = True  # every built-in store; a plugin store may refuse to write
 
     def save(self, filename: str, data: Mapping[str, Any]) -> None:
         """Save with the store for ``filename``'s extension."""
@@ -170,3 +171,11 @@ class AutodetectStore(Store):
     def replace(self, src: str, dest: str) -> None:
         """Replace ``dest`` with the store for its extension."""
         get_store(dest).replace(src, dest)
+
+    def read_metadata(self, filename: str | os.PathLike) -> dict[str, Any]:
+        """Read the metadata with the store for ``filename``'s extension."""
+        return get_store(filename).read_metadata(filename)
+
+    def write_metadata(self, filename: str | os.PathLike, metadata: Mapping[str, Any]) -> None:
+        """Write the metadata with the store for ``filename``'s extension."""
+        get_store(filename).write_metadata(filename, metadata)

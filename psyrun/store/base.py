@@ -16,6 +16,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import importlib
+import json
 import os
 from collections.abc import Iterator, Mapping
 from types import ModuleType
@@ -68,6 +69,18 @@ def _sync_one(path: str) -> None:
         os.close(fd)
 
 
+def _as_json_dict(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a JSON round trip of ``metadata`` (what every store gives back)."""
+    if not isinstance(metadata, Mapping):
+        raise TypeError(f"metadata must be a dict, got {type(metadata).__name__}")
+    try:
+        return json.loads(json.dumps(dict(metadata), allow_nan=True))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"metadata must hold only str, numbers, bool, None, lists and dicts ({exc})"
+        ) from None
+
+
 class Store(abc.ABC):
     """A file of columnar results that grows by appending chunks of rows.
 
@@ -101,6 +114,9 @@ class Store(abc.ABC):
         :meth:`iter_chunks` does not load the whole file at once.
     supports_row_count : bool
         :meth:`count_rows` does not load the whole file.
+    supports_metadata : bool
+        The file can carry a dict of metadata (:meth:`write_metadata`,
+        :meth:`read_metadata`) that :meth:`load` ignores.
 
     Notes
     -----
@@ -113,7 +129,10 @@ class Store(abc.ABC):
     only under a :class:`psyrun.store.locking.FileLock`, so it needs no
     locking of its own. A format that is not one plain file (a directory, a
     file with side files) overrides :meth:`exists`, :meth:`remove` and
-    :meth:`replace`, so that no code outside the store needs to know.
+    :meth:`replace`, so that no code outside the store needs to know. To
+    carry metadata, set :attr:`supports_metadata` and implement
+    :meth:`_read_metadata` and :meth:`_write_metadata`; the base class keeps
+    the metadata when an append rewrites the file.
     """
 
     ext: str = ""
@@ -123,6 +142,7 @@ class Store(abc.ABC):
     supports_row_range: bool = False
     supports_chunks: bool = False
     supports_row_count: bool = False
+    supports_metadata: bool = False
 
     # -- the public interface --------------------------------------------------
 
@@ -228,6 +248,38 @@ class Store(abc.ABC):
             f"install it with `pip install {self.requirement or self.library}`"
         )
 
+    def read_metadata(self, filename: str | os.PathLike) -> dict[str, Any]:
+        """Return the metadata dict stored with the result ``filename``.
+
+        Returns an empty dict when the file has none (written before psyrun
+        recorded it, by hand, or by a store without :attr:`supports_metadata`).
+        """
+        if not self.supports_metadata:
+            return {}
+        return dict(self._read_metadata(os.fspath(filename)) or {})
+
+    def write_metadata(self, filename: str | os.PathLike, metadata: Mapping[str, Any]) -> None:
+        """Replace the metadata of the existing result ``filename``; its rows stay as they are.
+
+        Parameters
+        ----------
+        filename
+            An existing result of this store.
+        metadata
+            A dict that JSON can represent (str keys; str, numbers, bool,
+            None, lists and dicts as values).
+
+        Raises
+        ------
+        NotImplementedError
+            For a store without :attr:`supports_metadata`.
+        TypeError
+            When ``metadata`` is not JSON-serialisable.
+        """
+        if not self.supports_metadata:
+            raise NotImplementedError(f"{type(self).__name__} cannot store metadata")
+        self._write_metadata(os.fspath(filename), _as_json_dict(metadata))
+
     def load_rows(self, filename: str, start: int, stop: int | None) -> dict[str, np.ndarray]:
         """Read rows ``start:stop`` (slice semantics).
 
@@ -277,6 +329,23 @@ class Store(abc.ABC):
         raise NotImplementedError(
             f"{type(self).__name__} must implement _write_file, or override save and append"
         )
+
+    def _read_metadata(self, filename: str) -> dict[str, Any] | None:
+        """Return the stored metadata of ``filename``, None when it has none.
+
+        Note for implementers: a file without metadata (any file the store
+        could read before) must give None, never an error.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement _read_metadata")
+
+    def _write_metadata(self, path: str, metadata: dict[str, Any]) -> None:
+        """Store ``metadata`` (a JSON-compatible dict) in the existing ``path``.
+
+        Note for implementers: ``path`` may be the temporary name of a file
+        being written; replace metadata written before. :meth:`load` must
+        return exactly what it returned without it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement _write_metadata")
 
     def _append_in_place(self, filename: str, data: dict[str, np.ndarray]) -> bool:
         """Add the rows of ``data`` to the existing ``filename`` without rewriting it.
@@ -344,11 +413,15 @@ class Store(abc.ABC):
                 raise
             raise error from exc
 
-    def _write_whole(self, filename: str, data: dict[str, np.ndarray]) -> None:
+    def _write_whole(
+        self, filename: str, data: dict[str, np.ndarray], metadata: dict | None = None
+    ) -> None:
         tmp = tmp_name(filename)
         remove_path(tmp)  # left by a killed write of an earlier process with this pid
         try:
             self._write_file(tmp, data)
+            if metadata:
+                self._write_metadata(tmp, metadata)
         except BaseException:
             remove_path(tmp)
             raise
@@ -368,4 +441,5 @@ class Store(abc.ABC):
         merged = merge_chunks([old, new]) if old else new
         # Merging can turn a column into objects (scalars here, arrays there).
         self._check_columns(merged)
-        self._write_whole(filename, merged)
+        # The rewritten file keeps the metadata (provenance) of the old one.
+        self._write_whole(filename, merged, self.read_metadata(filename) or None)

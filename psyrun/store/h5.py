@@ -12,6 +12,7 @@ once with the merged columns.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ __all__ = ["H5Store"]
 
 _COLUMNS_ATTR = "psyrun_columns"  # column names in order; nodes are named c0, c1, ...
 _STRING_ATTR = "psyrun_utf8"  # set on nodes that hold encoded str
+_METADATA_ATTR = "psyrun_metadata"  # JSON text of the result's metadata, on the root
 
 
 def _encode(column: np.ndarray) -> np.ndarray:
@@ -42,6 +44,7 @@ class H5Store(Store):
     supports_row_range = True
     supports_chunks = True
     supports_row_count = True
+    supports_metadata = True
 
     def __init__(self, complevel: int = 0, complib: str = "zlib") -> None:
         self.complevel = complevel
@@ -111,6 +114,17 @@ class H5Store(Store):
             for key, node in nodes.items():
                 node.append(_encode(data[key]))
         return True
+
+    def _write_metadata(self, path: str, metadata: dict[str, Any]) -> None:
+        with self.preload().open_file(path, "a") as h5file:
+            h5file.root._v_attrs[_METADATA_ATTR] = json.dumps(metadata)
+
+    def _read_metadata(self, filename: str) -> dict[str, Any] | None:
+        with self.preload().open_file(filename, "r") as h5file:
+            attrs = h5file.root._v_attrs
+            if _METADATA_ATTR not in attrs:
+                return None
+            return json.loads(str(attrs[_METADATA_ATTR]))
 
     # -- reading -----------------------------------------------------------------
 

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import re
 import struct
 import zipfile
 import zlib
 from collections.abc import Iterator, Mapping
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 
@@ -38,6 +39,10 @@ from psyrun.store.columns import count, merge_chunks, select_row
 __all__ = ["NpzStore"]
 
 _CHUNK_MEMBER = re.compile(r"^chunk(\d{6,})\.npy$")
+# The result's metadata, as JSON. Zip members cannot be replaced in place, so
+# writing metadata again adds a member with the next number; the highest wins.
+# Not a .npy member: NpzStore.load and np.load's arrays never include it.
+_METADATA_MEMBER = re.compile(r"^psyrun_metadata\.(\d{6,})\.json$")
 
 
 def _parse(name: str) -> tuple[int, str | None] | None:
@@ -254,6 +259,7 @@ class NpzStore(Store):
     ext = ".npz"
     supports_chunks = True
     supports_row_count = True
+    supports_metadata = True
 
     @staticmethod
     def _chunks(zf: zipfile.ZipFile | _Salvaged) -> dict[int, list[str] | None]:
@@ -306,6 +312,29 @@ class NpzStore(Store):
             chunks = self._chunks(zf)
             self._write_chunk(zf, max(chunks, default=-1) + 1, data)
         return True
+
+    @staticmethod
+    def _metadata_members(zf: zipfile.ZipFile | _Salvaged) -> dict[int, str]:
+        found = {}
+        for name in zf.namelist():
+            match = _METADATA_MEMBER.match(name)
+            if match:
+                found[int(match.group(1))] = name
+        return found
+
+    def _write_metadata(self, path: str, metadata: dict[str, Any]) -> None:
+        with open(path, "r+b") as fp, _open_for_append(fp) as zf:
+            number = max(self._metadata_members(zf), default=0) + 1
+            with zf.open(f"psyrun_metadata.{number:06d}.json", "w") as member:
+                member.write(json.dumps(metadata).encode("utf-8"))
+
+    def _read_metadata(self, filename: str) -> dict[str, Any] | None:
+        with _open_archive(filename) as zf:
+            members = self._metadata_members(zf)
+            if not members:
+                return None
+            with zf.open(members[max(members)]) as member:
+                return json.loads(member.read().decode("utf-8"))
 
     def iter_file_chunks(self, filename: str) -> Iterator[dict[str, np.ndarray]]:
         """Yield the chunks as they were appended (columns not yet padded)."""

@@ -85,6 +85,7 @@ class PickleStore(Store):
 
     ext = ".pkl"
     supports_row_count = True
+    supports_metadata = True
 
     # -- reading -------------------------------------------------------------
 
@@ -157,6 +158,30 @@ class PickleStore(Store):
         if meta is not None:
             return meta["rows"]
         return count(self.load(filename))
+
+    def _read_metadata(self, filename: str) -> dict[str, Any] | None:
+        with open(filename, "rb") as f:
+            meta = self._read_meta(f)
+        return None if meta is None else meta.get("metadata")
+
+    def _write_metadata(self, path: str, metadata: dict[str, Any]) -> None:
+        """Write a new trailer, with the metadata, after the pickle's STOP.
+
+        A file without a valid trailer (psyrun 0.8, written by hand) is
+        rewritten once in this store's layout to get one.
+        """
+        with open(path, "rb") as f:
+            meta = self._read_meta(f)
+        if meta is None:
+            self._write_whole(path, self.load(path), metadata)
+            return
+        trailer = self._trailer(dict(meta, metadata=metadata))
+        with open(path, "r+b") as f:
+            f.seek(meta["stop"] + 1)
+            f.write(trailer)
+            f.truncate()
+            f.flush()
+            os.fsync(f.fileno())
 
     # -- writing -------------------------------------------------------------
 

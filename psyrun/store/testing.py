@@ -382,6 +382,64 @@ class StoreTests:
             {"a": [1.0, 2.0, 3.0, 4.0], "b": [[np.nan, np.nan]] * 3 + [[1.0, 2.0]]},
         )
 
+    # -- metadata ------------------------------------------------------------------
+
+    _METADATA = {"psyrun": "1.0", "n": 3, "ok": True, "keys": ["a", "b"], "git": None}
+
+    def test_metadata_of_a_file_without_any_is_empty(self, store, filename):
+        store.save(filename, {"a": [1.0]})
+        assert store.read_metadata(filename) == {}
+
+    def test_metadata_roundtrip_leaves_load_unchanged(self, store, filename):
+        if not store.supports_metadata:
+            pytest.skip("the store keeps no metadata")
+        data = {"a": np.array([1.0, 2.0]), "n": np.array([1, 2])}
+        store.append(filename, {k: v[:1] for k, v in data.items()})
+        store.append(filename, {k: v[1:] for k, v in data.items()})
+        store.write_metadata(filename, self._METADATA)
+        assert store.read_metadata(filename) == self._METADATA
+        assert_columns_equal(store.load(filename), data)
+        assert store.count_rows(filename) == 2
+        assert_columns_equal(store.load(filename, row=1), {"a": [2.0], "n": [2]})
+
+    def test_metadata_written_again_replaces_the_old(self, store, filename):
+        if not store.supports_metadata:
+            pytest.skip("the store keeps no metadata")
+        store.save(filename, {"a": [1.0]})
+        store.write_metadata(filename, {"run": 1})
+        store.write_metadata(filename, {"run": 2})
+        assert store.read_metadata(filename) == {"run": 2}
+
+    def test_metadata_survives_appends_and_rewrites(self, store, filename):
+        if not store.supports_metadata:
+            pytest.skip("the store keeps no metadata")
+        store.save(filename, {"a": [1.0]})
+        store.write_metadata(filename, self._METADATA)
+        store.append(filename, {"a": [2.0]})  # in place where the store can
+        store.append(filename, {"a": [3.0], "b": [[1, 2]]})  # a new key: a rewrite
+        assert store.read_metadata(filename) == self._METADATA
+        assert_columns_equal(
+            store.load(filename),
+            {"a": [1.0, 2.0, 3.0], "b": [[np.nan, np.nan]] * 2 + [[1.0, 2.0]]},
+        )
+
+    def test_metadata_goes_along_with_replace(self, store, filename):
+        if not store.supports_metadata:
+            pytest.skip("the store keeps no metadata")
+        tmp = tmp_name(filename)
+        store.save(tmp, {"a": [1.0]})
+        store.write_metadata(tmp, {"run": 1})
+        store.replace(tmp, filename)
+        assert store.read_metadata(filename) == {"run": 1}
+
+    def test_metadata_must_be_json(self, store, filename):
+        if not store.supports_metadata:
+            pytest.skip("the store keeps no metadata")
+        store.save(filename, {"a": [1.0]})
+        with pytest.raises(TypeError, match="metadata must hold only"):
+            store.write_metadata(filename, {"x": object()})
+        assert store.read_metadata(filename) == {}
+
     # -- optional capabilities: correct results ---------------------------------------
 
     def test_load_rows_matches_slicing(self, store, filename):

@@ -43,6 +43,7 @@ __all__ = ["ZarrStore"]
 
 _COLUMNS_ATTR = "psyrun_columns"  # column names in order; arrays are named c0, c1, ...
 _ROWS_ATTR = "psyrun_rows"  # rows committed by the last complete write
+_METADATA_ATTR = "psyrun_metadata"  # the result's metadata (a JSON object)
 _CHUNK_BYTES = 1 << 18  # target size of one chunk before compression
 
 
@@ -104,6 +105,7 @@ class ZarrStore(Store):
     supports_row_range = True
     supports_chunks = True
     supports_row_count = True
+    supports_metadata = True
 
     # -- helpers -------------------------------------------------------------
 
@@ -198,6 +200,14 @@ class ZarrStore(Store):
             array[n : n + k] = data[key]
         group.attrs[_ROWS_ATTR] = n + k  # the commit point
         return True
+
+    def _write_metadata(self, path: str, metadata: dict[str, Any]) -> None:
+        # zarr writes the group's attributes file by rename: old or new, never torn.
+        self._open(path, "r+").attrs[_METADATA_ATTR] = metadata
+
+    def _read_metadata(self, filename: str) -> dict[str, Any] | None:
+        value = self._open(os.fspath(filename), "r").attrs.get(_METADATA_ATTR)
+        return dict(value) if value else None
 
     # -- reading -----------------------------------------------------------------
 

@@ -1,22 +1,86 @@
-"""asv benchmarks: mapping functions over parameter spaces."""
+"""asv benchmarks: mapping functions over parameter spaces (psyrun.mapper).
+
+The cases mirror benchmarks/report_mapper.py, which prints each figure next
+to its target from the issues (the mapper row path against a plain loop, the
+vectorized path against NumPy alone).
+"""
+
+import numpy as np
 
 from psyrun import Param, map_pspace, map_pspace_parallel
+from psyrun.mapper import evaluate_block
 from psyrun.utils.example import square
 
 
 def trivial(x):
-    return {"y": x}
+    return {"y": x * x}
+
+
+def affine(a, b):
+    return {"y": a * b + 0.5}
+
+
+def plain_loop(xs):
+    """What a user would write by hand: call the function, build both columns."""
+    x_column, y_column = [], []
+    for x in xs:
+        result = trivial(x=x)
+        x_column.append(x)
+        y_column.append(result["y"])
+    return {"x": x_column, "y": y_column}
 
 
 class MapPspace:
-    params = [10**3, 10**5]
+    params = [10**3, 10**5, 10**6]
     param_names = ["rows"]
+    timeout = 120
 
     def setup(self, rows):
         self.space = Param(x=list(range(rows)))
+        self.xs = list(range(rows))
 
     def time_map_pspace(self, rows):
         map_pspace(trivial, self.space)
+
+    def time_plain_loop(self, rows):
+        plain_loop(self.xs)
+
+
+class MapPspaceVectorized:
+    params = [10**5, 10**7]
+    param_names = ["rows"]
+    timeout = 120
+
+    def setup(self, rows):
+        self.space = Param(a=np.arange(rows // 1000, dtype=float)) * Param(
+            b=np.arange(1000, dtype=float)
+        )
+        arrays = self.space.to_arrays()
+        self.a, self.b = arrays["a"], arrays["b"]
+
+    def time_map_pspace_vectorized(self, rows):
+        map_pspace(affine, self.space, vectorized=True)
+
+    def time_numpy_alone(self, rows):
+        self.a * self.b + 0.5
+
+    def peakmem_map_pspace_vectorized(self, rows):
+        map_pspace(affine, self.space, vectorized=True)
+
+
+class EvaluateBlock:
+    """One block as the backends' process jobs evaluate it."""
+
+    params = [[False, True]]
+    param_names = ["vectorized"]
+
+    def setup(self, vectorized):
+        space = Param(a=np.arange(64.0)) * Param(b=np.arange(256.0))
+        self.arrays = space.to_arrays()
+        self.keys = space.keys()
+
+    def time_evaluate_block(self, vectorized):
+        evaluate_block(affine, self.arrays, self.keys, vectorized=vectorized)
 
 
 class MapPspaceParallel:

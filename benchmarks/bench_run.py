@@ -74,3 +74,54 @@ class PsyRun:
         with open(os.path.join(cwd, "psy-tasks", "task_sq.py"), "w") as f:
             f.write(self.source)
         subprocess.run([*_psy(), "run"], cwd=cwd, check=True, capture_output=True)
+
+
+BUSY = """
+import time
+
+from psyrun import Param
+
+pspace = Param(x=list(range({rows})))
+max_jobs = 8
+vectorized = {vectorized}
+
+
+def execute(x):
+    if {vectorized}:
+        return {{"y": x * x}}
+    end = time.perf_counter() + 50e-6
+    while time.perf_counter() < end:
+        pass
+    return {{"y": x * x}}
+"""
+
+
+class PsyRunThroughput:
+    """``psy run`` serial, ``-j 2``, and vectorized (issue 10): compare within one run."""
+
+    params = (["serial", "jobs2", "vectorized"],)
+    param_names = ["mode"]
+    number = 1
+    repeat = 2
+    warmup_time = 0
+    timeout = 300
+
+    def setup(self, mode):
+        self.root = tempfile.mkdtemp(prefix="psy-asv-")
+        rows = 10**5 if mode == "vectorized" else 10**4
+        self.source = BUSY.format(rows=rows, vectorized=mode == "vectorized")
+        self.args = ["-j", "2"] if mode == "jobs2" else []
+        self.runs = 0
+
+    def teardown(self, mode):
+        import shutil
+
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def time_psy_run(self, mode):
+        self.runs += 1
+        cwd = os.path.join(self.root, str(self.runs))
+        os.makedirs(os.path.join(cwd, "psy-tasks"))
+        with open(os.path.join(cwd, "psy-tasks", "task_t.py"), "w") as f:
+            f.write(self.source)
+        subprocess.run([*_psy(), "run", *self.args], cwd=cwd, check=True, capture_output=True)

@@ -154,7 +154,6 @@ def submit_graph(
     scheduler,
     scheduler_args: Mapping[str, Any] | None = None,
     on_submitted: Callable[[str, str], None] | None = None,
-    use_arrays: bool | None = None,
     on_start: Callable[[str], None] | None = None,
 ) -> dict[str, str]:
     """Submit every job of `graph` to `scheduler` and return job name -> job id.
@@ -174,81 +173,51 @@ def submit_graph(
         Called as ``on_submitted(job_name, job_id)`` after each submission
         (for progress output; with a native array once per index, after the
         whole array).
-    use_arrays : bool, optional
-        Submit job arrays natively; default: when the scheduler supports it.
     """
-    if use_arrays is None:
-        use_arrays = bool(getattr(scheduler, "supports_arrays", False))
     ids: dict[str, str] = {}
     # An array is waited for as a whole: depending on it means on every index.
     group_ids: dict[str, list[str]] = {}
     scheduler_args = dict(scheduler_args or {})
-
-    def deps_of(job) -> list[str]:
-        out: list[str] = []
-        for dep in job.depends_on:
-            out.extend(group_ids.get(dep, []))
-        return out
-
     for job in graph.jobs:
-        deps = deps_of(job) or None
-        if isinstance(job, JobArray):
-            if job.n == 0:
-                group_ids[job.name] = []
-                continue
-            if use_arrays:
-                if on_start is not None:
-                    for name in job.names:
-                        on_start(name)
-                new = scheduler.submit_array(
-                    job.n,
-                    job.args,
-                    job.log,
-                    name=job.name,
-                    depends_on=deps,
-                    scheduler_args=scheduler_args,
-                )
-                new = [str(i) for i in new]
-                for name, jobid in zip(job.names, new):
-                    ids[name] = jobid
-                    if on_submitted is not None:
-                        on_submitted(name, jobid)
-            else:
-                new = []
-                for i, name in enumerate(job.names):
-                    args = [a.replace("%a", str(i)) for a in job.args]
-                    if on_start is not None:
-                        on_start(name)
-                    jobid = str(
-                        scheduler.submit(
-                            args,
-                            job.log_of(i),
-                            name=name,
-                            depends_on=deps,
-                            scheduler_args=scheduler_args,
-                        )
-                    )
-                    new.append(jobid)
-                    ids[name] = jobid
-                    if on_submitted is not None:
-                        on_submitted(name, jobid)
-            group_ids[job.name] = new
-        else:
+        deps = [i for dep in job.depends_on for i in group_ids.get(dep, [])] or None
+        for name in job.names:
             if on_start is not None:
-                on_start(job.name)
-            jobid = str(
-                scheduler.submit(
-                    job.args,
-                    job.log,
-                    name=job.name,
-                    depends_on=deps,
-                    scheduler_args=scheduler_args,
-                )
+                on_start(name)
+        if isinstance(job, JobArray):
+            # Native arrays where the scheduler has them; the base class's
+            # default submits one job per index.
+            new = (
+                [
+                    str(i)
+                    for i in scheduler.submit_array(
+                        job.n,
+                        job.args,
+                        job.log,
+                        name=job.name,
+                        depends_on=deps,
+                        scheduler_args=scheduler_args,
+                    )
+                ]
+                if job.n
+                else []
             )
-            ids[job.name] = jobid
-            group_ids[job.name] = [jobid]
+        else:
+            new = [
+                str(
+                    scheduler.submit(
+                        job.args,
+                        job.log,
+                        name=job.name,
+                        depends_on=deps,
+                        scheduler_args=scheduler_args,
+                    )
+                )
+            ]
+        group_ids[job.name] = new
+        for name, jobid in zip(job.names, new):
+            ids[name] = jobid
             if on_submitted is not None:
-                on_submitted(job.name, jobid)
+                on_submitted(name, jobid)
     return ids
 
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["find_sources", "load_params", "missing_rows", "write_merged"]
 
 #: Rows gathered before one append to the merged file (each append may cost a sync).
-MERGE_ROWS = 65536
+MERGE_ROWS = 2**20
 
 
 def _store_of(store, path: str):

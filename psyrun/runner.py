@@ -75,7 +75,7 @@ class RunEvents:
         """`job` does not run: its results are up to date."""
 
     def planned(self, n_rows: int, n_jobs: int) -> None:
-        """The run evaluates `n_rows` rows with `n_jobs` jobs (sent before any job starts)."""
+        """Announce that the run evaluates `n_rows` rows with `n_jobs` jobs (before any starts)."""
 
     def started(self, job: str) -> None:
         """`job` is being submitted (an attached scheduler may run it now)."""

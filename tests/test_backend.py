@@ -13,11 +13,11 @@ import pytest
 
 from psyrun.backend import DistributeBackend, LoadBalancingBackend
 from psyrun.defaults import make_backend, scheduler_for
-from psyrun.merge import write_merged
-from psyrun.snapshot import Snapshot, write_snapshot
 from psyrun.jobs import Job, JobArray, JobGraph, is_current, submit_graph
+from psyrun.merge import write_merged
 from psyrun.pspace import Param
 from psyrun.scheduler import ImmediateRun, Scheduler
+from psyrun.snapshot import Snapshot, write_snapshot
 from psyrun.store import get_store
 from psyrun.tasks import load_tasks
 
@@ -353,11 +353,19 @@ def test_submit_graph_uses_native_arrays():
     assert sched.calls[1] == ("array", 3, ["p", "proc", "%a"], "p%a.log", ["j1"])
     assert sched.calls[2][-1] == ["a0", "a1", "a2"]
     assert ids["t:process:2"] == "a2"
-    # Without arrays every index is substituted and submitted on its own.
-    sched = ArrayRecorder()
-    submit_graph(graph, sched, use_arrays=False)
+    # A scheduler without arrays gets one job per index (the base class's
+    # submit_array), with the index substituted.
+    sched = OneByOne()
+    ids = submit_graph(graph, sched)
     assert [c[1] for c in sched.calls[1:4]] == [["p", "proc", str(i)] for i in range(3)]
     assert [c[2] for c in sched.calls[1:4]] == ["p0.log", "p1.log", "p2.log"]
+    assert sched.calls[4][-1] == ["j2", "j3", "j4"]  # the merge waits for every index
+    assert ids["t:process:1"] == "j3"
+
+
+class OneByOne(ArrayRecorder):
+    supports_arrays = False
+    submit_array = Scheduler.submit_array
 
 
 def test_huge_lazy_space_submits_without_expanding(tmp_path):

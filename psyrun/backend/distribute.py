@@ -27,7 +27,7 @@ __all__ = ["DistributeBackend"]
 #: a kill or a cluster time limit loses at most about this much work.
 FLUSH_SECONDS = 2.0
 #: Rows gathered in memory at most before one append.
-MAX_PENDING = 65536
+MAX_PENDING = 2**18
 #: Bounds on the rows evaluated at once; the size adapts to the time a row takes.
 MIN_BLOCK = 1
 MAX_BLOCK = 16384
@@ -85,7 +85,8 @@ class DistributeBackend(SplitMergeBackend):
         last_flush = time.monotonic()
         # Blocks start small and grow while rows are cheap, so that results
         # reach the part file about every FLUSH_SECONDS even for slow rows.
-        block = MIN_BLOCK
+        vectorized = self.task.vectorized
+        block = self.vector_block if vectorized else MIN_BLOCK
         lo = 0
         try:
             while lo < n_todo:
@@ -110,8 +111,9 @@ class DistributeBackend(SplitMergeBackend):
                     self._append(partial, pending)
                     self.report_rows(job_name, evaluated)
                     pending, pending_rows, last_flush = [], 0, now
-                target = FLUSH_SECONDS / 4 / per_row if per_row > 0 else MAX_BLOCK
-                block = int(max(MIN_BLOCK, min(MAX_BLOCK, 2 * block, target)))
+                if not vectorized:
+                    target = FLUSH_SECONDS / 4 / per_row if per_row > 0 else MAX_BLOCK
+                    block = int(max(MIN_BLOCK, min(MAX_BLOCK, 2 * block, target)))
         finally:
             # Also on SIGTERM (SystemExit) or Ctrl-C: keep what was evaluated.
             self._append(partial, pending)

@@ -47,18 +47,19 @@ def write_counter(path: str, value: int) -> None:
         f.write(str(value))
 
 
-def claim(path: str, n_rows: int, n_workers: int) -> tuple[int, int]:
+def claim(path: str, n_rows: int, n_workers: int, max_chunk: int | None = None) -> tuple[int, int]:
     """Take the next chunk ``[start, stop)`` of rows; empty when all are handed out.
 
     The chunk is a share of what is left (about an eighth per worker), at
-    least one row and at most :data:`MAX_CHUNK`.
+    least one row and at most `max_chunk` (default :data:`MAX_CHUNK`).
     """
+    max_chunk = MAX_CHUNK if max_chunk is None else max_chunk
     with FileLock(path):
         start = read_counter(path)
         remaining = n_rows - start
         if remaining <= 0:
             return n_rows, n_rows
-        size = max(1, min(MAX_CHUNK, remaining // (8 * max(1, n_workers))))
+        size = max(1, min(max_chunk, remaining // (8 * max(1, n_workers))))
         write_counter(path, start + size)
     return start, start + size
 
@@ -147,9 +148,10 @@ class LoadBalancingBackend(SplitMergeBackend):
         out_lock = FileLock(out)
         evaluated = 0
         checked = False
+        max_chunk = self.vector_block if self.task.vectorized else None
         job_name = p.job_name("process", proc_id // self.task.pool_size)
         while True:
-            start, stop = claim(p.counter, n, n_workers)
+            start, stop = claim(p.counter, n, n_workers, max_chunk)
             if start >= stop:
                 break
             result = self.evaluate(snapshot.arrays(start, stop), extra, failures)

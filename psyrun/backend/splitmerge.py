@@ -296,35 +296,45 @@ class SplitMergeBackend(Backend):
     def evaluate(self, arrays, extra, failures: RowFailures) -> dict | None:
         """Evaluate one block of parameter columns; rows that raise are left out and recorded.
 
-        What ``setup`` returned (`extra`) is stored with every row, like a
-        parameter, unless ``exclude_from_result`` names it.
+        Each row is evaluated exactly once (a failing row must not make the
+        others run again: they may be expensive or have side effects); a
+        vectorized block that raises is evaluated again row by row to find the
+        rows that fail. What ``setup`` returned (`extra`) is stored with every
+        row, like a parameter, unless ``exclude_from_result`` names it.
         """
-        from psyrun.mapper import block_rows, evaluate_rows
+        from psyrun.mapper import evaluate_block
 
-        columns, rows = block_rows(arrays, self.keys)
-        if not rows:
+        if not len(next(iter(arrays.values()), ())):
             return None
-        # Each row is evaluated exactly once: a failing row must not make the
-        # others run again (they may be expensive or have side effects).
-        result = evaluate_rows(
+        result = evaluate_block(
             self.task.execute,
-            columns,
-            rows,
-            tuple(self.task.exclude_from_result),
-            extra,
+            arrays,
+            self.keys,
+            exclude=tuple(self.task.exclude_from_result),
+            extra=extra,
             on_error=failures.add,
+            vectorized=self.task.vectorized,
         )
         n = len(next(iter(result.values()))) if result else 0
         if not n:
             return None
         return self._with_setup_values(result, extra, n)
 
+    @property
+    def vector_block(self) -> int:
+        """Rows per call of a vectorized ``execute`` (the task's ``block_size``)."""
+        from psyrun.mapper import DEFAULT_VECTORIZED_BLOCK_SIZE
+
+        return self.task.block_size or DEFAULT_VECTORIZED_BLOCK_SIZE
+
     def _with_setup_values(self, result: dict, extra, n: int) -> dict:
         if extra:
             excluded = set(self.task.exclude_from_result)
             for key, value in extra.items():
                 if key not in excluded and key not in result:
-                    result[key] = [value] * n
+                    column = np.empty(n, dtype=object)
+                    column[:] = [value] * n
+                    result[key] = column if self.task.vectorized else [value] * n
         return result
 
     def check_block(self, block: Mapping) -> None:

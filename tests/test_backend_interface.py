@@ -137,9 +137,7 @@ def result(project) -> dict:
 
 
 def test_the_backend_implements_only_the_abstract_methods():
-    extra = {
-        n for n in vars(OneJobBackend) if not n.startswith("__") and not hasattr(Backend, n)
-    }
+    extra = {n for n in vars(OneJobBackend) if not n.startswith("__") and not hasattr(Backend, n)}
     assert extra == set()
     assert set(Backend.__abstractmethods__) == {"plan", "run_job", "get_missing"}
 

@@ -161,3 +161,17 @@ def write_task(project: str | os.PathLike, name: str, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(textwrap.dedent(text))
     return path
+
+
+def task_paths(project: str | os.PathLike, name: str, ext: str = ".pkl"):
+    """The :class:`psyrun.paths.TaskPaths` of task `name` in `project` (default workdir)."""
+    from psyrun.paths import TaskPaths
+
+    return TaskPaths(name, os.path.join(os.fspath(project), "psy-work"), ext)
+
+
+def task_result(project: str | os.PathLike, name: str, ext: str = ".pkl") -> dict:
+    """Load the result file of task `name` in `project` with the store of `ext`."""
+    from psyrun.store import get_store
+
+    return get_store(ext).load(task_paths(project, name, ext).result)

@@ -76,7 +76,7 @@ def replace_path(src: str | os.PathLike, dest: str | os.PathLike, sync: bool = T
 
 @contextlib.contextmanager
 def atomic_write(
-    path: str | os.PathLike, mode: str = "w", encoding: str | None = None
+    path: str | os.PathLike, mode: str = "w", encoding: str | None = None, sync: bool = True
 ) -> Iterator[IO]:
     """Open a temporary file for writing; on success sync it and rename it to `path`.
 
@@ -88,6 +88,10 @@ def atomic_write(
         ``'w'`` (text, the default) or ``'wb'`` (binary).
     encoding
         Text encoding; default UTF-8 in text mode.
+    sync
+        Sync data and directory (default). False for files whose loss in a
+        crash costs nothing (progress counters): each sync can take
+        milliseconds on a shared filesystem.
 
     Yields
     ------
@@ -117,8 +121,9 @@ def atomic_write(
         with open(tmp, mode, encoding=encoding) as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
-        replace_path(tmp, path)
+            if sync:
+                os.fsync(f.fileno())
+        replace_path(tmp, path, sync=sync)
     except BaseException:
         remove_path(tmp)
         raise

@@ -301,32 +301,35 @@ def _print_missing(space) -> None:
         click.echo(f"    ... and {n_missing - MAX_MISSING_LISTED} more")
 
 
+def _print_limited(lines_of, items: list, limit: int | None, name: str) -> None:
+    """Print `lines_of(item)` for the first `limit` items, then how many more there are."""
+    for item in items[:limit]:
+        for line in lines_of(item):
+            click.echo(line)
+    if limit is not None and len(items) > limit:
+        click.echo(f"    ... and {len(items) - limit} more (`psy status -v -v {name}`)")
+
+
 def _print_jobs(name: str, queued: list, failed: list, verbose: int) -> None:
     limit = None if verbose >= 2 else MAX_JOBS_LISTED
-    if queued:
-        if verbose or len(queued) <= MAX_JOBS_LISTED:
-            click.echo(f"  queued or running jobs ({len(queued)}):")
-            for s in queued[:limit]:
-                click.echo(f"    {s.name} (id {s.id}, {s.status})")
-            if limit is not None and len(queued) > limit:
-                click.echo(f"    ... and {len(queued) - limit} more (`psy status -v -v {name}`)")
-        else:
-            click.echo(
-                f"  jobs in the queue: {_summary(queued)} (`psy status -v {name}` lists them)"
-            )
-    if failed:
-        if verbose:
-            click.echo(f"  failed jobs ({len(failed)}):")
-            for job in failed[:limit]:
-                click.echo(f"    {job.name}: {job.message}")
-                click.echo(f"      log: {job.log}")
-            if limit is not None and len(failed) > limit:
-                click.echo(f"    ... and {len(failed) - limit} more (`psy status -v -v {name}`)")
-        else:
-            click.echo(
-                f"  {len(failed)} job(s) failed or did not finish "
-                f"(`psy status -v {name}` lists them with their logs)"
-            )
+    if queued and (verbose or len(queued) <= MAX_JOBS_LISTED):
+        click.echo(f"  queued or running jobs ({len(queued)}):")
+        _print_limited(lambda s: [f"    {s.name} (id {s.id}, {s.status})"], queued, limit, name)
+    elif queued:
+        click.echo(f"  jobs in the queue: {_summary(queued)} (`psy status -v {name}` lists them)")
+    if failed and verbose:
+        click.echo(f"  failed jobs ({len(failed)}):")
+        _print_limited(
+            lambda job: [f"    {job.name}: {job.message}", f"      log: {job.log}"],
+            failed,
+            limit,
+            name,
+        )
+    elif failed:
+        click.echo(
+            f"  {len(failed)} job(s) failed or did not finish "
+            f"(`psy status -v {name}` lists them with their logs)"
+        )
 
 
 def _summary(statuses) -> str:

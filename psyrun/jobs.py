@@ -79,14 +79,14 @@ class JobArray:
     log: str
     depends_on: list[str] = field(default_factory=list)
 
+    def log_of(self, index: int) -> str:
+        """Return the log file of one index."""
+        return self.log.replace("%a", str(index))
+
     @property
     def names(self) -> list[str]:
         """The name of every job of the array, in index order."""
         return [f"{self.name}:{i}" for i in range(self.n)]
-
-    def log_of(self, index: int) -> str:
-        """Return the log file of one index."""
-        return self.log.replace("%a", str(index))
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from psyrun.atomic import remove_path, replace_path, tmp_name
+from psyrun.atomic import tmp_name
 
 if TYPE_CHECKING:
     pass
@@ -58,16 +58,15 @@ def concat_columns(parts: list[dict[str, np.ndarray]], keys: list[str]) -> dict:
         cols = [p[k] for p in parts if k in p]
         if not cols:
             continue
-        if len({c.dtype.kind for c in cols}) > 1 or len({c.shape[1:] for c in cols}) > 1:
-            merged = np.empty(sum(len(c) for c in cols), dtype=object)
-            i = 0
-            for c in cols:
-                for v in c:
-                    merged[i] = v
-                    i += 1
-            out[k] = merged
-        else:
+        if len({c.dtype.kind for c in cols}) == 1 and len({c.shape[1:] for c in cols}) == 1:
             out[k] = np.concatenate(cols)
+            continue
+        # Mixed kinds or shapes: one object per row (element by element, so
+        # that NumPy does not broadcast array values into a new dimension).
+        values = [v for c in cols for v in c]
+        out[k] = np.empty(len(values), dtype=object)
+        for i, v in enumerate(values):
+            out[k][i] = v
     lengths = {len(v) for v in out.values()}
     if len(lengths) > 1:
         # A key absent from some file: match on the keys every file has.
@@ -148,7 +147,7 @@ def write_merged(
     from psyrun.pspace import Param
 
     drop = set(drop)
-    has_base = base is not None and os.path.exists(base)
+    has_base = base is not None and store.exists(base)
     good, source_params = [], []
     for path in sources:
         source = _store_of(source_store, path)
@@ -173,7 +172,7 @@ def write_merged(
             keep[missing_rows(Param(**combined), seen)] = True
 
     tmp = tmp_name(dest)
-    remove_path(tmp)
+    store.remove(tmp)
     written = 0
     offset = 0
     pending: list[dict] = []
@@ -218,11 +217,11 @@ def write_merged(
                     if pending_rows >= MERGE_ROWS:
                         flush()
         flush()
-        if not os.path.exists(tmp):
+        if not store.exists(tmp):
             store.save(tmp, {k: [] for k in keys})
-        replace_path(tmp, dest)
+        store.replace(tmp, dest)
     except BaseException:
-        remove_path(tmp)
+        store.remove(tmp)
         raise
     return written
 

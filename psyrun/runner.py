@@ -370,10 +370,8 @@ def _run_locked(task, backend, scheduler, cont: bool, events: RunEvents) -> RunR
 
 def _preload_store(store) -> None:
     """Import the store's library once here, so that forked jobs inherit it."""
-    preload = getattr(store, "preload", None)
-    if preload is not None:
-        with contextlib.suppress(ImportError):
-            preload()
+    with contextlib.suppress(ImportError):
+        store.preload()
 
 
 @dataclass

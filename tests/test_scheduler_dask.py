@@ -23,9 +23,21 @@ import pytest
 
 pytest.importorskip("distributed", reason="needs dask.distributed (pip install 'psyrun[dask]')")
 
-from e2e_helpers import calls, counting_task
+from e2e_helpers import (
+    calls,
+    counting_task,
+    load_result,
+    ok,
+    psy,
+    psy_command,
+    result_path,
+    sorted_rows,
+    square_rows,
+    write,
+)
 
 import psyrun
+from psyrun.defaults import make_backend
 from psyrun.jobs import submit_graph
 from psyrun.scheduler import Dask, JobState
 from psyrun.tasks import load_tasks
@@ -427,7 +439,7 @@ def _run_sweep(sched: Dask, tmp_path: Path, n_rows: int, max_jobs: int):
         )
     )
     task = load_tasks(str(taskdir))["sweep"]
-    backend = task.make_backend()
+    backend = make_backend(task)
     plan = backend.plan()
     start = time.monotonic()
     ids = submit_graph(plan.graph, sched, {})
@@ -445,3 +457,84 @@ def _run_sweep(sched: Dask, tmp_path: Path, n_rows: int, max_jobs: int):
         last = Path(log).read_text().rstrip().rsplit("\n", 1)[-1]
         busy[name] = float(last.split(" after ")[1].split()[0])
     return wall, busy
+
+
+# -- through psy ---------------------------------------------------------------------
+
+
+def _psy_task(tmp_path: Path, scheduler: str, n_rows: int, max_jobs: int, extra: str = "") -> Path:
+    side = tmp_path / "calls.txt"
+    write(
+        tmp_path / "psy-tasks" / "task_sweep.py",
+        counting_task(
+            side,
+            range(n_rows),
+            preamble=f"from psyrun.scheduler import Dask\nscheduler = {scheduler}\n",
+            settings=f"max_jobs = {max_jobs}\n{extra}",
+        ),
+    )
+    return side
+
+
+def test_psy_run_waits_for_the_embedded_cluster(tmp_path):
+    side = _psy_task(tmp_path, "Dask(n_workers=2)", 2000, 6)
+    run = ok(psy("run", cwd=tmp_path, env={"PYTHONPATH": ENV_PATH}, timeout=300))
+    assert "sweep:merge" in run.stdout
+    assert calls(side) == dict.fromkeys(range(2000), 1)
+    data = load_result(result_path(tmp_path, "sweep"), "pickle")
+    assert sorted_rows(data) == square_rows(range(2000))
+    assert "2000 out of 2000 rows completed" in ok(psy("status", cwd=tmp_path)).stdout
+
+
+def test_psy_run_on_an_external_cluster_every_row_once(external, tmp_path):
+    n = 20_000
+    side = _psy_task(tmp_path, f"Dask({external!r})", n, 6)
+    started = time.monotonic()
+    ok(psy("run", cwd=tmp_path, env={"PYTHONPATH": ENV_PATH}, timeout=600))
+    print(f"psy run of {n} rows, max_jobs=6, external dask: {time.monotonic() - started:.2f} s")
+    assert calls(side) == dict.fromkeys(range(n), 1)
+    status = ok(psy("status", cwd=tmp_path)).stdout
+    assert f"{n} out of {n} rows completed" in status
+
+
+def test_killed_dask_worker_then_continue_finishes_exactly(external, tmp_path):
+    # One slow process job; its worker is killed while it runs (allowed-failures=0:
+    # the job fails), then psy run -c evaluates exactly the rows that are missing.
+    import distributed
+
+    started = tmp_path / "started"
+    side = _psy_task(tmp_path, f"Dask({external!r})", 40, 1)
+    text = (tmp_path / "psy-tasks" / "task_sweep.py").read_text()
+    text = text.replace(
+        "def execute(x):\n",
+        "def execute(x):\n"
+        "    import time\n"
+        f"    if x == 10:\n        open({str(started)!r}, 'w').close()\n"
+        "    time.sleep(0.1)\n",
+    )
+    write(tmp_path / "psy-tasks" / "task_sweep.py", text)
+    proc = subprocess.Popen(
+        [*psy_command(), "run"], cwd=tmp_path, env=dict(os.environ, PYTHONPATH=ENV_PATH),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for(started.exists, 120, "the process job to reach row 10")
+        log = tmp_path / "psy-work" / "sweep" / "sweep:process:0.log"
+        address = log.read_text().split("\n", 1)[0].split(" on worker ")[1].split()[0]
+        with distributed.Client(external, timeout=30, set_as_default=False) as client:
+            pid = client.run(os.getpid, workers=[address])[address]
+            os.kill(pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, out + err
+    assert "sweep:process:0" in err, err  # psy names the failed job
+    status = psy("status", "-v", cwd=tmp_path).stdout
+    assert "sweep:process:0" in status, status
+    with distributed.Client(external, timeout=30, set_as_default=False) as client:
+        client.wait_for_workers(2, timeout=60)
+    ok(psy("run", "-c", cwd=tmp_path, env={"PYTHONPATH": ENV_PATH}, timeout=300))
+    data = load_result(result_path(tmp_path, "sweep"), "pickle")
+    assert sorted_rows(data) == square_rows(range(40))
+    assert sum(calls(side).values()) < 80  # rows kept from the first run were not redone

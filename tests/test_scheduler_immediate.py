@@ -125,8 +125,9 @@ import os, signal, sys, time
 def hold(pidfile, final, signame):
     # Interrupt the scheduler, then run until stopped; the finally block
     # shows whether the SIGTERM that stops the job unwinds it.
-    with open(pidfile, "w") as f:
+    with open(pidfile + ".tmp", "w") as f:
         f.write(str(os.getpid()))
+    os.replace(pidfile + ".tmp", pidfile)
     try:
         if signame != "-":
             os.kill(os.getppid(), getattr(signal, signame))
@@ -246,11 +247,16 @@ def test_fork_only_for_the_running_interpreter(tmp_path, fake_worker):
 def test_forked_jobs_are_cheap(tmp_path, fake_worker):
     sched = ImmediateRun()
     start = time.perf_counter()
-    for i in range(50):
+    for i in range(3):
+        sched.submit([PY, "-c", "pass"], str(tmp_path / f"s{i}.log"))
+    per_interpreter = (time.perf_counter() - start) / 3
+    start = time.perf_counter()
+    for i in range(30):
         sched.submit([PY, "-m", FAKE, "0"], str(tmp_path / f"{i}.log"))
-    elapsed = time.perf_counter() - start
-    # An interpreter start-up alone costs ~20-50 ms; 50 forks take well under that each.
-    assert elapsed < 2.5, elapsed
+    per_fork = (time.perf_counter() - start) / 30
+    # Measured against an interpreter start-up on this machine now (its load
+    # slows both): a fork costs a fraction of one.
+    assert per_fork < per_interpreter / 2, (per_fork, per_interpreter)
 
 
 def test_contract_attributes():

@@ -12,6 +12,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from psyrun.defaults import make_backend
 from psyrun.jobs import submit_graph
 from psyrun.scheduler import JobState, JobStatus, _fork
 from psyrun.scheduler.localpool import LocalPool, default_workers
@@ -269,15 +270,18 @@ def test_dependencies_are_honoured_and_failures_block(tmp_path, job):
 def test_python_m_jobs_are_forked_and_cheap(tmp_path, job):
     pool = LocalPool(2)
     start = time.perf_counter()
+    pool.wait([pool.submit([PY, "-c", "pass"], str(tmp_path / f"s{i}.log")) for i in range(4)])
+    per_interpreter = (time.perf_counter() - start) / 4
+    start = time.perf_counter()
     ids = [pool.submit(job("fail", 0), str(tmp_path / f"{i}.log")) for i in range(40)]
     pool.wait(ids)
-    elapsed = time.perf_counter() - start
+    per_fork = (time.perf_counter() - start) / 40
     assert {pool.result(j).status for j in ids} == {JobState.COMPLETED}
     # The module is importable only in this process: it ran in forks of it,
     # as __main__ (python -m's way).
     assert "main=True" in (tmp_path / "0.log").read_text()
-    # An interpreter start-up alone costs ~20-50 ms; 40 forks take far less each.
-    assert elapsed < 2.5, elapsed
+    # Against interpreter start-ups on this machine now (its load slows both).
+    assert per_fork < per_interpreter / 2, (per_fork, per_interpreter)
 
 
 def test_other_commands_run_as_subprocesses(tmp_path, job, monkeypatch):
@@ -410,7 +414,7 @@ def test_psyrun_jobs_run_in_the_pool(tmp_path, monkeypatch, backend, settings):
             return {{'y': x * x}}
         """,
     )
-    plan = task.make_backend().plan()
+    plan = make_backend(task).plan()
     pool = LocalPool(2)
     calls = []
     pool.monitor = lambda: calls.append(1)

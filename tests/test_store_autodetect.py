@@ -146,3 +146,33 @@ def test_store_pickle_module_does_not_shadow_stdlib_pickle():
     assert pickle is not store_pickle
     assert hasattr(pickle, "dumps")
     assert store_pickle.pickle is pickle
+
+
+def test_the_extension_table_agrees_with_the_stores():
+    for ext, path in autodetect_module.BUILTINS.items():
+        store = get_store(ext)
+        assert store.ext == ext
+        assert f"{type(store).__module__}:{type(store).__name__}" == path
+    assert {get_store(ext).library for ext in (".pkl", ".npz", ".h5", ".zarr")} == {
+        None,
+        "tables",
+        "zarr",
+    }
+
+
+def test_preload_of_a_missing_library_says_what_to_install(monkeypatch):
+    monkeypatch.setattr(H5Store, "library", "no_such_module_for_psyrun")
+    with pytest.raises(ImportError, match=r"H5Store needs .*pip install psyrun\[h5\]"):
+        H5Store().preload()
+
+
+def test_preload_imports_the_store_library_in_a_fresh_process():
+    code = (
+        "import sys, psyrun.store as s; assert 'zarr' not in sys.modules; "
+        "s.ZarrStore().preload(); s.H5Store().preload(); "
+        "print(sorted(m for m in ('tables', 'zarr') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "['tables', 'zarr']"

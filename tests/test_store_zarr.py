@@ -71,10 +71,13 @@ def test_store_without_a_row_count_loads_its_shortest_column(store, filename):
 
 
 def test_rewrite_killed_between_its_renames_is_finished(store, filename):
-    # A chunk that adds a key rewrites the store: new directory, then two renames.
+    # A chunk that adds a key rewrites the store: new directory, then two renames
+    # (psyrun.atomic.replace_path: the old one to tmp_name(filename + ".old"),
+    # the new one, written as tmp_name(filename), into place).
     store.append(filename, chunk(0, 5))
-    store.save(f"{filename}.tmp4242", {**chunk(0, 6), "c": np.arange(6.0)})
-    os.replace(filename, f"{filename}.old4242")
+    parent = os.path.dirname(filename)
+    store.save(os.path.join(parent, ".r.tmp4242.zarr"), {**chunk(0, 6), "c": np.arange(6.0)})
+    os.replace(filename, os.path.join(parent, ".r.zarr.tmp4242.old"))
     expected = {**chunk(0, 6), "c": np.arange(6.0)}
     assert_columns_equal(store.load(filename), expected)  # read from the new directory
     assert store.count_rows(filename) == 6
@@ -82,6 +85,48 @@ def test_rewrite_killed_between_its_renames_is_finished(store, filename):
     store.append(filename, {**chunk(6, 7), "c": [6.0]})
     assert_columns_equal(store.load(filename), {**chunk(0, 7), "c": np.arange(7.0)})
     assert sorted(os.listdir(os.path.dirname(filename))) == ["r.zarr"]
+
+
+def test_rewrite_killed_for_real_between_its_renames(store, filename, monkeypatch):
+    import psyrun.atomic
+
+    store.append(filename, chunk(0, 5))
+    assert store.exists(filename)
+    real_replace = os.replace
+    calls = []
+
+    def killed_after_first_rename(src, dest):
+        # zarr renames its own files too (from a thread): count only the store's.
+        if filename in (src, dest):
+            calls.append((src, dest))
+            if len(calls) == 2:
+                raise KeyboardInterrupt  # the process dies between the two renames
+        real_replace(src, dest)
+
+    monkeypatch.setattr(psyrun.atomic.os, "replace", killed_after_first_rename)
+    with pytest.raises(KeyboardInterrupt):
+        store.append(filename, {**chunk(5, 6), "c": [5.0]})  # a new key: a rewrite
+    monkeypatch.undo()
+    assert not os.path.exists(filename)
+    assert store.exists(filename)  # the new half of the replace holds the store
+    expected = {**chunk(0, 6), "c": [np.nan] * 5 + [5.0]}
+    assert_columns_equal(store.load(filename), expected)
+    store.append(filename, {**chunk(6, 7), "c": [6.0]})
+    assert_columns_equal(store.load(filename), {**chunk(0, 7), "c": [np.nan] * 5 + [5.0, 6.0]})
+    assert sorted(os.listdir(os.path.dirname(filename))) == ["r.zarr"]
+    store.remove(filename)
+    assert not store.exists(filename)
+
+
+def test_remove_takes_what_an_interrupted_replace_left(store, filename):
+    parent = os.path.dirname(filename)
+    store.save(os.path.join(parent, ".r.tmp77.zarr"), chunk(0, 3))
+    store.save(os.path.join(parent, ".r.zarr.tmp77.old"), chunk(0, 2))
+    store.save(os.path.join(parent, "other.zarr"), chunk(0, 1))
+    assert store.exists(filename)
+    store.remove(filename)
+    assert not store.exists(filename)
+    assert os.listdir(parent) == ["other.zarr"]
 
 
 def test_missing_store_still_raises(store, filename):

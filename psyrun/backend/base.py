@@ -146,7 +146,7 @@ class Backend(abc.ABC):
 
     def has_results(self) -> bool:
         """Whether any result (the result file or part files) exists."""
-        return os.path.exists(self.paths.result) or bool(self.paths.list_parts())
+        return self.task.store.exists(self.paths.result) or bool(self.paths.list_parts())
 
     def is_current(self) -> bool:
         """Results exist, are newer than the task's files, and the last run finished."""
@@ -203,7 +203,8 @@ class Backend(abc.ABC):
         """Record in a job that it has evaluated `rows` rows (read by :meth:`rows_evaluated`)."""
         from psyrun.atomic import atomic_write
 
-        with atomic_write(self.paths.status_file(job_name, "rows")) as f:
+        # Only a progress figure: not worth a sync.
+        with atomic_write(self.paths.status_file(job_name, "rows"), sync=False) as f:
             f.write(str(rows))
 
     def submit(
@@ -314,4 +315,4 @@ class Backend(abc.ABC):
     def clean(self) -> None:
         """Remove every file generated for the task (work directory and result)."""
         remove_path(self.paths.root)
-        remove_path(self.paths.result)
+        self.task.store.remove(self.paths.result)

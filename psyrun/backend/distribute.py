@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import time
 
-from psyrun.atomic import remove_path
+from psyrun.atomic import remove_path, replace_path
 from psyrun.backend.splitmerge import SplitMergeBackend
 from psyrun.failures import RowFailures, RowsFailed
 from psyrun.merge import load_params, missing_rows
@@ -119,7 +119,7 @@ class DistributeBackend(SplitMergeBackend):
             self._append(partial, pending)
             self.report_rows(job_name, evaluated)
         if os.path.exists(partial):
-            os.replace(partial, final)
+            replace_path(partial, final)
         self._log(f"evaluated rows {start}:{stop} ({stop - start - failures.count} results)")
         if failures.count:
             raise RowsFailed(failures)

@@ -80,7 +80,7 @@ class SplitMergeBackend(Backend):
         return min(self.task.max_jobs, max(1, math.ceil(n_rows / self.task.min_items)))
 
     def _existing_files(self) -> list[str]:
-        files = [self.paths.result] if os.path.exists(self.paths.result) else []
+        files = [self.paths.result] if self.store.exists(self.paths.result) else []
         files.extend(p for _, p, _ in self.paths.list_parts())
         return files
 
@@ -125,7 +125,7 @@ class SplitMergeBackend(Backend):
         """Rows completed (in the result or in parts) out of the space's rows."""
         total = len(self.task.pspace)
         notes = []
-        if not os.path.exists(self.paths.result) and self.paths.list_parts() == []:
+        if not self.store.exists(self.paths.result) and self.paths.list_parts() == []:
             if os.path.exists(self.paths.submitted):
                 notes.append(
                     f"the result file {self.paths.result} does not exist (deleted?); "
@@ -196,7 +196,7 @@ class SplitMergeBackend(Backend):
             self.check_can_continue()
             parts = self.paths.list_parts()
             n_rows = len(self.get_missing())
-            if n_rows == 0 and not parts and os.path.exists(self.paths.result):
+            if n_rows == 0 and not parts and self.store.exists(self.paths.result):
                 return Plan(
                     self.build_graph(0, cont, write=False),
                     up_to_date=True,
@@ -274,7 +274,7 @@ class SplitMergeBackend(Backend):
             p.clear_parts()
             done = (
                 load_params(self.store, [p.result], keys, log=self._log)
-                if os.path.exists(p.result)
+                if self.store.exists(p.result)
                 else {}
             )
             rows = missing_rows(self.task.pspace, done) if done else None
@@ -342,16 +342,13 @@ class SplitMergeBackend(Backend):
 
         A value the store cannot hold would otherwise fail only at the merge.
         """
-        from psyrun.store.columns import check_supported, normalize
-
-        if getattr(self.store, "ext", None) in (".h5", ".zarr"):
-            check_supported(normalize(block), self.paths.result, type(self.store).__name__)
+        self.store.check(block, self.paths.result)
 
     def run_merge(self, cont: bool) -> None:
         """Stream the parts (and the old result when continuing) into the result file."""
         p = self.paths
         parts = [path for _, path, _ in p.list_parts()]
-        base = p.result if cont and os.path.exists(p.result) else None
+        base = p.result if cont and self.store.exists(p.result) else None
         rows = write_merged(
             self.store,
             p.result,

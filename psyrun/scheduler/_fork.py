@@ -18,6 +18,8 @@ import atexit
 import contextlib
 import importlib.util
 import os
+import runpy
+import select
 import signal
 import subprocess
 import sys
@@ -91,26 +93,43 @@ class Child:
         self.pid = pid
         self.popen = popen
         self.code = code
+        self._pidfd: int | None = None
+
+    def pidfd(self) -> int | None:
+        """Return a descriptor that becomes readable when the job ends (Linux), else None.
+
+        Waiting on it wakes up the moment a job ends, instead of polling.
+        """
+        if self._pidfd is None and self.code is None and self.pid is not None:
+            with contextlib.suppress(AttributeError, OSError):
+                self._pidfd = os.pidfd_open(self.pid)
+        return self._pidfd
+
+    def _ended(self, code: int | None) -> None:
+        self.code = code
+        if code is not None and self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
 
     def poll(self) -> int | None:
         """Reap the job if it has ended and return its exit status (-N: signal N), else None."""
         if self.code is None:
             if self.popen is not None:
-                self.code = self.popen.poll()
+                self._ended(self.popen.poll())
             else:
                 pid, status = os.waitpid(self.pid, os.WNOHANG)
                 if pid != 0:
-                    self.code = os.waitstatus_to_exitcode(status)
+                    self._ended(os.waitstatus_to_exitcode(status))
         return self.code
 
     def wait(self) -> int:
         """Block until the job ends (interruptible by signals); return its exit status."""
         if self.code is None:
             if self.popen is not None:
-                self.code = self.popen.wait()
+                self._ended(self.popen.wait())
             else:
                 _, status = os.waitpid(self.pid, 0)
-                self.code = os.waitstatus_to_exitcode(status)
+                self._ended(os.waitstatus_to_exitcode(status))
         return self.code
 
     def send_signal(self, sig: int) -> None:
@@ -243,7 +262,6 @@ def _child_main(module: str, args: list[str], fd: int, mask: Iterable[int]) -> N
         # Like ``python -m``: argv[0] is replaced by the module's file name.
         sys.argv = ["-m", *args]
         try:
-            import runpy
             import warnings
 
             # The module may be imported here already (psy imports the worker);
@@ -288,8 +306,13 @@ def wait_any(children: Iterable[Child], deadline: float | None = None) -> list[C
         now = time.monotonic()
         if ended or not children or (deadline is not None and now >= deadline):
             return ended
-        pause = sleep if deadline is None else min(sleep, deadline - now)
-        time.sleep(max(0.0, pause))
+        pause = None if deadline is None else deadline - now
+        fds = [c.pidfd() for c in children]
+        if None not in fds:
+            # Sleeps until a job ends (or the deadline); signals still interrupt it.
+            select.select(fds, [], [], pause)
+            continue
+        time.sleep(max(0.0, sleep if pause is None else min(sleep, pause)))
         sleep = min(sleep * 2, _POLL_MAX)
 
 

@@ -8,7 +8,7 @@ only when an :class:`H5Store` or :class:`ZarrStore` actually touches a file.
 from __future__ import annotations
 
 from psyrun.store.autodetect import AutodetectStore, available_stores, get_store
-from psyrun.store.base import Store
+from psyrun.store.base import Store, UnsupportedValueError
 from psyrun.store.h5 import H5Store
 from psyrun.store.npz import NpzStore
 from psyrun.store.pickle import PickleStore
@@ -24,6 +24,7 @@ __all__ = [
     "NpzStore",
     "PickleStore",
     "Store",
+    "UnsupportedValueError",
     "ZarrStore",
     "available_stores",
     "get_store",

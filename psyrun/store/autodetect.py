@@ -20,17 +20,19 @@ from typing import Any
 import numpy as np
 
 from psyrun.store.base import DEFAULT_CHUNK_ROWS, Store
+from psyrun.store.columns import normalize
 
 __all__ = ["AutodetectStore", "available_stores", "get_store"]
 
 ENTRY_POINT_GROUP = "psyrun.stores"
 
-# extension -> (import path "module:Class", module it needs, extra that installs it)
-_BUILTINS: dict[str, tuple[str, str | None, str | None]] = {
-    ".pkl": ("psyrun.store.pickle:PickleStore", None, None),
-    ".npz": ("psyrun.store.npz:NpzStore", None, None),
-    ".h5": ("psyrun.store.h5:H5Store", "tables", "psyrun[h5]"),
-    ".zarr": ("psyrun.store.zarr:ZarrStore", "zarr", "psyrun[zarr]"),
+#: The one table of built-in extensions: extension -> "module:Class". What a
+#: store needs installed is the class's own business (``library``, ``requirement``).
+BUILTINS: dict[str, str] = {
+    ".pkl": "psyrun.store.pickle:PickleStore",
+    ".npz": "psyrun.store.npz:NpzStore",
+    ".h5": "psyrun.store.h5:H5Store",
+    ".zarr": "psyrun.store.zarr:ZarrStore",
 }
 
 _cache: dict[str, Any] | None = None
@@ -57,7 +59,7 @@ def available_stores(refresh: bool = False) -> dict[str, str]:
     if _cache is None or refresh:
         _cache = _entry_points()
     known = {ext: ep.value for ext, ep in _cache.items()}
-    known.update({ext: path for ext, (path, _, _) in _BUILTINS.items()})
+    known.update(BUILTINS)
     return dict(sorted(known.items()))
 
 
@@ -84,14 +86,12 @@ def get_store(filename_or_ext: str | os.PathLike) -> Store:
         When the store's library is missing; the message names the extra.
     """
     ext = _extension(filename_or_ext)
-    if ext in _BUILTINS:
-        path, needs, extra = _BUILTINS[ext]
-        if needs is not None and importlib.util.find_spec(needs) is None:
-            raise ImportError(
-                f"the {ext!r} store needs the {needs!r} package; "
-                f"install it with `pip install {extra}`"
-            )
-        return _load_class(path)()
+    if ext in BUILTINS:
+        store = _load_class(BUILTINS[ext])()
+        # Only look for the library (importing it would make `psy` slow to start).
+        if store.library is not None and importlib.util.find_spec(store.library) is None:
+            raise ImportError(store.missing_library_message())
+        return store
     available_stores()
     assert _cache is not None
     if ext not in _cache:
@@ -105,7 +105,8 @@ def get_store(filename_or_ext: str | os.PathLike) -> Store:
             )
         return cls()
     known = ", ".join(available_stores())
-    extras = "; ".join(f"{e} needs `pip install {x}`" for e, (_, _, x) in _BUILTINS.items() if x)
+    needs = {ext: _load_class(path).requirement for ext, path in BUILTINS.items()}
+    extras = "; ".join(f"{e} needs `pip install {x}`" for e, x in needs.items() if x)
     raise ValueError(
         f"no store for {os.fspath(filename_or_ext)!r} (extension {ext or '(none)'!r}); "
         f"known extensions: {known} ({extras}). Other stores can be added through the "
@@ -147,3 +148,25 @@ class AutodetectStore(Store):
     def count_rows(self, filename: str) -> int:
         """Count rows with the store for ``filename``'s extension."""
         return get_store(filename).count_rows(filename)
+
+    def check(self, data: Mapping[str, Any], filename: str | None = None) -> None:
+        """Check ``data`` with the store for ``filename``'s extension.
+
+        Without a file name only the shape of ``data`` can be checked.
+        """
+        if filename is None:
+            normalize(data)
+        else:
+            get_store(filename).check(data, filename)
+
+    def exists(self, filename: str) -> bool:
+        """Ask the store for ``filename``'s extension whether the result exists."""
+        return get_store(filename).exists(filename)
+
+    def remove(self, filename: str) -> None:
+        """Remove ``filename`` with the store for its extension."""
+        get_store(filename).remove(filename)
+
+    def replace(self, src: str, dest: str) -> None:
+        """Replace ``dest`` with the store for its extension."""
+        get_store(dest).replace(src, dest)

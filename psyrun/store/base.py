@@ -1,24 +1,71 @@
-"""The interface every store implements (no implementation lives here).
+"""The interface every store implements, and the algorithm they share.
 
-A store keeps a table of equal-length columns in one file and can grow it by
-appending chunks of rows. The core is :meth:`Store.save`, :meth:`Store.load`
-and :meth:`Store.append`; the row-range, chunk and row-count methods have
-defaults built on :meth:`Store.load` which a store overrides when it can do
-better, and says so with the ``supports_*`` flags.
+A store keeps a table of equal-length columns in one file (or directory) and
+can grow it by appending chunks of rows. :meth:`Store.save` and
+:meth:`Store.append` are template methods: the base class normalises and
+checks the data, creates a missing file, skips empty chunks, and either lets
+the store extend the file in place or rewrites it whole (under a temporary
+name, synced, then renamed). A store supplies only the format-specific steps.
+The row-range, chunk and row-count methods have defaults built on
+:meth:`Store.load`; a store overrides them when it can do better and says so
+with the ``supports_*`` flags.
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
+import importlib
+import os
 from collections.abc import Iterator, Mapping
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Store"]
+from psyrun.atomic import remove_path, replace_path, tmp_name
+from psyrun.store.columns import (
+    count,
+    find_unpicklable,
+    find_unsupported,
+    merge_chunks,
+    normalize,
+    resolve_row,
+)
+
+__all__ = ["DEFAULT_CHUNK_ROWS", "Store", "UnsupportedValueError"]
 
 #: Rows per chunk used by :meth:`Store.iter_chunks` when not told otherwise.
 DEFAULT_CHUNK_ROWS = 65536
+
+
+class UnsupportedValueError(TypeError):
+    """A result value that the store cannot hold.
+
+    The message names the key, the type of the value and the ways out
+    (``exclude_from_result``, or another store).
+    """
+
+
+def _sync(path: str) -> None:
+    """Flush a file, or every file and directory of a tree, to disk."""
+    if os.path.isdir(path):
+        for root, _, files in os.walk(path):
+            for name in files:
+                _sync_one(os.path.join(root, name))
+            _sync_one(root)
+    else:
+        _sync_one(path)
+
+
+def _sync_one(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        # Some filesystems refuse fsync on a directory; the data is written anyway.
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class Store(abc.ABC):
@@ -40,6 +87,14 @@ class Store(abc.ABC):
     ----------
     ext : str
         File extension including the dot, for example ``'.pkl'``.
+    library : str or None
+        The module the store imports on first use (``'tables'``, ``'zarr'``),
+        None when it needs none; :meth:`preload` imports it.
+    requirement : str or None
+        What ``pip install`` needs to get `library`, e.g. ``'psyrun[h5]'``.
+    column_kinds : str or None
+        NumPy dtype kinds of the columns the format holds (``'biufcU'``:
+        numbers, booleans, str); None for any picklable value.
     supports_row_range : bool
         :meth:`load_rows` reads only the requested rows.
     supports_chunks : bool
@@ -49,32 +104,131 @@ class Store(abc.ABC):
 
     Notes
     -----
-    For implementers: :meth:`append` must create a missing file, and is
-    called from several processes only under a
-    :class:`psyrun.store.locking.FileLock`, so it needs no locking of its
-    own. The defaults of :meth:`load_rows`, :meth:`iter_chunks` and
-    :meth:`count_rows` load the whole file; override them (and set the flag)
-    when the format allows better.
+    Note for implementers: implement :meth:`load` and :meth:`_write_file`
+    (write a whole new file at a fresh path); the base class then provides
+    :meth:`save` and :meth:`append` (an append rewrites the file through
+    :meth:`_write_file`). To append without rewriting, also implement
+    :meth:`_append_in_place`. A store may instead override :meth:`save` and
+    :meth:`append` outright. :meth:`append` is called from several processes
+    only under a :class:`psyrun.store.locking.FileLock`, so it needs no
+    locking of its own. A format that is not one plain file (a directory, a
+    file with side files) overrides :meth:`exists`, :meth:`remove` and
+    :meth:`replace`, so that no code outside the store needs to know.
     """
 
     ext: str = ""
+    library: str | None = None
+    requirement: str | None = None
+    column_kinds: str | None = None
     supports_row_range: bool = False
     supports_chunks: bool = False
     supports_row_count: bool = False
 
-    @abc.abstractmethod
-    def save(self, filename: str, data: Mapping[str, Any]) -> None:
-        """Write ``data`` to ``filename``, replacing any existing file."""
+    # -- the public interface --------------------------------------------------
+
+    def save(self, filename: str | os.PathLike, data: Mapping[str, Any]) -> None:
+        """Write ``data`` to ``filename``, replacing any existing file.
+
+        The file is written under a temporary name and renamed into place,
+        so a crash leaves either the old file or the new one.
+        """
+        filename = os.fspath(filename)
+        self._write_whole(filename, self._prepare(data))
+
+    def append(self, filename: str | os.PathLike, data: Mapping[str, Any]) -> None:
+        """Add the rows of ``data`` to ``filename``, creating it if missing.
+
+        The rows are written in place when the store can (see
+        :meth:`_append_in_place`); otherwise the file is rewritten once with
+        the old and the new rows merged.
+        """
+        filename = os.fspath(filename)
+        new = self._prepare(data)
+        if not self.exists(filename):
+            self._write_whole(filename, new)
+            return
+        if count(new) == 0:
+            # No rows: nothing to add (and no column may change type because of it).
+            return
+        if not self._append_in_place(filename, new):
+            self._rewrite(filename, new)
 
     @abc.abstractmethod
     def load(self, filename: str, row: int | None = None) -> dict[str, np.ndarray]:
         """Read all columns, or only row ``row`` as one-element columns."""
 
-    @abc.abstractmethod
-    def append(self, filename: str, data: Mapping[str, Any]) -> None:
-        """Add the rows of ``data`` to ``filename``, creating it if missing."""
+    def check(self, data: Mapping[str, Any], filename: str | None = None) -> None:
+        """Check that the store can hold ``data``, without writing anything.
 
-    def load_rows(self, filename: str, start: int, stop: int) -> dict[str, np.ndarray]:
+        Parameters
+        ----------
+        data
+            A mapping of equal-length columns, as :meth:`append` takes.
+        filename
+            The file the rows are meant for, when known (a store chosen by
+            file name, like :class:`~psyrun.store.AutodetectStore`, needs it).
+
+        Raises
+        ------
+        UnsupportedValueError
+            For a value the store cannot hold (also one that cannot be
+            pickled, for stores that pickle); the message names the key.
+        TypeError, ValueError
+            When ``data`` is not a mapping of equal-length columns.
+        """
+        columns = self._prepare(data)
+        if self.column_kinds is None:
+            error = self._unpicklable(columns)
+            if error is not None:
+                raise error
+
+    def exists(self, filename: str) -> bool:
+        """Whether ``filename`` holds a result of this store."""
+        return os.path.exists(filename)
+
+    def remove(self, filename: str) -> None:
+        """Remove the result ``filename`` (nothing happens when there is none)."""
+        remove_path(filename)
+
+    def replace(self, src: str, dest: str) -> None:
+        """Put the finished result ``src`` in place of ``dest``, durably.
+
+        ``src`` is synced to disk and renamed over ``dest`` (whose directory
+        is synced too). Use a name from :func:`psyrun.atomic.tmp_name` for
+        ``src``: stores whose results are directories recognise those names
+        when a replace was interrupted.
+        """
+        _sync(src)
+        replace_path(src, dest)
+
+    def preload(self) -> ModuleType | None:
+        """Import the store's :attr:`library` now (e.g. once, before forking jobs).
+
+        Returns
+        -------
+        module or None
+            The imported module, or None for a store that needs none.
+
+        Raises
+        ------
+        ImportError
+            When the library is missing; the message says what to install.
+        """
+        if self.library is None:
+            return None
+        try:
+            return importlib.import_module(self.library)
+        except ImportError:
+            raise ImportError(self.missing_library_message()) from None
+
+    def missing_library_message(self) -> str:
+        """Return the one-line message for a missing :attr:`library`: what to install."""
+        return (
+            f"{type(self).__name__} needs the {self.library!r} package; "
+            f"install it with `pip install {self.requirement or self.library}`"
+        )
+
+    def load_rows(self, filename: str, start: int, stop: int | None) -> dict[str, np.ndarray]:
         """Read rows ``start:stop`` (slice semantics).
 
         Note for implementers: the default loads the whole file.
@@ -97,7 +251,7 @@ class Store(abc.ABC):
                 yield self.load_rows(filename, start, min(start + chunk_rows, n))
             return
         data = self.load(filename)
-        n = len(next(iter(data.values()))) if data else 0
+        n = count(data)
         for start in range(0, n, chunk_rows):
             yield {k: v[start : start + chunk_rows] for k, v in data.items()}
 
@@ -106,8 +260,112 @@ class Store(abc.ABC):
 
         Note for implementers: the default loads the whole file.
         """
-        data = self.load(filename)
-        return len(next(iter(data.values()))) if data else 0
+        return count(self.load(filename))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+    # -- steps for implementers ------------------------------------------------
+
+    def _write_file(self, path: str, data: dict[str, np.ndarray]) -> None:
+        """Write ``data`` as a complete new file (or directory) at ``path``.
+
+        Note for implementers: ``path`` does not exist; ``data`` is normalised
+        and checked. Do not sync or rename: the base class writes to a
+        temporary name, then calls :meth:`replace`.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement _write_file, or override save and append"
+        )
+
+    def _append_in_place(self, filename: str, data: dict[str, np.ndarray]) -> bool:
+        """Add the rows of ``data`` to the existing ``filename`` without rewriting it.
+
+        Note for implementers: called with at least one row of normalised,
+        checked data. Return False, having changed nothing, when the chunk
+        does not fit the file (other keys, types or per-row shapes); the
+        base class then rewrites the file. The default always returns False.
+        """
+        return False
+
+    def _check_columns(self, data: dict[str, np.ndarray]) -> None:
+        """Raise :class:`UnsupportedValueError` for a column the format cannot hold.
+
+        Note for implementers: called on every chunk before anything is
+        written, so keep it cheap. The default refuses dtype kinds outside
+        :attr:`column_kinds`; override it for other rules (reserved names).
+        """
+        if self.column_kinds is None:
+            return
+        found = find_unsupported(data, self.column_kinds)
+        if found is not None:
+            key, what = found
+            raise UnsupportedValueError(
+                f"{type(self).__name__} cannot hold the value of {key!r} ({what}): "
+                "it stores only numbers, booleans and str. List it in "
+                "exclude_from_result, or use a store that can hold it (PickleStore)."
+            )
+
+    # -- the shared algorithm --------------------------------------------------
+
+    def _prepare(self, data: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        columns = normalize(data)
+        self._check_columns(columns)
+        return columns
+
+    def _unpicklable(self, data: dict[str, np.ndarray]) -> UnsupportedValueError | None:
+        """Return the error naming the first value of ``data`` that cannot be pickled, if any.
+
+        For stores that pickle values: they call it when serialising a chunk
+        failed, to turn the pickle error into one that names the key.
+        """
+        found = find_unpicklable(data)
+        if found is None:
+            return None
+        key, what, reason = found
+        return UnsupportedValueError(
+            f"{type(self).__name__} cannot hold the value of {key!r} ({what}): it cannot "
+            f"be pickled ({reason}). List it in exclude_from_result, or return a value "
+            "that can be pickled."
+        )
+
+    @contextlib.contextmanager
+    def _pickling(self, data: dict[str, np.ndarray]) -> Iterator[None]:
+        """Turn a failure to pickle a value of ``data`` into an error naming its key.
+
+        Note for implementers: wrap the serialisation of a chunk in it when
+        the format pickles values; write nothing to the file inside it.
+        """
+        try:
+            yield
+        except Exception as exc:
+            error = self._unpicklable(data)
+            if error is None:
+                raise
+            raise error from exc
+
+    def _write_whole(self, filename: str, data: dict[str, np.ndarray]) -> None:
+        tmp = tmp_name(filename)
+        remove_path(tmp)  # left by a killed write of an earlier process with this pid
+        try:
+            self._write_file(tmp, data)
+        except BaseException:
+            remove_path(tmp)
+            raise
+        # Not removed on failure from here on: a directory result may then
+        # exist only under the temporary name (see replace).
+        self.replace(tmp, filename)
+
+    def _load_via_rows(self, filename: str, row: int | None) -> dict[str, np.ndarray]:
+        """:meth:`load` for stores that read row ranges and count rows cheaply."""
+        if row is None:
+            return self.load_rows(filename, 0, None)
+        index = resolve_row(row, self.count_rows(filename), filename)
+        return self.load_rows(filename, index, index + 1)
+
+    def _rewrite(self, filename: str, new: dict[str, np.ndarray]) -> None:
+        old = self.load(filename)
+        merged = merge_chunks([old, new]) if old else new
+        # Merging can turn a column into objects (scalars here, arrays there).
+        self._check_columns(merged)
+        self._write_whole(filename, merged)

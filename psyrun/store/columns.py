@@ -1,35 +1,31 @@
 """Helpers shared by the stores: normalising, padding and merging chunks.
 
-Also the checks that several stores make alike: importing an optional
-library lazily, refusing column types a format cannot hold, and resolving a
-row number.
+Also the checks that several stores make alike: finding values a format
+cannot hold, whether a chunk fits a file's column layout, and resolving a
+row number or a row range.
 """
 
 from __future__ import annotations
 
-import importlib
-import os
-from collections.abc import Mapping, Sequence
-from types import ModuleType
-from typing import TYPE_CHECKING, Any
+import pickle
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from psyrun.store.base import Store
-
 __all__ = [
-    "check_supported",
+    "ARRAY_KINDS",
     "common_dtype",
     "count",
-    "import_optional",
-    "load_by_rows",
+    "find_unpicklable",
+    "find_unsupported",
+    "fits_layout",
     "merge_chunks",
     "missing_value",
     "normalize",
     "padded_dtype",
-    "prepare_array_columns",
     "resolve_row",
+    "row_slice",
     "select_row",
     "to_column",
 ]
@@ -240,101 +236,96 @@ def select_row(data: Mapping[str, np.ndarray], row: int, filename: str) -> dict[
     return {k: v[index : index + 1] for k, v in data.items()}
 
 
-def load_by_rows(store: Store, filename: str, row: int | None) -> dict[str, np.ndarray]:
-    """Implement :meth:`Store.load` with the store's ``load_rows`` and ``count_rows``.
+def row_slice(start: int, stop: int | None, n: int) -> tuple[int, int]:
+    """Resolve ``start:stop`` (slice semantics) among ``n`` rows to ``(start, stop)``."""
+    start, stop, _ = slice(start, stop).indices(n)
+    return start, max(stop, start)
 
-    For stores that read row ranges and count rows without loading the file:
-    all rows when `row` is None, otherwise row `row` (negative counts from the
-    end) as one-element columns.
+
+#: A column's layout in a file: its dtype (None for a str column) and per-row shape.
+Layout = Mapping[str, tuple[np.dtype | None, tuple[int, ...]]]
+
+
+def fits_layout(
+    layout: Layout,
+    data: Mapping[str, np.ndarray],
+    str_fits: Callable[[str, np.ndarray], bool] | None = None,
+) -> bool:
+    """Whether ``data`` can be added to a file of ``layout`` without changing it.
+
+    It fits when it has the same keys and per-row shapes, str columns stay
+    str (and ``str_fits(key, column)`` holds, for formats with a fixed string
+    width), and every other column's values fit the stored dtype (ints into a
+    float column do, floats into an int column do not).
     """
-    if row is None:
-        return store.load_rows(filename, 0, None)
-    index = resolve_row(row, store.count_rows(filename), filename)
-    return store.load_rows(filename, index, index + 1)
+    if set(layout) != set(data):
+        return False
+    for key, (dtype, shape) in layout.items():
+        column = data[key]
+        if tuple(shape) != column.shape[1:]:
+            return False
+        if dtype is None:
+            if column.dtype.kind != "U" or (str_fits is not None and not str_fits(key, column)):
+                return False
+        elif column.dtype.kind == "U" or common_dtype([dtype, column.dtype]) != dtype:
+            return False
+    return True
 
 
-def import_optional(module: str, store: str, requirement: str, extra: str) -> ModuleType:
-    """Import the optional library ``module`` that ``store`` needs, on first use.
-
-    Parameters
-    ----------
-    module
-        Name of the module to import, for example ``'tables'``.
-    store
-        Name of the store class, used in the error message.
-    requirement
-        What to install, as the message names it (``'PyTables'``, ``'zarr>=3'``).
-    extra
-        The psyrun extra that installs it (``pip install psyrun[<extra>]``).
-
-    Raises
-    ------
-    ImportError
-        When the library is not installed; the message says how to install it.
-    """
-    try:
-        return importlib.import_module(module)
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            f"{store} needs {requirement}; install it with `pip install psyrun[{extra}]`"
-        ) from None
+_PLAIN = (bool, int, float, complex, str, bytes, np.number, np.bool_, np.str_, type(None))
 
 
-def check_supported(data: Mapping[str, np.ndarray], filename: str, store: str) -> None:
-    """Refuse columns other than numeric, boolean and str before a file is touched.
+def _describe(column: np.ndarray) -> str:
+    """Name what a column holds, for an error message: 'a dict', 'numpy datetime64[s]'."""
+    if column.dtype.kind != "O":
+        return f"numpy {column.dtype}"
+    types = []
+    for value in column.flat:
+        if not isinstance(value, _PLAIN):
+            return f"a {type(value).__name__}"
+        if value is not None and type(value).__name__ not in types:
+            types.append(type(value).__name__)
+    return f"values of mixed types: {', '.join(types)}" if types else "None values"
 
-    The array stores (HDF5, zarr) hold only these kinds (:data:`ARRAY_KINDS`).
+
+def find_unsupported(data: Mapping[str, np.ndarray], kinds: str) -> tuple[str, str] | None:
+    """Find the first column whose dtype kind is not among ``kinds``.
 
     Parameters
     ----------
     data
         Normalised columns (see :func:`normalize`).
-    filename
-        The file the columns were meant for, used in the error message.
-    store
-        Name of the store class, used in the error message.
-
-    Raises
-    ------
-    TypeError
-        For the first column of another kind; the message points to PickleStore.
-    """
-    for key, column in data.items():
-        if column.dtype.kind not in ARRAY_KINDS:
-            raise TypeError(
-                f"{store} cannot store column {key!r} of dtype {column.dtype} in "
-                f"{filename!r}: only numeric, boolean and str columns are supported. "
-                "Use PickleStore ('.pkl') for arbitrary Python values."
-            )
-
-
-def prepare_array_columns(
-    filename: str | os.PathLike[str], data: Mapping[str, Any], store: str
-) -> tuple[str, dict[str, np.ndarray]]:
-    """Normalise what an array store (HDF5, zarr) was given to save or append.
-
-    Parameters
-    ----------
-    filename
-        The file (or directory) to write.
-    data
-        A mapping of equal-length columns.
-    store
-        Name of the store class, used in error messages.
+    kinds
+        The dtype kinds the format holds, for example :data:`ARRAY_KINDS`.
 
     Returns
     -------
-    filename : str
-        `filename` as a plain string.
-    data : dict of str to numpy.ndarray
-        The normalised columns (see :func:`normalize`).
-
-    Raises
-    ------
-    TypeError, ValueError
-        As :func:`normalize` and :func:`check_supported` do.
+    tuple of str or None
+        ``(key, what it holds)``, e.g. ``('o', 'a dict')``, or None when
+        every column is supported.
     """
-    filename = os.fspath(filename)
-    data = normalize(data)
-    check_supported(data, filename, store)
-    return filename, data
+    for key, column in data.items():
+        if column.dtype.kind not in kinds:
+            return key, _describe(column)
+    return None
+
+
+def find_unpicklable(data: Mapping[str, np.ndarray]) -> tuple[str, str, str] | None:
+    """Find the first value of an object column that cannot be pickled.
+
+    Returns
+    -------
+    tuple of str or None
+        ``(key, 'a <type>', first line of the pickle error)``, or None when
+        every value pickles (numeric and str columns always do).
+    """
+    for key, column in data.items():
+        if column.dtype.kind != "O":
+            continue
+        for value in column.flat:
+            try:
+                pickle.dumps(value)
+            except Exception as exc:  # pickle raises whatever __reduce__ raises
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                return key, f"a {type(value).__name__}", reason
+    return None

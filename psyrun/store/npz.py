@@ -28,12 +28,12 @@ import struct
 import zipfile
 import zlib
 from collections.abc import Iterator, Mapping
-from typing import IO, Any
+from typing import IO
 
 import numpy as np
 
 from psyrun.store.base import DEFAULT_CHUNK_ROWS, Store
-from psyrun.store.columns import count, merge_chunks, normalize, select_row
+from psyrun.store.columns import count, merge_chunks, select_row
 
 __all__ = ["NpzStore"]
 
@@ -63,7 +63,7 @@ def _to_record(data: dict[str, np.ndarray]) -> np.ndarray:
     return record
 
 
-def _write_chunk(zf: zipfile.ZipFile, chunk: int, data: dict[str, np.ndarray]) -> None:
+def _check_names(data: Mapping[str, np.ndarray]) -> None:
     for key in data:
         # An empty name cannot be a field of the structured chunks (NumPy renames it).
         if _CHUNK_MEMBER.match(f"{key}.npy") or "/" in key or not key:
@@ -71,16 +71,13 @@ def _write_chunk(zf: zipfile.ZipFile, chunk: int, data: dict[str, np.ndarray]) -
                 f"NpzStore cannot store a column named {key!r}: the empty name, names "
                 "like 'chunk000001' and names containing '/' are reserved; rename the column"
             )
-    # Serialise every member before the archive is touched: a value that
-    # cannot be pickled must fail here, not half way through a member of a
-    # file that already holds results.
+
+
+def _members(chunk: int, data: dict[str, np.ndarray]) -> dict[str, bytes]:
+    """Serialise the ``.npy`` members of chunk number ``chunk``."""
     if chunk == 0:
-        members = {_member(chunk, key): _npy_bytes(column) for key, column in data.items()}
-    else:
-        members = {_member(chunk, None): _npy_bytes(_to_record(data))}
-    for name, raw in members.items():
-        with zf.open(name, "w", force_zip64=True) as member:
-            member.write(raw)
+        return {_member(chunk, key): _npy_bytes(column) for key, column in data.items()}
+    return {_member(chunk, None): _npy_bytes(_to_record(data))}
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -285,31 +282,30 @@ class NpzStore(Store):
                 out[key] = np.lib.format.read_array(member, allow_pickle=True)
         return out
 
-    def save(self, filename: str, data: Mapping[str, Any]) -> None:
-        """Write ``data`` as a plain ``.npz`` (temporary file, then rename)."""
-        filename = os.fspath(filename)
-        data = normalize(data)
-        tmp = f"{filename}.tmp{os.getpid()}.npz"
-        try:
-            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
-                _write_chunk(zf, 0, data)
-            os.replace(tmp, filename)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+    def _check_columns(self, data: dict[str, np.ndarray]) -> None:
+        _check_names(data)
 
-    def append(self, filename: str, data: Mapping[str, Any]) -> None:
-        """Add the rows of ``data`` as new members (creates the file if missing)."""
-        filename = os.fspath(filename)
-        data = normalize(data)
-        if not os.path.exists(filename):
-            self.save(filename, data)
-            return
-        if not data or count(data) == 0:
-            return
+    def _write_chunk(self, zf: zipfile.ZipFile, chunk: int, data: dict[str, np.ndarray]) -> None:
+        # Serialise every member before the archive is touched: a value that
+        # cannot be pickled must fail here, not half way through a member of a
+        # file that already holds results.
+        with self._pickling(data):
+            members = _members(chunk, data)
+        for name, raw in members.items():
+            with zf.open(name, "w", force_zip64=True) as member:
+                member.write(raw)
+
+    def _write_file(self, path: str, data: dict[str, np.ndarray]) -> None:
+        # A plain .npz, as np.savez writes it.
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+            self._write_chunk(zf, 0, data)
+
+    def _append_in_place(self, filename: str, data: dict[str, np.ndarray]) -> bool:
+        """Add the rows as a new member; every chunk fits, so this always succeeds."""
         with open(filename, "r+b") as fp, _open_for_append(fp) as zf:
             chunks = self._chunks(zf)
-            _write_chunk(zf, max(chunks, default=-1) + 1, data)
+            self._write_chunk(zf, max(chunks, default=-1) + 1, data)
+        return True
 
     def iter_file_chunks(self, filename: str) -> Iterator[dict[str, np.ndarray]]:
         """Yield the chunks as they were appended (columns not yet padded)."""

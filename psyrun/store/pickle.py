@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from psyrun.store.base import Store
-from psyrun.store.columns import common_dtype, count, merge_chunks, normalize, select_row
+from psyrun.store.columns import count, fits_layout, normalize, select_row
 
 __all__ = ["PickleStore"]
 
@@ -65,21 +65,12 @@ def _column_meta(column: np.ndarray) -> tuple[str, tuple[int, ...]]:
     return dtype, tuple(column.shape[1:])
 
 
-def _fits(meta: dict, data: dict[str, np.ndarray]) -> bool:
-    """Whether ``data`` can be appended without changing any column's type or shape."""
-    if set(data) != set(meta["columns"]):
-        return False
-    for key, column in data.items():
-        dtype, shape = meta["columns"][key]
-        new_dtype, new_shape = _column_meta(column)
-        if new_shape != tuple(shape):
-            return False
-        if dtype == "U" or new_dtype == "U":
-            if dtype != new_dtype:
-                return False
-        elif common_dtype([np.dtype(dtype), np.dtype(new_dtype)]) != np.dtype(dtype):
-            return False
-    return True
+def _layout(meta: dict) -> dict:
+    """Return the trailer's column metadata in the form ``fits_layout`` takes."""
+    return {
+        key: (None if dtype == "U" else np.dtype(dtype), tuple(shape))
+        for key, (dtype, shape) in meta["columns"].items()
+    }
 
 
 class PickleStore(Store):
@@ -169,18 +160,15 @@ class PickleStore(Store):
 
     # -- writing -------------------------------------------------------------
 
-    def save(self, filename: str, data: Mapping[str, Any]) -> None:
-        """Write ``data`` to ``filename`` (atomically: temporary file, then rename)."""
-        self._write_new(os.fspath(filename), normalize(data))
-
-    def _write_new(self, filename: str, data: dict[str, np.ndarray]) -> None:
+    def _write_file(self, path: str, data: dict[str, np.ndarray]) -> None:
         out = io.BytesIO()
         out.write(pickle.PROTO + bytes([_PROTOCOL]) + pickle.EMPTY_DICT)
-        for slot, (key, column) in enumerate(data.items()):
-            out.write(_raw_opcodes(key))
-            out.write(pickle.EMPTY_LIST + pickle.LONG_BINPUT + struct.pack("<I", slot))
-            out.write(_items_opcodes(column))
-            out.write(pickle.SETITEM)
+        with self._pickling(data):
+            for slot, (key, column) in enumerate(data.items()):
+                out.write(_raw_opcodes(key))
+                out.write(pickle.EMPTY_LIST + pickle.LONG_BINPUT + struct.pack("<I", slot))
+                out.write(_items_opcodes(column))
+                out.write(pickle.SETITEM)
         stop = out.tell()
         out.write(pickle.STOP)
         meta = {
@@ -190,43 +178,30 @@ class PickleStore(Store):
             "columns": {k: _column_meta(v) for k, v in data.items()},
         }
         out.write(self._trailer(meta))
-        tmp = f"{filename}.tmp{os.getpid()}"
-        with open(tmp, "wb") as f:
+        with open(path, "wb") as f:
             f.write(out.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, filename)
 
     @staticmethod
     def _trailer(meta: dict) -> bytes:
         raw = pickle.dumps(meta, protocol=_PROTOCOL)
         return raw + _TRAILER_END.pack(len(raw)) + _MAGIC
 
-    def append(self, filename: str, data: Mapping[str, Any]) -> None:
-        """Add the rows of ``data``, writing only the new rows when possible."""
-        filename = os.fspath(filename)
-        new = normalize(data)
-        if not os.path.exists(filename):
-            self._write_new(filename, new)
-            return
-        if count(new) == 0:
-            # No rows: nothing to add (and no column may change type because of it).
-            return
+    def _append_in_place(self, filename: str, data: dict[str, np.ndarray]) -> bool:
+        """Write only the new rows, committed by a final one-byte write."""
         with open(filename, "rb") as f:
             meta = self._read_meta(f)
-        if meta is None or meta["rows"] == 0 or not _fits(meta, new):
-            # A file without rows takes its column types from the first rows.
-            old = self.load(filename)
-            self._write_new(filename, merge_chunks([old, new]) if old else new)
-            return
+        # A file without rows takes its column types from the first rows.
+        if meta is None or meta["rows"] == 0 or not fits_layout(_layout(meta), data):
+            return False
         section = io.BytesIO()
-        for slot, key in enumerate(meta["columns"]):
-            section.write(pickle.LONG_BINGET + struct.pack("<I", slot))
-            section.write(_items_opcodes(new[key]))
-            section.write(pickle.POP)
+        with self._pickling(data):
+            for slot, key in enumerate(meta["columns"]):
+                section.write(pickle.LONG_BINGET + struct.pack("<I", slot))
+                section.write(_items_opcodes(data[key]))
+                section.write(pickle.POP)
         new_stop = meta["stop"] + section.tell()
         section.write(pickle.STOP)
-        rows = meta["rows"] + count(new)
+        rows = meta["rows"] + count(data)
         new_meta = dict(meta, stop=new_stop, prev_stop=meta["stop"], rows=rows)
         section.write(self._trailer(new_meta))
         payload = section.getvalue()
@@ -241,3 +216,4 @@ class PickleStore(Store):
             f.seek(meta["stop"])
             f.write(payload[:1])
             f.flush()
+        return True

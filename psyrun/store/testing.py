@@ -13,19 +13,40 @@ fixture::
         def store(self):
             return MyStore()
 
-The suite needs pytest; it is imported only by tests.
+The suite also checks that the ``supports_*`` flags are true: a store that
+claims row ranges, chunk iteration or cheap row counts must neither call
+``load`` for them nor allocate memory for the whole file (measured with
+:mod:`tracemalloc`).
+
+:func:`store_model_test` adds a stateful test (hypothesis): random sequences
+of saves, appends and reads, checked against a plain list of rows::
+
+    from psyrun.store.testing import store_model_test
+
+    TestMyStoreModel = store_model_test(MyStore)
+
+The suite needs pytest, and :func:`store_model_test` needs hypothesis; it is
+imported only by tests.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
+import shutil
+import tempfile
+import threading
+import tracemalloc
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
 
-from psyrun.store.base import Store
+from psyrun.atomic import tmp_name
+from psyrun.store.base import Store, UnsupportedValueError
 
-__all__ = ["StoreTests", "assert_columns_equal"]
+__all__ = ["StoreTests", "assert_columns_equal", "store_model", "store_model_test"]
 
 
 def assert_columns_equal(actual: dict, expected: dict) -> None:
@@ -44,6 +65,46 @@ def assert_columns_equal(actual: dict, expected: dict) -> None:
             assert got.tolist() == want.tolist(), f"column {key!r}"
 
 
+@contextlib.contextmanager
+def _forbidden(store: Store, *names: str) -> Iterator[None]:
+    """Make the methods ``names`` of this store instance fail when called."""
+
+    def refuse(name: str) -> Callable:
+        def method(*args, **kwargs):
+            raise AssertionError(
+                f"{type(store).__name__}.{name} was called, but the store's flags "
+                "promise that this operation does not read the whole file"
+            )
+
+        return method
+
+    for name in names:
+        setattr(store, name, refuse(name))
+    try:
+        yield
+    finally:
+        for name in names:
+            delattr(store, name)
+
+
+@contextlib.contextmanager
+def _peak_memory() -> Iterator[dict[str, int]]:
+    """Measure the peak of memory allocated inside the block (``result['peak']``)."""
+    started = not tracemalloc.is_tracing()
+    if started:
+        tracemalloc.start()
+    tracemalloc.reset_peak()
+    before, _ = tracemalloc.get_traced_memory()
+    result: dict[str, int] = {}
+    try:
+        yield result
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        result["peak"] = peak - before
+        if started:
+            tracemalloc.stop()
+
+
 class StoreTests:
     """The behaviour every :class:`~psyrun.store.base.Store` promises.
 
@@ -53,10 +114,14 @@ class StoreTests:
         Whether the store keeps ``str`` columns.
     supports_objects : bool
         Whether the store keeps arbitrary Python objects (object columns).
+    capability_rows : int
+        Rows of the file the ``supports_*`` flags are checked on (one float
+        column, so 8 bytes per row); reading all of it must show up clearly.
     """
 
     supports_strings: bool = True
     supports_objects: bool = False
+    capability_rows: int = 1 << 19
 
     @pytest.fixture
     def store(self) -> Store:
@@ -78,6 +143,15 @@ class StoreTests:
         assert store.ext == store.ext.lower()
         for flag in ("supports_row_range", "supports_chunks", "supports_row_count"):
             assert isinstance(getattr(store, flag), bool)
+        for name in ("library", "requirement", "column_kinds"):
+            assert getattr(store, name) is None or isinstance(getattr(store, name), str)
+
+    def test_preload_imports_the_library(self, store):
+        module = store.preload()
+        if store.library is None:
+            assert module is None
+        else:
+            assert module.__name__ == store.library
 
     # -- save / load -------------------------------------------------------------
 
@@ -231,15 +305,84 @@ class StoreTests:
     def test_unsupported_values_rejected_before_writing(self, store, filename):
         if self.supports_objects:
             pytest.skip("store keeps arbitrary objects")
-        with pytest.raises(TypeError, match="'o'"):
+        with pytest.raises(TypeError, match="'o'") as info:
             store.append(filename, {"o": [{"k": 1}, None]})
+        assert info.type is UnsupportedValueError
+        assert "dict" in str(info.value)
+        assert "exclude_from_result" in str(info.value)
         assert not self._exists(filename)
         store.save(filename, {"x": [1.0]})
         with pytest.raises(TypeError, match="'o'"):
             store.append(filename, {"x": [2.0], "o": [object()]})
         assert_columns_equal(store.load(filename), {"x": [1.0]})
 
-    # -- optional capabilities -----------------------------------------------------
+    def test_check_rejects_what_append_rejects(self, store, filename):
+        if self.supports_objects:
+            pytest.skip("store keeps arbitrary objects")
+        for check in (store.check, lambda data: store.check(data, filename)):
+            with pytest.raises(UnsupportedValueError, match=r"'o'.*exclude_from_result"):
+                check({"x": [1.0], "o": [{"k": 1}]})
+        assert not self._exists(filename)
+
+    def test_check_accepts_what_append_accepts(self, store, filename):
+        data = {"x": [1.0, 2.0], "n": [1, 2], "v": np.zeros((2, 3))}
+        if self.supports_strings:
+            data["s"] = ["a", "b"]
+        if self.supports_objects:
+            data["o"] = [{"k": 1}, None]
+        store.check(data)
+        store.check(data, filename)
+        assert not self._exists(filename)
+        with pytest.raises(ValueError, match="same length"):
+            store.check({"a": [1.0], "b": [1.0, 2.0]})
+
+    def test_unpicklable_values_rejected_by_name(self, store, filename):
+        # A value no store can write (a lock, a GPU context): the error names the
+        # key, and neither a new nor an existing file is touched.
+        data = {"x": [1.0, 2.0], "handle": [None, threading.Lock()]}
+        with pytest.raises(UnsupportedValueError, match=r"'handle'.*exclude_from_result"):
+            store.check(data, filename)
+        with pytest.raises(UnsupportedValueError, match="'handle'"):
+            store.append(filename, data)
+        assert not self._exists(filename)
+        store.save(filename, {"x": [0.0]})
+        for write in (store.append, store.save):
+            with pytest.raises(UnsupportedValueError, match="'handle'"):
+                write(filename, data)
+            assert_columns_equal(store.load(filename), {"x": [0.0]})
+        assert os.listdir(os.path.dirname(filename)) == [os.path.basename(filename)]
+
+    # -- the file as a whole: exists, remove, replace, temporary names ------------
+
+    def test_exists_remove_replace(self, store, filename):
+        assert not store.exists(filename)
+        store.remove(filename)  # nothing to remove is fine
+        store.save(filename, {"a": [1.0]})
+        assert store.exists(filename)
+        tmp = tmp_name(filename)
+        store.append(tmp, {"a": [2.0]})
+        store.append(tmp, {"a": [3.0], "b": [4.0]})
+        store.replace(tmp, filename)
+        assert not os.path.exists(tmp)
+        assert_columns_equal(store.load(filename), {"a": [2.0, 3.0], "b": [np.nan, 4.0]})
+        store.remove(filename)
+        assert not store.exists(filename)
+        assert not os.path.exists(filename)
+
+    def test_writes_leave_no_temporary_files(self, store, filename):
+        store.save(filename, {"a": [1.0]})
+        store.save(filename, {"a": [1.0, 2.0]})
+        store.append(filename, {"a": [3.0]})
+        store.append(filename, {"a": [4.0], "b": [[1, 2]]})  # a new key: a rewrite
+        with pytest.raises(ValueError, match="same length"):
+            store.save(filename, {"a": [1.0], "b": [1.0, 2.0]})
+        assert os.listdir(os.path.dirname(filename)) == [os.path.basename(filename)]
+        assert_columns_equal(
+            store.load(filename),
+            {"a": [1.0, 2.0, 3.0, 4.0], "b": [[np.nan, np.nan]] * 3 + [[1.0, 2.0]]},
+        )
+
+    # -- optional capabilities: correct results ---------------------------------------
 
     def test_load_rows_matches_slicing(self, store, filename):
         data = {"a": np.arange(10.0), "v": np.arange(20).reshape(10, 2)}
@@ -269,3 +412,249 @@ class StoreTests:
         assert store.count_rows(filename) == 5
         store.append(filename, {"a": np.arange(3.0)})
         assert store.count_rows(filename) == 8
+
+    # -- optional capabilities: the flags are true ----------------------------------------
+
+    def _capability_file(self, store: Store, filename: str, flag: str) -> int:
+        """Skip unless the store sets ``flag``; else write the test file and return its size.
+
+        The file holds ``capability_rows`` rows of one float column, in 8 appends.
+        """
+        if not getattr(store, flag):
+            pytest.skip(f"store does not set {flag}")
+        x = np.arange(self.capability_rows, dtype=float)
+        for piece in np.array_split(x, 8):
+            store.append(filename, {"x": piece})
+        return x.nbytes
+
+    @staticmethod
+    def _assert_reads_part(what: str, peak: int, limit: float, flag: str) -> None:
+        assert peak < limit, (
+            f"{what} allocated up to {peak} bytes at once (limit {int(limit)}): "
+            f"{flag} promises that it does not read the whole file"
+        )
+
+    def test_row_range_reads_only_those_rows(self, store, filename):
+        total = self._capability_file(store, filename, "supports_row_range")
+        middle = self.capability_rows // 2
+        with _forbidden(store, "load", "iter_chunks"), _peak_memory() as memory:
+            rows = store.load_rows(filename, middle, middle + 10)
+        assert_columns_equal(rows, {"x": np.arange(middle, middle + 10, dtype=float)})
+        self._assert_reads_part("load_rows", memory["peak"], total / 4, "supports_row_range")
+
+    def test_load_of_one_row_reads_only_that_row(self, store, filename):
+        total = self._capability_file(store, filename, "supports_row_range")
+        with _peak_memory() as memory:
+            row = store.load(filename, row=-1)
+        assert_columns_equal(row, {"x": [self.capability_rows - 1.0]})
+        self._assert_reads_part("load(row=-1)", memory["peak"], total / 4, "supports_row_range")
+
+    def test_iter_chunks_holds_one_chunk_at_a_time(self, store, filename):
+        total = self._capability_file(store, filename, "supports_chunks")
+        chunk_rows = self.capability_rows // 16
+        seen = 0
+        with _forbidden(store, "load"), _peak_memory() as memory:
+            for chunk in store.iter_chunks(filename, chunk_rows=chunk_rows):
+                assert len(chunk["x"]) <= chunk_rows
+                assert chunk["x"][0] == seen
+                seen += len(chunk["x"])
+                del chunk
+        assert seen == self.capability_rows
+        self._assert_reads_part("iter_chunks", memory["peak"], total / 2, "supports_chunks")
+
+    def test_count_rows_reads_no_rows(self, store, filename):
+        total = self._capability_file(store, filename, "supports_row_count")
+        with _forbidden(store, "load", "load_rows", "iter_chunks"), _peak_memory() as memory:
+            n = store.count_rows(filename)
+        assert n == self.capability_rows
+        self._assert_reads_part("count_rows", memory["peak"], total / 8, "supports_row_count")
+
+
+# -- the stateful model test -------------------------------------------------------------
+
+
+def store_model(make_store: Callable[[], Store], strings: bool = True) -> type:
+    """Build a hypothesis state machine that checks a store against a list of rows.
+
+    The machine saves and appends random chunks (float, int, per-row vector
+    and, with `strings`, str columns; keys come and go, vector widths change)
+    and checks :meth:`~Store.load`, ``load(row=...)``, :meth:`~Store.load_rows`,
+    :meth:`~Store.iter_chunks` and :meth:`~Store.count_rows` against the rows
+    it added, padded as the stores promise.
+
+    Parameters
+    ----------
+    make_store
+        Returns the store to test (a class works).
+    strings
+        Whether the store keeps str columns.
+
+    Returns
+    -------
+    type
+        A ``hypothesis.stateful.RuleBasedStateMachine`` subclass.
+    """
+    from hypothesis import strategies as st
+    from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+    keys = ["a", "b", "v", "s"] if strings else ["a", "b", "v"]
+
+    @st.composite
+    def chunks(draw):
+        """Draw a chunk: the column mapping passed to the store and its rows."""
+        n = draw(st.integers(1, 4))
+        present = draw(st.sets(st.sampled_from(keys), min_size=1))
+        columns = {}
+        if "a" in present:
+            values = draw(st.lists(st.integers(-9, 9), min_size=n, max_size=n))
+            columns["a"] = [float(x) for x in values]
+        if "b" in present:
+            columns["b"] = draw(st.lists(st.integers(-9, 9), min_size=n, max_size=n))
+        if "v" in present:
+            width = draw(st.integers(1, 3))
+            row = st.lists(st.integers(-9, 9), min_size=width, max_size=width)
+            vectors = draw(st.lists(row, min_size=n, max_size=n))
+            columns["v"] = [[float(x) for x in r] for r in vectors]
+        if "s" in present:
+            text = st.text(st.sampled_from("xyzé"), min_size=1, max_size=4)
+            columns["s"] = draw(st.lists(text, min_size=n, max_size=n))
+        rows = [{k: columns[k][i] for k in columns} for i in range(n)]
+        return columns, rows
+
+    class StoreModel(RuleBasedStateMachine):
+        """The model is a list of rows; a key absent from a row is missing there."""
+
+        def __init__(self):
+            super().__init__()
+            self.store = make_store()
+            self.dir = tempfile.mkdtemp(prefix="psyrun-stateful-")
+            self.filename = f"{self.dir}/r{self.store.ext}"
+            self.rows: list[dict] | None = None
+            self.keys: list[str] = []
+
+        def teardown(self):
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+        def _expected(self, rows):
+            """Columns as the store should return them, built from the rows alone."""
+            rows = list(rows)
+            out = {}
+            for key in self.keys:
+                values = [r.get(key) for r in self.rows]
+                if key == "v":
+                    width = max(len(v) for v in values if v is not None)
+                    padded = np.full((len(values), width), math.nan)
+                    for i, v in enumerate(values):
+                        if v is not None:
+                            padded[i, : len(v)] = v
+                    out[key] = padded[rows]
+                elif key == "s":
+                    out[key] = ["" if values[i] is None else values[i] for i in rows]
+                else:
+                    column = [math.nan if v is None else v for v in values]
+                    out[key] = np.array(column, dtype=float)[rows]
+            return out
+
+        def _compare(self, loaded, rows):
+            expected = self._expected(rows)
+            assert list(loaded) == list(expected)
+            for key, want in expected.items():
+                got = loaded[key]
+                assert isinstance(got, np.ndarray)
+                if key == "s":
+                    assert got.tolist() == want
+                    continue
+                np.testing.assert_array_equal(got.astype(float), want)
+                if any(r.get(key) is None for r in self.rows) or key == "a":
+                    assert got.dtype.kind == "f", (key, got.dtype)
+
+        def _add(self, rows, replace):
+            if replace:
+                self.rows, self.keys = [], []
+            for row in rows:
+                for key in row:
+                    if key not in self.keys:
+                        self.keys.append(key)
+            self.rows = [*self.rows, *rows]
+
+        @rule(chunk=chunks())
+        def save(self, chunk):
+            columns, rows = chunk
+            self.store.save(self.filename, columns)
+            self._add(rows, replace=True)
+
+        @rule(chunk=chunks())
+        def append(self, chunk):
+            columns, rows = chunk
+            self.store.append(self.filename, columns)
+            self._add(rows, replace=self.rows is None)
+
+        @precondition(lambda self: self.rows is not None)
+        @rule()
+        def load(self):
+            self._compare(self.store.load(self.filename), range(len(self.rows)))
+
+        @precondition(lambda self: self.rows is not None)
+        @rule(data=st.data())
+        def load_row(self, data):
+            i = data.draw(st.integers(-len(self.rows), len(self.rows) - 1))
+            self._compare(self.store.load(self.filename, row=i), [range(len(self.rows))[i]])
+
+        @precondition(lambda self: self.rows is not None)
+        @rule(data=st.data())
+        def load_rows(self, data):
+            n = len(self.rows)
+            start = data.draw(st.integers(0, n))
+            stop = data.draw(st.integers(start, n + 2))
+            self._compare(self.store.load_rows(self.filename, start, stop), range(n)[start:stop])
+
+        @precondition(lambda self: self.rows is not None)
+        @rule(chunk_rows=st.integers(1, 5))
+        def iter_chunks(self, chunk_rows):
+            pieces = list(self.store.iter_chunks(self.filename, chunk_rows=chunk_rows))
+            joined = {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
+            self._compare(joined, range(len(self.rows)))
+
+        @invariant()
+        def row_count(self):
+            if self.rows is not None:
+                assert self.store.count_rows(self.filename) == len(self.rows)
+
+        @invariant()
+        def exists(self):
+            assert self.store.exists(self.filename) == (self.rows is not None)
+
+    name = getattr(make_store, "__name__", type(make_store).__name__)
+    StoreModel.__name__ = StoreModel.__qualname__ = f"{name}Model"
+    return StoreModel
+
+
+def store_model_test(
+    make_store: Callable[[], Store],
+    strings: bool = True,
+    max_examples: int = 30,
+    steps: int = 10,
+) -> type:
+    """Return a test case class running :func:`store_model` for ``make_store``.
+
+    Assign it to a ``Test...`` name in a test module for pytest to collect it.
+
+    Parameters
+    ----------
+    make_store, strings
+        As for :func:`store_model`.
+    max_examples
+        Number of random sequences of operations.
+    steps
+        Operations per sequence.
+
+    Returns
+    -------
+    type
+        A :class:`unittest.TestCase` subclass.
+    """
+    from hypothesis import settings
+
+    machine = store_model(make_store, strings=strings)
+    configured = settings(max_examples=max_examples, stateful_step_count=steps, deadline=None)
+    return configured(machine).TestCase

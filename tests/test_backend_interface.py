@@ -41,19 +41,16 @@ class OneJobBackend(Backend):
 
     def plan(self, cont: bool = False) -> Plan:
         """Plan the single job (nothing when the results are current, or none is missing)."""
-        job = Job(
-            self.paths.job_name("all"),
-            self.job_command("all", cont=cont),
-            self.paths.log("all"),
-        )
-        graph = JobGraph(self.task.name, [job])
+        name = self.paths.job_name("all")
         todo = len(self.get_missing()) if cont else len(self.task.pspace)
         if (not cont and self.is_current()) or todo == 0:
+            graph = JobGraph(self.task.name, [Job(name, [], self.paths.log("all"))])
             return Plan(graph, up_to_date=True, reason="results are current")
         self.paths.make_dirs()
         # A new run: the markers of the last one no longer tell how its jobs ended.
         self.clear_markers()
-        return Plan(graph, reason="results missing", n_rows=todo)
+        job = Job(name, self.job_command("all", cont=cont), self.paths.log("all"))
+        return Plan(JobGraph(self.task.name, [job]), reason="results missing", n_rows=todo)
 
     def run_job(self, kind: str, index: int | None, description: Mapping[str, Any]) -> int:
         """Evaluate the rows (only the missing ones with ``cont``) and save every result."""
@@ -61,7 +58,7 @@ class OneJobBackend(Backend):
             raise ValueError(f"OneJobBackend has no job {kind!r} (index {index})")
         store, result = self.task.store, self.paths.result
         done: dict[str, list] = {}
-        if description.get("cont") and os.path.exists(result):
+        if description.get("cont") and store.exists(result):
             done = {k: list(v) for k, v in store.load(result).items()}
             rows = self.get_missing()
         else:
@@ -75,7 +72,7 @@ class OneJobBackend(Backend):
 
     def get_missing(self):
         """The assignments of the task's space without a row in the result file."""
-        if not os.path.exists(self.paths.result):
+        if not self.task.store.exists(self.paths.result):
             return self.task.pspace
         return missing_rows(self.task.pspace, self.task.store.load(self.paths.result))
 

@@ -443,8 +443,13 @@ def merge(directory: str, merged: str, overwrite: bool) -> None:
         )
     except (TypeError, ValueError) as exc:
         # A value the output's format cannot hold (an object column into HDF5, ...).
+        # The store names the temporary file it was writing: name the user's file.
+        from psyrun.atomic import tmp_name
+
+        text = str(exc).replace(tmp_name(os.path.abspath(merged)), merged)
+        text = text.replace(tmp_name(merged), merged)
         raise click.ClickException(
-            f"cannot merge into {merged}: {exc}".splitlines()[0]
+            f"cannot merge into {merged}: {text}".splitlines()[0]
             + f"; {merged} was not written (choose a format that holds these values, "
             "such as .pkl)"
         ) from None

@@ -112,6 +112,7 @@ def write_merged(
     log=None,
     source_store=None,
     drop: Collection[str] = (),
+    consume: bool = False,
 ) -> int:
     """Stream `base` (kept whole) and `sources` into `dest`; return rows written.
 
@@ -141,6 +142,10 @@ def write_merged(
         Columns left out of every chunk (the task's ``exclude_from_result``,
         so a column excluded after the parts were written does not reach the
         result).
+    consume : bool, optional
+        The sources may be used up (the merge job's part files): a single
+        source already in `store`'s format is renamed to `dest` instead of
+        copied.
     """
     if source_store is None:
         source_store = store
@@ -162,6 +167,14 @@ def write_merged(
                 log(f"skipping unreadable part {path}: {type(exc).__name__}: {exc}")
             continue
         good.append(path)
+    if consume and not has_base and len(good) == 1:
+        source = _store_of(source_store, good[0])
+        first = next(iter(source.iter_chunks(good[0])), {}) if drop else {}
+        if type(source) is type(store) and not drop & set(first):
+            # Nothing to convert, drop or add: the part becomes the result.
+            rows = source.count_rows(good[0])
+            store.replace(good[0], dest)
+            return rows
     keep = None
     if has_base and good:
         seen = load_params(store, [base], keys)

@@ -263,7 +263,6 @@ def run_task(
 
 def _interrupted(task, backend, scheduler, exc: KeyboardInterrupt) -> RunReport:
     signum = getattr(exc, "signum", signal.SIGINT)
-    kept = backend.rows_evaluated()
     if getattr(scheduler, "attached", False):
         with contextlib.suppress(Exception):
             scheduler.shutdown(cancel=True)
@@ -273,6 +272,8 @@ def _interrupted(task, backend, scheduler, exc: KeyboardInterrupt) -> RunReport:
             "jobs already submitted stay in the cluster's queue "
             f"(`psy status {task.name}` follows them, `psy kill {task.name}` cancels them)"
         )
+    # Counted after the jobs stopped: they write their last rows as they go.
+    kept = backend.rows_evaluated()
     return RunReport(
         task.name,
         "interrupted",

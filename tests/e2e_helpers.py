@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import textwrap
 import time
@@ -282,3 +283,77 @@ def run_recorded_jobs(state_file: str | os.PathLike, cwd: str | os.PathLike) -> 
         job["state"] = "done"
         path.write_text(json.dumps(state))
     return statuses
+
+
+def start_psy(*args: str, cwd: str | os.PathLike, env=None) -> subprocess.Popen:
+    """Start ``psy *args`` in `cwd` in the background (own session); stdout+stderr merged.
+
+    For tests that signal a run or look at it from another ``psy`` while it goes.
+    """
+    full_env = dict(os.environ)
+    full_env.update({"NO_COLOR": "1", "COLUMNS": "200", "PYTHONUNBUFFERED": "1"})
+    full_env.pop("PYTHONWARNINGS", None)
+    if env:
+        full_env.update(env)
+    return subprocess.Popen(
+        [*psy_command(), *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=full_env,
+        start_new_session=True,
+    )
+
+
+def finish(proc: subprocess.Popen, timeout: float = PSY_TIMEOUT) -> str:
+    """Wait for a background ``psy`` (killing its group after `timeout`); return its output."""
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        raise AssertionError(f"psy did not finish within {timeout} s\n{out}") from None
+    return out
+
+
+def rows_reported(task_root: str | os.PathLike) -> int:
+    """Rows the jobs of a run have written so far (their ``status/*.rows`` counters)."""
+    total = 0
+    for path in Path(task_root, "status").glob("*.rows"):
+        try:
+            total += int(path.read_text().strip() or 0)
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def wait_until(predicate, what: str, timeout: float = 60.0, proc=None) -> None:
+    """Poll `predicate` until it is true; fail naming `what` after `timeout` s.
+
+    When `proc` (a background psy) ends first, fail with its output: the
+    run finished before the test could act on it.
+    """
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"psy ended before {what}:\n{proc.stdout.read()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def wait_for_rows(task_root: str | os.PathLike, n: int = 1, timeout: float = 60.0, proc=None):
+    """Wait until the jobs of a run have written at least `n` rows (see rows_reported)."""
+    wait_until(lambda: rows_reported(task_root) >= n, f"{n} rows written", timeout, proc)
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")

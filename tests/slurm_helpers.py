@@ -21,12 +21,18 @@ def slurm_unavailable_reason() -> str | None:
             ["scontrol", "ping"], capture_output=True, text=True, timeout=15, check=False
         )
     except (OSError, subprocess.TimeoutExpired) as e:
-        return f"scontrol ping failed: {e}"
+        return one_line(f"scontrol ping failed: {e}")
     if "is UP" not in proc.stdout:
-        return (
-            f"the Slurm controller does not answer: {proc.stdout.strip() or proc.stderr.strip()}"
-        )
+        said = one_line(proc.stdout.strip() or proc.stderr.strip() or "no output")
+        return f"the Slurm controller does not answer: {said}"
     return None
+
+
+def one_line(text: str, limit: int = 160) -> str:
+    """`text` (a command's banner over several lines) as one short line, for a skip reason."""
+    joined = " ".join(part.strip() for part in text.splitlines() if part.strip())
+    joined = " ".join(joined.split())
+    return joined if len(joined) <= limit else joined[: limit - 3] + "..."
 
 
 def slurm_marks() -> list:
@@ -38,4 +44,6 @@ def slurm_marks() -> list:
     import pytest
 
     reason = slurm_unavailable_reason()
+    # pytest prints the reason in its summary line: keep it one line.
+    reason = None if reason is None else one_line(reason)
     return [pytest.mark.slurm, pytest.mark.skipif(reason is not None, reason=str(reason))]

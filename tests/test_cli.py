@@ -95,7 +95,13 @@ def test_overwrite_dirty_false_refuses(project):
     assert psy("run").exit_code == 0
     bump_mtime(path)
     result = psy("run")
+    # Issue 14.10: a refusal is a failure, naming the changed file and the ways out.
+    assert result.exit_code == 1, result.output
     assert "overwrite_dirty is False" in result.output
+    assert str(path) in result.output
+    assert "psy run -c square" in result.output
+    assert "psy clean square" in result.output
+    assert "overwrite_dirty = True" in result.output
     assert ". square:split" not in result.output
     # Continuing is still allowed (it keeps the results).
     assert psy("run", "-c").exit_code == 0

@@ -262,10 +262,14 @@ def test_broken_task_file_is_reported_and_others_still_load(tmp_path):
     assert "good" in listing.stdout.split(), describe(listing)
     assert "task_broken.py" in text, describe(listing)
     assert "boom while loading" in text, describe(listing)
-    # The exit status may report the broken file; the named task must still run.
-    run = psy("run", "good", cwd=tmp_path, subprocess=True)
-    assert "Traceback" not in run.stdout + run.stderr, describe(run)
-    assert "task_broken.py" in run.stderr, describe(run)
+    # Naming a task loads only its file (issue 14.8): not a word about the broken one.
+    run = ok(psy("run", "good", cwd=tmp_path, subprocess=True))
+    assert "task_broken.py" not in run.stdout + run.stderr, describe(run)
+    # Running every task reports the broken file and fails.
+    every = psy("run", cwd=tmp_path, subprocess=True)
+    assert every.returncode == 1, describe(every)
+    assert "Traceback" not in every.stderr, describe(every)
+    assert "task_broken.py" in every.stderr, describe(every)
     assert sorted_rows(load_result(result_path(tmp_path, "good"), "pickle")) == square_rows(
         range(3)
     )

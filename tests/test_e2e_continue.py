@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -27,6 +26,7 @@ from e2e_helpers import (
     sorted_rows,
     square_rows,
     status_counts,
+    wait_for_rows,
     write,
 )
 from psy_helpers import describe, ok, psy, task_result, write_task
@@ -245,7 +245,7 @@ import time
 import numpy as np
 from psyrun import Param
 {backend}
-pspace = Param(a=np.arange(40))
+pspace = Param(a=np.arange(80))
 max_jobs = 4
 def execute(a):
     time.sleep(0.04)
@@ -274,12 +274,10 @@ def test_ctrl_c_then_continue_keeps_rows_once(tmp_path, backend):
         env=env,
         start_new_session=True,
     )
-    # Wait until a process job has started, then press "Ctrl-C".
+    # Wait until a job has written a row (not a fixed time: the machine may be
+    # loaded), then press "Ctrl-C".
     log_dir = tmp_path / "psy-work" / "slow"
-    deadline = time.monotonic() + 30
-    while not list(log_dir.glob("slow:process:*.log")) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.6)
+    wait_for_rows(log_dir, 1, proc=proc)
     os.killpg(proc.pid, signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, out
@@ -291,7 +289,7 @@ def test_ctrl_c_then_continue_keeps_rows_once(tmp_path, backend):
     )
     assert cont.returncode == 0, cont.stdout + cont.stderr
     result = get_store(".pkl").load(str(log_dir / "result.pkl"))
-    assert sorted(result["a"].tolist()) == list(range(40))
+    assert sorted(result["a"].tolist()) == list(range(80))
     assert all(y == 2 * a for a, y in zip(result["a"], result["y"]))
 
 

@@ -342,10 +342,12 @@ def test_overwrite_dirty_false_refuses_with_a_warning(tmp_path):
     age_files(tmp_path)
     write(task, counting_task(side, [*range(6), 40, 41], settings=settings))
     refused = psy("run", cwd=tmp_path, subprocess=True)
+    assert refused.returncode == 1, describe(refused)
     assert "Traceback" not in refused.stderr, describe(refused)
     text = refused.stdout + refused.stderr
     assert re.search(r"dirty|overwrit", text, re.IGNORECASE), describe(refused)
     assert "keep" in text, describe(refused)
+    assert str(task) in text, describe(refused)
     assert calls(side) == dict.fromkeys(range(6), 1), "rows were evaluated despite the refusal"
     assert result.read_bytes() == before, "the result file was overwritten"
 

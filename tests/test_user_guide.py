@@ -26,6 +26,7 @@ import textwrap
 import time
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -634,9 +635,13 @@ def test_config_documents_every_special_variable_with_0_8_defaults():
         getattr(conf, name)
     assert conf.max_jobs == 100  # "By default max_jobs is set to 100"
     assert conf.min_items == 1
-    assert isinstance(conf.scheduler, ImmediateRun)
+    # The scheduler and backend defaults are resolved where they are used.
+    from psyrun import defaults
+
+    task = SimpleNamespace(config=conf)
+    assert isinstance(defaults.scheduler_for(task), ImmediateRun)
     assert isinstance(conf.store, PickleStore)
-    assert conf.backend is DistributeBackend
+    assert defaults.backend_class(task) is DistributeBackend
     assert conf.scheduler_args == {}
     assert conf.resultfile is None
     assert os.path.basename(conf.workdir) == "psy-work"
@@ -1359,7 +1364,7 @@ def test_interfacing_other_schedulers(tmp_path):
     assert all(j["args_seen"] == {"queue": "long"} for j in jobs)
     assert all(j["depends_on"] == ["0"] for j in jobs[1:101])
     assert sorted(jobs[101]["depends_on"], key=int) == [str(i) for i in range(1, 101)]
-    status = psy("status", "-v", cwd=tmp_path)
+    status = psy("status", "-v", "-v", cwd=tmp_path)
     assert "own: 0 out of 5000 rows completed" in status.stdout
     assert "own:merge" in status.stdout
     psy("kill", "own", cwd=tmp_path)
@@ -1472,10 +1477,10 @@ def test_immediate_run_is_the_default_and_runs_jobs_on_submission(tmp_path):
     # When psy run returns, every job has run: no queue, complete results.
     assert executed(tmp_path / "calls") == [3, 4]
     assert (tmp_path / "psy-work" / "now" / "result.pkl").exists()
-    from psyrun import ImmediateRun
+    from psyrun import ImmediateRun, defaults
     from psyrun.tasks import Config
 
-    assert isinstance(Config().scheduler, ImmediateRun)
+    assert isinstance(defaults.scheduler_for(SimpleNamespace(config=Config())), ImmediateRun)
 
 
 # ================================================================================= Recipes

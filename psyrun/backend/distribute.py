@@ -108,9 +108,10 @@ class DistributeBackend(SplitMergeBackend):
                     pending.append(result)
                     pending_rows += len(next(iter(result.values())))
                 if pending and (now - last_flush >= FLUSH_SECONDS or pending_rows >= MAX_PENDING):
-                    self._append(partial, pending)
+                    # Emptied first: a stop during the append must not append it twice.
+                    flushed, pending, pending_rows, last_flush = pending, [], 0, now
+                    self._append(partial, flushed)
                     self.report_rows(job_name, evaluated)
-                    pending, pending_rows, last_flush = [], 0, now
                 if not vectorized:
                     target = FLUSH_SECONDS / 4 / per_row if per_row > 0 else MAX_BLOCK
                     block = int(max(MIN_BLOCK, min(MAX_BLOCK, 2 * block, target)))

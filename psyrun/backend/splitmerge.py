@@ -126,7 +126,9 @@ class SplitMergeBackend(Backend):
         total = len(self.task.pspace)
         notes = []
         if not self.store.exists(self.paths.result) and self.paths.list_parts() == []:
-            if os.path.exists(self.paths.submitted):
+            merged = self.paths.status_file(self.paths.job_name("merge"), "done")
+            if os.path.exists(merged):
+                # The last run finished, so its result was there: it was deleted.
                 notes.append(
                     f"the result file {self.paths.result} does not exist (deleted?); "
                     f"`psy run -c {self.task.name}` evaluates all {total} rows again"
@@ -358,6 +360,7 @@ class SplitMergeBackend(Backend):
             log=self._log,
             source_store=self.store_for,
             drop=self.task.exclude_from_result,
+            consume=True,
         )
         p.clear_parts()
         self._log(f"merged {len(parts)} parts; {rows} rows in {p.result}")

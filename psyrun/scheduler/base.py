@@ -239,7 +239,9 @@ class Scheduler(abc.ABC):
 
         The token ``%a`` in any element of `args` and in `output_filename`
         stands for the index. The default submits one job per index with
-        :meth:`submit`; every job gets the same `name`.
+        :meth:`submit`, named ``<name>:<index>`` (so that per-job scheduler
+        arguments and status queries see each job's own name, as in psyrun
+        0.8).
 
         Returns
         -------
@@ -253,7 +255,7 @@ class Scheduler(abc.ABC):
             self.submit(
                 [substitute_index(a, i) for a in argv],
                 substitute_index(output_filename, i),
-                name=name,
+                name=None if name is None else f"{name}:{i}",
                 depends_on=deps,
                 scheduler_args=scheduler_args,
             )

@@ -21,8 +21,8 @@ can still silence them::
 =============================  ====================================================
 
 Unlike psyrun 0.8, importing this module does not change the warning filters.
-The errors raised elsewhere (:class:`~psyrun.tasks.TaskDirError`,
-:class:`~psyrun.pspace.AmbiguousOperationError`,
+:class:`TaskDirError` is defined here (and raised by :mod:`psyrun.tasks`); the
+errors raised elsewhere (:class:`~psyrun.pspace.AmbiguousOperationError`,
 :class:`~psyrun.scheduler.SchedulerError`) can be imported from here as well.
 """
 
@@ -35,7 +35,6 @@ import importlib
 _ELSEWHERE = {
     "AmbiguousOperationError": "psyrun.pspace",
     "SchedulerError": "psyrun.scheduler.base",
-    "TaskDirError": "psyrun.tasks",
 }
 
 __all__ = sorted(
@@ -45,9 +44,14 @@ __all__ = sorted(
         "TaskConfigWarning",
         "TaskWarning",
         "TaskWorkdirDirtyWarning",
+        "TaskDirError",
         *_ELSEWHERE,
     ]
 )
+
+
+class TaskDirError(FileNotFoundError):
+    """The task directory does not exist or is not a directory."""
 
 
 class TaskWarning(UserWarning):

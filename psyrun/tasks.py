@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
-from psyrun.exceptions import TaskConfigWarning
+from psyrun.exceptions import TaskConfigWarning, TaskDirError
 
 __all__ = [
     "Config",
@@ -35,10 +35,6 @@ __all__ = [
 CONF_FILENAME = "psy-conf.py"
 TASK_PREFIX = "task_"
 TASK_SUFFIX = ".py"
-
-
-class TaskDirError(FileNotFoundError):
-    """The task directory does not exist or is not a directory."""
 
 
 @dataclass(frozen=True)

@@ -1,21 +1,11 @@
-"""Helpers for tests that drive ``psy`` in-process with click's CliRunner."""
+"""Old names for tests that drive ``psy`` in-process; see :mod:`psy_helpers`.
+
+``psy(*args)`` here is :func:`psy_helpers.psy` in its default, in-process
+mode; new tests import from ``psy_helpers`` directly.
+"""
 
 from __future__ import annotations
 
-import textwrap
+from psy_helpers import PsyResult, psy, write_task
 
-from click.testing import CliRunner
-
-from psyrun.cli import main
-
-
-def write_task(project, name, text):
-    """Write ``psy-tasks/task_<name>.py`` (dedented `text`) under `project`."""
-    path = project / "psy-tasks" / f"task_{name}.py"
-    path.write_text(textwrap.dedent(text))
-    return path
-
-
-def psy(*args):
-    """Run ``psy *args`` in this process; exceptions propagate to the test."""
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+__all__ = ["PsyResult", "psy", "write_task"]

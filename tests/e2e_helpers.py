@@ -2,7 +2,8 @@
 
 The tests write task files into a temporary directory, run the ``psy`` console
 script in a subprocess from that directory (so ``psy-tasks`` and ``psy-work``
-are the defaults a user gets), and check the files and the output. Nothing
+are the defaults a user gets; ``psy`` here is ``psy_helpers.psy`` with
+``subprocess=True`` under its old name), and check the files and the output. Nothing
 here imports the task machinery (``psyrun.tasks``, ``psyrun.backend``): the
 tests judge it only from the outside.
 """
@@ -13,7 +14,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import textwrap
 import time
 from collections import Counter
@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-#: Seconds one ``psy`` call may take before the test gives up on it.
-PSY_TIMEOUT = 120
+# Re-exported: the e2e tests import the psy helpers from here too.
+from psy_helpers import PSY_TIMEOUT, PsyResult, describe, ok, psy_command  # noqa: F401
+from psy_helpers import psy as _psy
 
 # store key -> (import line, constructor expression, extension)
 STORES = {
@@ -40,63 +41,9 @@ BACKENDS = {
 }
 
 
-def psy_command() -> list[str]:
-    """The argv prefix that runs ``psy`` with this interpreter."""
-    script = Path(sys.executable).with_name("psy")
-    if script.exists():
-        # The installed console script, run by this interpreter (no PATH shims).
-        return [sys.executable, str(script)]
-    return [sys.executable, "-m", "psyrun.cli"]
-
-
-def psy(*args: str, cwd: str | os.PathLike, timeout: float = PSY_TIMEOUT, env=None):
-    """Run ``psy *args`` in `cwd`; return the CompletedProcess (text output).
-
-    A run that outlives `timeout` is killed with its whole process group
-    (jobs forked by the local scheduler included) and the test fails.
-    """
-    full_env = dict(os.environ)
-    # Plain output: no colours, no terminal progress bars, a stable width.
-    full_env.update({"NO_COLOR": "1", "COLUMNS": "200", "PYTHONUNBUFFERED": "1"})
-    full_env.pop("PYTHONWARNINGS", None)
-    if env:
-        full_env.update(env)
-    cmd = [*psy_command(), *args]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        env=full_env,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        raise AssertionError(
-            f"`psy {' '.join(args)}` did not finish within {timeout} s\n"
-            f"stdout:\n{out}\nstderr:\n{err}"
-        ) from None
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
-
-
-def ok(result) -> subprocess.CompletedProcess:
-    """Assert that a ``psy`` call succeeded, showing its output if not."""
-    assert result.returncode == 0, describe(result)
-    assert "Traceback" not in result.stderr, describe(result)
-    return result
-
-
-def describe(result) -> str:
-    """The command, exit status and output of a finished ``psy`` call."""
-    return (
-        f"command: {' '.join(result.args[1:])}\nexit status: {result.returncode}\n"
-        f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}"
-    )
+def psy(*args: str, cwd: str | os.PathLike, timeout: float = PSY_TIMEOUT, env=None) -> PsyResult:
+    """Run ``psy *args`` in `cwd` in a subprocess (``psy_helpers.psy(..., subprocess=True)``)."""
+    return _psy(*args, cwd=cwd, subprocess=True, timeout=timeout, env=env)
 
 
 def write(path: str | os.PathLike, text: str) -> Path:

@@ -10,6 +10,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from psy_helpers import psy, task_paths, task_result, write_task
 
 from psyrun.backend import DistributeBackend, LoadBalancingBackend
 from psyrun.defaults import make_backend, scheduler_for
@@ -553,3 +554,199 @@ def test_parts_are_pickle_files_and_result_uses_the_task_store(tmp_path, backend
     assert set(rows.values()) == {1}
     np.testing.assert_array_equal(data["y"], data["x"] + 0.25)
     assert backend_obj.paths.list_parts() == []
+
+
+# -- through psy: exclude_from_result, unreadable results, tiny spaces, failing rows -----
+
+
+SQUARE = """
+from psyrun import Param
+pspace = Param(x=range(12))
+max_jobs = 3
+def execute(x):
+    return {'y': x * x}
+"""
+
+
+def test_excluding_a_parameter_warns_and_continue_refuses_instead_of_duplicating(project):
+    write_task(
+        project,
+        "excl",
+        """
+        from psyrun import Param
+        pspace = Param(a=[1, 2, 3])
+        exclude_from_result = ['a', 'not_an_output']
+        def execute(a):
+            return {'y': a * 10}
+        """,
+    )
+    first = psy("run", "excl")
+    assert first.exit_code == 0, first.output
+    assert "exclude_from_result leaves out the parameter(s) 'a'" in first.output
+    assert sorted(task_result(project, "excl")["y"].tolist()) == [10, 20, 30]
+    cont = psy("run", "-c", "excl")
+    assert cont.exit_code == 1
+    assert "cannot continue task 'excl'" in cont.output
+    assert "Traceback" not in cont.output
+    # Every row once: before the fix each -c appended all rows again.
+    assert sorted(task_result(project, "excl")["y"].tolist()) == [10, 20, 30]
+
+
+def test_excluding_only_missing_keys_and_setup_keys_still_continues(project):
+    write_task(
+        project,
+        "ctx",
+        """
+        from psyrun import Param
+        pspace = Param(a=[1, 2, 3, 4])
+        exclude_from_result = ['ctx', 'never_returned']
+        def setup(proc_id):
+            return {'ctx': object()}
+        def execute(a, ctx):
+            if a == 4 and not DONE:
+                raise RuntimeError('not yet')
+            return {'y': a, 'ctx': ctx}
+        DONE = False
+        """,
+    )
+    first = psy("run", "ctx")
+    assert first.exit_code == 1
+    assert "leaves out the parameter" not in first.output
+    path = project / "psy-tasks" / "task_ctx.py"
+    path.write_text(path.read_text().replace("DONE = False", "DONE = True"))
+    assert psy("run", "-c", "ctx").exit_code == 0
+    result = task_result(project, "ctx")
+    assert sorted(result["a"].tolist()) == [1, 2, 3, 4]
+    assert "ctx" not in result
+
+
+def test_unreadable_result_is_reported_and_never_replaced(project):
+    write_task(project, "square", SQUARE)
+    assert psy("run", "square").exit_code == 0
+    result_file = task_paths(project, "square").result
+    with open(result_file, "wb") as f:
+        f.write(b"garbage")
+    status = psy("status", "square")
+    assert "skipping unreadable file" in status.output
+    assert result_file in status.output
+    cont = psy("run", "-c", "square")
+    assert cont.exit_code == 1
+    assert "cannot read the existing results" in cont.output
+    with open(result_file, "rb") as f:
+        assert f.read() == b"garbage"
+
+
+@pytest.mark.parametrize("backend", ["DistributeBackend", "LoadBalancingBackend"])
+@pytest.mark.parametrize("space", ["Param()", "Param(a=[1, 2]) - Param(a=[1, 2])"])
+def test_empty_space_runs_and_lists_no_process_job(project, backend, space):
+    write_task(
+        project,
+        "empty",
+        f"""
+        from psyrun import Param
+        from psyrun.backend import {backend}
+        backend = {backend}
+        pspace = {space}
+        def execute(**kw):
+            return {{'y': 1}}
+        """,
+    )
+    first = psy("run", "empty")
+    assert first.exit_code == 0, first.output
+    assert "process" not in first.output
+    again = psy("run", "empty")
+    assert again.output.split() == ["-", "empty:split", "-", "empty:merge"]
+    assert psy("run", "-c", "empty").exit_code == 0
+    assert "empty: 0 out of 0 rows completed" in psy("status", "empty").output
+    assert "nothing to test" in psy("test", "empty").output
+
+
+@pytest.mark.parametrize("backend", ["DistributeBackend", "LoadBalancingBackend"])
+def test_more_jobs_and_items_than_rows(project, backend):
+    write_task(
+        project,
+        "one",
+        f"""
+        from psyrun import Param
+        from psyrun.backend import {backend}
+        backend = {backend}
+        pspace = Param(a=[5])
+        max_jobs = 50
+        min_items = 1000
+        def execute(a):
+            return {{'y': a * 2}}
+        """,
+    )
+    result = psy("run", "one")
+    assert result.exit_code == 0, result.output
+    assert result.output.count(":process:") == 1
+    result = task_result(project, "one")
+    assert result["a"].tolist() == [5]
+    assert result["y"].tolist() == [10]
+
+
+@pytest.mark.parametrize("backend", ["DistributeBackend", "LoadBalancingBackend"])
+@pytest.mark.parametrize("ext", [".h5", ".zarr"])
+def test_rows_without_an_array_output_are_padded_in_every_backend(project, backend, ext):
+    """A row whose execute omits an array output reads as NaN padding, not an object."""
+    store = {".h5": "H5Store", ".zarr": "ZarrStore"}[ext]
+    module = {".h5": "h5", ".zarr": "zarr"}[ext]
+    write_task(
+        project,
+        "ragged",
+        f"""
+        import numpy as np
+        from psyrun import Param
+        from psyrun.backend import {backend}
+        from psyrun.store.{module} import {store}
+
+        pspace = Param(a=np.arange(6))
+        backend = {backend}
+        store = {store}()
+        max_jobs = 3
+
+        def execute(a):
+            return {{}} if a == 0 else {{'v': np.arange(a, dtype=float)}}
+        """,
+    )
+    result = psy("run", "ragged")
+    assert result.exit_code == 0, result.output
+    data = task_result(project, "ragged", ext)
+    order = np.argsort(data["a"])
+    v = np.asarray(data["v"])[order]
+    assert v.dtype.kind == "f"
+    assert v.shape == (6, 5)
+    assert np.isnan(v[0]).all()
+    np.testing.assert_array_equal(v[5], np.arange(5.0))
+    assert np.isnan(v[2, 2:]).all()
+
+
+@pytest.mark.parametrize("backend", ["DistributeBackend", "LoadBalancingBackend"])
+def test_a_failing_row_does_not_make_the_others_run_twice(project, backend):
+    calls = project / "calls.txt"
+    write_task(
+        project,
+        "flaky",
+        f"""
+        from psyrun import Param
+        from psyrun.backend import {backend}
+
+        pspace = Param(x=range(20))
+        backend = {backend}
+        max_jobs = 1
+
+        def execute(x):
+            with open({str(calls)!r}, 'a') as f:
+                f.write(f'{{x}}\\n')
+            if x == 13:
+                raise ValueError('thirteen')
+            return {{'y': x * x}}
+        """,
+    )
+    result = psy("run", "flaky")
+    assert result.exit_code == 1
+    evaluated = [int(line) for line in calls.read_text().split()]
+    assert sorted(evaluated) == list(range(20))
+    data = task_result(project, "flaky")
+    assert sorted(data["x"]) == [x for x in range(20) if x != 13]
+    assert all(y == x * x for x, y in zip(data["x"], data["y"]))

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import pickle
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-from cli_helpers import psy, write_task
+from psy_helpers import psy, write_task
 
+from psyrun.store import get_store
 from psyrun.tasks import load_tasks
 
 SQUARE = """
@@ -343,28 +342,18 @@ def test_continue_flag(project):
 # -- real processes ------------------------------------------------------------
 
 
-def psy_process(*args, cwd):
-    script = Path(sys.executable).with_name("psy")
-    cmd = [sys.executable, str(script)]
-    if not script.exists():
-        cmd = [sys.executable, "-m", "psyrun.cli"]
-    return subprocess.run(
-        [*cmd, *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
-    )
-
-
 def test_psy_process_runs_example_and_reports(tmp_path):
     example = Path(__file__).resolve().parents[1] / "examples" / "psy-tasks"
-    run = psy_process("run", "--taskdir", str(example), cwd=tmp_path)
+    run = psy("run", "--taskdir", str(example), cwd=tmp_path, subprocess=True)
     assert run.returncode == 0, run.stderr
     assert ". square:merge" in run.stdout
-    status = psy_process("status", "--taskdir", str(example), cwd=tmp_path)
+    status = psy("status", "--taskdir", str(example), cwd=tmp_path, subprocess=True)
     assert "square: 1000 out of 1000 rows completed" in status.stdout
     assert (tmp_path / "psy-work" / "square" / "result.pkl").exists()
 
 
 def test_psy_process_user_error_has_no_traceback(tmp_path):
-    result = psy_process("status", "--taskdir", "nowhere", cwd=tmp_path)
+    result = psy("status", "--taskdir", "nowhere", cwd=tmp_path, subprocess=True)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().count("\n") == 0
@@ -372,6 +361,84 @@ def test_psy_process_user_error_has_no_traceback(tmp_path):
 
 
 def test_psy_version(tmp_path):
-    result = psy_process("--version", cwd=tmp_path)
+    result = psy("--version", cwd=tmp_path, subprocess=True)
     assert result.returncode == 0
     assert "psy" in result.stdout
+
+
+# -- psy merge into existing files, psy test, unusable workdir ---------------------------
+
+
+def _save(path, data):
+    get_store(str(path)).save(str(path), data)
+
+
+@pytest.mark.parametrize("ext", [".pkl", ".npz"])
+def test_merge_into_existing_file_keeps_its_rows(project, ext):
+    parts = project / "parts"
+    parts.mkdir()
+    _save(parts / f"0{ext}", {"a": [1, 2], "y": [1.0, 4.0]})
+    _save(parts / f"1{ext}", {"a": [3], "y": [9.0]})
+    merged = project / f"merged{ext}"
+    _save(merged, {"a": [7], "y": [49.0]})
+    result = psy("merge", "parts", str(merged))
+    assert result.exit_code == 0, result.output
+    assert "after the 1 rows it held" in result.output
+    data = get_store(ext).load(str(merged))
+    assert sorted(data["a"].tolist()) == [1, 2, 3, 7]
+    # --overwrite replaces the file instead.
+    assert psy("merge", "--overwrite", "parts", str(merged)).exit_code == 0
+    assert sorted(get_store(ext).load(str(merged))["a"].tolist()) == [1, 2, 3]
+
+
+def test_merge_into_a_file_of_the_directory_does_not_lose_it(project):
+    """`psy merge parts parts/0.pkl` used to overwrite 0.pkl with the other files only."""
+    parts = project / "parts"
+    parts.mkdir()
+    _save(parts / "0.pkl", {"a": [1, 2]})
+    _save(parts / "1.pkl", {"a": [3]})
+    assert psy("merge", "parts", str(parts / "0.pkl")).exit_code == 0
+    assert sorted(get_store(".pkl").load(str(parts / "0.pkl"))["a"].tolist()) == [1, 2, 3]
+
+
+def test_merge_into_unreadable_existing_file_is_refused(project):
+    parts = project / "parts"
+    parts.mkdir()
+    _save(parts / "0.pkl", {"a": [1]})
+    (project / "merged.pkl").write_bytes(b"not a pickle store file")
+    result = psy("merge", "parts", "merged.pkl")
+    assert result.exit_code == 1
+    assert "cannot be read" in result.output
+    assert "--overwrite" in result.output
+    assert (project / "merged.pkl").read_bytes() == b"not a pickle store file"
+
+
+def test_psy_test_names_a_setup_that_returns_no_dict(project):
+    write_task(
+        project,
+        "setup",
+        """
+        from psyrun import Param
+        pspace = Param(a=[1])
+        def setup(proc_id):
+            return [proc_id]
+        def execute(a):
+            return {'y': a}
+        """,
+    )
+    result = psy("test", "setup")
+    assert result.exit_code == 1
+    assert "setup(0) returned list; it must return a dict" in result.output
+
+
+def test_workdir_below_a_file_gives_one_line_errors(project):
+    (project / "afile").write_text("")
+    write_task(project, "w", SQUARE + "workdir = 'afile/sub'\n")
+    run = psy("run", "w")
+    assert run.exit_code == 1
+    assert "Not a directory" in run.output
+    assert "workdir" in run.output
+    for command in ("status", "clean", "kill"):
+        result = psy(command, "w")
+        assert "Traceback" not in result.output, (command, result.output)
+        assert result.exit_code == 0, (command, result.output)

@@ -6,7 +6,8 @@ import shutil
 import subprocess
 
 import pytest
-from e2e_helpers import counting_task, ok, psy, psy_command, recorder_preamble, write
+from e2e_helpers import counting_task, recorder_preamble, write
+from psy_helpers import ok, psy, psy_command
 
 
 def test_status_summarises_thousands_of_jobs_unless_verbose(tmp_path):
@@ -20,19 +21,19 @@ def test_status_summarises_thousands_of_jobs_unless_verbose(tmp_path):
             settings="max_jobs = 500",
         ),
     )
-    ok(psy("run", cwd=tmp_path))
+    ok(psy("run", cwd=tmp_path, subprocess=True))
 
-    short = ok(psy("status", cwd=tmp_path)).stdout
+    short = ok(psy("status", cwd=tmp_path, subprocess=True)).stdout
     # Split, 500 process jobs and the merge are queued: one summary line, not 502.
     assert "jobs in the queue: 502 queued" in short
     assert len(short.splitlines()) < 10
 
     # -v lists the first jobs, -v -v every one.
-    verbose = ok(psy("status", "-v", cwd=tmp_path)).stdout
+    verbose = ok(psy("status", "-v", cwd=tmp_path, subprocess=True)).stdout
     listed = [line for line in verbose.splitlines() if "(id r" in line]
     assert len(listed) == 20
     assert "... and 482 more (`psy status -v -v many`)" in verbose
-    everything = ok(psy("status", "-v", "-v", cwd=tmp_path)).stdout
+    everything = ok(psy("status", "-v", "-v", cwd=tmp_path, subprocess=True)).stdout
     listed = [line for line in everything.splitlines() if "(id r" in line]
     assert len(listed) == 502
     assert any("many:process:499" in line for line in listed)
@@ -63,7 +64,7 @@ def test_plain_output_lists_each_job_when_not_a_terminal(tmp_path):
         tmp_path / "psy-tasks" / "task_plain.py",
         counting_task(tmp_path / "calls.txt", range(30), settings="max_jobs = 3"),
     )
-    out = ok(psy("run", cwd=tmp_path)).stdout
+    out = ok(psy("run", cwd=tmp_path, subprocess=True)).stdout
     assert out.splitlines() == [
         ". plain:split",
         ". plain:process:0",

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
-from e2e_helpers import calls, counting_task, ok, psy, write
+from e2e_helpers import calls, counting_task, write
+from psy_helpers import ok, psy
 
 
 def test_jobs_run_with_the_tasks_interpreter(tmp_path):
@@ -26,11 +27,11 @@ def test_jobs_run_with_the_tasks_interpreter(tmp_path):
             tmp_path / "calls.txt", range(12), settings=f"max_jobs = 3\npython = {str(wrapper)!r}"
         ),
     )
-    ok(psy("run", cwd=tmp_path))
+    ok(psy("run", cwd=tmp_path, subprocess=True))
 
     started = log.read_text().splitlines()
     # Split, three process jobs and the merge all went through the task's interpreter.
     assert len(started) == 5
     assert all(line.startswith("-m psyrun.worker ") for line in started)
     assert calls(tmp_path / "calls.txt") == dict.fromkeys(range(12), 1)
-    assert "12 out of 12 rows completed" in ok(psy("status", cwd=tmp_path)).stdout
+    assert "12 out of 12 rows completed" in ok(psy("status", cwd=tmp_path, subprocess=True)).stdout

@@ -18,17 +18,15 @@ from e2e_helpers import (
     age_files,
     calls,
     counting_task,
-    describe,
     job_marks,
     load_result,
-    ok,
-    psy,
     result_path,
     sorted_rows,
     square_rows,
     status_counts,
     write,
 )
+from psy_helpers import describe, ok, psy
 
 ALL_STORES = list(STORES)
 ALL_BACKENDS = list(BACKENDS)
@@ -78,7 +76,7 @@ def test_run_matches_map_pspace_then_is_up_to_date(tmp_path, backend, store):
     side = tmp_path / "calls.txt"
     write(tmp_path / "psy-tasks" / "task_prod.py", product_task(side, store, backend))
 
-    first = ok(psy("run", cwd=tmp_path))
+    first = ok(psy("run", cwd=tmp_path, subprocess=True))
     marks = job_marks(first.stdout)
     assert marks, f"psy run printed no '. <job>' lines\n{describe(first)}"
     assert {m for m, _ in marks} == {"."}, describe(first)
@@ -102,11 +100,11 @@ def test_run_matches_map_pspace_then_is_up_to_date(tmp_path, backend, store):
         assert logs, "load balancing wrote no log files"
         assert all(name.startswith("prod:") for name in logs), logs
 
-    status = ok(psy("status", "prod", cwd=tmp_path))
+    status = ok(psy("status", "prod", cwd=tmp_path, subprocess=True))
     assert status_counts(status.stdout) == [(12, 12)], describe(status)
 
     # Nothing changed: every job is skipped and nothing is evaluated again.
-    second = ok(psy("run", cwd=tmp_path))
+    second = ok(psy("run", cwd=tmp_path, subprocess=True))
     marks = job_marks(second.stdout)
     assert marks, describe(second)
     assert {m for m, _ in marks} == {"-"}, describe(second)
@@ -120,12 +118,12 @@ def test_changed_task_file_reruns_and_replaces_results(tmp_path, backend):
     task = tmp_path / "psy-tasks" / "task_sq.py"
     source = counting_task(side, range(8), backend=backend, settings="max_jobs = 2")
     write(task, source)
-    ok(psy("run", cwd=tmp_path))
+    ok(psy("run", cwd=tmp_path, subprocess=True))
     assert calls(side) == dict.fromkeys(range(8), 1)
 
     age_files(tmp_path)
     write(task, source + "\n# an edit\n")
-    rerun = ok(psy("run", cwd=tmp_path))
+    rerun = ok(psy("run", cwd=tmp_path, subprocess=True))
     marks = job_marks(rerun.stdout)
     assert marks, describe(rerun)
     assert {m for m, _ in marks} == {"."}, describe(rerun)
@@ -151,7 +149,7 @@ def test_failing_execute_logs_traceback_and_keeps_other_rows(tmp_path, backend, 
             side, range(12), store=store, backend=backend, settings=settings, before_record=before
         ),
     )
-    first = psy("run", cwd=tmp_path)
+    first = psy("run", cwd=tmp_path, subprocess=True)
 
     taskdir = tmp_path / "psy-work" / "failing"
     logs = {p.name: p.read_text() for p in taskdir.glob("*.log")}
@@ -166,7 +164,7 @@ def test_failing_execute_logs_traceback_and_keeps_other_rows(tmp_path, backend, 
         for i in (0, 2, 3):
             assert "Traceback" not in logs[f"failing:process:{i}.log"]
 
-    status = ok(psy("status", "-v", "failing", cwd=tmp_path))
+    status = ok(psy("status", "-v", "failing", cwd=tmp_path, subprocess=True))
     counts = status_counts(status.stdout)
     assert len(counts) == 1, describe(status)
     assert counts[0][1] == 12, describe(status)
@@ -178,7 +176,7 @@ def test_failing_execute_logs_traceback_and_keeps_other_rows(tmp_path, backend, 
     # Fix the cause and continue: the failed row runs, finished rows are kept.
     flag.unlink()
     before_continue = calls(side)
-    ok(psy("run", "-c", cwd=tmp_path))
+    ok(psy("run", "-c", cwd=tmp_path, subprocess=True))
     rerun = calls(side) - before_continue
     assert rerun[3] == 1, rerun
     if backend == "distribute":
@@ -187,7 +185,7 @@ def test_failing_execute_logs_traceback_and_keeps_other_rows(tmp_path, backend, 
         assert sum(rerun.values()) < 12, f"nothing of the first run was kept: {rerun}"
     result = load_result(result_path(tmp_path, "failing", store), store)
     assert sorted_rows(result) == square_rows(range(12))
-    status = ok(psy("status", "failing", cwd=tmp_path))
+    status = ok(psy("status", "failing", cwd=tmp_path, subprocess=True))
     assert status_counts(status.stdout) == [(12, 12)], describe(status)
 
 
@@ -223,7 +221,7 @@ def test_load_balancing_setup_runs_per_worker_and_is_excluded(tmp_path):
             return {{"y": x * x + offset}}
         """,
     )
-    ok(psy("run", cwd=tmp_path))
+    ok(psy("run", cwd=tmp_path, subprocess=True))
     proc_ids = setups.read_text().split()
     assert 1 <= len(proc_ids) <= 2, proc_ids
     assert len(set(proc_ids)) == len(proc_ids), f"setup ran twice for a worker: {proc_ids}"
@@ -253,7 +251,7 @@ def test_workdir_and_resultfile_settings(tmp_path):
                 """,
         ),
     )
-    ok(psy("run", cwd=tmp_path))
+    ok(psy("run", cwd=tmp_path, subprocess=True))
     assert resultfile.exists()
     assert sorted_rows(load_result(resultfile, "h5")) == square_rows(range(6))
     assert not (tmp_path / "psy-work").exists(), "files were written to the default workdir"
@@ -263,7 +261,7 @@ def test_workdir_and_resultfile_settings(tmp_path):
         "placed:process:1.log",
         "placed:merge.log",
     }
-    status = ok(psy("status", cwd=tmp_path))
+    status = ok(psy("status", cwd=tmp_path, subprocess=True))
     assert status_counts(status.stdout) == [(6, 6)], describe(status)
 
 
@@ -283,10 +281,10 @@ def test_psy_conf_supplies_defaults_that_task_files_override(tmp_path):
         tmp_path / "psy-tasks" / "task_own.py",
         counting_task(tmp_path / "calls-own.txt", range(10), settings="max_jobs = 3"),
     )
-    listing = ok(psy("list", cwd=tmp_path))
+    listing = ok(psy("list", cwd=tmp_path, subprocess=True))
     assert sorted(listing.stdout.split()) == ["own", "plain"], describe(listing)
 
-    ok(psy("run", cwd=tmp_path))
+    ok(psy("run", cwd=tmp_path, subprocess=True))
     work = tmp_path / "psy-work"
     for task, n_jobs in [("plain", 2), ("own", 3)]:
         result = result_path(tmp_path, task, "npz")
@@ -302,7 +300,7 @@ def test_process_jobs_respect_min_items(tmp_path):
         tmp_path / "psy-tasks" / "task_few.py",
         counting_task(side, range(10), settings="max_jobs = 100\nmin_items = 4"),
     )
-    ok(psy("run", cwd=tmp_path))
+    ok(psy("run", cwd=tmp_path, subprocess=True))
     # ceil(10 / 4) = 3 process jobs.
     processes = {n for n in log_names(tmp_path / "psy-work", "few") if ":process:" in n}
     assert processes == {f"few:process:{i}.log" for i in range(3)}
@@ -317,14 +315,14 @@ def test_file_dep_change_reruns(tmp_path):
         tmp_path / "psy-tasks" / "task_dep.py",
         counting_task(side, range(5), settings=f"max_jobs = 2\nfile_dep = [{str(dep)!r}]"),
     )
-    ok(psy("run", cwd=tmp_path))
-    skipped = ok(psy("run", cwd=tmp_path))
+    ok(psy("run", cwd=tmp_path, subprocess=True))
+    skipped = ok(psy("run", cwd=tmp_path, subprocess=True))
     assert {m for m, _ in job_marks(skipped.stdout)} == {"-"}, describe(skipped)
     assert calls(side) == dict.fromkeys(range(5), 1)
 
     age_files(tmp_path)
     dep.write_text("version 2\n")
-    rerun = ok(psy("run", cwd=tmp_path))
+    rerun = ok(psy("run", cwd=tmp_path, subprocess=True))
     assert "." in {m for m, _ in job_marks(rerun.stdout)}, describe(rerun)
     assert calls(side) == dict.fromkeys(range(5), 2)
     assert sorted_rows(load_result(result_path(tmp_path, "dep"), "pickle")) == square_rows(
@@ -337,13 +335,13 @@ def test_overwrite_dirty_false_refuses_with_a_warning(tmp_path):
     task = tmp_path / "psy-tasks" / "task_keep.py"
     settings = "max_jobs = 2\noverwrite_dirty = False"
     write(task, counting_task(side, range(6), settings=settings))
-    ok(psy("run", cwd=tmp_path))
+    ok(psy("run", cwd=tmp_path, subprocess=True))
     result = result_path(tmp_path, "keep")
     before = result.read_bytes()
 
     age_files(tmp_path)
     write(task, counting_task(side, [*range(6), 40, 41], settings=settings))
-    refused = psy("run", cwd=tmp_path)
+    refused = psy("run", cwd=tmp_path, subprocess=True)
     assert refused.returncode == 1, describe(refused)
     assert "Traceback" not in refused.stderr, describe(refused)
     text = refused.stdout + refused.stderr
@@ -354,7 +352,7 @@ def test_overwrite_dirty_false_refuses_with_a_warning(tmp_path):
     assert result.read_bytes() == before, "the result file was overwritten"
 
     # Continuing keeps the results, so it is allowed and adds only the new rows.
-    ok(psy("run", "-c", cwd=tmp_path))
+    ok(psy("run", "-c", cwd=tmp_path, subprocess=True))
     assert calls(side) == {**dict.fromkeys(range(6), 1), 40: 1, 41: 1}
     assert sorted_rows(load_result(result, "pickle")) == square_rows([*range(6), 40, 41])
 
@@ -383,7 +381,7 @@ def test_mixed_value_types_match_map_pspace(tmp_path, backend, store):
             return {{"label": f"{{name}}-{{k}}", "twice": 2.0 * k}}
         """,
     )
-    ok(psy("run", cwd=tmp_path))
+    ok(psy("run", cwd=tmp_path, subprocess=True))
     from psyrun import Param, map_pspace
 
     space = (Param(name=["alpha", "beta"]) * Param(k=[1, 2, 3])) + Param(k=[7, 8])
@@ -411,7 +409,7 @@ def test_mixed_value_types_match_map_pspace(tmp_path, backend, store):
 def test_run_named_tasks_only(tmp_path):
     write(tmp_path / "psy-tasks" / "task_one.py", counting_task(tmp_path / "c1", range(3)))
     write(tmp_path / "psy-tasks" / "task_two.py", counting_task(tmp_path / "c2", range(3)))
-    out = ok(psy("run", "two", cwd=tmp_path))
+    out = ok(psy("run", "two", cwd=tmp_path, subprocess=True))
     assert all("two" in name for _, name in job_marks(out.stdout)), describe(out)
     assert result_path(tmp_path, "two").exists()
     assert not result_path(tmp_path, "one").exists()
@@ -420,9 +418,11 @@ def test_run_named_tasks_only(tmp_path):
 
 def test_taskdir_option(tmp_path):
     write(tmp_path / "elsewhere" / "task_here.py", counting_task(tmp_path / "c", range(4)))
-    ok(psy("run", "--taskdir", "elsewhere", cwd=tmp_path))
+    ok(psy("run", "--taskdir", "elsewhere", cwd=tmp_path, subprocess=True))
     assert sorted_rows(load_result(result_path(tmp_path, "here"), "pickle")) == square_rows(
         range(4)
     )
-    status = ok(psy("status", "--taskdir", str(tmp_path / "elsewhere"), cwd=tmp_path))
+    status = ok(
+        psy("status", "--taskdir", str(tmp_path / "elsewhere"), cwd=tmp_path, subprocess=True)
+    )
     assert status_counts(status.stdout) == [(4, 4)], describe(status)

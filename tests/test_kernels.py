@@ -345,3 +345,11 @@ def test_unusable_numba_cache_directory_only_costs_compile_time(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     assert run_compile({"PSYRUN_NUMBA_CACHE": str(blocker / "cache")}) == 0
+
+
+def test_kernels_hash_and_equality_of_array_like_lists_agree():
+    lists = np.empty(3, dtype=object)
+    lists[:] = [[1, 2], (1.0, 2.0), [np.nan, 3]]
+    arrays = np.array([[1, 2], [1, 2], [np.nan, 3]])
+    assert np.array_equal(K.hash_column(lists), K.hash_column(arrays))
+    assert K.values_equal(lists, arrays).all()

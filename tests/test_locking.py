@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+from psy_helpers import psy, task_paths, task_result, write_task
 
 from psyrun.store import get_store
 from psyrun.store.locking import FileLock
@@ -101,3 +102,68 @@ def test_concurrent_appends_lose_and_double_no_row(tmp_path, ext):
     expected_writer = loaded["id"] // (n_chunks * rows)
     np.testing.assert_array_equal(loaded["writer"], expected_writer)
     assert not os.path.exists(filename + ".tmp")
+
+
+# -- the task lock: two psy commands on one task at once ---------------------------------
+
+
+SQUARE = """
+from psyrun import Param
+pspace = Param(x=range(12))
+max_jobs = 3
+def execute(x):
+    return {'y': x * x}
+"""
+
+
+def test_run_refuses_while_another_psy_holds_the_task(project):
+    """A second `psy run` must not clear the parts of a run in progress."""
+    write_task(project, "square", SQUARE)
+    assert psy("run", "square").exit_code == 0
+    before = task_result(project, "square")
+    paths = task_paths(project, "square")
+    with FileLock(paths.run_lock):  # as a `psy run` still working would hold it
+        for args in (["run", "square"], ["run", "-c", "square"], ["clean", "square"]):
+            result = psy(*args)
+            assert result.exit_code == 1, result.output
+            assert "is working on this task" in result.output
+            assert "Traceback" not in result.output
+    # Nothing was touched: same rows, and clean did not remove them.
+    after = task_result(project, "square")
+    np.testing.assert_array_equal(after["x"], before["x"])
+    np.testing.assert_array_equal(after["y"], before["y"])
+    # Once the other command is gone, both work again.
+    assert psy("run", "square").exit_code == 0
+    assert psy("clean", "square").exit_code == 0
+    assert not os.path.exists(paths.result)
+
+
+def test_run_holds_the_task_lock_while_its_jobs_run(project):
+    """The lock is taken by `psy run` itself, for the whole local run."""
+    write_task(
+        project,
+        "probe",
+        """
+        from psyrun import Param
+        from psyrun.store.locking import FileLock
+        pspace = Param(x=[1, 2])
+        LOCK = None
+        def execute(x):
+            try:
+                with FileLock(LOCK, timeout=0):
+                    held = False
+            except TimeoutError:
+                held = True
+            return {'held': held}
+        """,
+    )
+    lock = task_paths(project, "probe").run_lock
+    text = (project / "psy-tasks" / "task_probe.py").read_text()
+    (project / "psy-tasks" / "task_probe.py").write_text(
+        text.replace("LOCK = None", f"LOCK = {lock!r}")
+    )
+    assert psy("run", "probe").exit_code == 0
+    assert task_result(project, "probe")["held"].tolist() == [True, True]
+    # Released afterwards.
+    with FileLock(lock, timeout=0):
+        pass

@@ -16,7 +16,7 @@ from psyrun.mapper import (
     get_result,
     iter_results,
 )
-from psyrun.store import NpzStore, PickleStore
+from psyrun.store import NpzStore, PickleStore, get_store
 from psyrun.utils.example import square
 
 
@@ -309,3 +309,42 @@ def test_get_result_errors():
         get_result(lambda a: a, {"a": 1})
     with pytest.raises(OutputKeyError, match="'a'"):
         get_result(lambda a: {"a": 2}, {"a": 1})
+
+
+# -- hdd-backed resume with list-valued parameters, every store ---------------------
+
+STORES = [".pkl", ".npz", ".h5", ".zarr"]
+
+
+def _store_or_skip(ext):
+    try:
+        return get_store(ext)
+    except ImportError as exc:  # pragma: no cover - depends on the installation
+        pytest.skip(str(exc))
+
+
+@pytest.mark.parametrize("ext", STORES)
+def test_resume_with_list_valued_parameter_evaluates_nothing_twice(tmp_path, ext):
+    _store_or_skip(ext)
+    calls = []
+
+    def fn(a, b):
+        calls.append((tuple(a), b))
+        return {"y": sum(a) + b}
+
+    space = Param(a=[[1, 2], [3, 4]]) * Param(b=[1, 2])
+    filename = tmp_path / f"out{ext}"
+    map_pspace_hdd_backed(fn, space, filename)
+    assert len(calls) == 4
+    data = map_pspace_hdd_backed(fn, space, filename)
+    # The stored 'a' is a 2-d array; its rows must match the list values.
+    assert len(calls) == 4
+    assert data["a"].shape == (4, 2)
+
+
+def test_exclude_given_as_one_string_names_one_key():
+    space = Param(ab=[1, 2], a=[3, 4])
+    result = map_pspace(lambda ab, a: {"b": ab + a}, space, exclude="ab")
+    assert result == {"a": [3, 4], "b": [4, 6]}
+    with pytest.warns(UserWarning, match="neither parameters nor outputs"):
+        map_pspace(lambda ab, a: {"b": 1}, space, exclude="xy")

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 import psyrun
 from psyrun import _kernels
 from psyrun.pspace import (
+    MAX_ROWS,
     AmbiguousOperationError,
     Difference,
     Param,
@@ -759,3 +760,57 @@ def test_operands_lengths_are_not_computed_when_combining(monkeypatch):
     assert len(combined) == 12
     assert calls == [1]
     np.testing.assert_array_equal(d.surviving_rows(), [0, 2, 3, 4])
+
+
+# -- missing(): list values against array rows, subtrahend columns ----------------
+
+
+def test_missing_matches_list_values_against_array_rows():
+    space = Param(a=[[1, 2], [3, 4], (5, 6)])
+    done = {"a": np.array([[1.0, 2.0], [5, 6]]), "y": np.zeros(2)}
+    assert missing(space, done).build() == {"a": [[3, 4]]}
+
+
+def test_missing_matches_string_list_values_against_str_array_rows():
+    space = Param(a=[["x", "y"], ["z", "w"]])
+    assert missing(space, {"a": np.array([["z", "w"]])}).build() == {"a": [["x", "y"]]}
+
+
+def test_list_values_do_not_match_text_made_from_numbers():
+    # np.asarray([1, 'x']) is a str array; [1, 'x'] must still not equal ['1', 'x'].
+    space = Param(a=[[1, "x"], ["1", "x"]])
+    assert missing(space, Param(a=[["1", "x"]])).build() == {"a": [[1, "x"]]}
+
+
+@pytest.mark.parametrize("column", [1, "ab"], ids=["int", "str"])
+def test_missing_refuses_a_subtrahend_column_that_is_not_a_sequence(column):
+    # A str used to be split into characters; an int failed inside len().
+    with pytest.raises(TypeError, match="column 'a' must be a sequence of row values"):
+        missing(Param(a=["a", "b"]), {"a": column})
+
+
+# -- spaces too large to number ----------------------------------------------------
+
+
+def test_product_beyond_int64_rows_raises_a_clear_error():
+    factor = np.arange(100_000)
+    space = Param(a=factor) * Param(b=factor) * Param(c=factor) * Param(d=factor)
+    assert space.keys() == ["a", "b", "c", "d"]  # building it stays cheap
+    with pytest.raises(OverflowError, match=r"10\*\*20.*split it"):
+        len(space)
+    with pytest.raises(OverflowError, match="product"):
+        space[0]
+
+
+def test_sum_beyond_int64_rows_raises_a_clear_error():
+    factor = np.arange(1_000_000)
+    big = Param(a=factor) * Param(b=factor) * Param(c=factor)  # 10**18 rows: fine
+    assert len(big) == 10**18
+    assert big[-1] == {"a": 999_999, "b": 999_999, "c": 999_999}
+    space = big
+    for _ in range(8):
+        space = space + big
+    assert len(space) == 9 * 10**18 <= MAX_ROWS
+    assert space[-1] == big[-1]
+    with pytest.raises(OverflowError, match="the sum has 10000000000000000000 rows"):
+        len(space + big)

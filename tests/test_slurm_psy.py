@@ -30,16 +30,14 @@ import pytest
 from e2e_helpers import (
     calls,
     counting_task,
-    describe,
     load_result,
-    ok,
-    psy,
     result_path,
     sorted_rows,
     square_rows,
     status_counts,
     write,
 )
+from psy_helpers import describe, ok, psy
 from slurm_helpers import slurm_marks
 
 pytestmark = slurm_marks()
@@ -152,7 +150,7 @@ def wait_complete(cwd: Path, task: str, n_rows: int, timeout: float = TIMEOUT):
     last = {}
 
     def done():
-        result = ok(psy("status", task, cwd=cwd))
+        result = ok(psy("status", task, cwd=cwd, subprocess=True))
         last["out"] = result
         queued = "queued or running jobs" in result.stdout or "in the queue" in result.stdout
         return not queued and status_counts(result.stdout) == [(n_rows, n_rows)] and result
@@ -226,7 +224,7 @@ def test_run_through_slurm_equals_map_pspace(tmp_path, tasks_made, backend):
     values = list(range(40))
     task, side = slurm_task(tmp_path, values, max_jobs=4, backend=backend)
     tasks_made.append(task)
-    run = ok(psy("run", cwd=tmp_path))
+    run = ok(psy("run", cwd=tmp_path, subprocess=True))
     assert f". {task}:split" in run.stdout, describe(run)
     assert f". {task}:merge" in run.stdout, describe(run)
     assert "submitted 6 jobs" in run.stdout, describe(run)
@@ -236,7 +234,7 @@ def test_run_through_slurm_equals_map_pspace(tmp_path, tasks_made, backend):
     work = tmp_path / "psy-work" / task
     for job in ["split", *(f"process:{i}" for i in range(4)), "merge"]:
         assert "finished with status 0" in (work / f"{task}:{job}.log").read_text()
-    again = ok(psy("run", task, cwd=tmp_path))
+    again = ok(psy("run", task, cwd=tmp_path, subprocess=True))
     assert f"- {task}:merge" in again.stdout, describe(again)
     assert not our_jobs(task)
 
@@ -246,12 +244,12 @@ def test_queued_jobs_status_second_run_kill_and_continue(tmp_path, tasks_made, c
     values = list(range(12))
     task, side = slurm_task(tmp_path, values, max_jobs=3)
     tasks_made.append(task)
-    ok(psy("run", cwd=tmp_path, env={HOLD_ENV: "1", **env}))
+    ok(psy("run", cwd=tmp_path, env={HOLD_ENV: "1", **env}, subprocess=True))
     queue = our_jobs(task)
     assert len(queue) == 5, queue
     assert {s for _, s, _ in queue} == {"PD"}, queue
 
-    status = ok(psy("status", "-v", task, cwd=tmp_path))
+    status = ok(psy("status", "-v", task, cwd=tmp_path, subprocess=True))
     listed = status_jobs(status.stdout)
     assert set(listed) == {
         f"{task}:{j}" for j in ["split", "process:0", "process:1", "process:2", "merge"]
@@ -262,19 +260,19 @@ def test_queued_jobs_status_second_run_kill_and_continue(tmp_path, tasks_made, c
 
     # A second run while they wait submits nothing and says why.
     argv_of.clear()
-    second = psy("run", task, cwd=tmp_path, env=env)
+    second = psy("run", task, cwd=tmp_path, env=env, subprocess=True)
     assert "still in the queue" in second.stderr, describe(second)
     assert f"psy kill {task}" in second.stderr, describe(second)
     assert argv_of("sbatch") == []
     assert len(our_jobs(task)) == 5
 
-    killed = ok(psy("kill", task, cwd=tmp_path))
+    killed = ok(psy("kill", task, cwd=tmp_path, subprocess=True))
     assert "killed 5 jobs" in killed.stdout, describe(killed)
     assert our_jobs(task) == []
-    after = ok(psy("status", "-v", task, cwd=tmp_path))
+    after = ok(psy("status", "-v", task, cwd=tmp_path, subprocess=True))
     assert "queued or running" not in after.stdout, describe(after)
 
-    ok(psy("run", "-c", task, cwd=tmp_path))
+    ok(psy("run", "-c", task, cwd=tmp_path, subprocess=True))
     wait_complete(tmp_path, task, len(values))
     assert_every_row_once(tmp_path, task, side, values)
 
@@ -297,18 +295,18 @@ def test_finished_running_and_pending_jobs_status_kill_continue(tmp_path, tasks_
         """,
     )
     tasks_made.append(task)
-    ok(psy("run", cwd=tmp_path))
+    ok(psy("run", cwd=tmp_path, subprocess=True))
 
     def mixed():
         queue = our_jobs(task)
         states = Counter(s for _, s, _ in queue)
-        counts = status_counts(ok(psy("status", task, cwd=tmp_path)).stdout)
+        counts = status_counts(ok(psy("status", task, cwd=tmp_path, subprocess=True)).stdout)
         # Jobs 0 and 1 (and the split) gone from the queue, gated ones running.
         gated = all("_" in j and int(j.split("_")[1]) >= 2 for j, s, _ in queue if s != "PD")
         return counts == [(6, 30)] and gated and states["R"] >= 1 and states["PD"] >= 1 and queue
 
     queue = wait_for(mixed, "jobs 0-1 finished, others running and pending")
-    status = ok(psy("status", "-v", task, cwd=tmp_path))
+    status = ok(psy("status", "-v", task, cwd=tmp_path, subprocess=True))
     listed = status_jobs(status.stdout)
     assert status_counts(status.stdout) == [(6, 30)], describe(status)
     assert f"{task}:process:0" not in listed
@@ -323,16 +321,16 @@ def test_finished_running_and_pending_jobs_status_kill_continue(tmp_path, tasks_
         assert row in status.stdout  # missing assignments are listed
     assert "{'x': 5}" not in status.stdout
 
-    killed = ok(psy("kill", task, cwd=tmp_path))
+    killed = ok(psy("kill", task, cwd=tmp_path, subprocess=True))
     assert f"killed {len(listed)} jobs" in killed.stdout, describe(killed)
     wait_for(lambda: not our_jobs(task), "the killed jobs to leave the queue", timeout=60)
     gate.unlink()
 
-    after = ok(psy("status", "-v", task, cwd=tmp_path))
+    after = ok(psy("status", "-v", task, cwd=tmp_path, subprocess=True))
     assert status_counts(after.stdout) == [(6, 30)], describe(after)
     assert "did not finish" in after.stdout, describe(after)  # killed jobs are reported
 
-    ok(psy("run", "-c", task, cwd=tmp_path))
+    ok(psy("run", "-c", task, cwd=tmp_path, subprocess=True))
     wait_complete(tmp_path, task, len(values))
     assert_every_row_once(tmp_path, task, side, values)
 
@@ -356,14 +354,14 @@ def test_failed_process_job_blocks_merge_and_continue_replaces_it(tmp_path, task
         """,
     )
     tasks_made.append(task)
-    ok(psy("run", cwd=tmp_path))
+    ok(psy("run", cwd=tmp_path, subprocess=True))
 
     def merge_blocked():
         queue = our_jobs(task)
         return [q for q in queue if q[2] == "DependencyNeverSatisfied"] if len(queue) == 1 else []
 
     ((merge_id, _, _),) = wait_for(merge_blocked, "the merge to be blocked by the failed job")
-    status = ok(psy("status", "-v", task, cwd=tmp_path))
+    status = ok(psy("status", "-v", task, cwd=tmp_path, subprocess=True))
     listed = status_jobs(status.stdout)
     assert listed == {f"{task}:merge": (merge_id, "blocked")}, describe(status)
     assert f"{task}:process:1: RuntimeError: process job 1 fails on purpose" in status.stdout
@@ -371,7 +369,7 @@ def test_failed_process_job_blocks_merge_and_continue_replaces_it(tmp_path, task
     assert status_counts(status.stdout) == [(15, 20)]
 
     flag.unlink()
-    cont = ok(psy("run", "-c", task, cwd=tmp_path))
+    cont = ok(psy("run", "-c", task, cwd=tmp_path, subprocess=True))
     assert f". {task}:merge" in cont.stdout, describe(cont)
     wait_complete(tmp_path, task, len(values))
     assert merge_id not in {j for j, _, _ in our_jobs(task)}
@@ -385,7 +383,7 @@ def test_arguments_and_paths_reach_sbatch_literally(tmp_path, tasks_made, comman
     values = list(range(6))
     task, side = slurm_task(where, values, max_jobs=2, extra_sbatch={"comment": tricky})
     tasks_made.append(task)
-    ok(psy("run", cwd=where, env=env))
+    ok(psy("run", cwd=where, env=env, subprocess=True))
     sbatch_calls = argv_of("sbatch")
     assert len(sbatch_calls) == 3
     for argv in sbatch_calls:
@@ -423,7 +421,7 @@ def test_5000_jobs_few_sbatch_one_squeue_then_kill(tmp_path, tasks_made, command
         ).group(1)
     )
     # Held: nothing runs, the test measures submission and status only.
-    run = ok(psy("run", cwd=tmp_path, env={HOLD_ENV: "1", **env}))
+    run = ok(psy("run", cwd=tmp_path, env={HOLD_ENV: "1", **env}, subprocess=True))
     assert "submitted 5002 jobs" in run.stdout, describe(run)
     sbatch_calls = argv_of("sbatch")
     arrays = [a for argv in sbatch_calls for a in argv if a.startswith("--array=")]
@@ -439,13 +437,13 @@ def test_5000_jobs_few_sbatch_one_squeue_then_kill(tmp_path, tasks_made, command
     assert sum(sizes) == 5000
 
     argv_of.clear()
-    status = ok(psy("status", task, cwd=tmp_path, env=env))
+    status = ok(psy("status", task, cwd=tmp_path, env=env, subprocess=True))
     assert status_counts(status.stdout) == [(0, 5000)], describe(status)
     assert "5002 queued" in status.stdout, describe(status)
     assert len(argv_of("squeue")) == 1
     assert argv_of("sbatch") == []
 
-    killed = ok(psy("kill", task, cwd=tmp_path, env=env))
+    killed = ok(psy("kill", task, cwd=tmp_path, env=env, subprocess=True))
     assert "killed 5002 jobs" in killed.stdout, describe(killed)
     wait_for(lambda: not our_jobs(task), "the killed jobs to leave the queue", timeout=60)
     assert len(argv_of("scancel")) <= 1 + expected_arrays  # not one per job

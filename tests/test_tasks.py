@@ -8,12 +8,13 @@ import textwrap
 import types
 
 import pytest
+from psy_helpers import psy, write_task
 
 from psyrun import defaults
 from psyrun.backend import DistributeBackend, LoadBalancingBackend
 from psyrun.pspace import Param
 from psyrun.scheduler import ImmediateRun
-from psyrun.store import H5Store, PickleStore
+from psyrun.store import H5Store, PickleStore, get_store
 from psyrun.tasks import (
     SETTINGS,
     Config,
@@ -194,3 +195,71 @@ def test_task_can_import_helper_module_next_to_it(tmp_path):
         "pspace = Param(x=[1])\n",
     )
     assert load_tasks(tmp_path)["tt"].execute(x=1) == {"z": 2}
+
+
+# -- settings psy warns about, awkward task names and paths ------------------------------
+
+
+SQUARE = """
+from psyrun import Param
+pspace = Param(x=range(12))
+max_jobs = 3
+def execute(x):
+    return {'y': x * x}
+"""
+
+
+def test_resultfile_whose_extension_does_not_match_the_store_is_warned_about(project):
+    write_task(project, "square", SQUARE + "resultfile = 'out/square.npz'\n")
+    result = psy("list")
+    assert result.exit_code == 0
+    assert "resultfile 'square.npz' does not end in '.pkl'" in result.output
+    write_task(
+        project,
+        "square",
+        SQUARE + "from psyrun.store import NpzStore\nstore = NpzStore()\n"
+        "resultfile = 'out/square.npz'\n",
+    )
+    assert "resultfile" not in psy("list").output
+
+
+def test_pool_size_with_distribute_backend_is_warned_about(project):
+    write_task(project, "pool", SQUARE + "pool_size = 4\n")
+    result = psy("list")
+    assert result.exit_code == 0
+    assert "pool_size = 4 is used only by LoadBalancingBackend" in result.output
+    write_task(
+        project,
+        "pool",
+        SQUARE + "from psyrun.backend import LoadBalancingBackend\n"
+        "backend = LoadBalancingBackend\npool_size = 2\n",
+    )
+    assert "pool_size" not in psy("list").output
+
+
+def test_task_names_with_dashes_dots_and_paths_with_spaces(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    taskdir = tmp_path / "my tasks"
+    taskdir.mkdir()
+    for name in ("my-task", "my_task", "my.task"):
+        (taskdir / f"task_{name}.py").write_text(
+            textwrap.dedent(
+                f"""
+                from psyrun import Param
+                pspace = Param(a=[1, 2, 3])
+                workdir = 'work dir/with space'
+                resultfile = 'not yet/sub dir/{name}.pkl'
+                def execute(a):
+                    return {{'y': a}}
+                """
+            )
+        )
+    result = psy("run", "--taskdir", str(taskdir))
+    assert result.exit_code == 0, result.output
+    for name in ("my-task", "my_task", "my.task"):
+        data = get_store(".pkl").load(str(tmp_path / "not yet" / "sub dir" / f"{name}.pkl"))
+        assert data["y"].tolist() == [1, 2, 3]
+    assert psy("clean", "--taskdir", str(taskdir), "my.task").exit_code == 0
+    status = psy("status", "--taskdir", str(taskdir)).output
+    assert "my.task: 0 out of 3 rows completed" in status
+    assert "my-task: 3 out of 3 rows completed" in status

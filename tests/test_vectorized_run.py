@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from e2e_helpers import BACKENDS, STORES, load_result, ok, psy, result_path, sorted_rows, write
+from e2e_helpers import BACKENDS, STORES, load_result, result_path, sorted_rows, write
+from psy_helpers import ok, psy
 
 from psyrun import Param, map_pspace
 
@@ -59,7 +60,7 @@ def test_vectorized_run_equals_map_pspace(tmp_path, store, backend, jobs):
             store=s_value,
         ),
     )
-    ok(psy("run", *(["-j", jobs] if jobs else []), cwd=tmp_path))
+    ok(psy("run", *(["-j", jobs] if jobs else []), cwd=tmp_path, subprocess=True))
     data = load_result(result_path(tmp_path, "vec", store), store)
     want = expected()
     assert _rows(data) == _rows(want)
@@ -67,7 +68,7 @@ def test_vectorized_run_equals_map_pspace(tmp_path, store, backend, jobs):
     z = np.asarray(data["z"])[order]
     np.testing.assert_array_equal(z[:, 0], -z[:, 1])
     np.testing.assert_array_equal(z[:, 0], np.asarray(data["a"])[order])
-    status = ok(psy("status", "vec", cwd=tmp_path)).stdout
+    status = ok(psy("status", "vec", cwd=tmp_path, subprocess=True)).stdout
     assert f"{len(want['a'])} out of {len(want['a'])} rows completed" in status
 
 
@@ -96,7 +97,7 @@ def execute(x):
 )
 def test_bad_vectorized_output_fails_the_job_with_the_key_and_lengths(tmp_path, body, words):
     write(tmp_path / "psy-tasks" / "task_bad.py", BAD.format(body=body))
-    run = psy("run", cwd=tmp_path)
+    run = psy("run", cwd=tmp_path, subprocess=True)
     assert run.returncode == 1
     log = (tmp_path / "psy-work" / "bad" / "bad:process:0.log").read_text()
     for word in words:
@@ -111,9 +112,9 @@ def test_a_block_that_raises_is_retried_row_by_row(tmp_path):
         "    return {'y': x * 2}"
     )
     write(tmp_path / "psy-tasks" / "task_retry.py", BAD.format(body=body))
-    run = psy("run", cwd=tmp_path)
+    run = psy("run", cwd=tmp_path, subprocess=True)
     assert run.returncode == 1  # one row failed: the job is reported
     data = load_result(result_path(tmp_path, "retry"), "pickle")
     assert sorted(np.asarray(data["x"]).tolist()) == [x for x in range(30) if x != 13]
-    status = ok(psy("status", "retry", cwd=tmp_path)).stdout
+    status = ok(psy("status", "retry", cwd=tmp_path, subprocess=True)).stdout
     assert "29 out of 30 rows completed" in status

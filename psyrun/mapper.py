@@ -718,10 +718,12 @@ def _warn_unknown_excludes(exclude, found: set, pspace, n_rows: int) -> None:
     # Output keys are only known from evaluated rows, so an empty run cannot judge.
     unknown = [k for k in exclude if k not in found and k not in pspace.keys()]
     if unknown and n_rows > 0:
+        from psyrun.exceptions import IneffectiveExcludeWarning
+
         warnings.warn(
             f"exclude names keys that are neither parameters nor outputs: {unknown}; "
             "check their spelling",
-            UserWarning,
+            IneffectiveExcludeWarning,
             stacklevel=3,
         )
 

@@ -52,40 +52,6 @@ class TaskLoadError:
         return f"{self.path}: {self.message}"
 
 
-#: What ``record`` may name, and the column each adds to the result.
-RECORD_COLUMNS = {
-    "duration": "psy_duration",
-    "host": "psy_host",
-    "job": "psy_job",
-    "finished": "psy_finished",
-}
-
-
-def _check_record(record: Any, params: list[str]) -> list[str]:
-    """Return the ``record`` setting as a list of known names, in the order given."""
-    if isinstance(record, str):
-        record = [record]
-    if not isinstance(record, (list, tuple)):
-        raise TypeError(f"record must be a list such as ['duration', 'host'], got {record!r}")
-    out: list[str] = []
-    for name in record:
-        if name not in RECORD_COLUMNS:
-            raise ValueError(
-                f"record names {name!r}, which psyrun does not record; choose from "
-                f"{', '.join(map(repr, RECORD_COLUMNS))}"
-            )
-        if name not in out:
-            out.append(name)
-    clash = [RECORD_COLUMNS[n] for n in out if RECORD_COLUMNS[n] in params]
-    if clash:
-        raise ValueError(
-            f"record adds the column(s) {', '.join(map(repr, clash))}, but the parameter "
-            "space already has a parameter of that name; rename the parameter or drop "
-            "it from record"
-        )
-    return out
-
-
 def _default_store():
     from psyrun.store import PickleStore
 
@@ -389,7 +355,9 @@ class TaskDef:
             raise ValueError(
                 f"block_size must be a positive integer or None, got {c.block_size!r}"
             )
-        c.record = _check_record(c.record, list(c.pspace.keys()))
+        from psyrun.records import check_record
+
+        c.record = check_record(c.record, list(c.pspace.keys()))
         if c.setup is not None and not callable(c.setup):
             raise TypeError(f"setup must be a function setup(proc_id) or None, got {c.setup!r}")
         if isinstance(c.exclude_from_result, str):

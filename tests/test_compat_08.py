@@ -233,13 +233,21 @@ def test_dict_concat_rows_build_the_same_space():
 
 
 def test_get_result_combines_parameters_and_outputs():
-    from psyrun.mapper import get_result
+    from psyrun.mapper import OutputKeyError, get_result
 
-    def fn(x, is_result):
+    def fn(x):
+        return {"y": x * x}
+
+    assert get_result(fn, {"x": 4}) == {"x": 4, "y": 16}
+    assert get_result(fn, {"x": 2}, exclude=["y"]) == {"x": 2}
+
+    # 0.8 let an output overwrite a parameter; that silently lost the parameter
+    # column, so it is an error now (the migration page says to rename).
+    def overwrites(x, is_result):
         return {"y": x * x, "is_result": 1}
 
-    assert get_result(fn, {"x": 4, "is_result": 0}) == {"is_result": 1, "x": 4, "y": 16}
-    assert get_result(fn, {"x": 2, "is_result": 0}, exclude=["is_result"]) == {"x": 2, "y": 4}
+    with pytest.raises(OutputKeyError, match="is_result"):
+        get_result(overwrites, {"x": 4, "is_result": 0})
 
 
 # ---------------------------------------------------------------------------
@@ -304,11 +312,6 @@ def test_misspelt_setting_issues_task_warning_which_filters_silence(tmp_path):
     assert list(tasks) == ["sq"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="psyrun.mapper still warns with UserWarning; it needs to warn with "
-    "psyrun.exceptions.IneffectiveExcludeWarning (see the compat branch report)",
-)
 def test_unknown_exclude_issues_ineffective_exclude_warning():
     from psyrun import Param, map_pspace
     from psyrun.exceptions import IneffectiveExcludeWarning

@@ -115,7 +115,7 @@ def test_submit_array_substitutes_the_index(tmp_path):
     assert len(set(ids)) == 3
     for i in range(3):
         assert _read(tmp_path / f"job-{i}.log").strip() == str([f"i={i}", f"{i}{i}"])
-        assert sched.result(ids[i]).name == "arr"
+        assert sched.result(ids[i]).name == f"arr:{i}"  # each job its own name
     assert sched.submit_array(0, [PY], str(tmp_path / "none-%a.log")) == []
 
 
@@ -407,8 +407,8 @@ def test_a_user_scheduler_gets_working_defaults(tmp_path):
     ids = sched.submit_array(2, ["prog", "--index=%a"], "out-%a.log", name="n", depends_on="d")
     assert ids == ["r1", "r2"]
     assert sched.calls == [
-        (["prog", "--index=0"], "out-0.log", "n", ["d"]),
-        (["prog", "--index=1"], "out-1.log", "n", ["d"]),
+        (["prog", "--index=0"], "out-0.log", "n:0", ["d"]),
+        (["prog", "--index=1"], "out-1.log", "n:1", ["d"]),
     ]
     assert sched.get_statuses(["r1", "r2"]) == {"r1": JobStatus("r1", JobState.QUEUED, "x")}
     sched.refresh()

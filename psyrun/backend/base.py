@@ -221,6 +221,8 @@ class Backend(abc.ABC):
         jobs later.
         """
         ids: dict[str, str] = {}
+        # A new run: the markers of the last one no longer say anything.
+        self.clear_markers()
         # Listed as pending first: `psy status` from another shell sees this run's jobs.
         save_submitted(self.paths.submitted, dict.fromkeys(graph.names, ""), graph.logs())
 

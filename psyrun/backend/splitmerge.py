@@ -19,7 +19,6 @@ Both run ``split -> process jobs -> merge``:
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import os
 import time
@@ -32,6 +31,7 @@ from psyrun.backend.base import Backend, Plan, TaskProgress
 from psyrun.failures import RowFailures
 from psyrun.jobs import Job, JobArray, JobGraph
 from psyrun.merge import load_params, missing_rows, write_merged
+from psyrun.records import add_records, timed
 from psyrun.snapshot import write_snapshot
 
 if TYPE_CHECKING:
@@ -45,67 +45,6 @@ def part_store() -> Store:
     from psyrun.store.pickle import PickleStore
 
     return PickleStore()
-
-
-def _timed(fn, calls: list):
-    """Wrap `fn` to append ``(seconds, end time)`` of every call that returns a mapping."""
-
-    @functools.wraps(fn)
-    def timed(*args, **kwargs):
-        t0 = time.perf_counter()
-        out = fn(*args, **kwargs)
-        if isinstance(out, Mapping):  # other results are failed rows, left out
-            calls.append((time.perf_counter() - t0, time.time()))
-        return out
-
-    return timed
-
-
-@functools.lru_cache(maxsize=1)
-def _host() -> str:
-    import socket
-
-    return socket.gethostname()
-
-
-def _add_records(
-    result: dict, record, n: int, calls, per_row: float, job: str | None, vectorized: bool
-) -> None:
-    """Add the ``psy_*`` columns of the task's ``record`` setting to `result` (`n` rows).
-
-    Row by row, `calls` holds each kept row's time and end; when it does not
-    match the kept rows (a row returned an odd value), or for a vectorized
-    block, every row gets the block's time divided by its rows (`per_row`).
-    """
-    import datetime
-
-    from psyrun.mapper import OutputKeyError
-    from psyrun.tasks import RECORD_COLUMNS
-
-    columns = {RECORD_COLUMNS[name]: name for name in record}
-    clash = [c for c in columns if c in result]
-    if clash:
-        raise OutputKeyError(
-            f"execute (or setup) returned {clash[0]!r}, which the task's record setting "
-            f"adds as a column; rename that output or remove {columns[clash[0]]!r} "
-            "from record"
-        )
-    if calls is None or len(calls) != n:
-        now = time.time()
-        calls = [(per_row, now)] * n
-
-    def utc(t: float) -> str:
-        return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).isoformat()
-
-    values = {
-        "duration": lambda: [c[0] for c in calls],
-        "host": lambda: [_host()] * n,
-        "job": lambda: [job or ""] * n,
-        "finished": lambda: [utc(c[1]) for c in calls],
-    }
-    for column, name in columns.items():
-        data = values[name]()
-        result[column] = np.asarray(data) if vectorized else data
 
 
 class SplitMergeBackend(Backend):
@@ -380,7 +319,7 @@ class SplitMergeBackend(Backend):
         execute, calls = self.task.execute, None
         if record and not self.task.vectorized and {"duration", "finished"} & set(record):
             calls = []
-            execute = _timed(execute, calls)
+            execute = timed(execute, calls)
         started = time.perf_counter()
         result = evaluate_block(
             execute,
@@ -397,7 +336,7 @@ class SplitMergeBackend(Backend):
             return None
         result = self._with_setup_values(result, extra, n)
         if record:
-            _add_records(result, record, n, calls, elapsed / n_in, job, self.task.vectorized)
+            add_records(result, record, n, calls, elapsed / n_in, job, self.task.vectorized)
         return result
 
     @property

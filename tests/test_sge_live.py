@@ -236,6 +236,15 @@ def test_qdel_one_array_task_then_status_names_it_and_continue_finishes(tmp_path
         assert len(arrays) == 1, queue_of(task)
         (array,) = arrays
         subprocess.run(["qdel", f"{array}.3"], check=True, capture_output=True, timeout=60)
+
+        def task3_gone():
+            out = subprocess.run(["qstat"], capture_output=True, text=True, timeout=60).stdout
+            rows = [line.split() for line in out.splitlines()[2:]]
+            return not any(r and r[0] == str(array) and r[-1] in ("3", "3-3") for r in rows)
+
+        # Open the gate only once Grid Engine has stopped the task: its rows must
+        # not be evaluated in the moment between qdel and the kill.
+        wait_for(task3_gone, "the deleted array task to leave the queue")
         gate.unlink()
         wait_for(lambda: not queue_of(task), "the other jobs to end", TIMEOUT)
         status = psy("status", "-v", task, cwd=tmp_path)

@@ -6,6 +6,7 @@ import json
 import os
 import re
 
+from psyrun.atomic import atomic_write
 from psyrun.scheduler.base import JobState, JobStatus
 from psyrun.scheduler.command import ArrayChunk, CommandScheduler, JobId
 
@@ -142,10 +143,8 @@ class Sqsub(CommandScheduler):
         if path is None:
             return
         os.makedirs(self.workdir, exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
+        with atomic_write(path) as f:
             json.dump(names, f)
-        os.replace(tmp, path)
 
     # -- status and kill ----------------------------------------------------
 

@@ -22,8 +22,6 @@ import textwrap
 import time
 from pathlib import Path
 
-from report_run import count_result_rows, run_psy
-
 BUSY = """
 import time
 
@@ -83,6 +81,10 @@ def execute(a, b):
 
 
 def _task_run(source: str, *args: str, n_rows: int) -> dict:
+    # Imported here: asv imports this module as benchmarks.report_throughput
+    # while collecting benchmarks, where report_run is not a top-level module.
+    from report_run import count_result_rows, run_psy
+
     with tempfile.TemporaryDirectory(prefix="psy-bench-") as cwd:
         tasks = Path(cwd) / "psy-tasks"
         tasks.mkdir()

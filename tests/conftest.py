@@ -45,3 +45,18 @@ def project(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "psy-tasks").mkdir()
     return tmp_path
+
+
+@pytest.fixture
+def sigterm_raises():
+    """While the test runs, SIGTERM raises psy's Interrupted in this process (as in psy run)."""
+    import signal
+
+    from psyrun.runner import Interrupted
+
+    def handler(signum, frame):
+        raise Interrupted(signum)
+
+    old = signal.signal(signal.SIGTERM, handler)
+    yield
+    signal.signal(signal.SIGTERM, old)

@@ -349,6 +349,15 @@ def wait_for_rows(task_root: str | os.PathLike, n: int = 1, timeout: float = 60.
     wait_until(lambda: rows_reported(task_root) >= n, f"{n} rows written", timeout, proc)
 
 
+def reaped(pid: int) -> bool:
+    """Whether process `pid` is gone altogether (not even a zombie: it was reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
 def alive(pid: int) -> bool:
     """Whether process `pid` exists and is not a zombie."""
     try:

@@ -40,10 +40,12 @@ def test_status_summarises_thousands_of_jobs_unless_verbose(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("script") is None, reason="needs script(1) for a terminal")
-def test_long_local_run_shows_a_progress_bar_on_a_terminal(tmp_path):
+@pytest.mark.parametrize(("rows", "max_jobs"), [(200, 20), (150, 1)])
+def test_long_local_run_shows_a_progress_bar_on_a_terminal(tmp_path, rows, max_jobs):
+    # Issue 14.11: also a single-job run shows progress (rows, not jobs).
     write(
         tmp_path / "psy-tasks" / "task_bar.py",
-        counting_task(tmp_path / "calls.txt", range(200), settings="max_jobs = 20"),
+        counting_task(tmp_path / "calls.txt", range(rows), settings=f"max_jobs = {max_jobs}"),
     )
     command = " ".join([*psy_command(), "run"])
     shown = subprocess.run(
@@ -55,7 +57,8 @@ def test_long_local_run_shows_a_progress_bar_on_a_terminal(tmp_path):
         check=True,
     ).stdout
     # One bar counting the rows of all jobs instead of a line per job.
-    assert "200/200" in shown
+    assert f"{rows}/{rows}" in shown
+    assert f"{max_jobs}/{max_jobs}" not in shown
     assert ". bar:process:" not in shown
 
 

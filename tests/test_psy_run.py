@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-
 import pytest
 from e2e_helpers import (
     BACKENDS,
@@ -16,7 +13,6 @@ from e2e_helpers import (
     load_result,
     ok,
     psy,
-    psy_command,
     result_path,
     sorted_rows,
     status_counts,
@@ -248,26 +244,6 @@ def test_overwrite_dirty_refusal_exits_1_naming_the_change(tmp_path):
 
 
 # -- progress and kill with ImmediateRun ----------------------------------------------
-
-
-@pytest.mark.skipif(shutil.which("script") is None, reason="needs script(1) for a terminal")
-def test_a_single_job_run_shows_a_bar_counting_rows(tmp_path):
-    """Issue 14.11: max_jobs = 1 on a terminal: the bar counts the rows, not the one job."""
-    write(
-        tmp_path / "psy-tasks" / "task_one.py",
-        counting_task(tmp_path / "calls.txt", range(150), settings="max_jobs = 1"),
-    )
-    command = " ".join([*psy_command(), "run"])
-    shown = subprocess.run(
-        ["script", "-qec", command, "/dev/null"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    ).stdout
-    assert "150/150" in shown, shown
-    assert "1/1" not in shown, shown
 
 
 def test_kill_of_an_immediate_run_task_says_why_nothing_was_killed(tmp_path):

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import itertools
 import os
-import signal
 import sys
 import threading
 import time
 
 import pytest
+from e2e_helpers import reaped
 
+from psyrun.runner import Interrupted
 from psyrun.scheduler import ImmediateRun, JobState, JobStatus, Scheduler, _fork
 from psyrun.scheduler import immediate as immediate_module
 
@@ -317,28 +318,6 @@ def test_monitor_is_called_while_a_job_runs(tmp_path, fake_worker):
     assert min(b - a for a, b in itertools.pairwise(calls)) >= 0.045
 
 
-class Interrupted(KeyboardInterrupt):
-    """What psy's own SIGTERM handler raises."""
-
-
-@pytest.fixture
-def sigterm_raises():
-    """While the test runs, SIGTERM raises :class:`Interrupted` in this process."""
-
-    def handler(signum, frame):
-        raise Interrupted(signum)
-
-    old = signal.signal(signal.SIGTERM, handler)
-    yield
-    signal.signal(signal.SIGTERM, old)
-
-
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 @pytest.mark.parametrize(("signame", "expected"), [("SIGTERM", Interrupted), ("SIGINT", None)])
@@ -350,7 +329,7 @@ def test_a_signal_during_a_job_stops_it_and_propagates(
     pidfile, final = tmp_path / "pid", tmp_path / "final"
     with pytest.raises(expected):
         sched.submit([PY, "-m", FAKE, "hold", pidfile, final, signame], str(tmp_path / "h.log"))
-    assert _gone(int(pidfile.read_text()))
+    assert reaped(int(pidfile.read_text()))
     # The child's SIGTERM handler unwound the job: its finally block ran.
     assert final.read_text() == "finally ran"
     assert sched.returncode("0") == 143
@@ -372,7 +351,7 @@ def test_a_monitor_error_stops_the_job(tmp_path, fake_worker):
     sched.monitor_interval = 0.02
     with pytest.raises(RuntimeError, match="progress bar broke"):
         sched.submit([PY, "-m", FAKE, "hold", pidfile, final, "-"], str(tmp_path / "h.log"))
-    assert _gone(int(pidfile.read_text()))
+    assert reaped(int(pidfile.read_text()))
     assert final.read_text() == "finally ran"
     assert sched.result("0").status is JobState.CANCELLED
 

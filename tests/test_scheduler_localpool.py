@@ -11,9 +11,11 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from e2e_helpers import reaped
 
 from psyrun.defaults import make_backend
 from psyrun.jobs import submit_graph
+from psyrun.runner import Interrupted
 from psyrun.scheduler import JobState, JobStatus, _fork
 from psyrun.scheduler.localpool import LocalPool, default_workers
 from psyrun.tasks import load_tasks
@@ -91,29 +93,6 @@ def job(tmp_path_factory, monkeypatch, request):
     return argv
 
 
-class Interrupted(KeyboardInterrupt):
-    """What psy's own SIGTERM handler raises."""
-
-
-@pytest.fixture
-def sigterm_raises():
-    """While the test runs, SIGTERM raises :class:`Interrupted` in this process."""
-
-    def handler(signum, frame):
-        raise Interrupted(signum)
-
-    old = signal.signal(signal.SIGTERM, handler)
-    yield
-    signal.signal(signal.SIGTERM, old)
-
-
-def _gone(pid: int) -> bool:
-    """True when `pid` no longer exists (not even as a zombie: it was reaped)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 def _pids(paths) -> list[int]:
@@ -198,7 +177,7 @@ def test_a_monitor_error_stops_the_jobs_and_propagates(tmp_path, job):
     pool.monitor_interval = 0.02
     with pytest.raises(RuntimeError, match="progress bar broke"):
         pool.wait(ids)
-    assert all(_gone(pid) for pid in _pids(pidfiles))
+    assert all(reaped(pid) for pid in _pids(pidfiles))
     assert {pool.result(j).status for j in ids} == {JobState.CANCELLED}
 
 
@@ -332,7 +311,7 @@ def test_a_signal_while_waiting_stops_every_job_and_propagates(
         pool.wait()
     assert time.monotonic() - start < 30
     pids = _pids(pidfiles)
-    assert all(_gone(pid) for pid in pids)
+    assert all(reaped(pid) for pid in pids)
     assert {pool.result(j).status for j in ids} == {JobState.CANCELLED}
     # The forked jobs got a SIGTERM that unwinds them: their finally blocks ran.
     assert finals[0].read_text() == finals[1].read_text() == "finally ran"
@@ -356,7 +335,7 @@ def test_a_job_that_ignores_sigterm_is_killed_after_the_grace_period(tmp_path, j
     pool.monitor_interval = 0.02
     with pytest.raises(KeyboardInterrupt):
         pool.wait()
-    assert _gone(int(pidfile.read_text()))
+    assert reaped(int(pidfile.read_text()))
     assert pool.returncode(jobid) == -signal.SIGKILL
     assert pool.result(jobid).status is JobState.CANCELLED
 
@@ -374,7 +353,7 @@ def test_kill_stops_a_running_job(tmp_path, job):
     pool.monitor = monitor
     pool.monitor_interval = 0.02
     pool.wait()
-    assert _gone(int(pidfile.read_text()))
+    assert reaped(int(pidfile.read_text()))
     assert (tmp_path / "final").read_text() == "finally ran"
     assert pool.result(held).status is JobState.CANCELLED
     assert pool.result(other).status is JobState.COMPLETED

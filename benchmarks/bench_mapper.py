@@ -11,23 +11,7 @@ from psyrun import Param, map_pspace, map_pspace_parallel
 from psyrun.mapper import evaluate_block
 from psyrun.utils.example import square
 
-
-def trivial(x):
-    return {"y": x * x}
-
-
-def affine(a, b):
-    return {"y": a * b + 0.5}
-
-
-def plain_loop(xs):
-    """What a user would write by hand: call the function, build both columns."""
-    x_column, y_column = [], []
-    for x in xs:
-        result = trivial(x=x)
-        x_column.append(x)
-        y_column.append(result["y"])
-    return {"x": x_column, "y": y_column}
+from .report_mapper import affine, plain_loop, trivial
 
 
 class MapPspace:

@@ -15,7 +15,6 @@ import re
 import sys
 import traceback
 import warnings
-from collections import Counter
 from collections.abc import Sequence
 
 import click
@@ -363,12 +362,16 @@ def _print_limited(lines_of, items: list, limit: int | None, name: str) -> None:
 
 
 def _print_jobs(name: str, queued: list, failed: list, verbose: int) -> None:
+    from psyrun.runner import summarize_states
+
     limit = None if verbose >= 2 else MAX_JOBS_LISTED
     if queued and (verbose or len(queued) <= MAX_JOBS_LISTED):
         click.echo(f"  queued or running jobs ({len(queued)}):")
         _print_limited(lambda s: [f"    {s.name} (id {s.id}, {s.status})"], queued, limit, name)
     elif queued:
-        click.echo(f"  jobs in the queue: {_summary(queued)} (`psy status -v {name}` lists them)")
+        click.echo(
+            f"  jobs in the queue: {summarize_states(queued)} (`psy status -v {name}` lists them)"
+        )
     if failed and verbose:
         click.echo(f"  failed jobs ({len(failed)}):")
         _print_limited(
@@ -382,11 +385,6 @@ def _print_jobs(name: str, queued: list, failed: list, verbose: int) -> None:
             f"  {len(failed)} job(s) failed or did not finish "
             f"(`psy status -v {name}` lists them with their logs)"
         )
-
-
-def _summary(statuses) -> str:
-    counts = Counter(str(s.status) for s in statuses)
-    return ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
 
 
 @psy.command()

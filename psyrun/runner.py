@@ -283,7 +283,8 @@ def _interrupted(task, backend, scheduler, exc: KeyboardInterrupt) -> RunReport:
     )
 
 
-def _summary(statuses) -> str:
+def summarize_states(statuses) -> str:
+    """Return ``'2 queued, 1 running'``-style counts of the states of `statuses`."""
     counts = Counter(str(s.status) for s in statuses)
     return ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
 
@@ -296,7 +297,7 @@ def _run_locked(task, backend, scheduler, cont: bool, events: RunEvents) -> RunR
         return RunReport(
             name,
             "queued",
-            f"jobs of the last run are still in the queue ({_summary(queued)}); not "
+            f"jobs of the last run are still in the queue ({summarize_states(queued)}); not "
             f"submitting again. `psy status -v {name}` lists them, `psy kill {name}` "
             "cancels them.",
         )

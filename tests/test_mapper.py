@@ -5,6 +5,7 @@ import types
 
 import numpy as np
 import pytest
+from store_helpers import STORE_EXTS, store_or_skip
 
 from psyrun import Param, map_pspace, map_pspace_hdd_backed, map_pspace_parallel
 from psyrun.mapper import (
@@ -16,7 +17,7 @@ from psyrun.mapper import (
     get_result,
     iter_results,
 )
-from psyrun.store import NpzStore, PickleStore, get_store
+from psyrun.store import NpzStore, PickleStore
 from psyrun.utils.example import square
 
 
@@ -313,19 +314,12 @@ def test_get_result_errors():
 
 # -- hdd-backed resume with list-valued parameters, every store ---------------------
 
-STORES = [".pkl", ".npz", ".h5", ".zarr"]
-
-
-def _store_or_skip(ext):
-    try:
-        return get_store(ext)
-    except ImportError as exc:  # pragma: no cover - depends on the installation
-        pytest.skip(str(exc))
+STORES = STORE_EXTS
 
 
 @pytest.mark.parametrize("ext", STORES)
 def test_resume_with_list_valued_parameter_evaluates_nothing_twice(tmp_path, ext):
-    _store_or_skip(ext)
+    store_or_skip(ext)
     calls = []
 
     def fn(a, b):

@@ -14,23 +14,17 @@ import threading
 
 import numpy as np
 import pytest
+from store_helpers import STORE_EXTS, store_or_skip
 
 from psyrun.store import get_store
 from psyrun.store.columns import merge_chunks, normalize
 
-STORES = [".pkl", ".npz", ".h5", ".zarr"]
-
-
-def _store_or_skip(ext):
-    try:
-        return get_store(ext)
-    except ImportError as exc:  # pragma: no cover - depends on the installation
-        pytest.skip(str(exc))
+STORES = STORE_EXTS
 
 
 @pytest.mark.parametrize("ext", STORES)
 def test_store_refuses_a_string_as_a_column(tmp_path, ext):
-    store = _store_or_skip(ext)
+    store = store_or_skip(ext)
     with pytest.raises(TypeError, match="'a' must be a list or array"):
         store.save(tmp_path / f"x{ext}", {"a": "abc"})
     with pytest.raises(TypeError, match="'a' must be a list or array"):
@@ -40,7 +34,7 @@ def test_store_refuses_a_string_as_a_column(tmp_path, ext):
 @pytest.mark.parametrize("ext", STORES)
 @pytest.mark.parametrize("empty", [{}, {"a": []}], ids=["no-columns", "zero-rows"])
 def test_appending_zero_rows_leaves_the_file_as_it_was(tmp_path, ext, empty):
-    store = _store_or_skip(ext)
+    store = store_or_skip(ext)
     filename = os.fspath(tmp_path / f"x{ext}")
     store.save(filename, {"a": [1, 2], "s": ["x", "yy"]})
     store.append(filename, empty)
@@ -54,7 +48,7 @@ def test_appending_zero_rows_leaves_the_file_as_it_was(tmp_path, ext, empty):
 @pytest.mark.parametrize("ext", STORES)
 @pytest.mark.parametrize("first", [{}, {"a": []}], ids=["no-columns", "zero-rows"])
 def test_first_rows_after_an_empty_file_keep_their_type(tmp_path, ext, first):
-    store = _store_or_skip(ext)
+    store = store_or_skip(ext)
     filename = os.fspath(tmp_path / f"x{ext}")
     store.append(filename, first)
     store.append(filename, {"a": [1, 2]})

@@ -11,7 +11,15 @@ from psyrun import Param, map_pspace, map_pspace_parallel
 from psyrun.mapper import evaluate_block
 from psyrun.utils.example import square
 
-from .report_mapper import affine, plain_loop, trivial
+from .report_mapper import (
+    affine,
+    evaluate_each,
+    plain_blocks,
+    plain_loop,
+    results_blocks,
+    rows_as_dicts,
+    trivial,
+)
 
 
 class MapPspace:
@@ -27,6 +35,28 @@ class MapPspace:
         map_pspace(trivial, self.space)
 
     def time_plain_loop(self, rows):
+        plain_loop(self.xs)
+
+    def time_iter_results_blocks(self, rows):
+        results_blocks(trivial, self.space)
+
+    def time_plain_loop_blocks(self, rows):
+        plain_blocks(self.xs)
+
+
+class EvaluateRows:
+    """``evaluate_rows`` on decoded blocks of dict rows, against the plain loop."""
+
+    timeout = 120
+
+    def setup(self):
+        self.blocks = rows_as_dicts(Param(x=list(range(10**5))))
+        self.xs = list(range(10**5))
+
+    def time_evaluate_rows(self):
+        evaluate_each(trivial, self.blocks)
+
+    def time_plain_loop(self):
         plain_loop(self.xs)
 
 

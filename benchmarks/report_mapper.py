@@ -74,23 +74,67 @@ def fresh_loop(values: np.ndarray, block_size: int = 16384):
     return {"x": x_column, "y": y_column}
 
 
+def plain_blocks(xs, block_size: int = 1024) -> int:
+    """The plain loop over blocks of rows, each block's columns dropped after use."""
+    rows = 0
+    for start in range(0, len(xs), block_size):
+        rows += len(plain_loop(xs[start : start + block_size])["y"])
+    return rows
+
+
+def results_blocks(fn, space, block_size: int = 1024) -> int:
+    """Consume :func:`psyrun.mapper.iter_results` as a process job does.
+
+    A job appends each block to its part file and drops it; here each block
+    is only counted.
+    """
+    from psyrun.mapper import iter_results
+
+    return sum(len(block["y"]) for block in iter_results(fn, space, block_size))
+
+
+def rows_as_dicts(space, block_size: int = 1024) -> list:
+    """Blocks of ``(param_columns, rows)`` for :func:`psyrun.mapper.evaluate_rows`."""
+    from psyrun.mapper import iter_rows
+
+    return list(iter_rows(space, block_size=block_size))
+
+
+def evaluate_each(fn, blocks: list) -> list:
+    """Evaluate every block of :func:`rows_as_dicts` with ``evaluate_rows``."""
+    from psyrun.mapper import evaluate_rows
+
+    return [evaluate_rows(fn, columns, rows) for columns, rows in blocks]
+
+
 def collect() -> list[dict]:
     """Measure the row path against plain loops, the vectorized path against NumPy."""
     from psyrun import Param, map_pspace, map_pspace_parallel
+    from psyrun.mapper import concatenate_results, iter_results
 
     n = 10**6
     space = Param(x=list(range(n)))
     xs = list(range(n))
     values = np.arange(n)
+    dict_rows = rows_as_dicts(space)
     rows = _best_interleaved(
         {
             "map_pspace": lambda: map_pspace(trivial, space),
             "plain": lambda: plain_loop(xs),
             "bare": lambda: bare_loop(xs),
             "fresh": lambda: fresh_loop(values),
+            "iter_results": lambda: results_blocks(trivial, space),
+            "plain_blocks": lambda: plain_blocks(xs),
+            "evaluate_rows": lambda: evaluate_each(trivial, dict_rows),
         }
     )
     assert map_pspace(trivial, Param(x=xs[:10])) == plain_loop(xs[:10]) == fresh_loop(values[:10])
+    small = Param(x=xs[:3000])
+    assert results_blocks(trivial, small) == plain_blocks(xs[:3000]) == 3000
+    assert concatenate_results(iter_results(trivial, small, 1024)) == plain_loop(xs[:3000])
+    assert concatenate_results(evaluate_each(trivial, rows_as_dicts(small))) == plain_loop(
+        xs[:3000]
+    )
 
     vspace = Param(a=np.arange(10**4, dtype=float)) * Param(b=np.arange(10**3, dtype=float))
     arrays = vspace.to_arrays()
@@ -139,6 +183,18 @@ def collect() -> list[dict]:
             "measured": f"{row_ratio:.2f}x",
             "target": "<= 1.5x",
             "ok": row_ratio <= 1.5,
+        },
+        {
+            "what": "  iter_results, 1024-row blocks (a job's loop), vs plain ones",
+            "measured": f"{rows['iter_results'] / rows['plain_blocks']:.2f}x",
+            "target": "<= 1.5x",
+            "ok": rows["iter_results"] / rows["plain_blocks"] <= 1.5,
+        },
+        {
+            "what": "  evaluate_rows, rows as dicts, vs plain",
+            "measured": f"{rows['evaluate_rows'] / rows['plain']:.2f}x",
+            "target": "<= 1.5x",
+            "ok": rows["evaluate_rows"] / rows["plain"] <= 1.5,
         },
         {
             "what": "  vs a bare loop (input list as x column)",

@@ -21,6 +21,7 @@ import itertools
 import keyword
 import math
 import os
+import types
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -50,8 +51,6 @@ DEFAULT_BLOCK_SIZE = 1024
 #: overhead vanishes, small enough that a block of float columns stays in cache.
 DEFAULT_VECTORIZED_BLOCK_SIZE = 65536
 
-#: Rows per block when results stay in memory (``map_pspace``, row by row).
-_IN_MEMORY_BLOCK_SIZE = 16384
 # The value an output key takes in rows (or blocks) that did not return it.
 _FILL = math.nan
 # Returned by the generated row loops when every row was consumed.
@@ -115,23 +114,55 @@ def _exclude_keys(exclude: Iterable[str] | str | None) -> tuple[str, ...]:
 # dataclasses and namedtuple generate their methods): a call with literal
 # keyword names, ``fn(x=v)``, costs about half of ``fn(**row)`` with a dict
 # built per row, and picking the outputs by literal key into per-key lists
-# avoids keeping a dict per row alive. Only ``repr`` of str keys goes into the
-# source, so it is always valid Python whatever the names are.
+# avoids keeping a dict per row alive. Where the function's signature allows
+# it, the values are passed by position, ``fn(v)``, which CPython calls faster
+# still. Only ``repr`` of str keys goes into the source, so it is always valid
+# Python whatever the names are.
+
+#: The call passes the row's values by position (see :func:`_positional_order`).
+_Order = tuple[int, ...] | None
 
 
-def _call_source(param_keys: tuple[str, ...] | None, with_extra: bool) -> tuple[str, str]:
+def _positional_order(fn, keys: tuple[str, ...]) -> _Order:
+    """Return the order in which to pass `keys` by position to `fn`, or None.
+
+    The positional call must bind exactly as the keyword call ``fn(k=v, ...)``
+    would: `fn` is a plain Python function whose first ``len(keys)``
+    parameters are the keys (in any order), none of them positional-only.
+    Anything else (builtins, methods, ``functools.partial``, ``**kwargs``)
+    is called by keyword.
+    """
+    if type(fn) is not types.FunctionType or not keys:
+        return None
+    code = fn.__code__
+    names = code.co_varnames[: len(keys)]
+    if code.co_posonlyargcount or len(keys) > code.co_argcount or set(names) != set(keys):
+        return None
+    index = {k: i for i, k in enumerate(keys)}
+    if len(index) != len(keys):
+        return None
+    return tuple(index[name] for name in names)
+
+
+def _call_source(
+    param_keys: tuple[str, ...] | None, with_extra: bool, order: _Order = None
+) -> tuple[str, str]:
     """Return the loop target and the call arguments for one row.
 
-    ``param_keys=None`` means the rows are dicts (called as ``fn(**row)``).
+    ``param_keys=None`` means the rows are dicts (called as ``fn(**row)``);
+    `order` passes the values by position in that order instead of by name.
     """
     if param_keys is None:
         target, args = "_v0", ["**_v0"]
     else:
         names = [f"_v{i}" for i in range(len(param_keys))]
         target = names[0] if len(names) == 1 else ", ".join(names) + ","
-        plain = [f"{k}={v}" for k, v in zip(param_keys, names) if _is_name(k)]
-        other = [f"{k!r}: {v}" for k, v in zip(param_keys, names) if not _is_name(k)]
-        args = plain + ([f"**{{{', '.join(other)}}}"] if other else [])
+        if order is not None:
+            args = [names[i] for i in order]
+        else:
+            plain = [f"{k}={v}" for k, v in zip(param_keys, names) if _is_name(k)]
+            other = [f"{k!r}: {v}" for k, v in zip(param_keys, names) if not _is_name(k)]
+            args = plain + ([f"**{{{', '.join(other)}}}"] if other else [])
     if with_extra:
         args.append("**_extra")
     return target, ", ".join(args)
@@ -148,9 +179,9 @@ def _compile(source: str, name: str):
 
 
 @functools.lru_cache(maxsize=256)
-def _plain_loop(param_keys: tuple[str, ...] | None, with_extra: bool):
+def _plain_loop(param_keys: tuple[str, ...] | None, with_extra: bool, order: _Order):
     """Compile a loop appending every row's raw result (any keys, any type)."""
-    target, args = _call_source(param_keys, with_extra)
+    target, args = _call_source(param_keys, with_extra, order)
     return _compile(
         f"def _plain_loop(_fn, _rows, _extra, _append):\n"
         f"    for {target} in _rows:\n"
@@ -161,13 +192,15 @@ def _plain_loop(param_keys: tuple[str, ...] | None, with_extra: bool):
 
 
 @functools.lru_cache(maxsize=256)
-def _keyed_loop(param_keys: tuple[str, ...] | None, with_extra: bool, output_keys: tuple):
+def _keyed_loop(
+    param_keys: tuple[str, ...] | None, with_extra: bool, order: _Order, output_keys: tuple
+):
     """Compile a loop for rows that all return a dict with exactly `output_keys`.
 
     It appends each output to its own list and returns the first result that
     does not fit (another type or other keys), or ``_END``.
     """
-    target, args = _call_source(param_keys, with_extra)
+    target, args = _call_source(param_keys, with_extra, order)
     n = len(output_keys)
     appenders = [f"_a{i}" for i in range(max(n, 1))]
     lines = [
@@ -199,7 +232,8 @@ def _run_rows(fn, rows, n, param_keys, call_keys, extra, on_error, row_of):
     result is in `outputs` (None: all of them).
     """
     with_extra = bool(extra)
-    plain = _plain_loop(call_keys, with_extra)
+    order = None if call_keys is None else _positional_order(fn, call_keys)
+    plain = _plain_loop(call_keys, with_extra, order)
     it = iter(rows)
     failed: list[int] = []
     pos = 0  # rows consumed so far
@@ -238,7 +272,7 @@ def _run_rows(fn, rows, n, param_keys, call_keys, extra, on_error, row_of):
             else:
                 results = [result]
         elif results is None:
-            loop = _keyed_loop(call_keys, with_extra, out_keys)
+            loop = _keyed_loop(call_keys, with_extra, order, out_keys)
             before = len(cols[0])
             try:
                 odd = loop(fn, it, extra, *(c.append for c in cols))
@@ -408,8 +442,17 @@ def evaluate_rows(
         If `fn` returns a key that is also a parameter (even with `on_error`).
     """
     exclude = set(_exclude_keys(exclude))
+    n = len(rows)
+    keys = tuple(param_columns)
+    if n and tuple(rows[0]) == keys and all(len(param_columns[k]) == n for k in keys):
+        # The columns hold the rows' values: calling from them (by position or
+        # literal keyword) saves unpacking a dict per row.
+        values = param_columns[keys[0]] if len(keys) == 1 else zip(*param_columns.values())
+        call_keys = keys
+    else:
+        values, call_keys = rows, None
     outputs, kept = _run_rows(
-        fn, rows, len(rows), param_columns, None, extra_kwargs, on_error, rows.__getitem__
+        fn, values, n, param_columns, call_keys, extra_kwargs, on_error, rows.__getitem__
     )
     return _assemble(param_columns, outputs, kept, exclude)
 
@@ -800,8 +843,9 @@ def map_pspace(
     vectorized : bool, optional
         Call `fn` once per block of rows instead of once per row.
     block_size : int, optional
-        Rows per block (default: :data:`DEFAULT_BLOCK_SIZE`, or
-        :data:`DEFAULT_VECTORIZED_BLOCK_SIZE` if `vectorized`).
+        Rows per block. Row by row, the default decodes the whole space at
+        once (every result stays in memory anyway); if `vectorized`, it is
+        :data:`DEFAULT_VECTORIZED_BLOCK_SIZE` rows per call of `fn`.
 
     Returns
     -------
@@ -834,8 +878,10 @@ def _evaluate_range(fn, pspace, start, stop, exclude, vectorized=False, block_si
     if vectorized:
         return _evaluate_range_vectorized(fn, pspace, start, stop, exclude, block_size)
     if block_size is None:
-        # Nothing is written between blocks here: larger blocks decode faster.
-        block_size = _IN_MEMORY_BLOCK_SIZE
+        # Nothing is written between blocks here, so the range is one block:
+        # no per-block overhead and no lists to join at the end.
+        end = len(pspace) if stop is None else min(stop, len(pspace))
+        block_size = max(1, end - start)
     found: set = set()
     blocks = []
     for block in iter_results(
@@ -938,7 +984,7 @@ def map_pspace_parallel(
         Call `fn` once per block of rows, as for :func:`map_pspace`.
     block_size : int, optional
         Rows per call of `fn` if `vectorized` (and per decoded block
-        otherwise) within each worker's share of the rows.
+        otherwise; by default each worker decodes its share at once).
 
     Returns
     -------

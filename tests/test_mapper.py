@@ -170,6 +170,54 @@ def test_parameter_names_that_are_not_identifiers():
     assert result == {"a-b": [1, 2], "class": [3, 4], "fn": [5, 6], "s": [9, 12]}
 
 
+def _reversed_order(b, a, c=5):
+    return {"y": (a, b, c)}
+
+
+def _keyword_only(*, a, b):
+    return {"y": (a, b)}
+
+
+def _first_positional_only(a, /, b):
+    return {"y": (a, b)}
+
+
+def _extra_positional(a, z, b):
+    return {"y": (a, b, z)}
+
+
+@pytest.mark.parametrize(
+    ("fn", "expected"),
+    [
+        (_reversed_order, [(1, 3, 5), (1, 4, 5), (2, 3, 5), (2, 4, 5)]),
+        (lambda a, b: {"y": (a, b)}, [(1, 3), (1, 4), (2, 3), (2, 4)]),
+        (_keyword_only, [(1, 3), (1, 4), (2, 3), (2, 4)]),
+        (lambda **kw: {"y": (kw["a"], kw["b"])}, [(1, 3), (1, 4), (2, 3), (2, 4)]),
+    ],
+    ids=["reversed", "same-order", "keyword-only", "var-keyword"],
+)
+def test_values_reach_the_parameters_of_their_name(fn, expected):
+    # Values may be passed by position for speed; they must bind by name.
+    result = map_pspace(fn, Param(a=[1, 2]) * Param(b=[3, 4]))
+    assert result["y"] == expected
+
+
+@pytest.mark.parametrize("fn", [_first_positional_only, _extra_positional])
+def test_a_call_by_keyword_that_cannot_bind_fails_as_it_would_by_hand(fn):
+    # Passing these by position would silently succeed (or bind z to b).
+    with pytest.raises(TypeError) as info:
+        fn(a=1, b=3)
+    with pytest.raises(TypeError) as mapped:
+        map_pspace(fn, Param(a=[1, 2]) * Param(b=[3, 4]))
+    assert str(mapped.value) == str(info.value)
+
+
+def test_extra_keyword_arguments_combine_with_positional_values():
+    arrays = (Param(b=[1, 2]) * Param(a=[3])).to_arrays()
+    result = evaluate_block(_reversed_order, arrays, ["b", "a"], extra={"c": 7})
+    assert result["y"] == [(3, 1, 7), (3, 2, 7)]
+
+
 def test_extra_keyword_arguments_reach_every_call():
     arrays = Param(x=[1, 2, 3]).to_arrays()
     result = evaluate_block(lambda x, k: {"y": x * k}, arrays, ["x"], extra={"k": 10})

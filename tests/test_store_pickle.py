@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
+import pickletools
+import struct
+import tempfile
 
 import numpy as np
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from psyrun.store import PickleStore
+from psyrun.store.pickle import _PROTOCOL, _items_opcodes, _numeric_items_opcodes
 from psyrun.store.testing import assert_columns_equal
 
 
@@ -94,3 +102,144 @@ def test_non_dict_pickle_is_rejected_clearly(store, filename):
         pickle.dump([1, 2, 3], f)
     with pytest.raises(ValueError, match="pickled dict"):
         store.load(filename)
+
+
+# -- the NumPy encoder of bool, int and float columns ------------------------------------
+
+NUMERIC_DTYPES = [
+    "float16", "float32", "float64", ">f8",
+    "int8", "int16", "int32", "int64", ">i8",
+    "uint8", "uint16", "uint32", "uint64", ">u8",
+    "bool",
+]  # fmt: skip
+
+
+def _items(column: np.ndarray) -> list:
+    """Load ``column``'s item opcodes as the rows of a list, as a file does."""
+    raw = pickle.PROTO + bytes([_PROTOCOL]) + pickle.EMPTY_LIST + _items_opcodes(column)
+    raw += pickle.STOP
+    pickletools.dis(raw, out=io.StringIO())  # a well-formed stream (MARK ... APPENDS balanced)
+    assert all(op.proto <= _PROTOCOL for op, _, _ in pickletools.genops(raw))
+    return pickle.loads(raw)
+
+
+def assert_same_python_values(got: list, want: list) -> None:
+    """Same length, element types and values; floats compare bit for bit (NaN, -0.0)."""
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert type(g) is type(w), (g, w)
+        if type(w) is float:
+            assert struct.pack("<d", g) == struct.pack("<d", w), (g, w)
+        else:
+            assert g == w
+
+
+def _numeric_columns(dtype: str, max_size: int = 50):
+    column = hnp.arrays(np.dtype(dtype), st.integers(0, max_size))
+    # Strided columns too: the encoder must not rely on contiguous input.
+    return st.tuples(column, st.booleans()).map(lambda c: c[0][::2] if c[1] else c[0])
+
+
+def _extremes(dtype: str) -> np.ndarray:
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        values = [np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 1.5, np.finfo(dtype).max]
+        values += [np.finfo(dtype).min, np.finfo(dtype).tiny, np.finfo(dtype).smallest_subnormal]
+        return np.array(values, dtype=dtype)
+    if dtype.kind == "b":
+        return np.array([True, False, True], dtype=dtype)
+    info = np.iinfo(dtype)
+    return np.array([info.min, info.max, 0, info.max // 2, info.max // 2 + 1], dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", NUMERIC_DTYPES)
+@given(data=st.data())
+def test_numeric_columns_load_as_tolist(dtype, data):
+    column = data.draw(st.one_of(_numeric_columns(dtype), st.just(_extremes(dtype))))
+    assert _numeric_items_opcodes(column) is not None  # the NumPy path, not the Pickler
+    assert_same_python_values(_items(column), column.tolist())
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [0, 255],  # BININT1
+        [0, 65535],  # BININT2
+        [-1, 2**31 - 1],  # BININT
+        [-(2**31) - 1, 2**63 - 1],  # LONG1, 8 bytes
+        [2**63, 2**64 - 1, 0],  # LONG1, 9 bytes: the sign byte of uint64
+    ],
+)
+def test_integer_columns_at_each_opcode_range(values):
+    for dtype in ("int64", "uint64"):
+        if all(np.iinfo(dtype).min <= v <= np.iinfo(dtype).max for v in values):
+            column = np.array(values, dtype=dtype)
+            assert_same_python_values(_items(column), values)
+
+
+def test_an_empty_numeric_column_gives_no_opcodes():
+    # As pickling an empty list: nothing between the list and the next opcode.
+    for dtype in NUMERIC_DTYPES:
+        assert _items_opcodes(np.empty(0, dtype=dtype)) == b""
+
+
+@pytest.mark.parametrize(
+    "column",
+    [
+        np.array([1 + 2j, 3j]),
+        np.array(["a", "bc"]),
+        np.array([[1.0, 2.0], [3.0, 4.0]]),
+        np.array([1.5, 2.5], dtype=np.longdouble),
+        np.ma.masked_array([1.0, 2.0], mask=[False, True]),
+        np.array([None, {"k": 1}], dtype=object),
+    ],
+    ids=["complex", "str", "2-d", "longdouble", "masked", "object"],
+)
+def test_other_columns_take_the_pickler_path(column):
+    assert _numeric_items_opcodes(column) is None
+    want = list(column) if column.dtype.kind == "O" else column.tolist()
+    assert _items(column) == want
+
+
+# One column of each kind; int8 and uint64 also cover the smallest and widest opcodes.
+_CHUNK_DTYPES = {
+    "f": "float64",
+    "h": "float32",
+    "i": "int64",
+    "u": "uint64",
+    "k": "int8",
+    "b": "bool",
+}
+
+
+@st.composite
+def _chunks(draw):
+    """A few chunks of equal-length columns, one per supported dtype."""
+    chunks = []
+    for _ in range(draw(st.integers(1, 4))):
+        n = draw(st.integers(0, 20))
+        chunks.append(
+            {key: draw(hnp.arrays(np.dtype(dt), n)) for key, dt in _CHUNK_DTYPES.items()}
+        )
+    return chunks
+
+
+@given(chunks=_chunks())
+@example(chunks=[{k: _extremes(dt)[:3] for k, dt in _CHUNK_DTYPES.items()}] * 3)
+def test_appended_numeric_columns_load_back_with_exact_types(chunks):
+    with tempfile.TemporaryDirectory() as tmp:
+        filename = os.path.join(tmp, "result.pkl")
+        store = PickleStore()
+        for chunk in chunks:
+            store.append(filename, chunk)
+        want = {k: np.concatenate([c[k] for c in chunks]) for k in _CHUNK_DTYPES}
+        with open(filename, "rb") as f:
+            raw = pickle.load(f)
+        assert set(raw) == set(want)
+        for key in want:
+            assert type(raw[key]) is list
+            assert_same_python_values(raw[key], want[key].tolist())
+        if any(len(c["f"]) for c in chunks):  # (a file without rows has float columns)
+            loaded = store.load(filename)
+            assert_columns_equal(loaded, want)
+            assert {k: v.dtype for k, v in loaded.items()} == _CHUNK_DTYPES

@@ -38,7 +38,6 @@ import datetime
 import hashlib
 import os
 import platform
-import socket
 import subprocess
 from collections.abc import Mapping
 from typing import Any
@@ -151,7 +150,8 @@ def collect(task, started: str | None = None) -> dict[str, Any]:
     meta["python_version"] = platform.python_version()
     meta["pspace_length"] = len(task.pspace)
     meta["pspace_keys"] = list(task.pspace.keys())
-    meta["merge_host"] = socket.gethostname()
+    # platform.node() is the host name gethostname() gives, without importing socket.
+    meta["merge_host"] = platform.node()
     if started is not None:
         meta["started"] = started
     meta["finished"] = utc_now()

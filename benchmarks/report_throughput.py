@@ -163,6 +163,17 @@ def collect() -> list[dict]:
                      "ok": ratio <= 0.15})
         rows.append({"what": "  vectorized / row by row wall", "target": "-", "ok": None,
                      "measured": f"{vec['wall']:.2f} / {rowwise['wall']:.2f} s"})
+        # What any psy run of this task costs whatever its size: the
+        # interpreter, the imports, the task file, the split, process and
+        # merge jobs. The per-row ratio leaves it out of both runs.
+        floor = _best(lambda: _task_run(VECTOR.format(n_a=1, n_b=1, max_jobs=1, vectorized=True),
+                                        n_rows=1), 3)
+        if floor.get("valid"):
+            per_row = (vec["wall"] - floor["wall"]) / (rowwise["wall"] - floor["wall"])
+            rows.append({"what": "  the same task with 1 row (fixed cost)", "target": "-",
+                         "ok": None, "measured": f"{floor['wall']:.2f} s"})
+            rows.append({"what": "  per-row cost, vectorized vs row by row", "target": "-",
+                         "ok": None, "measured": f"{per_row:.3f}x"})
     big = _task_run(VECTOR.format(n_a=10_000, n_b=1000, max_jobs=4, vectorized=True),
                     n_rows=10**7)
     what = "peak RSS, vectorized psy run of 1e7 rows"

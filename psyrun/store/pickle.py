@@ -287,25 +287,25 @@ class PickleStore(Store):
     # -- writing -------------------------------------------------------------
 
     def _write_file(self, path: str, data: dict[str, np.ndarray]) -> None:
-        out = io.BytesIO()
-        out.write(pickle.PROTO + bytes([_PROTOCOL]) + pickle.EMPTY_DICT)
+        # The pieces are written one by one: joining them would copy every
+        # column's opcodes once more.
+        pieces = [pickle.PROTO + bytes([_PROTOCOL]) + pickle.EMPTY_DICT]
         with self._pickling(data):
             for slot, (key, column) in enumerate(data.items()):
-                out.write(_raw_opcodes(key))
-                out.write(pickle.EMPTY_LIST + pickle.LONG_BINPUT + struct.pack("<I", slot))
-                out.write(_items_opcodes(column))
-                out.write(pickle.SETITEM)
-        stop = out.tell()
-        out.write(pickle.STOP)
+                pieces.append(_raw_opcodes(key))
+                pieces.append(pickle.EMPTY_LIST + pickle.LONG_BINPUT + struct.pack("<I", slot))
+                pieces.append(_items_opcodes(column))
+                pieces.append(pickle.SETITEM)
+        stop = sum(len(piece) for piece in pieces)
         meta = {
             "stop": stop,
             "prev_stop": None,
             "rows": count(data),
             "columns": {k: _column_meta(v) for k, v in data.items()},
         }
-        out.write(self._trailer(meta))
+        pieces.append(pickle.STOP + self._trailer(meta))
         with open(path, "wb") as f:
-            f.write(out.getvalue())
+            f.writelines(pieces)
 
     @staticmethod
     def _trailer(meta: dict) -> bytes:
@@ -319,27 +319,27 @@ class PickleStore(Store):
         # A file without rows takes its column types from the first rows.
         if meta is None or meta["rows"] == 0 or not fits_layout(_layout(meta), data):
             return False
-        section = io.BytesIO()
+        # The new section: STOP's replacement (LONG_BINGET's first byte) first.
+        pieces = []
         with self._pickling(data):
             for slot, key in enumerate(meta["columns"]):
-                section.write(pickle.LONG_BINGET + struct.pack("<I", slot))
-                section.write(_items_opcodes(data[key]))
-                section.write(pickle.POP)
-        new_stop = meta["stop"] + section.tell()
-        section.write(pickle.STOP)
+                pieces.append(pickle.LONG_BINGET + struct.pack("<I", slot))
+                pieces.append(_items_opcodes(data[key]))
+                pieces.append(pickle.POP)
+        new_stop = meta["stop"] + sum(len(piece) for piece in pieces)
         rows = meta["rows"] + count(data)
         new_meta = dict(meta, stop=new_stop, prev_stop=meta["stop"], rows=rows)
-        section.write(self._trailer(new_meta))
-        payload = section.getvalue()
+        pieces.append(pickle.STOP + self._trailer(new_meta))
+        commit, pieces[0] = pieces[0][:1], pieces[0][1:]
         with open(filename, "r+b") as f:
             # Everything but the first byte goes after the old STOP ...
             f.seek(meta["stop"] + 1)
-            f.write(payload[1:])
+            f.writelines(pieces)
             f.truncate()
             f.flush()
             os.fsync(f.fileno())
             # ... and this one-byte write commits the append.
             f.seek(meta["stop"])
-            f.write(payload[:1])
+            f.write(commit)
             f.flush()
         return True

@@ -16,7 +16,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from psyrun.store import PickleStore
-from psyrun.store.pickle import _PROTOCOL, _items_opcodes, _numeric_items_opcodes
+from psyrun.store import pickle as pickle_module
+from psyrun.store.pickle import _PROTOCOL, _decode_file, _items_opcodes
+from psyrun.store.pickle_codec import encode_items
 from psyrun.store.testing import assert_columns_equal
 
 
@@ -156,7 +158,7 @@ def _extremes(dtype: str) -> np.ndarray:
 @given(data=st.data())
 def test_numeric_columns_load_as_tolist(dtype, data):
     column = data.draw(st.one_of(_numeric_columns(dtype), st.just(_extremes(dtype))))
-    assert _numeric_items_opcodes(column) is not None  # the NumPy path, not the Pickler
+    assert encode_items(column) is not None  # the NumPy path, not the Pickler
     assert_same_python_values(_items(column), column.tolist())
 
 
@@ -196,7 +198,7 @@ def test_an_empty_numeric_column_gives_no_opcodes():
     ids=["complex", "str", "2-d", "longdouble", "masked", "object"],
 )
 def test_other_columns_take_the_pickler_path(column):
-    assert _numeric_items_opcodes(column) is None
+    assert encode_items(column) is None
     want = list(column) if column.dtype.kind == "O" else column.tolist()
     assert _items(column) == want
 
@@ -243,3 +245,83 @@ def test_appended_numeric_columns_load_back_with_exact_types(chunks):
             loaded = store.load(filename)
             assert_columns_equal(loaded, want)
             assert {k: v.dtype for k, v in loaded.items()} == _CHUNK_DTYPES
+        # Read by NumPy, exactly as unpickling the rows reads them.
+        assert_same_columns(read_by_numpy(filename), read_by_pickle(filename))
+
+
+# -- reading the rows with NumPy ---------------------------------------------------
+
+
+def read_by_numpy(filename: str) -> dict | None:
+    """The columns NumPy reads from a file, None where it leaves the file to pickle."""
+    with open(filename, "rb") as f:
+        meta = PickleStore._read_meta(f)
+        f.seek(0)
+        raw = f.read(meta["stop"] + 1)
+    return _decode_file(raw, meta)
+
+
+def read_by_pickle(filename: str) -> dict:
+    """The columns as unpickling the rows and converting them gives them."""
+    with open(filename, "rb") as f:
+        raw = pickle.load(f)
+        meta = PickleStore._read_meta(f)
+    return {k: np.asarray(v, dtype=meta["columns"][k][0]) for k, v in raw.items()}
+
+
+def assert_same_columns(got: dict | None, want: dict) -> None:
+    assert got is not None, "NumPy did not read the file"
+    assert list(got) == list(want)
+    for key in want:
+        assert got[key].dtype == want[key].dtype, key
+        assert got[key].tobytes() == want[key].tobytes(), key  # the bits, NaN included
+
+
+@pytest.fixture
+def pickler_writes(monkeypatch):
+    """Append as earlier versions did: every column through the standard Pickler."""
+    monkeypatch.setattr(pickle_module, "encode_items", lambda column: None)
+
+
+@pytest.mark.parametrize(
+    "column",
+    [
+        np.array([0.5, -0.0, np.nan, np.inf] * 700),  # several MARK ... APPENDS batches
+        np.array([True, False, False] * 400),
+        np.arange(2001) % 256,  # ints that all take BININT1
+        np.array([2.5]),  # one row: the Pickler writes it with APPEND
+    ],
+    ids=["float", "bool", "narrow-int", "one-row"],
+)
+def test_numpy_reads_what_the_pickler_wrote(store, filename, pickler_writes, column):
+    for start in (0, 1, 1001):
+        store.append(filename, {"c": column[start:], "n": column[start:]})
+    assert_same_columns(read_by_numpy(filename), read_by_pickle(filename))
+    assert_same_columns(store.load(filename), read_by_pickle(filename))
+
+
+@pytest.mark.parametrize(
+    "columns",
+    [
+        {"i": np.array([1, 300, 70000, 2**40])},  # the Pickler's ints of mixed widths
+        {"f": np.array([0.5, 1.5]), "s": np.array(["x", "y"])},
+        {"f": np.array([0.5, 1.5]), "o": np.array([None, {"k": 1}], dtype=object)},
+        {"m": np.zeros((2, 3))},
+    ],
+    ids=["mixed-ints", "strings", "objects", "2-d"],
+)
+def test_files_numpy_cannot_read_are_unpickled(store, filename, pickler_writes, columns):
+    store.append(filename, columns)
+    store.append(filename, columns)
+    assert read_by_numpy(filename) is None
+    want = {k: np.concatenate([v, v]) for k, v in columns.items()}
+    assert_columns_equal(store.load(filename), want)
+
+
+def test_numpy_reads_files_whose_chunks_change_the_int_opcode(store, filename):
+    # Each append picks its own opcode from its own range.
+    for chunk in ([1, 2], [300, 70000], [-(2**40), 5], [2]):
+        store.append(filename, {"i": np.array(chunk, dtype=np.int64)})
+    got = read_by_numpy(filename)
+    assert_same_columns(got, read_by_pickle(filename))
+    assert got["i"].tolist() == [1, 2, 300, 70000, -(2**40), 5, 2]

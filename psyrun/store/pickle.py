@@ -13,8 +13,9 @@ that first byte written over the old STOP. Until then the old STOP ends the
 pickle and the old rows load unchanged.
 
 Speed: the rows of 1-d bool, int and float columns are turned into opcodes by
-NumPy (one fixed-size record per row) rather than by pickling ``tolist()``;
-they load as the same Python values.
+NumPy (one fixed-size record per row, :mod:`psyrun.store.pickle_codec`)
+rather than by pickling ``tolist()``, and read back the same way; ``pickle.load``
+gives the same Python values.
 """
 
 from __future__ import annotations
@@ -30,12 +31,15 @@ import numpy as np
 
 from psyrun.store.base import Store
 from psyrun.store.columns import count, fits_layout, normalize, select_row
+from psyrun.store.pickle_codec import decode_items, encode_items
 
 __all__ = ["PickleStore"]
 
 _PROTOCOL = 3  # no framing, so the opcode stream can be cut and extended freely
 _MAGIC = b"PSYRUNPK1"
 _TRAILER_END = struct.Struct("<Q")  # length of the pickled trailer metadata
+_SLOT = struct.Struct("<I")  # the memo slot of a column's list
+_HEADER = pickle.PROTO + bytes([_PROTOCOL]) + pickle.EMPTY_DICT
 
 
 def _raw_opcodes(obj: Any) -> bytes:
@@ -48,103 +52,9 @@ def _raw_opcodes(obj: Any) -> bytes:
     return raw[2:-1]
 
 
-# Integer opcodes, most compact first: the opcode (with any fixed argument
-# bytes) and the dtype its value is written in. LONG1 takes a length byte.
-_INT_OPCODES = (
-    (pickle.BININT1, np.dtype("<u1")),
-    (pickle.BININT2, np.dtype("<u2")),
-    (pickle.BININT, np.dtype("<i4")),
-    (pickle.LONG1 + b"\x08", np.dtype("<i8")),
-)
-# The opcode of a bool row, indexed by the row as 0 or 1.
-_BOOL_OPCODES = np.frombuffer(pickle.NEWFALSE + pickle.NEWTRUE, dtype=np.uint8)
-
-
-def _number_opcode(column: np.ndarray) -> tuple[bytes, np.dtype, int]:
-    """Choose the opcode that pushes every row of a numeric ``column``.
-
-    Parameters
-    ----------
-    column
-        A 1-d array of dtype kind ``'f'`` (at most 8 bytes), ``'i'`` or ``'u'``.
-
-    Returns
-    -------
-    opcode : bytes
-        The opcode, followed by any argument bytes that are the same for every row.
-    value : numpy.dtype
-        The dtype each row's value is written in, right after ``opcode``.
-    padding : int
-        Zero bytes after the value.
-    """
-    if column.dtype.kind == "f":
-        # float16/32 widen exactly to the float64 that tolist() gives.
-        return pickle.BINFLOAT, np.dtype(">f8"), 0
-    # One opcode for the whole column, chosen by its range (as Python ints,
-    # so uint64 and int64 limits compare exactly).
-    low, high = int(column.min()), int(column.max())
-    for opcode, value in _INT_OPCODES:
-        info = np.iinfo(value)
-        if info.min <= low and high <= info.max:
-            return opcode, value, 0
-    # uint64 values >= 2**63: 8 bytes would read as negative; a zero 9th byte
-    # keeps the sign positive.
-    return pickle.LONG1 + b"\x09", np.dtype("<u8"), 1
-
-
-def _numeric_items_opcodes(column: np.ndarray) -> bytes | None:
-    """Opcodes for the rows of a 1-d bool, int or float column, built by NumPy.
-
-    They load as ``column.tolist()`` does (a Python ``bool``, ``int`` or
-    ``float`` per row) but cost a fraction of pickling that list: each row is
-    one fixed-size record (opcode, value) of a structured array, and all rows
-    go between one MARK and APPENDS.
-
-    Parameters
-    ----------
-    column
-        Any column.
-
-    Returns
-    -------
-    bytes or None
-        The opcodes, or None when ``column`` is of another kind, not 1-d, a
-        subclass of ``ndarray`` (a masked array's ``tolist()`` differs) or
-        ``longdouble`` (whose ``tolist()`` keeps NumPy scalars).
-    """
-    dtype = column.dtype
-    if (
-        type(column) is not np.ndarray
-        or column.ndim != 1
-        or dtype.kind not in "biuf"
-        or (dtype.kind == "f" and dtype.itemsize > 8)
-    ):
-        return None
-    if len(column) == 0:
-        return b""  # as the Pickler gives for an empty list
-    if dtype.kind == "b":
-        # astype gives exactly 0 or 1 (a bool array viewed from other bytes may not).
-        items = _BOOL_OPCODES.take(column.astype(np.uint8))
-        return b"".join((pickle.MARK, items, pickle.APPENDS))
-    opcode, value, padding = _number_opcode(column)
-    record = np.dtype(
-        {
-            "names": ["opcode", "value"],
-            "formats": [f"S{len(opcode)}", value],
-            "itemsize": len(opcode) + value.itemsize + padding,
-        }
-    )
-    items = np.zeros(len(column), dtype=record)  # zeros: the padding bytes
-    items["opcode"] = opcode
-    # Converting first is faster than converting into the unaligned field.
-    items["value"] = column.astype(value)
-    # One copy into the bytes (MARK + items.tobytes() + APPENDS makes three).
-    return b"".join((pickle.MARK, items, pickle.APPENDS))
-
-
 def _items_opcodes(column: np.ndarray) -> bytes:
     """Opcodes that push the rows of ``column`` onto a list already on the stack."""
-    numeric = _numeric_items_opcodes(column)
+    numeric = encode_items(column)
     if numeric is not None:
         return numeric
     items = list(column) if column.dtype.kind == "O" else column.tolist()
@@ -158,6 +68,55 @@ def _items_opcodes(column: np.ndarray) -> bytes:
     if not raw.startswith(head) or not raw.endswith(pickle.STOP):
         raise RuntimeError("unexpected pickle layout; cannot append in place")
     return raw[len(head) : -1]
+
+
+def _decode_file(raw: bytes, meta: dict) -> dict[str, np.ndarray] | None:
+    """Read the columns of a file of this layout without unpickling its rows.
+
+    `raw` is the file up to its STOP. The opcodes must be exactly those the
+    writers below produce: the columns' lists (memo slots in trailer order),
+    then one section per append, each column's rows readable by
+    :func:`~psyrun.store.pickle_codec.decode_items`. Anything else (object or
+    string columns, a file edited by hand) gives None: ``pickle.load`` then
+    reads the file.
+    """
+    columns = {}
+    for key, (dtype, shape) in meta["columns"].items():
+        if dtype == "U" or shape:
+            return None
+        columns[key] = np.empty(meta["rows"], dtype=dtype)
+    filled = dict.fromkeys(columns, 0)
+    buf = np.frombuffer(raw, dtype=np.uint8)
+    stop = meta["stop"]
+
+    def rows(pos: int, key: str, before: bytes, after: bytes) -> int | None:
+        # `before`, the rows of `key`, then `after`; the offset past them.
+        if raw[pos : pos + len(before)] != before:
+            return None
+        got = decode_items(buf, pos + len(before), stop, columns[key], filled[key])
+        if got is None:
+            return None
+        filled[key], pos = got
+        if raw[pos : pos + len(after)] != after:
+            return None
+        return pos + len(after)
+
+    pos: int | None = len(_HEADER)
+    if raw[:pos] != _HEADER:
+        return None
+    for slot, key in enumerate(columns):
+        before = _raw_opcodes(key) + pickle.EMPTY_LIST + pickle.LONG_BINPUT + _SLOT.pack(slot)
+        pos = rows(pos, key, before, pickle.SETITEM)
+        if pos is None:
+            return None
+    while pos < stop:  # one section per append
+        for slot, key in enumerate(columns):
+            pos = rows(pos, key, pickle.LONG_BINGET + _SLOT.pack(slot), pickle.POP)
+            if pos is None:
+                return None
+    if pos != stop or any(n != meta["rows"] for n in filled.values()):
+        return None
+    return columns
 
 
 def _column_meta(column: np.ndarray) -> tuple[str, tuple[int, ...]]:
@@ -222,6 +181,13 @@ class PickleStore(Store):
 
     def _load_all(self, filename: str) -> tuple[dict[str, np.ndarray], dict | None]:
         with open(filename, "rb") as f:
+            meta = self._read_meta(f)
+            if meta is not None:
+                f.seek(0)
+                data = _decode_file(f.read(meta["stop"] + 1), meta)
+                if data is not None:
+                    return data, meta
+            f.seek(0)
             raw = pickle.load(f)
             meta = self._read_meta(f)
         if not isinstance(raw, Mapping):
@@ -289,11 +255,11 @@ class PickleStore(Store):
     def _write_file(self, path: str, data: dict[str, np.ndarray]) -> None:
         # The pieces are written one by one: joining them would copy every
         # column's opcodes once more.
-        pieces = [pickle.PROTO + bytes([_PROTOCOL]) + pickle.EMPTY_DICT]
+        pieces = [_HEADER]
         with self._pickling(data):
             for slot, (key, column) in enumerate(data.items()):
                 pieces.append(_raw_opcodes(key))
-                pieces.append(pickle.EMPTY_LIST + pickle.LONG_BINPUT + struct.pack("<I", slot))
+                pieces.append(pickle.EMPTY_LIST + pickle.LONG_BINPUT + _SLOT.pack(slot))
                 pieces.append(_items_opcodes(column))
                 pieces.append(pickle.SETITEM)
         stop = sum(len(piece) for piece in pieces)
@@ -323,7 +289,7 @@ class PickleStore(Store):
         pieces = []
         with self._pickling(data):
             for slot, key in enumerate(meta["columns"]):
-                pieces.append(pickle.LONG_BINGET + struct.pack("<I", slot))
+                pieces.append(pickle.LONG_BINGET + _SLOT.pack(slot))
                 pieces.append(_items_opcodes(data[key]))
                 pieces.append(pickle.POP)
         new_stop = meta["stop"] + sum(len(piece) for piece in pieces)

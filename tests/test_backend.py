@@ -418,10 +418,12 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def _kill_while_appending(task, block, rng):
+def _kill_while_appending(task, block, rng, evaluated, n):
     """Start the process jobs, SIGKILL them at a random moment of their appends.
 
-    Return whether any of them was still running when killed.
+    The moment is a random share of the rows logged to `evaluated` (of `n`),
+    not a random delay: however fast the jobs run, the kill lands while they
+    evaluate and append. Return whether any of them was still running then.
     """
     import signal
     import subprocess
@@ -444,10 +446,13 @@ def _kill_while_appending(task, block, rng):
         for i in range(n_jobs)
     ]
     assert plan.graph.names[1] == "t:process:0"
+    # The log holds one line per evaluated row: kill after a random share of them.
+    target = rng.uniform(0.05, 0.9) * sum(len(f"{x}\n") for x in range(n))
     deadline = time.monotonic() + 20
-    while not os.listdir(backend.paths.out_dir) and time.monotonic() < deadline:
-        time.sleep(0.005)
-    time.sleep(rng.uniform(0.0, 0.3))
+    while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+        if os.path.exists(evaluated) and os.path.getsize(evaluated) >= target:
+            break
+        time.sleep(0.001)
     running = any(p.poll() is None for p in procs)
     for p in procs:
         with contextlib.suppress(ProcessLookupError):  # it finished already
@@ -490,7 +495,7 @@ def test_kill_9_while_appending_loses_only_rows_in_flight(
             store=store,
             backend=backend,
         )
-        hits += _kill_while_appending(task, block, rng)
+        hits += _kill_while_appending(task, block, rng, evaluated, n)
         backend_obj = make_backend(task)
         parts = [path for _, path, _ in backend_obj.paths.list_parts()]
         assert all(path.endswith(".pkl") for path in parts)

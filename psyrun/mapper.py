@@ -139,8 +139,6 @@ def _positional_order(fn, keys: tuple[str, ...]) -> _Order:
     if code.co_posonlyargcount or len(keys) > code.co_argcount or set(names) != set(keys):
         return None
     index = {k: i for i, k in enumerate(keys)}
-    if len(index) != len(keys):
-        return None
     return tuple(index[name] for name in names)
 
 

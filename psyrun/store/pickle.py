@@ -80,6 +80,11 @@ def _decode_file(raw: bytes, meta: dict) -> dict[str, np.ndarray] | None:
     string columns, a file edited by hand) gives None: ``pickle.load`` then
     reads the file.
     """
+    stop = meta["stop"]
+    # Every row takes at least a byte per column: a trailer that says otherwise
+    # (or names no column, which would never advance) is not one of ours.
+    if not meta["columns"] or meta["rows"] > stop:
+        return None
     columns = {}
     for key, (dtype, shape) in meta["columns"].items():
         if dtype == "U" or shape:
@@ -87,7 +92,6 @@ def _decode_file(raw: bytes, meta: dict) -> dict[str, np.ndarray] | None:
         columns[key] = np.empty(meta["rows"], dtype=dtype)
     filled = dict.fromkeys(columns, 0)
     buf = np.frombuffer(raw, dtype=np.uint8)
-    stop = meta["stop"]
 
     def rows(pos: int, key: str, before: bytes, after: bytes) -> int | None:
         # `before`, the rows of `key`, then `after`; the offset past them.
@@ -189,7 +193,6 @@ class PickleStore(Store):
                     return data, meta
             f.seek(0)
             raw = pickle.load(f)
-            meta = self._read_meta(f)
         if not isinstance(raw, Mapping):
             raise ValueError(
                 f"{filename!r} does not hold a pickled dict of columns "

@@ -45,6 +45,7 @@ __all__ = sorted(
         "TaskWarning",
         "TaskWorkdirDirtyWarning",
         "TaskDirError",
+        "DamagedFileError",
         *_ELSEWHERE,
     ]
 )
@@ -52,6 +53,16 @@ __all__ = sorted(
 
 class TaskDirError(FileNotFoundError):
     """The task directory does not exist or is not a directory."""
+
+
+class DamagedFileError(OSError):
+    """A result or part file exists but cannot be read completely and correctly.
+
+    Raised by the stores when a file is truncated, has a flipped byte, lacks a
+    chunk or column, or disagrees with its own row counts or checksums. Such a
+    file is never reported as complete; the message names the file and what is
+    wrong with it.
+    """
 
 
 class TaskWarning(UserWarning):

@@ -314,6 +314,28 @@ class Store(abc.ABC):
         """
         return count(self.load(filename))
 
+    def verify(self, filename: str) -> int:
+        """Read the whole file back, check it and return its row count.
+
+        Used before anything the file replaces is removed (a merged result
+        before its parts, a new result before the old one). Raises
+        :class:`psyrun.exceptions.DamagedFileError` when the file cannot be
+        read completely and correctly.
+
+        Note for implementers: the default reads every chunk; a format with
+        row counts or checksums of its own checks them here.
+        """
+        from psyrun.exceptions import DamagedFileError
+
+        try:
+            return sum(count(chunk) for chunk in self.iter_chunks(filename))
+        except DamagedFileError:
+            raise
+        except Exception as exc:
+            raise DamagedFileError(
+                f"{filename} cannot be read back ({type(exc).__name__}: {exc})"
+            ) from exc
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 

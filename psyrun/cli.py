@@ -401,13 +401,16 @@ def clean(taskdir: str, all_tasks: bool, task: tuple[str, ...]) -> None:
     tasks, selected = _load(taskdir, task)
     problems = tasks.selection_failed
     for t in selected:
-        if not clean_task(t):
+        cleaned, notes = clean_task(t)
+        if not cleaned:
             _err(
                 f"error: {t.name}: a `psy run` is working on this task; not cleaning "
                 "(wait for it to finish, then clean)"
             )
             problems = True
             continue
+        for note in notes:
+            _err(f"warning: {t.name}: {note}")
         click.echo(f"cleaned {t.name}")
     if problems:
         sys.exit(1)

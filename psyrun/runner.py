@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 from psyrun.backend.base import FailedJob, TaskProgress
 from psyrun.defaults import make_backend, scheduler_for
+from psyrun.paths import check_result_target
 
 __all__ = [
     "Interrupted",
@@ -137,28 +138,41 @@ def task_lock(backend, create: bool = True) -> Iterator[bool]:
     """Hold the task's run lock; yield False (without waiting) when another psy holds it.
 
     Two ``psy run`` (or a ``psy run`` and a ``psy clean``) of one task at once
-    would delete each other's part files; the second one must refuse.
+    would delete each other's part files; the second one must refuse. With
+    `create` the task's work directory is made (and claimed,
+    :meth:`psyrun.paths.TaskPaths.make_root`) when missing; without, a task
+    with no work directory yields True without locking.
     """
-    from psyrun.store.locking import FileLock
+    import fcntl
 
-    path = backend.paths.run_lock
-    if not os.path.isdir(backend.paths.root) and not create:
+    paths = backend.paths
+    if not os.path.isdir(paths.root) and not create:
         yield True
         return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    lock = FileLock(path, timeout=0)
-    try:
-        lock.acquire()
-    except TimeoutError:
-        yield False
-        return
+    while True:
+        paths.make_root()
+        fd = os.open(paths.run_lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            yield False
+            return
+        try:
+            same = os.fstat(fd).st_ino == os.stat(paths.run_lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        # A `psy clean` removed the lock file while we waited for it: lock the new one.
+        os.close(fd)
     try:
         # For `psy status`: which process runs the task (flock does not care).
-        with open(path, "w", encoding="ascii") as f:
-            f.write(str(os.getpid()))
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode("ascii"), 0)
         yield True
     finally:
-        lock.release()
+        os.close(fd)
 
 
 def running_pid(backend) -> int | None:
@@ -242,6 +256,9 @@ def run_task(
     backend = make_backend(task)
     try:
         scheduler = scheduler_for(task) if n_workers is None else _local_pool(task, n_workers)
+        # Before anything is written: an existing resultfile must be a result.
+        check_result_target(task, backend.paths)
+        backend.paths.make_root()
     except ValueError as exc:
         return RunReport(task.name, "refused", str(exc))
     with task_lock(backend) as locked:
@@ -451,11 +468,20 @@ def kill_task(task) -> tuple[int, str]:
     return 0, ""
 
 
-def clean_task(task) -> bool:
-    """Remove every file generated for `task`; False (nothing removed) while a run holds it."""
+def clean_task(task) -> tuple[bool, list[str]]:
+    """Remove the files psyrun made for `task`; return whether it cleaned, and notes.
+
+    Nothing is removed (False) while a run holds the task's lock. The notes
+    name what was left because psyrun did not make it
+    (:func:`psyrun.paths.clean_task_files`: files of its own in the work
+    directory, and the result file only when it is this task's).
+    """
     backend = make_backend(task)
+    problem = backend.paths.ownership_problem()
+    if problem is not None:
+        # Not this task's directory: do not even take a lock in it.
+        return True, [f"did not touch {backend.paths.root}: {problem}"]
     with task_lock(backend, create=False) as locked:
         if not locked:
-            return False
-        backend.clean()
-    return True
+            return False, []
+        return True, backend.clean() or []

@@ -310,6 +310,10 @@ class TaskDef:
         if not (base.startswith(TASK_PREFIX) and base.endswith(TASK_SUFFIX)):
             raise ValueError(f"task files are named task_<name>.py, got {base!r}")
         name = base[len(TASK_PREFIX) : -len(TASK_SUFFIX)]
+        from psyrun.paths import check_task_name
+
+        # Before the file runs: a name like '..' is refused whatever the file says.
+        check_task_name(name)
         namespace = _exec_file(path, module_name=f"psyrun_task_{name}")
         config = conf.copy() if conf is not None else Config()
         config.update(namespace)
@@ -392,6 +396,10 @@ class TaskDef:
                     f"{ext!r} files whatever the name; set the store that matches the name "
                     "(for example store = NpzStore() for '.npz') or rename the file"
                 )
+        from psyrun.paths import check_task_paths
+
+        # A name, workdir or resultfile that could reach files psyrun did not make.
+        check_task_paths(self)
 
     def __getattr__(self, name: str) -> Any:
         if name in SETTINGS:

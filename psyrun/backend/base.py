@@ -314,7 +314,12 @@ class Backend(abc.ABC):
         """Messages for ``psy status`` about files that could not be read (default: none)."""
         return []
 
-    def clean(self) -> None:
-        """Remove every file generated for the task (work directory and result)."""
-        remove_path(self.paths.root)
-        self.task.store.remove(self.paths.result)
+    def clean(self) -> list[str]:
+        """Remove the files psyrun made for the task; return notes on what was kept.
+
+        See :func:`psyrun.paths.clean_task_files`: psyrun's own files in the
+        work directory, and the result file when it is this task's.
+        """
+        from psyrun.paths import clean_task_files
+
+        return clean_task_files(self.task, self.paths)

@@ -1311,7 +1311,10 @@ def missing(
 
     Unlike ``minuend - subtrahend``, keys of the subtrahend that the minuend
     lacks are ignored, so the subtrahend can be a set of results (parameters
-    plus outputs). Rows are matched as whole rows on the shared keys.
+    plus outputs). Rows are matched as whole rows on the minuend's keys, so
+    the subtrahend must have every key of the minuend (unless it has no
+    rows): otherwise a row of the subtrahend could stand for several rows of
+    the minuend, and which are done would be a guess.
 
     Parameters
     ----------
@@ -1325,9 +1328,22 @@ def missing(
     ParameterSpace
         The assignments of `minuend` that remain, lazily.
 
+    Raises
+    ------
+    AmbiguousOperationError
+        If the minuend has a key the subtrahend (with rows) lacks.
+
     Examples
     --------
     >>> missing(Param(a=[1, 2, 3]), Param(a=[2], c=[4])).build()
     {'a': [1, 3]}
     """
-    return Difference(minuend, subtrahend, ignore_extra_keys=True)
+    difference = Difference(minuend, subtrahend, ignore_extra_keys=True)
+    lacking = [k for k in difference.keys() if k not in difference._shared]
+    if lacking and len(difference._subtrahend):
+        raise AmbiguousOperationError(
+            f"missing(): the subtrahend lacks the key(s) {', '.join(map(repr, lacking))} of "
+            "the minuend, so its rows cannot be matched to assignments; give it every "
+            "parameter key of the minuend"
+        )
+    return difference

@@ -13,10 +13,11 @@ import math
 import pickle
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from psyrun.pspace import Param, missing
+from psyrun.pspace import AmbiguousOperationError, Param, missing
 
 NAN = float("nan")
 KEYS = ["a", "b", "c", "d", "e", "f"]
@@ -184,10 +185,15 @@ def test_difference_removes_rows_whose_projection_is_subtracted(minuend, data):
     subtrahend = Param(**{k: [r[k] for r in sub_rows] for k in sub_keys}) + other
     expected = oracle_difference(rows, sub_rows + other_rows, sub_keys)
     assert rows_identical(list((space - subtrahend).iterate()), expected)
-    # missing() against a mapping with an extra (output) key gives the same rows.
+    # missing() against a mapping with an extra (output) key gives the same rows,
+    # and refuses one lacking a key of the minuend (it cannot match whole rows).
     mapping = {k: [r[k] for r in sub_rows + other_rows] for k in sub_keys}
     mapping["output"] = list(range(len(sub_rows) + len(other_rows)))
-    assert rows_identical(list(missing(space, mapping).iterate()), expected)
+    if set(sub_keys) == {"a", "b"} or not mapping["output"]:
+        assert rows_identical(list(missing(space, mapping).iterate()), expected)
+    else:
+        with pytest.raises(AmbiguousOperationError):
+            missing(space, mapping)
 
 
 @given(spaces(), st.data())

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import sys
 import traceback
 import warnings
@@ -522,23 +521,73 @@ _SCHEDULERS = {
 }
 
 
-def _task_template(name: str, scheduler: str | None) -> str:
-    from psyrun import scheduler as schedulers
+def _scheduler_class(spec: str, taskdir: str) -> tuple[str, str, type] | None:
+    """Return ``(module, class name, class)`` of ``-s SPEC``; None for ImmediateRun (the default).
 
+    `SPEC` is one of psyrun's schedulers by name (any case) or ``module.Class``,
+    for example a scheduler of the user's own: its module is looked for also
+    in the task directory (where task files import it from) and the current
+    directory.
+
+    Raises
+    ------
+    click.UsageError
+        When the module or the class does not exist, or is not a scheduler.
+    """
+    import importlib
+
+    from psyrun.scheduler import Scheduler
+
+    if spec.lower() in _SCHEDULERS:
+        module, name = "psyrun.scheduler", _SCHEDULERS[spec.lower()]
+    elif "." in spec.strip("."):
+        module, _, name = spec.rpartition(".")
+    else:
+        raise click.UsageError(
+            f"unknown scheduler {spec!r}; choose one of {', '.join(_SCHEDULERS.values())}, "
+            "or name a class as module.Class"
+        )
+    extra = [d for d in (os.path.abspath(taskdir), os.getcwd()) if d not in sys.path]
+    sys.path.extend(extra)
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except ImportError as exc:
+        raise click.UsageError(f"cannot import module {module!r} for --scheduler: {exc}") from None
+    except AttributeError:
+        raise click.UsageError(f"module {module!r} has no class {name!r} (--scheduler)") from None
+    finally:
+        for d in extra:
+            sys.path.remove(d)
+    if not (isinstance(cls, type) and issubclass(cls, Scheduler)):
+        raise click.UsageError(
+            f"{module}.{name} is not a scheduler (a subclass of psyrun.scheduler.Scheduler)"
+        )
+    if cls.__name__ == "ImmediateRun" and cls.__module__.startswith("psyrun."):
+        return None
+    return module, name, cls
+
+
+def _task_template(name: str, scheduler: tuple[str, str, type] | None) -> str:
+    import shlex
+
+    # The name goes into a docstring: a quote in it must not end the string.
+    shown = name.replace("\\", "\\\\").replace('"', '\\"')
+    quoted = shlex.quote(name).replace("\\", "\\\\").replace('"', '\\"')
     lines = [
-        f'"""Task {name}: describe what it computes.',
+        f'"""Task {shown}: describe what it computes.',
         "",
-        f"Run it with `psy run {name}`; `psy status {name}` shows progress.",
+        f"Run it with `psy run {quoted}`; `psy status {quoted}` shows progress.",
         '"""',
         "",
         "import numpy as np",
         "",
+        "from psyrun import Param",
     ]
-    if scheduler is None:
-        lines += ["from psyrun import Param", ""]
-    else:
-        lines += ["from psyrun import Param", f"from psyrun.scheduler import {scheduler}", ""]
+    if scheduler is not None:
+        module, cls_name, _ = scheduler
+        lines.append(f"from {module} import {cls_name}")
     lines += [
+        "",
         "# The parameter space: * is the Cartesian product, + concatenates.",
         "pspace = Param(x=np.linspace(0.0, 1.0, 11)) * Param(trial=np.arange(3))",
         "",
@@ -548,9 +597,9 @@ def _task_template(name: str, scheduler: str | None) -> str:
         "",
     ]
     if scheduler is not None:
-        cls = getattr(schedulers, scheduler)
-        lines += [f"scheduler = {scheduler}()", "scheduler_args = {"]
-        for key, value in dict(cls.USER_DEFAULT_ARGS).items():
+        module, cls_name, cls = scheduler
+        lines += [f"scheduler = {cls_name}()", "scheduler_args = {"]
+        for key, value in dict(getattr(cls, "USER_DEFAULT_ARGS", {}) or {}).items():
             lines.append(f"    {key!r}: {value!r},")
         lines += ["}", ""]
     lines += [
@@ -572,31 +621,27 @@ def _task_template(name: str, scheduler: str | None) -> str:
     default=None,
     help="Scheduler to pre-fill with its default arguments: "
     + ", ".join(_SCHEDULERS.values())
-    + ".",
+    + ", or any scheduler class as module.Class.",
 )
 @click.argument("name")
 def new_task(taskdir: str, scheduler: str | None, name: str) -> None:
     """Create a template task file task_NAME.py in the task directory."""
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", name):
+    from psyrun.paths import UnsafePathError, check_task_name
+
+    try:
+        # The one rule that loading the task applies too.
+        check_task_name(name)
+    except UnsafePathError as exc:
         raise click.UsageError(
-            f"task name {name!r} is not valid; use letters, digits, '_' and '-', "
-            "starting with a letter"
-        )
-    if scheduler is not None:
-        key = scheduler.lower()
-        if key not in _SCHEDULERS:
-            raise click.UsageError(
-                f"unknown scheduler {scheduler!r}; choose one of {', '.join(_SCHEDULERS.values())}"
-            )
-        scheduler = _SCHEDULERS[key]
-        if scheduler == "ImmediateRun":
-            scheduler = None
+            str(exc).replace("rename the file task_<name>.py", "choose another")
+        ) from None
+    resolved = _scheduler_class(scheduler, taskdir) if scheduler is not None else None
     path = os.path.join(taskdir, f"task_{name}.py")
     if os.path.exists(path):
         raise click.ClickException(f"{path} exists already; choose another name or remove it")
     os.makedirs(taskdir, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(_task_template(name, scheduler))
+    with open(path, "x", encoding="utf-8") as f:
+        f.write(_task_template(name, resolved))
     click.echo(f"created {path}")
 
 

@@ -27,10 +27,22 @@ __all__ = ["main"]
 USAGE = "usage: python -m psyrun.worker <job description file> [array index]"
 
 
+class Stopped(SystemExit):
+    """A signal stopped the job (raised by the worker's SIGTERM handler).
+
+    A subclass, so that a ``sys.exit()`` called by the task's code is told
+    apart from a signal.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
 def _stop_on_sigterm(signum, frame):
     # A batch system's preemption or `psy` stopping its children: unwind so that
     # the job's finally blocks write the rows evaluated so far.
-    raise SystemExit(128 + signum)
+    raise Stopped(signum)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,8 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     Returns
     -------
     int
-        0 on success (also when only some rows failed: the job is then
-        marked failed for ``psy status`` but the merge still runs), 1 when
+        0 on success (also when only some rows failed, or the task's code
+        called ``sys.exit()``: the job is then marked failed for ``psy
+        status`` but the merge still runs), 1 when
         the job failed, 2 for a usage error.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -128,9 +141,21 @@ def _run(description: dict, index: int | None) -> int:
         sys.stderr.flush()
         mark(1, f"{type(exc).__name__}: {exc}")
         return 1
-    except SystemExit as exc:
-        mark(1, f"stopped by a signal (exit status {exc.code})")
+    except Stopped as exc:
+        mark(1, f"stopped by a signal ({signal.Signals(exc.signum).name})")
         raise
+    except SystemExit as exc:
+        # The task's code (execute, setup) called sys.exit(): the job ends here. Like
+        # rows that raised (RowsFailed), the job is marked failed with status 0 so
+        # that the merge keeps the rows evaluated before; `psy run -c` does the rest.
+        traceback.print_exc()
+        sys.stderr.flush()
+        mark(
+            1,
+            f"the task's code called sys.exit({exc.code!r}), which ended the job; raise an "
+            "exception in execute instead to fail only that row (traceback in the log)",
+        )
+        return 0
     code = 0 if code is None else int(code)
     mark(0 if code == 0 else 1, "" if code == 0 else f"exit status {code}")
     print(f"psyrun: job finished with status {code}", flush=True)

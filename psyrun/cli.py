@@ -649,9 +649,12 @@ def new_task(taskdir: str, scheduler: str | None, name: str) -> None:
 @taskdir_option
 @click.argument("task", nargs=-1)
 def test(taskdir: str, task: tuple[str, ...]) -> None:
-    """Evaluate one assignment of each task (or the named ones) directly.
+    """Evaluate the first assignment of each task (or the named ones) as a job would.
 
-    The task's scheduler is not used; the assignment runs in this process.
+    The row is evaluated by the task's backend as a process job evaluates it
+    (``setup(0)``, a vectorized execute gets arrays, in the task file's
+    directory) and checked against the task's store; it runs in this
+    process, without the scheduler, and nothing is written.
     """
     tasks, selected = _load(taskdir, task)
     failures = 0
@@ -660,25 +663,62 @@ def test(taskdir: str, task: tuple[str, ...]) -> None:
             click.echo(f"{t.name}: the parameter space is empty; nothing to test")
             continue
         row = t.pspace[0]
-        try:
-            extra = t.run_setup(0)
-            result = t.execute(**row, **(extra or {}))
-        except Exception:
+        problem, outputs = _test_row(t)
+        if problem is not None:
             failures += 1
-            _err(f"{t.name}: FAILED for {row}")
-            _err(traceback.format_exc().rstrip())
+            _err(f"{t.name}: FAILED for {row}: {problem}")
             continue
-        if not isinstance(result, dict):
-            failures += 1
-            _err(
-                f"{t.name}: FAILED for {row}: execute returned {type(result).__name__} "
-                f"({result!r:.60}); it must return a dict of outputs"
-            )
-            continue
-        shown = {k: v for k, v in result.items() if k not in t.exclude_from_result}
-        click.echo(f"{t.name}: ok, {row} -> {shown}")
+        click.echo(f"{t.name}: ok, {row} -> {outputs}")
     if failures or tasks.selection_failed:
         sys.exit(1)
+
+
+def _test_row(task) -> tuple[str | None, dict]:
+    """Evaluate the first row of `task` as a process job; return (problem or None, outputs)."""
+    from psyrun.backend.splitmerge import SplitMergeBackend
+    from psyrun.defaults import make_backend
+    from psyrun.failures import RowFailures
+
+    backend = make_backend(task)
+    if not isinstance(backend, SplitMergeBackend):
+        # A backend of its own may evaluate rows differently; the built-in way is
+        # the closest to what its jobs do.
+        from psyrun.backend.distribute import DistributeBackend
+
+        backend = DistributeBackend(task)
+    arrays = task.pspace.to_arrays(0, 1)
+    rows = RowFailures(max_printed=1)
+    started_in = os.getcwd()
+    try:
+        # Jobs run in the task file's directory (psyrun.worker).
+        os.chdir(task.taskdir)
+        extra = task.run_setup(0)
+        result = backend.evaluate(arrays, extra, rows, job=backend.paths.job_name("test"))
+        if result:
+            try:
+                backend.check_block(result)
+            except (TypeError, ValueError) as exc:
+                # The message names the key and what to do: no traceback needed.
+                return f"{type(exc).__name__}: {exc}", {}
+    except Exception as exc:
+        _err(traceback.format_exc().rstrip())
+        return f"{type(exc).__name__}: {exc}", {}
+    except SystemExit as exc:
+        _err(traceback.format_exc().rstrip())
+        return f"the task's code called sys.exit({exc.code!r}), which would end the job", {}
+    finally:
+        os.chdir(started_in)
+    if rows.count or not result:
+        return rows.first or "execute returned no result", {}
+    import numpy as np
+
+    keys = set(task.pspace.keys())
+    # Shown as execute returned them: NumPy scalars as Python numbers.
+    return None, {
+        k: v[0].item() if isinstance(v[0], np.generic) else v[0]
+        for k, v in result.items()
+        if k not in keys
+    }
 
 
 if __name__ == "__main__":  # pragma: no cover

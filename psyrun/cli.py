@@ -9,6 +9,7 @@ This module prints; the layers below (:mod:`psyrun.tasks`,
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -465,6 +466,22 @@ def merge(directory: str, merged: str, overwrite: bool) -> None:
     rows appended (as psyrun 0.8 did), unless --overwrite is given; merging
     the same files twice appends them twice.
     """
+    from psyrun.paths import task_root_of
+    from psyrun.runner import task_lock
+
+    # Parts or a result of a task: not while a `psy run` or `psy clean` works on it.
+    roots = {p.root: p for p in map(task_root_of, (directory, merged)) if p is not None}
+    with contextlib.ExitStack() as stack:
+        for paths in roots.values():
+            if not stack.enter_context(task_lock(paths, create=False)):
+                raise click.ClickException(
+                    f"a `psy run` or `psy clean` is working on the task in {paths.root}; "
+                    "wait for it to finish, then merge"
+                )
+        _merge(directory, merged, overwrite)
+
+
+def _merge(directory: str, merged: str, overwrite: bool) -> None:
     from psyrun.merge import find_sources, write_merged
     from psyrun.store import PickleStore, get_store
 

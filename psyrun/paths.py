@@ -50,6 +50,7 @@ __all__ = [
     "check_task_paths",
     "clean_task_files",
     "remove_path",
+    "task_root_of",
     "tmp_name",
 ]
 
@@ -399,6 +400,26 @@ class TaskPaths:
             for entry in os.listdir(self.out_dir):
                 if _OUT_ENTRY_RE.match(entry):
                     remove_path(os.path.join(self.out_dir, entry))
+
+
+def task_root_of(path: str) -> TaskPaths | None:
+    """Return the paths of the task whose work directory holds `path` (None if none).
+
+    Found by the owner file psyrun writes in every task work directory (or
+    the run lock of an older psyrun's), so that commands working on files
+    rather than tasks (``psy merge``) can respect the task's lock.
+    """
+    path = os.path.abspath(path)
+    directory = path if os.path.isdir(path) else os.path.dirname(path)
+    while True:
+        if _looks_like_task_root(directory):
+            owner = _read_owner(directory) or {}
+            name = owner.get("task") if isinstance(owner.get("task"), str) else None
+            return TaskPaths(name or os.path.basename(directory), os.path.dirname(directory), "")
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            return None
+        directory = parent
 
 
 def check_task_paths(task) -> None:

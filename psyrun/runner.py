@@ -145,7 +145,8 @@ def task_lock(backend, create: bool = True) -> Iterator[bool]:
     """
     import fcntl
 
-    paths = backend.paths
+    # A backend, or the TaskPaths of a work directory (`psy merge` of a task's parts).
+    paths = getattr(backend, "paths", backend)
     if not os.path.isdir(paths.root) and not create:
         yield True
         return

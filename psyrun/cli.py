@@ -53,6 +53,11 @@ def _task_name(path: str) -> str | None:
     return None
 
 
+def _printable(text: str) -> str:
+    """Return `text` with unprintable characters (newlines, escapes, surrogates) escaped."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
+
 def _load(taskdir: str, names: Sequence[str] = (), report_errors: bool = True):
     """Load the task directory (only the named tasks, if any); report problems; check `names`."""
     from psyrun.tasks import TaskConfigWarning, TaskDirError, load_tasks, task_files
@@ -76,7 +81,7 @@ def _load(taskdir: str, names: Sequence[str] = (), report_errors: bool = True):
     failed = {_task_name(e.path) for e in tasks.errors}
     if report_errors:
         for error in tasks.errors:
-            _err(f"error: cannot load {error}")
+            _err(f"error: cannot load {_printable(str(error))}")
     unknown = [n for n in names if n not in available]
     if unknown:
         raise click.ClickException(
@@ -441,7 +446,8 @@ def list_tasks(taskdir: str) -> None:
     for error in tasks.errors:
         name = _task_name(error.path)
         if name is not None:
-            rows[name] = f"{name} (broken: {error})"
+            # One line per task, whatever the file name holds (a newline, escapes).
+            rows[name] = f"{_printable(name)} (broken: {_printable(str(error))})"
         else:
             _err(f"error: cannot load {error}")
     for name in sorted(rows):

@@ -462,6 +462,7 @@ def list_tasks(taskdir: str) -> None:
     is_flag=True,
     help="Replace MERGED if it exists (default: keep its rows and add the new ones).",
 )
+@_file_errors
 def merge(directory: str, merged: str, overwrite: bool) -> None:
     """Merge all result files in DIRECTORY into the single file MERGED.
 
@@ -484,6 +485,9 @@ def merge(directory: str, merged: str, overwrite: bool) -> None:
                     f"a `psy run` or `psy clean` is working on the task in {paths.root}; "
                     "wait for it to finish, then merge"
                 )
+        if not os.path.isdir(directory):
+            # Removed since the arguments were checked (a `psy clean` just finished).
+            raise click.ClickException(f"directory {directory!r} does not exist (any more)")
         _merge(directory, merged, overwrite)
 
 

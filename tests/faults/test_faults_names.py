@@ -482,7 +482,7 @@ def test_concurrent_run_merge_and_clean_lose_and_duplicate_nothing(tmp_path, fau
     merged = project / "merged.pkl"
     before = tree_state(project, skip=project / "psy-work")
     for round_ in range(3):
-        # Half done first, so that -c has parts and a result to fold.
+        # Round 0 starts from nothing, later ones from a complete result (-c adds nothing).
         commands = [
             ("run", "-c", "t"),
             ("merge", "psy-work/t/out", str(merged), "--overwrite"),

@@ -442,3 +442,128 @@ def test_workdir_below_a_file_gives_one_line_errors(project):
         result = psy(command, "w")
         assert "Traceback" not in result.output, (command, result.output)
         assert result.exit_code == 0, (command, result.output)
+
+
+# -- psy new-task with a scheduler class, psy test as a job, sys.exit in execute --------
+
+
+def test_new_task_accepts_any_scheduler_class_and_fills_in_its_arguments(project):
+    (project / "psy-tasks" / "mysched.py").write_text(
+        textwrap.dedent(
+            """
+            from psyrun.scheduler import ImmediateRun
+
+            class Mine(ImmediateRun):
+                USER_DEFAULT_ARGS = {"queue": "short", "gpus": 2}
+            """
+        )
+    )
+    for spec, cls, args in [
+        ("psyrun.scheduler.Sqsub", "Sqsub", ("timelimit", "memory", "n_cpus")),
+        ("mysched.Mine", "Mine", ("queue", "gpus")),
+    ]:
+        name = f"with_{cls.lower()}"
+        result = psy("new-task", "-s", spec, name)
+        assert result.exit_code == 0, result.output
+        text = (project / "psy-tasks" / f"task_{name}.py").read_text()
+        assert f"scheduler = {cls}()" in text
+        for key in args:
+            assert repr(key) in text
+        task = load_tasks("psy-tasks", names=[name])[name]
+        assert type(task.scheduler).__name__ == cls
+        assert set(args) <= set(task.scheduler_args)
+
+
+@pytest.mark.parametrize(
+    ("spec", "needle"),
+    [
+        ("nosuchmodule.Sched", "cannot import module 'nosuchmodule'"),
+        ("psyrun.scheduler.NoSuch", "has no class 'NoSuch'"),
+        ("os.path", "is not a scheduler"),
+        ("condor", "unknown scheduler 'condor'"),
+    ],
+)
+def test_new_task_with_a_scheduler_that_does_not_exist_is_a_usage_error(project, spec, needle):
+    result = psy("new-task", "-s", spec, "x")
+    assert result.exit_code == 2
+    assert needle in result.output
+    assert not (project / "psy-tasks" / "task_x.py").exists()
+
+
+def test_new_task_applies_the_task_name_rule_of_loading(project):
+    assert psy("new-task", "--", "..").exit_code == 2
+    assert psy("new-task", "--", "-x").exit_code == 2
+    result = psy("new-task", "my task")
+    assert result.exit_code == 0, result.output
+    assert "psy run 'my task'" in (project / "psy-tasks" / "task_my task.py").read_text()
+    test = psy("test", "my task")
+    assert test.exit_code == 0, test.output
+
+
+def test_psy_test_runs_the_row_as_a_job_would(project, tmp_path):
+    (project / "psy-tasks" / "input.txt").write_text("beside the task file\n")
+    write_task(
+        project,
+        "vec",
+        """
+        import numpy as np
+        from psyrun import Param
+        pspace = Param(x=[1.0, 2.0])
+        vectorized = True
+        def execute(x):
+            # A job passes arrays, and runs in the task file's directory.
+            assert isinstance(x, np.ndarray), type(x)
+            with open("input.txt") as f:
+                text = f.read().strip()
+            return {"y": 2 * x, "text": np.array([text] * len(x))}
+        """,
+    )
+    result = psy("test", "vec")
+    assert result.exit_code == 0, result.output
+    assert "vec: ok, {'x': 1.0} -> {'y': 2.0, 'text': 'beside the task file'}" in result.output
+
+
+def test_psy_test_checks_the_row_against_the_store(project):
+    pytest.importorskip("tables")
+    write_task(
+        project,
+        "ctx",
+        """
+        from psyrun import Param
+        from psyrun.store.h5 import H5Store
+        store = H5Store()
+        pspace = Param(x=[1])
+        def setup(proc_id):
+            return {"context": object()}
+        def execute(x, context):
+            return {"y": x}
+        """,
+    )
+    result = psy("test", "ctx")
+    assert result.exit_code == 1
+    assert "ctx: FAILED" in result.output
+    assert "H5Store cannot hold the value of 'context'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_sys_exit_in_execute_is_reported_as_such(project):
+    write_task(
+        project,
+        "quits",
+        """
+        import sys
+        from psyrun import Param
+        pspace = Param(x=[1, 2, 3, 4])
+        max_jobs = 2
+        def execute(x):
+            if x == 3:
+                sys.exit(0)
+            return {"y": x}
+        """,
+    )
+    run = psy("run", "quits")
+    assert run.exit_code == 1
+    assert "quits:process:1: the task's code called sys.exit(0)" in run.output
+    assert "signal" not in run.output
+    # The rows before it are merged; status says what is missing.
+    assert "quits: 2 out of 4 rows completed" in psy("status", "quits").output

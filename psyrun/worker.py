@@ -28,21 +28,35 @@ USAGE = "usage: python -m psyrun.worker <job description file> [array index]"
 
 
 class Stopped(SystemExit):
-    """A signal stopped the job (raised by the worker's SIGTERM handler).
-
-    A subclass, so that a ``sys.exit()`` called by the task's code is told
-    apart from a signal.
-    """
+    """A signal stopped the job (raised by the worker's SIGTERM handler)."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(128 + signum)
         self.signum = signum
 
 
+#: Signals that arrived while this process ran a job: a SystemExit after one is
+#: the signal's (whichever handler raised it), any other is the task's sys.exit().
+_signalled: list[int] = []
+
+
 def _stop_on_sigterm(signum, frame):
     # A batch system's preemption or `psy` stopping its children: unwind so that
     # the job's finally blocks write the rows evaluated so far.
     raise Stopped(signum)
+
+
+def _note_sigterm(previous):
+    """Return a SIGTERM handler that records the signal, then does what `previous` did."""
+
+    def handler(signum, frame):
+        _signalled.append(signum)
+        if callable(previous):
+            previous(signum, frame)
+        else:
+            _stop_on_sigterm(signum, frame)
+
+    return handler
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,15 +93,24 @@ def main(argv: list[str] | None = None) -> int:
     except JobDescriptionError as exc:
         print(f"psyrun.worker: {exc}", file=sys.stderr)
         return 1
-    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-        signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        if previous is not signal.SIG_IGN:
+            signal.signal(signal.SIGTERM, _note_sigterm(previous))
+        else:
+            previous = None
+    except ValueError:  # not the main thread: signals are not ours to handle
+        previous = None
+    _signalled.clear()
 
     started_in = os.getcwd()
     try:
         return _run(description, index)
     finally:
-        # main() may run inside another process (a forked child, a test): leave it where it was.
+        # main() may run inside another process (a forked child, a test): leave it as it was.
         os.chdir(started_in)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _run(description: dict, index: int | None) -> int:
@@ -141,10 +164,11 @@ def _run(description: dict, index: int | None) -> int:
         sys.stderr.flush()
         mark(1, f"{type(exc).__name__}: {exc}")
         return 1
-    except Stopped as exc:
-        mark(1, f"stopped by a signal ({signal.Signals(exc.signum).name})")
-        raise
     except SystemExit as exc:
+        if isinstance(exc, Stopped) or _signalled:
+            signum = _signalled[-1] if _signalled else exc.signum
+            mark(1, f"stopped by a signal ({signal.Signals(signum).name})")
+            raise
         # The task's code (execute, setup) called sys.exit(): the job ends here. Like
         # rows that raised (RowsFailed), the job is marked failed with status 0 so
         # that the merge keeps the rows evaluated before; `psy run -c` does the rest.

@@ -24,8 +24,6 @@ def execute(x):
 COMMANDS = ["run", "clean", "kill", "list", "merge", "new-task", "status", "test"]
 
 
-
-
 def bump_mtime(path: Path, seconds: int = 5) -> None:
     st = os.stat(path)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + seconds * 10**9))
@@ -567,3 +565,46 @@ def test_sys_exit_in_execute_is_reported_as_such(project):
     assert "signal" not in run.output
     # The rows before it are merged; status says what is missing.
     assert "quits: 2 out of 4 rows completed" in psy("status", "quits").output
+
+
+def test_a_job_stopped_by_sigterm_is_still_reported_as_a_signal(project):
+    import signal
+    import subprocess
+    import time
+
+    from psy_helpers import psy_command
+
+    pidfile = project / "job.pid"
+    write_task(
+        project,
+        "slow",
+        f"""
+        import os, time
+        from psyrun import Param
+        pspace = Param(x=[1, 2])
+        max_jobs = 1
+        def execute(x):
+            with open({str(pidfile)!r}, "w") as f:
+                f.write(str(os.getpid()))
+            time.sleep(30)
+            return {{"y": x}}
+        """,
+    )
+    run = subprocess.Popen(
+        [*psy_command(), "run", "slow"],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not pidfile.exists() or not pidfile.read_text():
+        assert time.monotonic() < deadline
+        assert run.poll() is None
+        time.sleep(0.05)
+    # The job itself, not psy: its SystemExit is the signal's, not the task's sys.exit.
+    os.kill(int(pidfile.read_text()), signal.SIGTERM)
+    out, _ = run.communicate(timeout=60)
+    assert run.returncode == 1, out
+    assert "slow:process:0: stopped by a signal (SIGTERM)" in out
+    assert "sys.exit" not in out

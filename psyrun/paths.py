@@ -518,7 +518,11 @@ def _result_state(task, paths: TaskPaths) -> tuple[str, str]:
     that names no task (an older psyrun's). ``foreign``: anything else.
     """
     store, result = task.store, paths.result
-    if not os.path.lexists(result) and not store.exists(result):
+    try:
+        exists = os.path.lexists(result) or store.exists(result)
+    except Exception:  # a store chosen by extension that knows none for this name
+        exists = False
+    if not exists:
         return "absent", ""
     if result == paths.default_result:
         return "own", ""

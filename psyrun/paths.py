@@ -568,7 +568,7 @@ def check_result_target(task, paths: TaskPaths | None = None) -> None:
         )
 
 
-def clean_task_files(task, paths: TaskPaths | None = None) -> list[str]:
+def clean_task_files(task, paths: TaskPaths | None = None, work_dir: bool = True) -> list[str]:
     """Remove the files psyrun made for `task`; return notes on what was left and why.
 
     In ``<workdir>/<task>`` only what psyrun names its files is removed
@@ -576,7 +576,8 @@ def clean_task_files(task, paths: TaskPaths | None = None) -> list[str]:
     owner file and temporary names of these); the directory itself goes only
     when nothing else is left in it. A ``resultfile`` elsewhere is removed
     only when it is this task's result (:func:`check_result_target`'s rules;
-    its metadata must name the task).
+    its metadata must name the task). Without `work_dir` only the result is
+    considered (the work directory is not locked: a run may be making it).
     """
     paths = paths or TaskPaths.for_task(task)
     notes = []
@@ -585,11 +586,11 @@ def clean_task_files(task, paths: TaskPaths | None = None) -> list[str]:
         task.store.remove(paths.result)
     elif state != "absent":
         notes.append(f"did not remove {paths.result}: {why}; remove it yourself if it can go")
+    if not work_dir or not os.path.isdir(paths.root):
+        return notes
     problem = paths.ownership_problem()
     if problem is not None:
         notes.append(f"did not touch {paths.root}: {problem}")
-        return notes
-    if not os.path.isdir(paths.root):
         return notes
     # jobs/ holds the run lock of the `psy clean` doing this: removed last.
     for entry in sorted(os.listdir(paths.root), key=lambda e: e == "jobs"):

@@ -482,6 +482,11 @@ def clean_task(task) -> tuple[bool, list[str]]:
     if problem is not None:
         # Not this task's directory: do not even take a lock in it.
         return True, [f"did not touch {backend.paths.root}: {problem}"]
+    if not os.path.isdir(backend.paths.root):
+        # Nothing to lock: a run starting now makes the directory; leave it alone.
+        from psyrun.paths import clean_task_files
+
+        return True, clean_task_files(task, backend.paths, work_dir=False)
     with task_lock(backend, create=False) as locked:
         if not locked:
             return False, []

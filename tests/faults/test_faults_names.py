@@ -281,6 +281,28 @@ def test_a_resultfile_of_its_own_is_replaced_continued_and_cleaned(tmp_path):
     assert_untouched(before, tree_state(project, skip=project / "psy-work"), "run, -c, clean")
 
 
+def test_work_directories_and_result_files_with_odd_characters_work(tmp_path):
+    project = project_with_bystanders(tmp_path / "p")
+    workdir, resultfile = "work dir $(touch pwned);é", "résultats/out put `id`;.pkl"
+    write_task_file(
+        project, "odd", SIMPLE + f"workdir = {workdir!r}\nresultfile = {resultfile!r}\n"
+    )
+    before = tree_state(project, skip=project / workdir)
+    for args in (("run", "odd"), ("run", "-c", "odd")):
+        result = run_psy(project, *args)
+        assert result.exit_code == 0, describe(result)
+    assert "odd: 3 out of 3 rows completed" in run_psy(project, "status", "odd").output
+    from psyrun.store import get_store
+
+    assert sorted(get_store(".pkl").load(str(project / resultfile))["y"]) == [10, 20, 30]
+    assert run_psy(project, "clean", "odd").exit_code == 0
+    assert os.listdir(project / workdir) == []
+    assert os.listdir(project / "résultats") == []
+    (project / "résultats").rmdir()
+    assert not list(tmp_path.rglob("pwned*"))
+    assert_untouched(before, tree_state(project, skip=project / workdir), "odd paths")
+
+
 def test_a_task_work_directory_over_user_files_is_refused(tmp_path):
     project = project_with_bystanders(tmp_path / "p")
     # workdir '.' and a task named like a directory of the user's: <workdir>/<task> is theirs.

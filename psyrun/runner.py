@@ -394,11 +394,8 @@ def _run_locked(
 
 def _warn_stale(backend, events: RunEvents) -> None:
     """Tell how many stored rows an older version of the task's code computed (if any)."""
-    note = getattr(backend, "stale_note", None)
-    if note is None:
-        return
     with contextlib.suppress(Exception):
-        text = note()
+        text = backend.stale_note()
         if text:
             events.warning(text)
 

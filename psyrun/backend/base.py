@@ -319,6 +319,13 @@ class Backend(abc.ABC):
         """Messages for ``psy status`` about files that could not be read (default: none)."""
         return []
 
+    def stale_note(self) -> str | None:
+        """Say how many stored rows an older version of the task's code computed (or None).
+
+        The default knows no versions (:mod:`psyrun.versions`): None.
+        """
+        return None
+
     def clean(self) -> None:
         """Remove every file generated for the task (work directory and result)."""
         remove_path(self.paths.root)

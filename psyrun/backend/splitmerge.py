@@ -135,6 +135,7 @@ class SplitMergeBackend(Backend):
                     f"the result file {self.paths.result} does not exist (deleted?); "
                     f"`psy run -c {self.task.name}` evaluates all {total} rows again"
                 )
+            notes.extend(self._run_changed_notes())
             return TaskProgress(0, total, notes)
         done = self._done_params()
         added = self.new_keys(done)
@@ -490,25 +491,33 @@ class SplitMergeBackend(Backend):
 
     def _version_notes(self, progress: TaskProgress) -> None:
         """Add to `progress` the rows of older versions and a task file changed during a run."""
+        from psyrun.versions import stale_note
+
         counts = self.version_counts()
         current = self.task.version
         progress.stale = sum(n for v, n in counts.items() if v is not None and v != current)
-        note = self.stale_note()
+        note = stale_note(self.task, counts)
         if note:
             progress.notes.append(note)
+        progress.notes.extend(self._run_changed_notes())
+
+    def _run_changed_notes(self) -> list[str]:
+        """Return a note when the task's code changed since the run in progress started."""
         from psyrun.jobs import read_job_description
 
+        current = self.task.version
         merged = self.paths.status_file(self.paths.job_name("merge"), "done")
         try:
             started = read_job_description(self.paths.job_file("split")).get("task_version")
         except Exception:
             started = None
         if started and started != current and self.submitted() and not os.path.exists(merged):
-            progress.notes.append(
+            return [
                 f"{os.path.basename(self.task.path)} changed since the last run started; "
                 "that run evaluates the task as it was when it started (its rows will "
                 "count as computed by an older version)"
-            )
+            ]
+        return []
 
     def is_current(self) -> bool:
         """As :meth:`Backend.is_current`, and every row was computed by the current code."""

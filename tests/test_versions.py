@@ -270,9 +270,13 @@ def test_rows_kept_by_an_interrupted_run_replace_the_old_ones(tmp_path):
     assert not calls.exists()
 
 
-def test_stale_recomputes_only_the_stale_rows(tmp_path):
+@pytest.mark.parametrize("backend", ["distribute", "loadbalancing"])
+def test_stale_recomputes_only_the_stale_rows(tmp_path, backend):
+    from e2e_helpers import BACKENDS
+
     calls = tmp_path / "calls.txt"
-    pre = f"CALLS = {str(calls)!r}\n"
+    imp, name = BACKENDS[backend]
+    pre = f"{imp}\nbackend = {name}\nCALLS = {str(calls)!r}\n"
     path = write_task(tmp_path, 1, n=10, jobs=2, preamble=pre)
     text = path.read_text().replace(
         "    time.sleep", "    open(CALLS, 'a').write(f'{x}\\n')\n    time.sleep"

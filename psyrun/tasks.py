@@ -639,6 +639,7 @@ def load_frozen(path: str, frozen: Mapping[str, Any]) -> TaskDef:
         error = _load_error(frozen["task_source"], exc)
         raise RuntimeError(f"cannot load task {name!r}: {error}\n{error.details}") from None
     task.source = source
+    task._version = version or None
     return task
 
 

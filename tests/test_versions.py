@@ -318,3 +318,62 @@ def test_every_store_records_row_versions(tmp_path, store):
     assert stale_in(status.stdout) == 0
     data = load_result(result_path(tmp_path, "v", store), store)
     assert sorted(int(v) for v in data["y"]) == [2] * 6
+
+
+# -- the merge hook (psyrun.merge.write_merged) ------------------------------------
+
+
+def test_write_merged_drops_replaced_base_rows_and_reports_rows_per_input(tmp_path):
+    from psyrun.merge import write_merged
+    from psyrun.store.pickle import PickleStore
+
+    store = PickleStore()
+    base, part = str(tmp_path / "result.pkl"), str(tmp_path / "0.pkl")
+    store.save(base, {"x": [1, 2, 3], "y": [1, 1, 1]})
+    store.save(part, {"x": [2, 4], "y": [2, 2]})
+    seen = []
+
+    def metadata(counts):
+        seen.append(counts)
+        return {"k": 1}
+
+    drop = np.array([False, True, False])
+    rows = write_merged(store, base, [part], ["x"], base=base, metadata=metadata, drop_base=drop)
+    assert rows == 4
+    data = store.load(base)
+    assert sorted(zip(data["x"].tolist(), data["y"].tolist())) == [(1, 1), (2, 2), (3, 1), (4, 2)]
+    assert seen == [[(base, 2), (part, 2)]]
+    assert store.read_metadata(base) == {"k": 1}
+
+
+def test_merge_versions_keeps_segments_exact_when_rows_are_replaced(tmp_path):
+    from psyrun.merge import write_merged
+    from psyrun.store.pickle import PickleStore
+    from psyrun.versions import merge_versions, read_row_versions
+
+    store = PickleStore()
+    base, part = str(tmp_path / "result.pkl"), str(tmp_path / "0.pkl")
+    store.save(base, {"x": [1, 2, 3, 5], "y": [1, 1, 1, 0]})
+    store.write_metadata(base, {ROW_VERSIONS: [["a", 3], ["b", 1]]})
+    store.save(part, {"x": [2, 4, 5], "y": [2, 2, 2]})
+    # x=2 (version a) is replaced, x=5 (version b, the parts' own) is a duplicate.
+    drop, metadata = merge_versions(store, base, [part], ["x"], "b", store)
+    assert drop.tolist() == [False, True, False, False]
+    write_merged(store, base, [part], ["x"], base=base, metadata=metadata, drop_base=drop)
+    data = store.load(base)
+    assert data["x"].tolist() == [1, 3, 5, 2, 4]
+    assert read_row_versions(store, base) == [["a", 2], ["b", 3]]
+    assert data["y"].tolist() == [1, 1, 0, 2, 2]
+
+
+def test_row_versions_that_do_not_add_up_are_unknown(tmp_path):
+    from psyrun.store.pickle import PickleStore
+    from psyrun.versions import read_row_versions
+
+    store = PickleStore()
+    path = str(tmp_path / "r.pkl")
+    store.save(path, {"x": [1, 2]})
+    store.write_metadata(path, {ROW_VERSIONS: [["a", 2]]})
+    assert read_row_versions(store, path) == [["a", 2]]
+    store.append(path, {"x": [3]})  # rows added by something else
+    assert read_row_versions(store, path) is None

@@ -377,3 +377,15 @@ def test_row_versions_that_do_not_add_up_are_unknown(tmp_path):
     assert read_row_versions(store, path) == [["a", 2]]
     store.append(path, {"x": [3]})  # rows added by something else
     assert read_row_versions(store, path) is None
+
+
+def test_psy_conf_edited_during_a_run_is_part_of_the_frozen_source(tmp_path):
+    state = tmp_path / "jobs.json"
+    write_task(tmp_path, 1, n=6, jobs=2, preamble=recorder_preamble(state))
+    conf = write(tmp_path / "psy-tasks" / "psy-conf.py", "exclude_from_result = []\n")
+    assert psy("run", "v", cwd=tmp_path).returncode == 0
+    conf.write_text("exclude_from_result = ['y']\n")
+    assert run_recorded_jobs(state, tmp_path) == [0] * 4
+    assert ys(tmp_path) == {1: 6}
+    status = psy("status", "v", cwd=tmp_path)
+    assert stale_in(status.stdout) == 6, status.output

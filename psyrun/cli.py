@@ -198,6 +198,12 @@ main = psy
     help="Keep existing results and evaluate only the missing assignments.",
 )
 @click.option(
+    "--stale",
+    is_flag=True,
+    help="With -c (implied): also recompute the rows computed by an older version "
+    "of the task file's code.",
+)
+@click.option(
     "-j",
     "--jobs",
     "n_workers",
@@ -208,7 +214,9 @@ main = psy
 )
 @click.argument("task", nargs=-1)
 @_file_errors
-def run(taskdir: str, cont: bool, n_workers: int | None, task: tuple[str, ...]) -> None:
+def run(
+    taskdir: str, cont: bool, stale: bool, n_workers: int | None, task: tuple[str, ...]
+) -> None:
     """Run all tasks that are not up to date (or the named ones).
 
     Each job is printed prefixed with '.' when it runs and '-' when it is
@@ -223,7 +231,9 @@ def run(taskdir: str, cont: bool, n_workers: int | None, task: tuple[str, ...]) 
     problems = tasks.selection_failed
     for t in selected:
         printer = _Printer(t.name)
-        report = run_task(t, continue_=cont, events=printer, n_workers=n_workers)
+        report = run_task(
+            t, continue_=cont or stale, events=printer, n_workers=n_workers, stale=stale
+        )
         if report.outcome == "interrupted":
             _err(f"\n{t.name}: {report.message}")
             sys.exit(128 + (report.signum or 2))
@@ -288,7 +298,12 @@ def status(
     for t in selected:
         report = task_status(t, missing=bool(verbose))
         progress = report.progress
-        click.echo(f"{t.name}: {progress.completed} out of {progress.total} rows completed")
+        stale = (
+            f" ({progress.stale} by an older version of the task file)"
+            if getattr(progress, "stale", 0)
+            else ""
+        )
+        click.echo(f"{t.name}: {progress.completed} out of {progress.total} rows completed{stale}")
         if report.running_pid is not None:
             pid = f" (pid {report.running_pid})" if report.running_pid else ""
             click.echo(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -113,7 +113,8 @@ def write_merged(
     source_store=None,
     drop: Collection[str] = (),
     consume: bool = False,
-    metadata: Mapping | None = None,
+    metadata: Mapping | Callable | None = None,
+    drop_base: np.ndarray | None = None,
 ) -> int:
     """Stream `base` (kept whole) and `sources` into `dest`; return rows written.
 
@@ -152,7 +153,12 @@ def write_merged(
         default `dest` keeps the metadata of its inputs: that of `base`, or
         else of the first source with any; different metadata of other
         inputs is listed under ``merged_from``. Stores that cannot hold
-        metadata get none.
+        metadata get none. A callable is called with ``[(input path, rows
+        written from it), ...]`` in file order (base first) and returns the
+        metadata (:mod:`psyrun.versions` records which rows came from where).
+    drop_base : numpy.ndarray of bool, optional
+        Rows of `base` left out (rows of a later run replace them); the
+        sources' rows with those parameters are then kept.
     """
     if source_store is None:
         source_store = store
@@ -180,6 +186,8 @@ def write_merged(
         if type(source) is type(store) and not drop & set(first):
             # Nothing to convert, drop or add: the part becomes the result.
             rows = source.count_rows(good[0])
+            if callable(metadata):
+                metadata = metadata([(good[0], rows)])
             if metadata and store.supports_metadata:
                 store.write_metadata(good[0], metadata)
             store.replace(good[0], dest)
@@ -187,6 +195,8 @@ def write_merged(
     keep = None
     if has_base and good:
         seen = load_params(store, [base], keys)
+        if drop_base is not None and seen:
+            seen = {k: v[~drop_base] for k, v in seen.items()}
         combined = concat_columns([sp for sp in source_params if sp], keys)
         if seen and combined:
             n_total = len(next(iter(combined.values())))
@@ -197,6 +207,7 @@ def write_merged(
     store.remove(tmp)
     written = 0
     offset = 0
+    counts: list[tuple[str, int]] = []
     pending: list[dict] = []
     pending_rows = 0
 
@@ -214,9 +225,16 @@ def write_merged(
     try:
         if has_base:
             try:
+                base_offset = 0
                 for chunk in store.iter_chunks(base):
+                    if drop_base is not None:
+                        n = _count(chunk)
+                        mask = ~drop_base[base_offset : base_offset + n]
+                        base_offset += n
+                        chunk = {k: np.asarray(v)[mask] for k, v in chunk.items()}
                     store.append(tmp, without_dropped(chunk))
                     written += _count(chunk)
+                counts.append((base, written))
             except Exception as exc:
                 raise OSError(
                     f"cannot read the existing results {base} ({type(exc).__name__}: {exc}); "
@@ -224,6 +242,7 @@ def write_merged(
                     "again) or restore it, then run again."
                 ) from exc
         for path in good:
+            counts.append((path, 0))
             for chunk in _store_of(source_store, path).iter_chunks(path):
                 n = _count(chunk)
                 if keep is not None:
@@ -236,11 +255,14 @@ def write_merged(
                     pending.append(without_dropped(chunk))
                     pending_rows += n
                     written += n
+                    counts[-1] = (path, counts[-1][1] + n)
                     if pending_rows >= MERGE_ROWS:
                         flush()
         flush()
         if not store.exists(tmp):
             store.save(tmp, {k: [] for k in keys})
+        if callable(metadata):
+            metadata = metadata(counts)
         if metadata is None:
             metadata = _inputs_metadata(store, base if has_base else None, good, source_store)
         if metadata and store.supports_metadata:

@@ -29,7 +29,13 @@ The metadata is a flat dict of JSON values (so it also fits
 ``earlier_runs``
     Only in a result continued with ``psy run -c``: the provenance of the
     runs whose rows it kept, oldest first (without their own
-    ``earlier_runs``).
+    ``earlier_runs`` and ``row_versions``).
+``task_version``
+    The version of the task's code the run evaluated
+    (:func:`psyrun.versions.task_version`).
+``row_versions``
+    ``[[version, rows], ...]``: the version of the task's code that computed
+    each row, as segments in file order (:mod:`psyrun.versions`).
 """
 
 from __future__ import annotations
@@ -163,7 +169,8 @@ def continued(new: Mapping[str, Any], old: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(new)
     if old:
         earlier = list(old.get("earlier_runs", []))
-        earlier.append({k: v for k, v in old.items() if k != "earlier_runs"})
+        # The rows' versions are kept once, for the whole file (psyrun.versions).
+        earlier.append({k: v for k, v in old.items() if k not in ("earlier_runs", "row_versions")})
         out["earlier_runs"] = earlier
     return out
 
@@ -172,9 +179,11 @@ def combine(metadata: list[Mapping[str, Any]]) -> dict[str, Any]:
     """Return the metadata of a file merged from inputs with `metadata` (in merge order).
 
     The first non-empty one is kept; other, different ones are listed under
-    ``merged_from`` so that nothing about the inputs is lost.
+    ``merged_from`` so that nothing about the inputs is lost. The inputs'
+    ``row_versions`` describe their own rows only and are left out: the
+    versions of the merged rows are unknown.
     """
-    found = [dict(m) for m in metadata if m]
+    found = [{k: v for k, v in m.items() if k != "row_versions"} for m in metadata if m]
     if not found:
         return {}
     first, others = found[0], []

@@ -26,6 +26,7 @@ finishes the rest, every row exactly once.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import signal
 import threading
@@ -230,7 +231,11 @@ def _local_pool(task, n_workers: int):
 
 
 def run_task(
-    task, continue_: bool = False, events: RunEvents | None = None, n_workers: int | None = None
+    task,
+    continue_: bool = False,
+    events: RunEvents | None = None,
+    n_workers: int | None = None,
+    stale: bool = False,
 ) -> RunReport:
     """Run `task` as ``psy run`` does; return how it ended.
 
@@ -248,6 +253,9 @@ def run_task(
         :class:`psyrun.scheduler.LocalPool` (``psy run -j N``) instead of the
         task's scheduler; refused (outcome ``"refused"``) for a cluster
         scheduler.
+    stale : bool
+        With `continue_`, also evaluate again the rows computed by an older
+        version of the task's code (``psy run -c --stale``).
 
     Returns
     -------
@@ -272,7 +280,7 @@ def run_task(
             )
         try:
             with _signals_raise_interrupted():
-                return _run_locked(task, backend, scheduler, continue_, events)
+                return _run_locked(task, backend, scheduler, continue_, events, stale)
         except KeyboardInterrupt as exc:
             return _interrupted(task, backend, scheduler, exc)
         finally:
@@ -307,7 +315,9 @@ def summarize_states(statuses) -> str:
     return ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
 
 
-def _run_locked(task, backend, scheduler, cont: bool, events: RunEvents) -> RunReport:
+def _run_locked(
+    task, backend, scheduler, cont: bool, events: RunEvents, stale: bool = False
+) -> RunReport:
     name = task.name
     held = backend.get_queued(scheduler)
     queued = [s for s in held if s.status.will_run]
@@ -345,13 +355,22 @@ def _run_locked(task, backend, scheduler, cont: bool, events: RunEvents) -> RunR
             f"recomputed with the changed task); `psy clean {name}` removes them; or set "
             "overwrite_dirty = True.",
         )
+    if stale and "stale" not in inspect.signature(backend.plan).parameters:
+        # Only backends that record versions (psyrun.versions) take `stale`.
+        return RunReport(
+            name,
+            "refused",
+            f"the backend {type(backend).__name__} cannot recompute only stale rows; run "
+            f"`psy run {name}` to recompute every row",
+        )
     try:
-        plan = backend.plan(cont)
+        plan = backend.plan(cont, stale=True) if stale else backend.plan(cont)
     except ValueError as exc:
         return RunReport(name, "refused", str(exc))
     if plan.up_to_date:
         for job in plan.graph.names:
             events.skipped(job)
+        _warn_stale(backend, events)
         return RunReport(name, "up-to-date", n_jobs=len(plan.graph))
     attached = bool(getattr(scheduler, "attached", False))
     events.planned(plan.n_rows if attached else 0, len(plan.graph))
@@ -378,7 +397,10 @@ def _run_locked(task, backend, scheduler, cont: bool, events: RunEvents) -> RunR
         if attached:
             scheduler.monitor = None
     if not attached:
+        if cont:
+            _warn_stale(backend, events)
         return RunReport(name, "submitted", jobs=ids, n_jobs=len(plan.graph))
+    _warn_stale(backend, events)
     failed = backend.get_failed([])
     for job in failed:
         result = scheduler.result(ids[job.name]) if job.name in ids else None
@@ -386,6 +408,14 @@ def _run_locked(task, backend, scheduler, cont: bool, events: RunEvents) -> RunR
             job.message = "not run: a job it depends on failed"
     outcome = "failed" if failed else "completed"
     return RunReport(name, outcome, jobs=ids, failed=failed, n_jobs=len(plan.graph))
+
+
+def _warn_stale(backend, events: RunEvents) -> None:
+    """Tell how many stored rows an older version of the task's code computed (if any)."""
+    with contextlib.suppress(Exception):
+        text = backend.stale_note()
+        if text:
+            events.warning(text)
 
 
 def _preload_store(store) -> None:

@@ -193,6 +193,7 @@ class Config:
         for name in SETTINGS:
             object.__setattr__(new, name, getattr(self, name))
         object.__setattr__(new, "_explicit", set(self._explicit))
+        object.__setattr__(new, "_source", getattr(self, "_source", None))
         return new
 
     @classmethod
@@ -222,11 +223,26 @@ def _suggestion(name: str) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def _exec_file(path: str, module_name: str | None = None) -> dict[str, Any]:
-    """Execute a Python file as a module and return its globals."""
+def _read_source(path: str) -> str:
     with open(path, encoding="utf-8") as f:
-        source = f.read()
-    code = compile(source, path, "exec")
+        return f.read()
+
+
+def _exec_file(
+    path: str,
+    module_name: str | None = None,
+    source: str | None = None,
+    code_path: str | None = None,
+) -> dict[str, Any]:
+    """Execute a Python file as a module and return its globals.
+
+    `source` is the text to execute (default: the file's); `code_path` is the
+    file named in tracebacks (default `path`: a copy made for a run names the
+    copy, whose lines are the ones that ran). ``__file__`` is always `path`.
+    """
+    if source is None:
+        source = _read_source(path)
+    code = compile(source, code_path or path, "exec")
     name = module_name or os.path.splitext(os.path.basename(path))[0].replace("-", "_")
     module = types.ModuleType(name)
     module.__file__ = path
@@ -291,6 +307,11 @@ class TaskDef:
         self.conf_path = os.path.join(self.taskdir, CONF_FILENAME)
         self.warnings = list(warnings or [])
         self.config = config
+        #: The source text executed for this task and for ``psy-conf.py`` (None:
+        #: not loaded from a file, or no ``psy-conf.py``); see :attr:`version`.
+        self.source: str | None = None
+        self.conf_source: str | None = getattr(config, "_source", None)
+        self._version: str | None = None
         self._normalize()
 
     @classmethod
@@ -314,10 +335,32 @@ class TaskDef:
 
         # Before the file runs: a name like '..' is refused whatever the file says.
         check_task_name(name)
-        namespace = _exec_file(path, module_name=f"psyrun_task_{name}")
+        source = _read_source(path)
+        namespace = _exec_file(path, module_name=f"psyrun_task_{name}", source=source)
         config = conf.copy() if conf is not None else Config()
         config.update(namespace)
-        return cls(path, config, _typo_warnings(namespace, path))
+        task = cls(path, config, _typo_warnings(namespace, path))
+        task.source = source
+        return task
+
+    @property
+    def version(self) -> str:
+        """The version of the task's code (:func:`psyrun.versions.task_version`).
+
+        Computed from the source this task was loaded from, so it names what
+        the task object evaluates even when the file changed since.
+        """
+        if self._version is None:
+            from psyrun.versions import task_version
+
+            source = self.source
+            if source is None:
+                source = _read_source(self.path)
+            conf = self.conf_source
+            if conf is None and self.source is None and os.path.exists(self.conf_path):
+                conf = _read_source(self.conf_path)
+            self._version = task_version(source, conf)
+        return self._version
 
     def _normalize(self) -> None:
         c = self.config
@@ -490,12 +533,22 @@ def _stamp(task: TaskDef) -> tuple:
     return tuple(stamps)
 
 
-def get_task(path: str | os.PathLike) -> TaskDef:
+def get_task(path: str | os.PathLike, frozen: Mapping[str, Any] | None = None) -> TaskDef:
     """Return the task defined in `path`, reusing a definition loaded earlier in this process.
 
     A task loaded by :func:`load_tasks` whose file (and ``psy-conf.py``) did
     not change since is returned as is; otherwise the task directory's
     ``psy-conf.py`` and the file are loaded.
+
+    Parameters
+    ----------
+    path : str or path
+        The task file.
+    frozen : mapping, optional
+        The fields :func:`psyrun.versions.freeze` wrote into a job description
+        (``task_version``, ``task_source``, ``conf_source``): the task is then
+        loaded from the copies made when the run was planned, not from the
+        file as it is now (see :func:`load_frozen`).
 
     Raises
     ------
@@ -503,6 +556,8 @@ def get_task(path: str | os.PathLike) -> TaskDef:
         If the task file fails to load (the message holds the error).
     """
     path = os.path.abspath(os.fspath(path))
+    if frozen and frozen.get("task_source"):
+        return load_frozen(path, frozen)
     cached = _CACHE.get(path)
     if cached is not None and cached[0] == _stamp(cached[1]):
         return cached[1]
@@ -516,6 +571,84 @@ def get_task(path: str | os.PathLike) -> TaskDef:
     if name not in tasks:
         raise RuntimeError(f"no task file {path!r}")
     return tasks[name]
+
+
+def load_frozen(path: str, frozen: Mapping[str, Any]) -> TaskDef:
+    """Load the task of `path` from the copies of its source a run was planned with.
+
+    The task keeps its own path, directory and ``__file__`` (relative imports,
+    data files next to it and the default settings work as for the file);
+    only the code executed is the copy's. A task already loaded in this
+    process with the same version (a job forked from ``psy``) is reused.
+
+    Raises
+    ------
+    RuntimeError
+        If a copy is missing, does not match the version recorded, or fails
+        to load.
+    """
+    from psyrun.versions import task_version
+
+    version = frozen.get("task_version")
+    cached = _CACHE.get(path)
+    if (
+        cached is not None
+        and version
+        and cached[1].source is not None
+        and cached[1].version == version
+    ):
+        return cached[1]
+    name = os.path.basename(path)[len(TASK_PREFIX) : -len(TASK_SUFFIX)]
+    copies = {}
+    for key in ("task_source", "conf_source"):
+        copy = frozen.get(key)
+        try:
+            copies[key] = _read_source(copy) if copy else None
+        except OSError as exc:
+            raise RuntimeError(
+                f"cannot read {copy!r}, the copy of the task's source this run was planned "
+                f"with ({exc}); run `psy run -c {name}` to plan the run again"
+            ) from None
+    source, conf_source = copies["task_source"], copies["conf_source"]
+    if version and task_version(source, conf_source) != version:
+        raise RuntimeError(
+            f"the copy of task {name!r} in {os.path.dirname(frozen['task_source'])} is not "
+            f"the version {version} this job was submitted with (a later run replaced it); "
+            f"not running it. Run `psy run -c {name}` to submit the task again."
+        )
+    taskdir = os.path.dirname(path)
+    if taskdir not in sys.path:
+        sys.path.append(taskdir)
+    conf = Config()
+    conf_path = os.path.join(taskdir, CONF_FILENAME)
+    try:
+        if conf_source is not None:
+            object.__setattr__(conf, "_source", conf_source)
+            conf.update(
+                _exec_file(
+                    conf_path,
+                    module_name="psyrun_conf",
+                    source=conf_source,
+                    code_path=frozen["conf_source"],
+                )
+            )
+        namespace = _exec_file(
+            path,
+            module_name=f"psyrun_task_{name}",
+            source=source,
+            code_path=frozen["task_source"],
+        )
+        config = conf.copy()
+        config.update(namespace)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TaskConfigWarning)
+            task = TaskDef(path, config)
+    except Exception as exc:
+        error = _load_error(frozen["task_source"], exc)
+        raise RuntimeError(f"cannot load task {name!r}: {error}\n{error.details}") from None
+    task.source = source
+    task._version = version or None
+    return task
 
 
 def task_files(taskdir: str | os.PathLike) -> list[str]:
@@ -570,7 +703,9 @@ def load_tasks(
     conf_path = os.path.join(taskdir, CONF_FILENAME)
     if os.path.exists(conf_path):
         try:
-            namespace = _exec_file(conf_path, module_name="psyrun_conf")
+            conf_source = _read_source(conf_path)
+            object.__setattr__(conf, "_source", conf_source)
+            namespace = _exec_file(conf_path, module_name="psyrun_conf", source=conf_source)
             conf.update(namespace)
             tasks.warnings.extend(_typo_warnings(namespace, conf_path))
         except Exception as exc:

@@ -10,9 +10,15 @@ backend to run the job, and records how it ended in
 ``<workdir>/<task>/status/<job name>.done`` or ``.failed``. Tracebacks go to
 standard output/error, which the scheduler sends to the job's log file.
 
-Jobs run in the directory of the task file, as in psyrun 0.8 (so ``execute``
-can open files kept next to it); relative ``workdir`` and ``resultfile``
-settings keep meaning what they meant where ``psy`` was started.
+Every job of a run evaluates the task as it was when the run was planned:
+the description names a copy of the task file's source (and of
+``psy-conf.py``) made by ``psy run`` (:mod:`psyrun.versions`), and the worker
+executes that copy, so editing the task file during a run changes nothing
+the run computes. Jobs run in the directory of the task file, as in psyrun
+0.8 (so ``execute`` can open files kept next to it, and the task file's
+directory is on ``sys.path`` for its imports); relative ``workdir`` and
+``resultfile`` settings keep meaning what they meant where ``psy`` was
+started.
 """
 
 from __future__ import annotations
@@ -135,7 +141,8 @@ def _run(description: dict, index: int | None) -> int:
                 f.write(text)
 
     try:
-        task = get_task(description["task_file"])
+        # The task as it was when the run was planned (the copy of its source).
+        task = get_task(description["task_file"], frozen=description)
         cls = backend_class(task)
         backend = cls(task)
         name = backend.paths.job_name(kind, index)

@@ -69,11 +69,16 @@ class TaskProgress:
     notes : list of str
         Things the user should know to read the figures right (a result file
         that is gone, keys the results lack, files that cannot be read).
+    stale : int
+        Of the completed rows, those computed by an older version of the
+        task's code (:mod:`psyrun.versions`); 0 when unknown.
     """
 
     completed: int
     total: int
     notes: list[str] = field(default_factory=list)
+    #: Of the completed rows, those computed by an older version of the task's code.
+    stale: int = 0
 
 
 class Backend(abc.ABC):
@@ -313,6 +318,13 @@ class Backend(abc.ABC):
     def notes(self) -> list[str]:
         """Messages for ``psy status`` about files that could not be read (default: none)."""
         return []
+
+    def stale_note(self) -> str | None:
+        """Say how many stored rows an older version of the task's code computed (or None).
+
+        The default knows no versions (:mod:`psyrun.versions`): None.
+        """
+        return None
 
     def clean(self) -> list[str]:
         """Remove the files psyrun made for the task; return notes on what was kept.

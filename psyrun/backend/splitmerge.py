@@ -32,7 +32,7 @@ from psyrun.failures import RowFailures
 from psyrun.jobs import Job, JobArray, JobGraph
 from psyrun.merge import load_params, missing_rows, write_merged
 from psyrun.records import add_records, timed
-from psyrun.snapshot import write_snapshot
+from psyrun.snapshot import snapshot_version, write_snapshot
 
 if TYPE_CHECKING:
     from psyrun.store.base import Store
@@ -135,6 +135,7 @@ class SplitMergeBackend(Backend):
                     f"the result file {self.paths.result} does not exist (deleted?); "
                     f"`psy run -c {self.task.name}` evaluates all {total} rows again"
                 )
+            notes.extend(self._run_changed_notes())
             return TaskProgress(0, total, notes)
         done = self._done_params()
         added = self.new_keys(done)
@@ -148,19 +149,27 @@ class SplitMergeBackend(Backend):
             return TaskProgress(0, total, notes)
         if missing is None:
             missing = self.get_missing()
-        return TaskProgress(total - len(missing), total, notes)
+        progress = TaskProgress(total - len(missing), total, notes)
+        self._version_notes(progress)
+        return progress
 
     def notes(self) -> list[str]:
         """Messages about result or part files that could not be read."""
         return list(self.unreadable)
 
-    def build_graph(self, n_jobs: int, cont: bool, write: bool = True) -> JobGraph:
-        """Build the job graph for `n_jobs` process jobs (writing descriptions if `write`)."""
+    def build_graph(
+        self, n_jobs: int, cont: bool, write: bool = True, stale: bool = False
+    ) -> JobGraph:
+        """Build the job graph for `n_jobs` process jobs (writing descriptions if `write`).
+
+        `stale`: the split also evaluates again the rows of other versions.
+        """
         p = self.paths
 
         def command(kind: str, array: bool = False) -> list[str]:
             if write:
-                return self.job_command(kind, array=array, cont=cont, n_jobs=n_jobs)
+                fields = {"stale": True} if stale else {}
+                return self.job_command(kind, array=array, cont=cont, n_jobs=n_jobs, **fields)
             return []
 
         split, process = p.job_name("split"), p.job_name("process")
@@ -185,8 +194,12 @@ class SplitMergeBackend(Backend):
         )
         return graph
 
-    def plan(self, cont: bool = False) -> Plan:
-        """Decide the jobs to submit (see :meth:`Backend.plan`)."""
+    def plan(self, cont: bool = False, stale: bool = False) -> Plan:
+        """Decide the jobs to submit (see :meth:`Backend.plan`).
+
+        With `cont` and `stale` (``psy run -c --stale``) the rows computed by
+        another version of the task's code are evaluated again too.
+        """
         n_all = len(self.task.pspace)
         if not cont:
             if self.is_current():
@@ -200,6 +213,8 @@ class SplitMergeBackend(Backend):
             self.check_can_continue()
             parts = self.paths.list_parts()
             n_rows = len(self.get_missing())
+            if stale:
+                n_rows += self.stale_rows()
             if n_rows == 0 and not parts and self.store.exists(self.paths.result):
                 return Plan(
                     self.build_graph(0, cont, write=False),
@@ -210,7 +225,9 @@ class SplitMergeBackend(Backend):
         self.clear_markers()
         n_jobs = self.n_process_jobs(n_rows)
         return Plan(
-            self.build_graph(n_jobs, cont), reason=f"{n_rows} rows to evaluate", n_rows=n_rows
+            self.build_graph(n_jobs, cont, stale=cont and stale),
+            reason=f"{n_rows} rows to evaluate",
+            n_rows=n_rows,
         )
 
     def check_can_continue(self) -> None:
@@ -241,7 +258,7 @@ class SplitMergeBackend(Backend):
         """Run a split, process or merge job."""
         cont = bool(description.get("cont"))
         if kind == "split":
-            self.run_split(cont)
+            self.run_split(cont, stale=bool(description.get("stale")))
             return 0
         if kind == "merge":
             self.run_merge(cont)
@@ -249,14 +266,19 @@ class SplitMergeBackend(Backend):
         if kind == "process":
             if index is None:
                 raise ValueError("a process job needs its index: psyrun.worker <file> <index>")
+            self._check_snapshot_version()
             return self.run_process(int(index), int(description["n_jobs"]))
         raise ValueError(f"unknown job kind {kind!r} for {type(self).__name__}")
 
     def _log(self, message: str) -> None:
         print(f"psyrun: {message}", flush=True)
 
-    def run_split(self, cont: bool) -> None:
-        """Fold old parts (when continuing), snapshot the rows to evaluate, clear parts."""
+    def run_split(self, cont: bool, stale: bool = False) -> None:
+        """Fold old parts (when continuing), snapshot the rows to evaluate, clear parts.
+
+        With `stale`, rows of the result computed by another version of the
+        task's code count as missing (the merge replaces them).
+        """
         p = self.paths
         p.make_dirs()
         keys = self.keys
@@ -264,6 +286,10 @@ class SplitMergeBackend(Backend):
             self.check_can_continue()
             parts = [path for _, path, _ in p.list_parts()]
             if parts:
+                # The parts are the last run's: rows of its version replace older ones.
+                drop_base, metadata = self._merge_versions(
+                    p.result, parts, snapshot_version(p.pspace)
+                )
                 rows = write_merged(
                     self.store,
                     p.result,
@@ -273,6 +299,8 @@ class SplitMergeBackend(Backend):
                     log=self._log,
                     source_store=self.store_for,
                     drop=self.task.exclude_from_result,
+                    metadata=metadata,
+                    drop_base=drop_base,
                 )
                 self._log(f"kept {rows} rows from the result file and earlier parts")
             p.clear_parts()
@@ -281,11 +309,13 @@ class SplitMergeBackend(Backend):
                 if self.store.exists(p.result)
                 else {}
             )
+            if stale and done:
+                done = self._current_rows(done)
             rows = missing_rows(self.task.pspace, done) if done else None
         else:
             p.clear_parts()
             rows = None
-        write_snapshot(p.pspace, self.task.pspace, rows)
+        write_snapshot(p.pspace, self.task.pspace, rows, task_version=self.task.version)
         self.after_split()
         n = len(self.task.pspace) if rows is None else len(rows)
         self._log(f"{n} of {len(self.task.pspace)} rows to evaluate")
@@ -368,6 +398,7 @@ class SplitMergeBackend(Backend):
         from psyrun.provenance import collect, continued, run_started
 
         meta = collect(self.task, run_started(self.paths))
+        meta["task_version"] = self.task.version
         if base is not None:
             try:
                 old = self.store.read_metadata(base)
@@ -381,6 +412,9 @@ class SplitMergeBackend(Backend):
         p = self.paths
         parts = [path for _, path, _ in p.list_parts()]
         base = p.result if cont and self.store.exists(p.result) else None
+        drop_base, metadata = self._merge_versions(
+            base, parts, snapshot_version(p.pspace), self._provenance(base)
+        )
         rows = write_merged(
             self.store,
             p.result,
@@ -391,7 +425,107 @@ class SplitMergeBackend(Backend):
             source_store=self.store_for,
             drop=self.task.exclude_from_result,
             consume=True,
-            metadata=self._provenance(base),
+            metadata=metadata,
+            drop_base=drop_base,
         )
         p.clear_parts()
         self._log(f"merged {len(parts)} parts; {rows} rows in {p.result}")
+
+    # -- versions of the task's code (psyrun.versions) ---------------------------
+
+    def _merge_versions(self, base, parts: list[str], parts_version, metadata=None):
+        """``(drop_base, metadata)`` for a merge of `parts` (computed by `parts_version`)."""
+        from psyrun.versions import merge_versions
+
+        return merge_versions(
+            self.store, base, parts, self.keys, parts_version, self.store_for, metadata
+        )
+
+    def _check_snapshot_version(self) -> None:
+        """Refuse to evaluate a snapshot written for another version of the task's code."""
+        written = snapshot_version(self.paths.pspace)
+        if written is not None and written != self.task.version:
+            raise RuntimeError(
+                f"the snapshot {self.paths.pspace} was written by a run of another version "
+                f"of task {self.task.name!r} ({written}, this job has {self.task.version}); "
+                f"not evaluating it. Run `psy run -c {self.task.name}` to submit the task again."
+            )
+
+    def version_counts(self) -> dict:
+        """Return ``{version: rows}`` of the stored rows (result and parts, as merged)."""
+        from psyrun.versions import version_counts
+
+        parts = [path for _, path, _ in self.paths.list_parts()]
+        version = snapshot_version(self.paths.pspace) if parts else None
+        try:
+            return version_counts(
+                self.store, self.paths.result, parts, self.keys, version, self.store_for
+            )
+        except Exception:
+            return {}  # unreadable files are reported by progress()
+
+    def stale_rows(self) -> int:
+        """Rows stored that another (known) version of the task's code computed."""
+        current = self.task.version
+        return sum(n for v, n in self.version_counts().items() if v is not None and v != current)
+
+    def stale_note(self) -> str | None:
+        """Return what to tell the user about rows of older versions (None: there are none)."""
+        from psyrun.versions import stale_note
+
+        return stale_note(self.task, self.version_counts())
+
+    def _current_rows(self, done: dict) -> dict:
+        """Return the rows of `done` (the result's parameters) computed by the current version."""
+        from psyrun.versions import expand_segments, read_row_versions
+
+        n = len(next(iter(done.values())))
+        segments = read_row_versions(self.store, self.paths.result, n)
+        if segments is None:
+            return done
+        names: list = []
+        codes = expand_segments(segments, names)
+        other = [i for i, v in enumerate(names) if v is not None and v != self.task.version]
+        keep = ~np.isin(codes, other)
+        return {k: v[keep] for k, v in done.items()}
+
+    def _version_notes(self, progress: TaskProgress) -> None:
+        """Add to `progress` the rows of older versions and a task file changed during a run."""
+        from psyrun.versions import stale_note
+
+        counts = self.version_counts()
+        current = self.task.version
+        progress.stale = sum(n for v, n in counts.items() if v is not None and v != current)
+        note = stale_note(self.task, counts)
+        if note:
+            progress.notes.append(note)
+        progress.notes.extend(self._run_changed_notes())
+
+    def _run_changed_notes(self) -> list[str]:
+        """Return a note when the task's code changed since the run in progress started."""
+        from psyrun.jobs import read_job_description
+
+        current = self.task.version
+        merged = self.paths.status_file(self.paths.job_name("merge"), "done")
+        try:
+            started = read_job_description(self.paths.job_file("split")).get("task_version")
+        except Exception:
+            started = None
+        if started and started != current and self.submitted() and not os.path.exists(merged):
+            return [
+                f"{os.path.basename(self.task.path)} changed since the last run started; "
+                "that run evaluates the task as it was when it started (its rows will "
+                "count as computed by an older version)"
+            ]
+        return []
+
+    def is_current(self) -> bool:
+        """As :meth:`Backend.is_current`, and every row was computed by the current code."""
+        return super().is_current() and not self.stale_rows()
+
+    def changed_dependencies(self) -> list[str]:
+        """As :meth:`Backend.changed_dependencies`; the task file when rows are stale."""
+        changed = super().changed_dependencies()
+        if self.task.path not in changed and self.stale_rows():
+            changed.insert(0, self.task.path)
+        return changed

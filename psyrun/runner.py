@@ -38,6 +38,7 @@ from psyrun.defaults import make_backend, scheduler_for
 
 __all__ = [
     "Interrupted",
+    "JobsInQueue",
     "RunEvents",
     "RunReport",
     "StatusReport",
@@ -289,17 +290,59 @@ def summarize_states(statuses) -> str:
     return ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
 
 
+def describe_waits(statuses, scheduler, task: str) -> str:
+    """Say what holds the jobs in `statuses` up, with what to do; ``''`` when nothing unusual.
+
+    Held jobs are named with the command that releases them (when the
+    scheduler has one); other reasons the batch system gives are counted.
+    """
+    held = [s for s in statuses if getattr(s, "held", False)]
+    parts = []
+    if held:
+        ids = sorted({_array_part(s.id, scheduler) for s in held}, key=_id_order)
+        shown = " ".join(ids[:8]) + (" ..." if len(ids) > 8 else "")
+        command = getattr(scheduler, "release_command", None)
+        how = f"`{' '.join(command)} {shown}` releases them" if command else f"ids {shown}"
+        parts.append(
+            f"{len(held)} held ({_reasons(held)}): they start only when released; {how}, "
+            f"`psy kill {task}` cancels them"
+        )
+    other = [s for s in statuses if not getattr(s, "held", False) and getattr(s, "reason", None)]
+    if other:
+        parts.append(f"{len(other)} {_reasons(other)}")
+    return "; ".join(parts)
+
+
+def _reasons(statuses) -> str:
+    counts = Counter(s.reason for s in statuses)
+    if len(counts) == 1:
+        return next(iter(counts))
+    return ", ".join(f"{n} {reason}" for reason, n in counts.most_common())
+
+
+def _array_part(jobid: str, scheduler) -> str:
+    """Return the id that names the whole array of an array task (release and kill take it)."""
+    whole_array = getattr(scheduler, "whole_array", None)
+    return whole_array(jobid) if whole_array is not None else jobid
+
+
+def _id_order(jobid: str):
+    digits = "".join(c if c.isdigit() else " " for c in jobid).split()
+    return [int(d) for d in digits], jobid
+
+
 def _run_locked(task, backend, scheduler, cont: bool, events: RunEvents) -> RunReport:
     name = task.name
     held = backend.get_queued(scheduler)
     queued = [s for s in held if s.status.will_run]
     if queued:
+        waits = describe_waits(queued, scheduler, name)
         return RunReport(
             name,
             "queued",
             f"jobs of the last run are still in the queue ({summarize_states(queued)}); not "
             f"submitting again. `psy status -v {name}` lists them, `psy kill {name}` "
-            "cancels them.",
+            "cancels them." + (f" Of these, {waits}." if waits else ""),
         )
     blocked = [s.id for s in held if s.status.in_queue and not s.status.will_run]
     if blocked:
@@ -350,10 +393,17 @@ def _run_locked(task, backend, scheduler, cont: bool, events: RunEvents) -> RunR
     except KeyboardInterrupt:
         raise
     except Exception as exc:
+        left = (
+            ""
+            if attached
+            else f"; jobs the batch system accepted before the failure (perhaps also the one "
+            f"being submitted) stay in its queue: `psy status {name}` shows them, "
+            f"`psy kill {name}` cancels them"
+        )
         return RunReport(
             name,
             "refused",
-            f"submitting jobs failed: {type(exc).__name__}: {exc}",
+            f"submitting jobs failed: {type(exc).__name__}: {exc}{left}",
             n_jobs=len(plan.graph),
         )
     finally:
@@ -451,11 +501,54 @@ def kill_task(task) -> tuple[int, str]:
     return 0, ""
 
 
+class JobsInQueue(RuntimeError):
+    """``psy clean`` refused: jobs of the task are queued or running (the message says how on)."""
+
+
 def clean_task(task) -> bool:
-    """Remove every file generated for `task`; False (nothing removed) while a run holds it."""
+    """Remove every file generated for `task`; False (nothing removed) while a run holds it.
+
+    Raises
+    ------
+    JobsInQueue
+        When jobs of the task's last submission are queued (held ones too) or
+        running: they would write into the cleaned directory. Nothing is
+        removed; the message says to ``psy kill`` them first. Jobs that can
+        never start (blocked by a failed dependency) are cancelled instead.
+    """
     backend = make_backend(task)
     with task_lock(backend, create=False) as locked:
         if not locked:
             return False
+        _settle_jobs_before_clean(task, backend)
         backend.clean()
     return True
+
+
+def _settle_jobs_before_clean(task, backend) -> None:
+    """Refuse to clean under live jobs; cancel the blocked ones (they would run if released)."""
+    from psyrun.scheduler.base import SchedulerError
+
+    scheduler = scheduler_for(task)
+    try:
+        held = backend.get_queued(scheduler)
+    except SchedulerError as exc:
+        raise JobsInQueue(
+            f"cannot tell whether jobs of this task are still in the queue ({exc}); not "
+            f"cleaning. Run `psy clean {task.name}` where the batch system's commands work."
+        ) from None
+    live = [s for s in held if s.status.will_run]
+    if live:
+        waits = describe_waits(live, scheduler, task.name)
+        raise JobsInQueue(
+            f"{len(live)} jobs of this task are still in the queue ({summarize_states(live)}"
+            + (f"; {waits}" if waits else "")
+            + f"); not cleaning: they would write into the cleaned directory. "
+            f"`psy kill {task.name}` cancels them; run `psy clean {task.name}` again once they "
+            f"have left the queue (`psy status {task.name}` shows them)."
+        )
+    blocked = [s.id for s in held if s.status.in_queue]
+    if blocked:
+        # Never start by themselves, but would if their failed parent were
+        # deleted (Grid Engine) or the dependency removed: cancel them.
+        scheduler.kill_jobs(blocked)

@@ -868,6 +868,10 @@ class CommandScheduler(Scheduler):
                 if k in gone or self._array_of(k) in gone:
                     del self._statuses[k]
 
+    def whole_array(self, jobid: str) -> str:
+        """Return the id of the whole array an array task belongs to (other ids unchanged)."""
+        return self._array_of(jobid) or jobid
+
     def _array_of(self, jobid: str) -> str | None:
         try:
             jid = JobId.parse(jobid, self.id_style)

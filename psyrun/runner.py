@@ -290,34 +290,40 @@ def summarize_states(statuses) -> str:
     return ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
 
 
-def describe_waits(statuses, scheduler, task: str) -> str:
-    """Say what holds the jobs in `statuses` up, with what to do; ``''`` when nothing unusual.
+def describe_waits(statuses, scheduler, task: str, advice: bool = True) -> str:
+    """Say what holds the jobs in `statuses` up; ``''`` when nothing unusual.
 
-    Held jobs are named with the command that releases them (when the
-    scheduler has one); other reasons the batch system gives are counted.
+    Held jobs are counted with the command that releases them (when the
+    scheduler has one) and, with `advice`, how to cancel them; other reasons
+    the batch system gives are counted by reason.
     """
     held = [s for s in statuses if getattr(s, "held", False)]
     parts = []
     if held:
+        kinds = sorted({_bare(s.reason) for s in held if s.reason})
+        text = f"{len(held)} held" + (f" ({', '.join(kinds)})" if kinds else "")
         ids = sorted({_array_part(s.id, scheduler) for s in held}, key=_id_order)
         shown = " ".join(ids[:8]) + (" ..." if len(ids) > 8 else "")
         command = getattr(scheduler, "release_command", None)
-        how = f"`{' '.join(command)} {shown}` releases them" if command else f"ids {shown}"
-        parts.append(
-            f"{len(held)} held ({_reasons(held)}): they start only when released; {how}, "
-            f"`psy kill {task}` cancels them"
-        )
+        if command:
+            text += f", which start only when released: `{' '.join(command)} {shown}`"
+        else:
+            text += f", which start only when released (ids {shown})"
+        if advice:
+            text += f"; `psy kill {task}` cancels them"
+        parts.append(text)
     other = [s for s in statuses if not getattr(s, "held", False) and getattr(s, "reason", None)]
     if other:
-        parts.append(f"{len(other)} {_reasons(other)}")
+        counts = Counter(s.reason for s in other)
+        parts.extend(f"{n} {reason}" for reason, n in counts.most_common())
     return "; ".join(parts)
 
 
-def _reasons(statuses) -> str:
-    counts = Counter(s.reason for s in statuses)
-    if len(counts) == 1:
-        return next(iter(counts))
-    return ", ".join(f"{n} {reason}" for reason, n in counts.most_common())
+def _bare(reason: str) -> str:
+    """``'held (JobHeldUser)'`` -> ``'JobHeldUser'`` (other texts unchanged)."""
+    if reason.startswith("held (") and reason.endswith(")"):
+        return reason[len("held (") : -1]
+    return reason
 
 
 def _array_part(jobid: str, scheduler) -> str:
@@ -336,7 +342,7 @@ def _run_locked(task, backend, scheduler, cont: bool, events: RunEvents) -> RunR
     held = backend.get_queued(scheduler)
     queued = [s for s in held if s.status.will_run]
     if queued:
-        waits = describe_waits(queued, scheduler, name)
+        waits = describe_waits(queued, scheduler, name, advice=False)
         return RunReport(
             name,
             "queued",
@@ -539,7 +545,7 @@ def _settle_jobs_before_clean(task, backend) -> None:
         ) from None
     live = [s for s in held if s.status.will_run]
     if live:
-        waits = describe_waits(live, scheduler, task.name)
+        waits = describe_waits(live, scheduler, task.name, advice=False)
         raise JobsInQueue(
             f"{len(live)} jobs of this task are still in the queue ({summarize_states(live)}"
             + (f"; {waits}" if waits else "")

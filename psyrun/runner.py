@@ -315,7 +315,9 @@ def describe_waits(statuses, scheduler, task: str, advice: bool = True) -> str:
     other = [s for s in statuses if not getattr(s, "held", False) and getattr(s, "reason", None)]
     if other:
         counts = Counter(s.reason for s in other)
-        parts.extend(f"{n} {reason}" for reason, n in counts.most_common())
+        parts.extend(
+            f"{n} {'job' if n == 1 else 'jobs'}: {reason}" for reason, n in counts.most_common()
+        )
     return "; ".join(parts)
 
 

@@ -217,3 +217,24 @@ def test_grid_engine_find_run_and_holds():
 def test_no_tag_no_search(tag, fake):
     assert Slurm().find_run(tag, {"t:merge": None}) is None
     assert fake.calls("squeue") == []
+
+
+def test_blocked_merge_after_jobs_that_all_finished_is_explained(project, fake):
+    # The batch system counted a job as failed (its time limit passed as it
+    # ended) although it finished: the merge waits for ever, and status says why.
+    write_task(project, "t", TASK)
+    fake.script("squeue", out="")
+    assert psy("run", "t", cwd=project).returncode == 0
+    status_dir = project / "psy-work" / "t" / "status"
+    status_dir.mkdir(exist_ok=True)
+    for job in ["t_split", "t_process_0", "t_process_1", "t_process_2"]:
+        (status_dir / f"{job}.done").write_text("")
+    merge_id = submitted_json(project)["jobs"][-1][1]
+    fake.script("squeue", out=f"{merge_id}|PD|DependencyNeverSatisfied|t:merge.x\n")
+    status = psy("status", "-v", "t", cwd=project)
+    assert (
+        f"t:merge (id {merge_id}, blocked: a job it waits for failed, timed out or was "
+        "cancelled in Slurm's view (DependencyNeverSatisfied))"
+    ) in status.stdout, describe(status)
+    assert "the batch system counts one as failed" in status.stdout, describe(status)
+    assert "`psy run -c t` cancels the blocked jobs" in status.stdout

@@ -328,7 +328,7 @@ def test_parse_squeue():
         "135_1", JobState.QUEUED, "t:process.0a1b2c3d", "held (JobHeldUser)", True
     )
     assert statuses["135"].held
-    assert statuses["136"].reason == "pending: PartitionConfig"
+    assert statuses["136"].reason == "pending (PartitionConfig)"
     assert not statuses["136"].held
     assert statuses["132"].status is JobState.RUNNING
     assert statuses["133"].status is JobState.RUNNING

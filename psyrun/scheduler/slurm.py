@@ -96,7 +96,7 @@ def reason_of(code: str, reason: str) -> tuple[str | None, bool]:
             f"a job it waits for failed, timed out or was cancelled in Slurm's view ({reason})",
             False,
         )
-    return f"pending: {reason}", False
+    return f"pending ({reason})", False
 
 
 # The squeue output format: id, compact state, reason, name (last: it may hold anything).

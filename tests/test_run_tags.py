@@ -8,6 +8,9 @@ check the parsing and the rules without a cluster.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+from pathlib import Path
 
 import pytest
 from psy_helpers import describe, psy, write_task
@@ -238,3 +241,37 @@ def test_blocked_merge_after_jobs_that_all_finished_is_explained(project, fake):
     ) in status.stdout, describe(status)
     assert "the batch system counts one as failed" in status.stdout, describe(status)
     assert "`psy run -c t` cancels the blocked jobs" in status.stdout
+
+
+def test_sbatch_timing_out_after_submission_the_job_is_still_found(
+    project, fake, tmp_path, monkeypatch
+):
+    # sbatch takes the merge, then hangs past psyrun's timeout: its id never arrives.
+    import psyrun.scheduler.slurm as slurm
+
+    real = slurm.run_command
+    monkeypatch.setattr(slurm, "run_command", lambda argv, **kw: real(argv, timeout=1, **kw))
+    fakebin = Path(shutil.which("sbatch")).parent
+    bindir = tmp_path / "slow"
+    bindir.mkdir()
+    (bindir / "sbatch").write_text(
+        f'#!/bin/sh\n"{fakebin / "sbatch"}" "$@"\ncase "$*" in *:merge.*) exec sleep 3 ;; esac\n'
+    )
+    (bindir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    write_task(project, "t", TASK)
+    fake.script("squeue", out="")
+    run = psy("run", "t", cwd=project)
+    assert run.returncode == 1, describe(run)
+    assert "did not answer within 1 s" in run.stderr, describe(run)
+    assert "`psy status t` shows them" in run.stderr, describe(run)
+    data = submitted_json(project)
+    ids = [job[1] for job in data["jobs"]]
+    assert ids == ["100", "101_0", "101_1", "101_2", ""]  # the merge's id never came
+    # The batch system has it (the fake numbered it 102): status and -c see it.
+    fake.script("squeue", out=f"102|PD|Dependency|t:merge.{data['run']}\n")
+    status = psy("status", "-v", "t", cwd=project)
+    assert "t:merge (id 102, queued)" in status.stdout, describe(status)
+    again = psy("run", "-c", "t", cwd=project)
+    assert "still in the queue (1 queued)" in again.stderr, describe(again)
+    assert len(fake.calls("sbatch")) == 3

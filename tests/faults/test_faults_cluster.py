@@ -326,7 +326,7 @@ def test_psy_killed_mid_submission_kill_finds_the_jobs_then_continue(project, cl
     killed = p.psy("run", p.task, env=env)
     assert killed.returncode == -9, describe(killed)
     assert submissions(log) == 2
-    # Some rows finish while the others wait at the gate: process job 0's rows do not.
+    # Every row waits at the gate: the jobs stay queued or running until killed.
     p.wait(lambda: p.queue(), "the jobs to be queued")
 
     killed_jobs = ok(p.psy("kill", p.task))

@@ -275,3 +275,58 @@ def test_sbatch_timing_out_after_submission_the_job_is_still_found(
     again = psy("run", "-c", "t", cwd=project)
     assert "still in the queue (1 queued)" in again.stderr, describe(again)
     assert len(fake.calls("sbatch")) == 3
+
+
+SPY_TASK = """
+import json, os
+from psyrun import Param
+from psyrun.scheduler import Scheduler
+
+SEEN = {seen!r}
+
+
+class Spy(Scheduler):
+    def submit(self, args, output_filename, name=None, depends_on=None, scheduler_args=None):
+        # What a psy killed at this moment leaves on disk, and the tag this job carries.
+        with open("psy-work/t/jobs/submitted.json") as f:
+            record = json.load(f)
+        with open(SEEN, "a") as f:
+            f.write(json.dumps([name, self.run_tag, record]) + "\\n")
+        with open(SEEN) as f:
+            return str(len(f.read().splitlines()))
+
+    def kill(self, jobid):
+        pass
+
+    def get_status(self, jobid):
+        return None
+
+    def get_jobs(self):
+        return []
+
+
+pspace = Param(x=list(range(4)))
+scheduler = Spy()
+max_jobs = 2
+
+
+def execute(x):
+    return {{"y": x}}
+"""
+
+
+def test_the_intent_is_on_disk_before_the_first_job_is_submitted(project):
+    seen = project / "seen.jsonl"
+    write_task(project, "t", SPY_TASK.format(seen=str(seen)))
+    run = psy("run", "t", cwd=project)
+    assert run.returncode == 0, describe(run)
+    records = [json.loads(line) for line in seen.read_text().splitlines()]
+    assert [name for name, _, _ in records] == ["t:split", "t:process:0", "t:process:1", "t:merge"]
+    first_tag = records[0][2]["run"]
+    for _name, tag, record in records:
+        assert tag == first_tag  # every job of the run carries the recorded tag
+        assert record["run"] == first_tag
+        assert record["groups"] == [["t:split", None], ["t:process", 2], ["t:merge", None]]
+    assert all(job[1] == "" for job in records[0][2]["jobs"])
+    # Afterwards the ids are recorded.
+    assert [job[1] for job in submitted_json(project)["jobs"]] == ["1", "2", "3", "4"]

@@ -91,6 +91,7 @@ def test_status_kill_and_run_find_jobs_by_tag(project, fake):
     assert "103" not in status.stdout
     assert "104" not in status.stdout
     assert "did not finish" not in status.stdout
+    assert len(fake.calls("squeue")) == 1  # the search costs no command of its own
 
     again = psy("run", "-c", "t", cwd=project)
     assert "still in the queue (3 queued, 2 running)" in again.stderr, describe(again)

@@ -396,8 +396,7 @@ def test_held_merge_is_reported_with_how_to_release_it(project, cluster):
     line = next(x for x in status.stdout.splitlines() if f"{p.task}:merge" in x)
     assert "held" in line, describe(status)
     assert f"{' '.join(cluster.release_command)} {merge}" in status.stdout, describe(status)
-    assert not result_path(p.cwd, p.task).exists()
-    assert status_counts(status.stdout)[0][0] <= 8
+    assert not result_path(p.cwd, p.task).exists()  # the held merge has not run
 
     refused = p.psy("run", "-c", p.task)
     assert "held" in refused.stderr, describe(refused)

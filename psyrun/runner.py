@@ -357,6 +357,12 @@ def _run_locked(task, backend, scheduler, cont: bool, events: RunEvents) -> RunR
         # They wait for a job that failed and can never run; this run replaces them.
         scheduler.kill_jobs(blocked)
         events.info(f"cancelled {len(blocked)} blocked jobs (a job they needed failed)")
+    lingering = backend.get_lingering(scheduler)
+    if lingering:
+        # Failed jobs the batch system keeps (Grid Engine's Eqw) would run
+        # again beside this run if someone cleared their error.
+        scheduler.kill_jobs(lingering)
+        events.info(f"deleted {len(lingering)} failed jobs the batch system still listed")
     if (
         not cont
         and not task.overwrite_dirty
@@ -495,9 +501,11 @@ def kill_task(task) -> tuple[int, str]:
     backend = make_backend(task)
     scheduler = scheduler_for(task)
     queued = backend.get_queued(scheduler)
-    if queued:
-        scheduler.kill_jobs([s.id for s in queued])
-        return len(queued), ""
+    # Failed jobs the batch system still lists (Grid Engine's Eqw) go too.
+    lingering = backend.get_lingering(scheduler)
+    if queued or lingering:
+        scheduler.kill_jobs([*(s.id for s in queued), *lingering])
+        return len(queued) + len(lingering), ""
     if getattr(scheduler, "attached", False):
         pid = running_pid(backend)
         if pid:
@@ -555,8 +563,9 @@ def _settle_jobs_before_clean(task, backend) -> None:
             f"`psy kill {task.name}` cancels them; run `psy clean {task.name}` again once they "
             f"have left the queue (`psy status {task.name}` shows them)."
         )
-    blocked = [s.id for s in held if s.status.in_queue]
-    if blocked:
-        # Never start by themselves, but would if their failed parent were
-        # deleted (Grid Engine) or the dependency removed: cancel them.
-        scheduler.kill_jobs(blocked)
+    # Blocked jobs never start by themselves, but would if their failed parent
+    # were deleted (Grid Engine) or the dependency removed; failed jobs Grid
+    # Engine still lists (Eqw) run again if their error is cleared: cancel both.
+    dead = [s.id for s in held if s.status.in_queue] + backend.get_lingering(scheduler)
+    if dead:
+        scheduler.kill_jobs(dead)

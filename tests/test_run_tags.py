@@ -331,3 +331,15 @@ def test_the_intent_is_on_disk_before_the_first_job_is_submitted(project):
     assert all(job[1] == "" for job in records[0][2]["jobs"])
     # Afterwards the ids are recorded.
     assert [job[1] for job in submitted_json(project)["jobs"]] == ["1", "2", "3", "4"]
+
+
+def test_grid_engine_lists_failed_jobs_it_keeps_as_lingering():
+    sched = GridEngine()
+    sched._statuses = parse_qstat_xml(
+        QSTAT.replace("<state>qw</state><tasks>2-3:1", "<state>Eqw</state><tasks>2-3:1")
+    )
+    assert sched.get_lingering(["4.1", "4.2", "4.3", "5", "99"]) == ["4.2", "4.3"]
+    # Found by the run tag too, so that psy kill and psy run -c delete them.
+    found = {s.id: s.status for s in sched.find_run("abc", {"t:process": 3, "t:merge": None})}
+    assert found["4.2"] is JobState.FAILED
+    assert Slurm().get_lingering([]) == []

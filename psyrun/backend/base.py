@@ -284,6 +284,30 @@ class Backend(abc.ABC):
         <psyrun.scheduler.Scheduler.find_run>`). Each status is named as
         psyrun names the job.
         """
+        return [s for s in self._listed(scheduler) if s.status.in_queue]
+
+    def get_lingering(self, scheduler) -> list[str]:
+        """Ids of the last submission's jobs that failed but the batch system still lists.
+
+        Grid Engine keeps a failed job (state ``Eqw``) until it is deleted and
+        runs it again if its error is cleared: ``psy kill``, ``psy clean`` and
+        ``psy run`` delete such jobs (see
+        :meth:`Scheduler.get_lingering <psyrun.scheduler.Scheduler.get_lingering>`).
+        """
+        from psyrun.scheduler.base import JobState
+
+        jobs = self.submitted()
+        ids = [jobid for _, jobid, _ in jobs if jobid]
+        lingering = getattr(scheduler, "get_lingering", None)
+        out = list(lingering(ids)) if lingering is not None and ids else []
+        out.extend(
+            s.id
+            for s in self._found_by_tag(scheduler, jobs)
+            if s.status is JobState.FAILED and s.id not in out
+        )
+        return out
+
+    def _listed(self, scheduler) -> list:
         jobs = self.submitted()
         if not jobs:
             return []
@@ -296,13 +320,18 @@ class Backend(abc.ABC):
                 if status.name != names.get(jobid):
                     status = status._replace(name=names.get(jobid, status.name))
                 out.append(status)
-        if len(names) < len(jobs):
-            tag, groups = load_run(self.paths.submitted)
-            find = getattr(scheduler, "find_run", None)
-            found = find(tag, groups) if tag and find is not None else None
-            known = {s.id for s in out}
-            out.extend(s for s in found or [] if s.id not in known and s.id not in names)
+        known = {s.id for s in out} | set(names)
+        out.extend(s for s in self._found_by_tag(scheduler, jobs) if s.id not in known)
         return out
+
+    def _found_by_tag(self, scheduler, jobs) -> list:
+        """Jobs listed under the last submission's run tag, when some id never arrived."""
+        if all(jobid for _, jobid, _ in jobs):
+            return []
+        tag, groups = load_run(self.paths.submitted)
+        find = getattr(scheduler, "find_run", None)
+        found = find(tag, groups) if tag and find is not None else None
+        return list(found or [])
 
     def failed_markers(self) -> list[str]:
         """Names of the ``status/*.failed`` markers of the last run."""

@@ -327,6 +327,16 @@ class Scheduler(abc.ABC):
     def get_jobs(self) -> list[str]:
         """Return the ids of all jobs the scheduler holds for us (queued, running, blocked)."""
 
+    def get_lingering(self, jobids: Iterable[str]) -> list[str]:
+        """Return the ids among `jobids` of jobs that failed but are still listed.
+
+        Grid Engine keeps a failed psyrun job in its error state ``Eqw`` until
+        it is deleted, and runs it again if someone clears the error: such
+        jobs are deleted by ``psy kill``, ``psy clean`` and before ``psy run``
+        submits anew. The default: none.
+        """
+        return []
+
     def find_run(self, tag: str, jobs: Mapping[str, int | None]) -> list[JobStatus] | None:
         """Return the held jobs submitted while :attr:`run_tag` was `tag`.
 
@@ -342,9 +352,10 @@ class Scheduler(abc.ABC):
         Returns
         -------
         list of JobStatus or None
-            The jobs the scheduler holds for that run, named as psyrun names
-            them; ``None`` when this scheduler cannot find jobs by their run
-            (the default).
+            The jobs the scheduler lists for that run (held ones, and failed
+            ones it still lists, see :meth:`get_lingering`), named as psyrun
+            names them; ``None`` when this scheduler cannot find jobs by their
+            run (the default).
         """
         return None
 

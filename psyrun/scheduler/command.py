@@ -570,7 +570,8 @@ class CommandScheduler(Scheduler):
                 wanted.setdefault(listed, (indexed, None))
         found: list[JobStatus] = []
         for jobid, status in self.query().items():
-            if not status.status.in_queue or status.name is None:
+            listed_state = status.status.in_queue or status.status is JobState.FAILED
+            if not listed_state or status.name is None:
                 continue
             listed, _, offset = status.name.rpartition("+")
             if status.name in wanted:
@@ -818,6 +819,13 @@ class CommandScheduler(Scheduler):
     def get_status(self, jobid: str) -> JobStatus | None:
         """Return the status of a held job, ``None`` when finished or unknown."""
         return self.get_statuses([jobid]).get(str(jobid))
+
+    def get_lingering(self, jobids: Iterable[str]) -> list[str]:
+        """Return the ids among `jobids` the status tool lists as failed (see the base class)."""
+        statuses = self.query()
+        return [
+            j for j in map(str, jobids) if j in statuses and statuses[j].status is JobState.FAILED
+        ]
 
     def get_jobs(self) -> list[str]:
         """Return the ids of our held jobs (an array's own entry only when no task is listed)."""

@@ -431,3 +431,35 @@ def _names_in_queue(p: Project) -> list[tuple[str, str]]:
         )
         for b in re.findall(r"<job_list.*?</job_list>", out, re.S)
     ]
+
+
+# -- a failed job Grid Engine keeps ----------------------------------------------------
+
+
+@pytest.mark.parametrize("cluster", [p for p in _params() if p.id == "sge"], indirect=True)
+def test_failed_job_kept_in_eqw_is_deleted_before_continue(project, cluster):
+    # The job script keeps a failed job in Grid Engine's error state Eqw (so its
+    # dependents wait); cleared by someone, it would run again beside `-c`'s jobs.
+    p = project(range(8))
+    flag = p.aux / "fail"
+    flag.touch()
+    source = (p.cwd / "psy-tasks" / f"task_{p.task}.py").read_text()
+    source += f"""
+
+def setup(proc_id):
+    if proc_id == 1 and os.path.exists({str(flag)!r}):
+        raise RuntimeError("process job 1 fails on purpose")
+    return {{}}
+"""
+    (p.cwd / "psy-tasks" / f"task_{p.task}.py").write_text(source)
+    p.gate.unlink()
+    before = p.outside()
+    ok(p.psy("run", p.task))
+    p.wait(lambda: {s for _, s in p.queue()} == {"Eqw", "hqw"}, "process job 1 to fail")
+    flag.unlink()
+    cont = ok(p.psy("run", "-c", p.task))
+    assert "deleted 1 failed jobs the batch system still listed" in cont.stdout, describe(cont)
+    assert "Eqw" not in {s for _, s in p.queue()}
+    p.wait_complete()
+    p.assert_every_row_once()
+    assert_untouched(before, p.outside())

@@ -321,7 +321,7 @@ def status(
             _print_provenance(t)
         if report.missing is not None:
             _print_missing(report.missing)
-        _print_jobs(t.name, report.queued, report.failed, verbose)
+        _print_jobs(t.name, report.queued, report.failed, verbose, t)
     if tasks.selection_failed:
         sys.exit(1)
 
@@ -381,17 +381,38 @@ def _print_limited(lines_of, items: list, limit: int | None, name: str) -> None:
         click.echo(f"    ... and {len(items) - limit} more (`psy status -v -v {name}`)")
 
 
-def _print_jobs(name: str, queued: list, failed: list, verbose: int) -> None:
-    from psyrun.runner import summarize_states
+def _job_line(s) -> list[str]:
+    reason = getattr(s, "reason", None)
+    return [f"    {s.name} (id {s.id}, {s.status}" + (f": {reason})" if reason else ")")]
 
+
+def _print_jobs(name: str, queued: list, failed: list, verbose: int, task=None) -> None:
+    from psyrun.defaults import scheduler_for
+    from psyrun.runner import describe_waits, summarize_states
+
+    # The scheduler only names the command that releases held jobs.
+    held = task is not None and any(getattr(s, "held", False) for s in queued)
+    scheduler = scheduler_for(task) if held else None
     limit = None if verbose >= 2 else MAX_JOBS_LISTED
     if queued and (verbose or len(queued) <= MAX_JOBS_LISTED):
         click.echo(f"  queued or running jobs ({len(queued)}):")
-        _print_limited(lambda s: [f"    {s.name} (id {s.id}, {s.status})"], queued, limit, name)
+        _print_limited(_job_line, queued, limit, name)
     elif queued:
         click.echo(
             f"  jobs in the queue: {summarize_states(queued)} (`psy status -v {name}` lists them)"
         )
+    waits = describe_waits(queued, scheduler, name)
+    if waits:
+        click.echo(f"  what holds them up: {waits}")
+    blocked = [s for s in queued if str(s.status) == "blocked"]
+    if blocked and not failed:
+        click.echo(
+            "  every job they wait for ended without a failure psyrun saw, yet the batch "
+            "system counts one as failed (e.g. its time limit passed as it ended); "
+            f"`psy run -c {name}` cancels the blocked jobs and submits them again"
+        )
+    elif blocked:
+        click.echo(f"  `psy run -c {name}` cancels the blocked jobs and submits them again")
     if failed and verbose:
         click.echo(f"  failed jobs ({len(failed)}):")
         _print_limited(
@@ -413,15 +434,23 @@ def _print_jobs(name: str, queued: list, failed: list, verbose: int) -> None:
 @click.argument("task", nargs=-1)
 @_file_errors
 def clean(taskdir: str, all_tasks: bool, task: tuple[str, ...]) -> None:
-    """Delete all files generated for the named tasks (work directory and results)."""
-    from psyrun.runner import clean_task
+    """Delete all files generated for the named tasks (work directory and results).
+
+    A task with jobs queued or running is not cleaned (`psy kill` them first).
+    """
+    from psyrun.runner import JobsInQueue, clean_task
 
     if not task and not all_tasks:
         raise click.UsageError("name the tasks to clean (`psy list` shows them), or pass --all")
     tasks, selected = _load(taskdir, task)
     problems = tasks.selection_failed
     for t in selected:
-        cleaned, notes = clean_task(t)
+        try:
+            cleaned, notes = clean_task(t)
+        except JobsInQueue as exc:
+            _err(f"error: {t.name}: {exc}")
+            problems = True
+            continue
         if not cleaned:
             _err(
                 f"error: {t.name}: a `psy run` is working on this task; not cleaning "

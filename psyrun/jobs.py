@@ -27,6 +27,7 @@ __all__ = [
     "JobDescriptionError",
     "JobGraph",
     "is_current",
+    "load_run",
     "load_submitted",
     "newest_mtime",
     "read_job_description",
@@ -221,24 +222,55 @@ def submit_graph(
     return ids
 
 
-def save_submitted(path: str, ids: Mapping[str, str], logs: Mapping[str, str]) -> None:
+def save_submitted(
+    path: str,
+    ids: Mapping[str, str],
+    logs: Mapping[str, str],
+    run: str | None = None,
+    groups: Mapping[str, int | None] | None = None,
+) -> None:
     """Record the submitted jobs (name, id, log) so that later commands can find them.
 
-    An empty id stands for a job not submitted yet.
+    An empty id stands for a job not submitted yet, or one whose id psyrun
+    never received. `run` is the tag of the submission (every job's name on
+    the batch system carries it) and `groups` its jobs as submitted (name ->
+    number of array jobs, ``None`` for a single job): with them such jobs are
+    found by name (:meth:`psyrun.scheduler.Scheduler.find_run`). The file is
+    written (and flushed) before the first job is submitted.
     """
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    data: dict[str, Any] = {"jobs": [[n, i, logs.get(n, "")] for n, i in ids.items()]}
+    if run is not None:
+        data["run"] = run
+        data["groups"] = [[name, n] for name, n in (groups or {}).items()]
     with atomic_write(path) as f:
-        json.dump({"jobs": [[n, i, logs.get(n, "")] for n, i in ids.items()]}, f)
+        json.dump(data, f)
 
 
-def load_submitted(path: str) -> list[tuple[str, str, str]]:
-    """Return the ``(name, id, log)`` of the jobs recorded by :func:`save_submitted` (or [])."""
+def _load(path: str) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except (FileNotFoundError, NotADirectoryError, ValueError):
-        return []
-    return [tuple(entry) for entry in data.get("jobs", [])]
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def load_submitted(path: str) -> list[tuple[str, str, str]]:
+    """Return the ``(name, id, log)`` of the jobs recorded by :func:`save_submitted` (or [])."""
+    return [tuple(entry) for entry in _load(path).get("jobs", [])]
+
+
+def load_run(path: str) -> tuple[str | None, dict[str, int | None]]:
+    """Return the tag and the job groups of the submission :func:`save_submitted` recorded.
+
+    ``(None, {})`` for a file written before tags existed, or none.
+    """
+    data = _load(path)
+    run = data.get("run")
+    if not isinstance(run, str) or not run:
+        return None, {}
+    return run, {str(name): n for name, n in data.get("groups", [])}
 
 
 class JobDescriptionError(RuntimeError):

@@ -40,6 +40,7 @@ from psyrun.paths import check_result_target
 
 __all__ = [
     "Interrupted",
+    "JobsInQueue",
     "RunEvents",
     "RunReport",
     "StatusReport",
@@ -315,6 +316,55 @@ def summarize_states(statuses) -> str:
     return ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
 
 
+def describe_waits(statuses, scheduler, task: str, advice: bool = True) -> str:
+    """Say what holds the jobs in `statuses` up; ``''`` when nothing unusual.
+
+    Held jobs are counted with the command that releases them (when the
+    scheduler has one) and, with `advice`, how to cancel them; other reasons
+    the batch system gives are counted by reason.
+    """
+    held = [s for s in statuses if getattr(s, "held", False)]
+    parts = []
+    if held:
+        kinds = sorted({_bare(s.reason) for s in held if s.reason})
+        text = f"{len(held)} held" + (f" ({', '.join(kinds)})" if kinds else "")
+        ids = sorted({_array_part(s.id, scheduler) for s in held}, key=_id_order)
+        shown = " ".join(ids[:8]) + (" ..." if len(ids) > 8 else "")
+        command = getattr(scheduler, "release_command", None)
+        if command:
+            text += f", which start only when released: `{' '.join(command)} {shown}`"
+        else:
+            text += f", which start only when released (ids {shown})"
+        if advice:
+            text += f"; `psy kill {task}` cancels them"
+        parts.append(text)
+    other = [s for s in statuses if not getattr(s, "held", False) and getattr(s, "reason", None)]
+    if other:
+        counts = Counter(s.reason for s in other)
+        parts.extend(
+            f"{n} {'job' if n == 1 else 'jobs'}: {reason}" for reason, n in counts.most_common()
+        )
+    return "; ".join(parts)
+
+
+def _bare(reason: str) -> str:
+    """``'held (JobHeldUser)'`` -> ``'JobHeldUser'`` (other texts unchanged)."""
+    if reason.startswith("held (") and reason.endswith(")"):
+        return reason[len("held (") : -1]
+    return reason
+
+
+def _array_part(jobid: str, scheduler) -> str:
+    """Return the id that names the whole array of an array task (release and kill take it)."""
+    whole_array = getattr(scheduler, "whole_array", None)
+    return whole_array(jobid) if whole_array is not None else jobid
+
+
+def _id_order(jobid: str):
+    digits = "".join(c if c.isdigit() else " " for c in jobid).split()
+    return [int(d) for d in digits], jobid
+
+
 def _run_locked(
     task, backend, scheduler, cont: bool, events: RunEvents, stale: bool = False
 ) -> RunReport:
@@ -322,18 +372,25 @@ def _run_locked(
     held = backend.get_queued(scheduler)
     queued = [s for s in held if s.status.will_run]
     if queued:
+        waits = describe_waits(queued, scheduler, name, advice=False)
         return RunReport(
             name,
             "queued",
             f"jobs of the last run are still in the queue ({summarize_states(queued)}); not "
             f"submitting again. `psy status -v {name}` lists them, `psy kill {name}` "
-            "cancels them.",
+            "cancels them." + (f" Of these, {waits}." if waits else ""),
         )
     blocked = [s.id for s in held if s.status.in_queue and not s.status.will_run]
     if blocked:
         # They wait for a job that failed and can never run; this run replaces them.
         scheduler.kill_jobs(blocked)
         events.info(f"cancelled {len(blocked)} blocked jobs (a job they needed failed)")
+    lingering = backend.get_lingering(scheduler)
+    if lingering:
+        # Failed jobs the batch system keeps (Grid Engine's Eqw) would run
+        # again beside this run if someone cleared their error.
+        scheduler.kill_jobs(lingering)
+        events.info(f"deleted {len(lingering)} failed jobs the batch system still listed")
     if (
         not cont
         and not task.overwrite_dirty
@@ -387,10 +444,17 @@ def _run_locked(
     except KeyboardInterrupt:
         raise
     except Exception as exc:
+        left = (
+            ""
+            if attached
+            else f"; jobs the batch system accepted before the failure (perhaps also the one "
+            f"being submitted) stay in its queue: `psy status {name}` shows them, "
+            f"`psy kill {name}` cancels them"
+        )
         return RunReport(
             name,
             "refused",
-            f"submitting jobs failed: {type(exc).__name__}: {exc}",
+            f"submitting jobs failed: {type(exc).__name__}: {exc}{left}",
             n_jobs=len(plan.graph),
         )
     finally:
@@ -485,9 +549,11 @@ def kill_task(task) -> tuple[int, str]:
     backend = make_backend(task)
     scheduler = scheduler_for(task)
     queued = backend.get_queued(scheduler)
-    if queued:
-        scheduler.kill_jobs([s.id for s in queued])
-        return len(queued), ""
+    # Failed jobs the batch system still lists (Grid Engine's Eqw) go too.
+    lingering = backend.get_lingering(scheduler)
+    if queued or lingering:
+        scheduler.kill_jobs([*(s.id for s in queued), *lingering])
+        return len(queued) + len(lingering), ""
     if getattr(scheduler, "attached", False):
         pid = running_pid(backend)
         if pid:
@@ -499,6 +565,10 @@ def kill_task(task) -> tuple[int, str]:
     return 0, ""
 
 
+class JobsInQueue(RuntimeError):
+    """``psy clean`` refused: jobs of the task are queued or running (the message says how on)."""
+
+
 def clean_task(task) -> tuple[bool, list[str]]:
     """Remove the files psyrun made for `task`; return whether it cleaned, and notes.
 
@@ -506,6 +576,14 @@ def clean_task(task) -> tuple[bool, list[str]]:
     name what was left because psyrun did not make it
     (:func:`psyrun.paths.clean_task_files`: files of its own in the work
     directory, and the result file only when it is this task's).
+
+    Raises
+    ------
+    JobsInQueue
+        When jobs of the task's last submission are queued (held ones too) or
+        running: they would write into the cleaned directory. Nothing is
+        removed; the message says to ``psy kill`` them first. Jobs that can
+        never start (blocked by a failed dependency) are cancelled instead.
     """
     backend = make_backend(task)
     problem = backend.paths.ownership_problem()
@@ -520,4 +598,35 @@ def clean_task(task) -> tuple[bool, list[str]]:
     with task_lock(backend, create=False) as locked:
         if not locked:
             return False, []
+        _settle_jobs_before_clean(task, backend)
         return True, backend.clean() or []
+
+
+def _settle_jobs_before_clean(task, backend) -> None:
+    """Refuse to clean under live jobs; cancel the blocked ones (they would run if released)."""
+    from psyrun.scheduler.base import SchedulerError
+
+    scheduler = scheduler_for(task)
+    try:
+        held = backend.get_queued(scheduler)
+    except SchedulerError as exc:
+        raise JobsInQueue(
+            f"cannot tell whether jobs of this task are still in the queue ({exc}); not "
+            f"cleaning. Run `psy clean {task.name}` where the batch system's commands work."
+        ) from None
+    live = [s for s in held if s.status.will_run]
+    if live:
+        waits = describe_waits(live, scheduler, task.name, advice=False)
+        raise JobsInQueue(
+            f"{len(live)} jobs of this task are still in the queue ({summarize_states(live)}"
+            + (f"; {waits}" if waits else "")
+            + f"); not cleaning: they would write into the cleaned directory. "
+            f"`psy kill {task.name}` cancels them; run `psy clean {task.name}` again once they "
+            f"have left the queue (`psy status {task.name}` shows them)."
+        )
+    # Blocked jobs never start by themselves, but would if their failed parent
+    # were deleted (Grid Engine) or the dependency removed; failed jobs Grid
+    # Engine still lists (Eqw) run again if their error is cleared: cancel both.
+    dead = [s.id for s in held if s.status.in_queue] + backend.get_lingering(scheduler)
+    if dead:
+        scheduler.kill_jobs(dead)

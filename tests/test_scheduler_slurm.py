@@ -305,6 +305,8 @@ SQUEUE = """\
 132|CG|None|done soon
 133|S|None|suspended
 134|CD|None|finished
+135_[0-2]|PD|JobHeldUser|t:process.0a1b2c3d
+136|PD|PartitionConfig|t:merge
 CLUSTER: foo
 """
 
@@ -317,7 +319,17 @@ def test_parse_squeue():
     assert [j for j in statuses if j.startswith("124_")] == ["124_1", "124_3", "124_4", "124_5"]
     assert statuses["124_3"] == JobStatus("124_3", JobState.QUEUED, "other")
     assert statuses["130"].status is JobState.QUEUED
-    assert statuses["131"] == JobStatus("131", JobState.BLOCKED, "t:merge|with|bars")
+    assert statuses["131"][:3] == ("131", JobState.BLOCKED, "t:merge|with|bars")
+    assert "DependencyNeverSatisfied" in statuses["131"].reason
+    # Ordinary waits carry no reason; a hold and unusual reasons are said.
+    assert statuses["130"].reason is None
+    assert not statuses["130"].held
+    assert statuses["135_1"] == JobStatus(
+        "135_1", JobState.QUEUED, "t:process.0a1b2c3d", "held (JobHeldUser)", True
+    )
+    assert statuses["135"].held
+    assert statuses["136"].reason == "pending (PartitionConfig)"
+    assert not statuses["136"].held
     assert statuses["132"].status is JobState.RUNNING
     assert statuses["133"].status is JobState.RUNNING
     assert statuses["134"].status is JobState.COMPLETED

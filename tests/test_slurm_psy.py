@@ -171,10 +171,12 @@ def assert_every_row_once(cwd: Path, task: str, side: Path, values) -> None:
 
 
 def status_jobs(text: str) -> dict[str, tuple[str, str]]:
-    """Jobs listed by ``psy status -v``: name -> (id, state)."""
+    """Jobs listed by ``psy status -v``: name -> (id, state); a reason may follow the state."""
     return {
         name: (jobid, state)
-        for name, jobid, state in re.findall(r"^\s+(\S+) \(id (\S+), (\w+)\)$", text, re.M)
+        for name, jobid, state in re.findall(
+            r"^\s+(\S+) \(id (\S+), (\w+)(?:: .*)?\)$", text, re.M
+        )
     }
 
 

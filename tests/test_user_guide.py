@@ -1190,7 +1190,10 @@ def test_slurm_scheduler_args_become_sbatch_options(tmp_path, form):
     for opts in submissions:
         for key, value in common.items():
             assert opts.get(key) == value, (key, opts)
-        by_name[opts["job-name"]] = opts
+        # On the batch system the name carries the run's tag: `sl:merge.1a2b3c4d`.
+        name, tag = opts["job-name"].rsplit(".", 1)
+        assert len(tag) == 8, opts["job-name"]
+        by_name[name] = opts
     # Callables are called with the job name.
     merge = next(o for n, o in by_name.items() if n.endswith("merge"))
     split = next(o for n, o in by_name.items() if n.endswith("split"))

@@ -17,13 +17,23 @@ the worker writes ``status/<job>.done`` or ``.failed`` markers there, and
 from __future__ import annotations
 
 import abc
+import contextlib
 import os
+import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from psyrun.atomic import remove_path
-from psyrun.jobs import JobGraph, is_current, load_submitted, save_submitted, submit_graph
+from psyrun.jobs import (
+    JobArray,
+    JobGraph,
+    is_current,
+    load_run,
+    load_submitted,
+    save_submitted,
+    submit_graph,
+)
 from psyrun.paths import TaskPaths
 
 __all__ = ["Backend", "FailedJob", "Plan", "TaskProgress"]
@@ -221,22 +231,34 @@ class Backend(abc.ABC):
     ) -> dict[str, str]:
         """Submit `graph` to `scheduler` and record the job ids.
 
-        The ids (also of a partial submission that failed half-way) are saved
-        in the work directory so that ``psy status`` and ``psy kill`` find the
-        jobs later.
+        Before the first job is submitted, the jobs (without ids) and a new
+        run tag are saved in the work directory; the scheduler puts the tag
+        into every job's name on the batch system (:attr:`Scheduler.run_tag
+        <psyrun.scheduler.Scheduler.run_tag>`), so that a job the batch system
+        accepted but whose id never reached psyrun (psy killed, a submit
+        command timing out) is still found by ``psy status``, ``psy kill`` and
+        ``psy run``. The ids received (also of a partial submission that failed
+        half-way) are saved afterwards.
         """
         ids: dict[str, str] = {}
         # A new run: the markers of the last one no longer say anything.
         self.clear_markers()
-        # Listed as pending first: `psy status` from another shell sees this run's jobs.
-        save_submitted(self.paths.submitted, dict.fromkeys(graph.names, ""), graph.logs())
+        tag = secrets.token_hex(4)
+        groups = {job.name: job.n if isinstance(job, JobArray) else None for job in graph.jobs}
+        logs = graph.logs()
+        # The intent, on disk before anything is submitted: `psy status` from
+        # another shell (or after psy was killed) looks for this run's jobs.
+        save_submitted(self.paths.submitted, dict.fromkeys(graph.names, ""), logs, tag, groups)
 
         def submitted(name: str, jobid: str) -> None:
             ids[name] = jobid
             if on_submitted is not None:
                 on_submitted(name, jobid)
 
+        previous = getattr(scheduler, "run_tag", None)
         try:
+            with contextlib.suppress(AttributeError):
+                scheduler.run_tag = tag
             submit_graph(
                 graph,
                 scheduler,
@@ -245,29 +267,76 @@ class Backend(abc.ABC):
                 on_submitted=submitted,
             )
         finally:
-            save_submitted(self.paths.submitted, ids, graph.logs())
+            with contextlib.suppress(AttributeError):
+                scheduler.run_tag = previous
+            # Jobs not (or not known to be) submitted keep an empty id.
+            save_submitted(
+                self.paths.submitted, {n: ids.get(n, "") for n in graph.names}, logs, tag, groups
+            )
         return ids
 
     def submitted(self) -> list[tuple[str, str, str]]:
-        """``(name, id, log)`` of the jobs of the last submission."""
+        """``(name, id, log)`` of the jobs of the last submission (empty id: not known)."""
         return load_submitted(self.paths.submitted)
 
     def get_queued(self, scheduler) -> list:
-        """:class:`psyrun.scheduler.JobStatus` of the last submission's jobs `scheduler` holds."""
+        """:class:`psyrun.scheduler.JobStatus` of the last submission's jobs `scheduler` holds.
+
+        Jobs are looked up by the ids recorded; when some id is missing (the
+        submission was interrupted, or a submit command failed after the
+        batch system took the job) the scheduler is also asked for the jobs
+        carrying the submission's run tag (:meth:`Scheduler.find_run
+        <psyrun.scheduler.Scheduler.find_run>`). Each status is named as
+        psyrun names the job.
+        """
+        return [s for s in self._listed(scheduler) if s.status.in_queue]
+
+    def get_lingering(self, scheduler) -> list[str]:
+        """Ids of the last submission's jobs that failed but the batch system still lists.
+
+        Grid Engine keeps a failed job (state ``Eqw``) until it is deleted and
+        runs it again if its error is cleared: ``psy kill``, ``psy clean`` and
+        ``psy run`` delete such jobs (see
+        :meth:`Scheduler.get_lingering <psyrun.scheduler.Scheduler.get_lingering>`).
+        """
+        from psyrun.scheduler.base import JobState
+
+        jobs = self.submitted()
+        ids = [jobid for _, jobid, _ in jobs if jobid]
+        lingering = getattr(scheduler, "get_lingering", None)
+        out = list(lingering(ids)) if lingering is not None and ids else []
+        out.extend(
+            s.id
+            for s in self._found_by_tag(scheduler, jobs)
+            if s.status is JobState.FAILED and s.id not in out
+        )
+        return out
+
+    def _listed(self, scheduler) -> list:
         jobs = self.submitted()
         if not jobs:
             return []
         names = {jobid: name for name, jobid, _ in jobs if jobid}
-        if not names:
-            return []
         out = []
-        for jobid, status in scheduler.get_statuses(list(names)).items():
-            if status is None:
-                continue
-            if status.name != names.get(jobid):
-                status = status._replace(name=names.get(jobid, status.name))
-            out.append(status)
+        if names:
+            for jobid, status in scheduler.get_statuses(list(names)).items():
+                if status is None:
+                    continue
+                if status.name != names.get(jobid):
+                    status = status._replace(name=names.get(jobid, status.name))
+                out.append(status)
+        known = {s.id for s in out} | set(names)
+        out.extend(s for s in self._found_by_tag(scheduler, jobs) if s.id not in known)
         return out
+
+    def _found_by_tag(self, scheduler, jobs) -> list:
+        """Jobs listed under the last submission's run tag, when some id never arrived."""
+        if all(jobid for _, jobid, _ in jobs):
+            return []
+        tag, groups = load_run(self.paths.submitted)
+        find = getattr(scheduler, "find_run", None)
+        found = find(tag, groups) if tag and find is not None else None
+        return list(found or [])
 
     def failed_markers(self) -> list[str]:
         """Names of the ``status/*.failed`` markers of the last run."""
@@ -296,11 +365,12 @@ class Backend(abc.ABC):
             marker has not started yet rather than failed.
         """
         held = {s.id for s in queued}
+        held_names = {s.name for s in queued}
         d = self.paths.status_dir
         markers = set(os.listdir(d)) if os.path.isdir(d) else set()
         failed = []
         for name, jobid, log in self.submitted():
-            if jobid in held:
+            if (jobid and jobid in held) or name in held_names:
                 continue
             marker = self.paths.status_file(name, "failed")
             if os.path.basename(marker) in markers:

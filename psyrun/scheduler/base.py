@@ -95,11 +95,20 @@ _LETTERS = {
 
 
 class JobStatus(NamedTuple):
-    """Status of one job: its ``id``, its ``status`` (a :class:`JobState`) and its ``name``."""
+    """Status of one job: its ``id``, its ``status`` (a :class:`JobState`) and its ``name``.
+
+    ``reason`` says what holds a waiting job up, in words a user can act on
+    (e.g. ``'held (JobHeldUser)'``, ``'waits for a job that failed
+    (DependencyNeverSatisfied)'``); ``None`` when the batch system says
+    nothing worth showing. ``held`` is True for a job someone put on hold:
+    it stays QUEUED (it is not replaced) but never starts until released.
+    """
 
     id: str
     status: JobState
     name: str | None
+    reason: str | None = None
+    held: bool = False
 
 
 def substitute_index(text: str, index: int) -> str:
@@ -202,6 +211,17 @@ class Scheduler(abc.ABC):
 
     #: Seconds between two calls of :attr:`monitor`.
     monitor_interval: float = 0.5
+
+    #: Set by the backend while it submits one run: a short unique tag that a
+    #: scheduler able to (:meth:`find_run`) puts into the name every job has
+    #: on the batch system, so that jobs whose id never reached psyrun (psy
+    #: killed, or the submit command timing out, after the batch system
+    #: accepted the job) can still be found. ``None``: no run is submitting.
+    run_tag: str | None = None
+
+    #: The command that releases held jobs (their ids follow), for messages;
+    #: ``None`` when there is no such command.
+    release_command: tuple[str, ...] | None = None
 
     # (The signatures below are kept compact: every scheduler repeats them.)
     @abc.abstractmethod
@@ -306,6 +326,38 @@ class Scheduler(abc.ABC):
     @abc.abstractmethod
     def get_jobs(self) -> list[str]:
         """Return the ids of all jobs the scheduler holds for us (queued, running, blocked)."""
+
+    def get_lingering(self, jobids: Iterable[str]) -> list[str]:
+        """Return the ids among `jobids` of jobs that failed but are still listed.
+
+        Grid Engine keeps a failed psyrun job in its error state ``Eqw`` until
+        it is deleted, and runs it again if someone clears the error: such
+        jobs are deleted by ``psy kill``, ``psy clean`` and before ``psy run``
+        submits anew. The default: none.
+        """
+        return []
+
+    def find_run(self, tag: str, jobs: Mapping[str, int | None]) -> list[JobStatus] | None:
+        """Return the held jobs submitted while :attr:`run_tag` was `tag`.
+
+        Parameters
+        ----------
+        tag
+            The run's tag.
+        jobs
+            The run's jobs as submitted: job name -> number of array jobs
+            (``None`` for a single job). Array jobs are named
+            ``<name>:<index>`` in the answer.
+
+        Returns
+        -------
+        list of JobStatus or None
+            The jobs the scheduler lists for that run (held ones, and failed
+            ones it still lists, see :meth:`get_lingering`), named as psyrun
+            names them; ``None`` when this scheduler cannot find jobs by their
+            run (the default).
+        """
+        return None
 
     def refresh(self) -> None:  # noqa: B027 - an optional hook, empty on purpose
         """Forget cached status information so that the next query asks again."""

@@ -382,6 +382,9 @@ class CommandScheduler(Scheduler):
     kill_batch: int = 2000
     #: The array size used when :meth:`array_limit_command` gives no answer.
     default_max_array_size: int = 1 << 62
+    #: True when every job's name on the batch system carries :attr:`run_tag`
+    #: and the status command lists full names, so that :meth:`find_run` works.
+    tags_in_names: bool = False
 
     def __init__(
         self,
@@ -529,6 +532,64 @@ class CommandScheduler(Scheduler):
             raise ValueError(f"max_running must be at least 1, got {value}")
         return value
 
+    # -- run tags ------------------------------------------------------------
+
+    def tagged_name(self, name: str | None, tag: str | None = None, offset: int = 0) -> str | None:
+        """Return the name job `name` gets on the batch system: with the run's tag, if any.
+
+        ``'t:process'`` -> ``'t:process.1a2b3c4d'`` while :attr:`run_tag` (or
+        `tag`) is ``'1a2b3c4d'`` and the scheduler has :attr:`tags_in_names`;
+        the later arrays of a split array also carry their first index
+        (``'t:process.1a2b3c4d+1001'``).
+        """
+        tag = tag or self.run_tag
+        if name is None or not tag or not self.tags_in_names:
+            return name
+        return f"{name}.{tag}" + (f"+{offset}" if offset else "")
+
+    def listed_name(self, name: str) -> str:
+        """Return job name `name` as the status command lists it (default: unchanged)."""
+        return name
+
+    def find_run(self, tag: str, jobs: Mapping[str, int | None]) -> list[JobStatus] | None:
+        """Return the held jobs of the run tagged `tag` (see :meth:`Scheduler.find_run`).
+
+        One status query (the cached one) lists them by name; the tasks of an
+        array learn their index from the task id and the array's first index
+        (carried in the name of the later arrays of a split array).
+        """
+        if not self.tags_in_names or not tag:
+            return None
+        wanted: dict[str, tuple[str, int | None]] = {}
+        for name, n in jobs.items():
+            wanted[self.listed_name(self.tagged_name(name, tag))] = (name, n)
+            # Schedulers without native arrays submit one job per index.
+            for i in range(n or 0):
+                indexed = f"{name}:{i}"
+                listed = self.listed_name(self.tagged_name(indexed, tag))
+                wanted.setdefault(listed, (indexed, None))
+        found: list[JobStatus] = []
+        for jobid, status in self.query().items():
+            listed_state = status.status.in_queue or status.status is JobState.FAILED
+            if not listed_state or status.name is None:
+                continue
+            listed, _, offset = status.name.rpartition("+")
+            if status.name in wanted:
+                listed, offset = status.name, "0"
+            if listed not in wanted or not offset.isdigit():
+                continue
+            name, n = wanted[listed]
+            try:
+                jid = JobId.parse(jobid, self.id_style)
+            except ValueError:
+                continue
+            if n is None and jid.task is None:
+                found.append(status._replace(name=name))
+            elif n is not None and jid.task is not None:
+                index = int(offset) + jid.task - self.first_task_index
+                found.append(status._replace(name=f"{name}:{index}"))
+        return found
+
     # -- hooks of the submit command -----------------------------------------
 
     def fixed_options(self) -> list[str]:
@@ -601,7 +662,9 @@ class CommandScheduler(Scheduler):
         groups = {
             "fixed": lambda: self.fixed_options(),
             "array": lambda: [] if chunk is None else self.array_options(chunk),
-            "name": lambda: self.name_options(name, chunk),
+            "name": lambda: self.name_options(
+                self.tagged_name(name, offset=0 if chunk is None else chunk.offset), chunk
+            ),
             "resources": lambda: self.scheduler_options(name, scheduler_args),
             "dependencies": lambda: self.dependency_options(self.compact_dependencies(deps)),
             "output": lambda: self.output_options(output, chunk),
@@ -641,9 +704,7 @@ class CommandScheduler(Scheduler):
         """
         n = check_count(n)
         if not self.supports_arrays or n < self.min_array_size:
-            return super().submit_array(
-                n, args, output_filename, name, depends_on, scheduler_args
-            )
+            return super().submit_array(n, args, output_filename, name, depends_on, scheduler_args)
         argv = check_args(args)
         if n == 0:
             return []
@@ -759,6 +820,13 @@ class CommandScheduler(Scheduler):
         """Return the status of a held job, ``None`` when finished or unknown."""
         return self.get_statuses([jobid]).get(str(jobid))
 
+    def get_lingering(self, jobids: Iterable[str]) -> list[str]:
+        """Return the ids among `jobids` the status tool lists as failed (see the base class)."""
+        statuses = self.query()
+        return [
+            j for j in map(str, jobids) if j in statuses and statuses[j].status is JobState.FAILED
+        ]
+
     def get_jobs(self) -> list[str]:
         """Return the ids of our held jobs (an array's own entry only when no task is listed)."""
         statuses = self.query()
@@ -807,6 +875,10 @@ class CommandScheduler(Scheduler):
             for k in list(self._statuses):
                 if k in gone or self._array_of(k) in gone:
                     del self._statuses[k]
+
+    def whole_array(self, jobid: str) -> str:
+        """Return the id of the whole array an array task belongs to (other ids unchanged)."""
+        return self._array_of(jobid) or jobid
 
     def _array_of(self, jobid: str) -> str | None:
         try:

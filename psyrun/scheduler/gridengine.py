@@ -231,13 +231,17 @@ def parse_qstat_xml(output: str) -> dict[str, JobStatus]:
             predecessors.update(x for x in re.split(r"[\s,]+", p.text or "") if x.isdigit())
         if predecessors:
             waits_on.setdefault(number, set()).update(predecessors)
+        # A hold with no -hold_jid parent left is someone's hold (qhold, qsub -h):
+        # the job never starts until released (qrls).
+        held = state is JobState.QUEUED and "h" in code and not predecessors
+        why = f"held ({code})" if held else None
         tasks_text = (entry.findtext("tasks") or "").strip()
         for task in expand_tasks(tasks_text) if tasks_text else []:
             jobid = f"{number}.{task}"
-            statuses[jobid] = JobStatus(jobid, state, name or None)
+            statuses[jobid] = JobStatus(jobid, state, name or None, why, held)
         prev = summary.get(number)
         if more_active(state, prev):
-            summary[number] = JobStatus(number, state, name or None)
+            summary[number] = JobStatus(number, state, name or None, why, held)
     # Blocked: held on a failed or blocked job; repeat until nothing changes (chains).
     failed = {j for j, s in statuses.items() if s.status is JobState.FAILED}
     failed |= {j for j, s in summary.items() if s.status is JobState.FAILED}
@@ -250,12 +254,13 @@ def parse_qstat_xml(output: str) -> dict[str, JobStatus]:
             if job not in blocked and preds & (bad | blocked):
                 blocked.add(job)
                 changed = True
+    why = "a job it waits for failed (it is in the error state Eqw) or is itself blocked"
     for jobid, status in list(statuses.items()):
         if jobid.split(".", 1)[0] in blocked and status.status is JobState.QUEUED:
-            statuses[jobid] = status._replace(status=JobState.BLOCKED)
+            statuses[jobid] = status._replace(status=JobState.BLOCKED, reason=why)
     for number, status in summary.items():
         if number in blocked and status.status is JobState.QUEUED:
-            status = status._replace(status=JobState.BLOCKED)
+            status = status._replace(status=JobState.BLOCKED, reason=why)
         statuses.setdefault(number, status)
     return statuses
 
@@ -354,6 +359,8 @@ class GridEngine(CommandScheduler):
 
     supports_arrays = True
     USER_DEFAULT_ARGS = {"timelimit": "1:00:00", "n_cpus": 1, "memory_per_cpu": "2G"}
+    tags_in_names = True
+    release_command = ("qrls",)
 
     submit_program = "qsub"
     id_style = "sge"
@@ -393,6 +400,10 @@ class GridEngine(CommandScheduler):
     def name_options(self, name: str | None, chunk: ArrayChunk | None = None) -> list[str]:
         """``-N NAME`` (see :func:`job_name`)."""
         return [] if name is None else ["-N", job_name(name)]
+
+    def listed_name(self, name: str) -> str:
+        """Return `name` as qstat lists it (see :func:`job_name`)."""
+        return job_name(name)
 
     def resource_options(self, values: Mapping[str, Any]) -> list[str]:
         """``-l h_rt=``, ``-l <memory_resource>=``, ``-pe``, ``-q``, ``-l`` for `resources`."""

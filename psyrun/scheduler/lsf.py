@@ -174,9 +174,7 @@ class LSF(CommandScheduler):
         statuses = parse_bjobs(stdout)
         for jobid, status in list(statuses.items()):
             array = str(JobId.parse(jobid, "lsf").array)
-            if array != jobid and (
-                array not in statuses or status.status is JobState.RUNNING
-            ):
+            if array != jobid and (array not in statuses or status.status is JobState.RUNNING):
                 statuses[array] = JobStatus(array, status.status, status.name)
         return statuses
 

@@ -70,6 +70,34 @@ _STATES = {
 }
 # Pending reasons that mean the job can never start by itself.
 _BLOCKED_REASONS = {"DependencyNeverSatisfied"}
+# Pending reasons of a job someone put on hold (it starts once released).
+_HELD_REASONS = {"JobHeldUser", "JobHeldAdmin"}
+# Reasons of every ordinary wait: not worth a word.
+_ROUTINE_REASONS = {
+    "", "None", "(null)", "Resources", "Priority", "Dependency", "JobArrayTaskLimit",
+}  # fmt: skip
+
+
+def reason_of(code: str, reason: str) -> tuple[str | None, bool]:
+    """Return what holds a job up in words (``None``: nothing unusual) and whether it is held.
+
+    `code` and `reason` are squeue's ``%t`` and ``%r``. Held jobs
+    (``JobHeldUser``, ``JobHeldAdmin``) and jobs waiting for a failed parent
+    (``DependencyNeverSatisfied``) are explained; other unusual reasons (such
+    as ``PartitionConfig``: the job asks for more than the partition has) are
+    given as Slurm writes them.
+    """
+    if code != "PD" or reason in _ROUTINE_REASONS:
+        return None, False
+    if reason in _HELD_REASONS:
+        return f"held ({reason})", True
+    if reason in _BLOCKED_REASONS:
+        return (
+            f"a job it waits for failed, timed out or was cancelled in Slurm's view ({reason})",
+            False,
+        )
+    return f"pending ({reason})", False
+
 
 # The squeue output format: id, compact state, reason, name (last: it may hold anything).
 _SQUEUE_FORMAT = "%i|%t|%r|%j"
@@ -143,13 +171,14 @@ def parse_squeue(output: str) -> dict[str, JobStatus]:
             state = JobState.BLOCKED
         else:
             state = _STATES.get(code, JobState.RUNNING)
+        why, held = reason_of(code, reason)
         for jobid in expand_array_ids(raw_id):
-            statuses[jobid] = JobStatus(jobid, state, name)
+            statuses[jobid] = JobStatus(jobid, state, name, why, held)
             if "_" in jobid:
                 base = jobid.split("_", 1)[0]
                 prev = by_array.get(base)
                 if more_active(state, prev):
-                    by_array[base] = JobStatus(base, state, name)
+                    by_array[base] = JobStatus(base, state, name, why, held)
     for base, status in by_array.items():
         statuses.setdefault(base, status)
     return statuses
@@ -207,6 +236,8 @@ class Slurm(CommandScheduler):
 
     supports_arrays = True
     USER_DEFAULT_ARGS = {"timelimit": "1:00:00", "n_cpus": 1, "memory_per_cpu": "1G"}
+    tags_in_names = True
+    release_command = ("scontrol", "release")
 
     submit_program = "sbatch"
     id_style = "slurm"
@@ -331,4 +362,11 @@ def _only_invalid_ids(stderr: str) -> bool:
     )
 
 
-__all__ = ["DEFAULT_MAX_ARRAY_SIZE", "SBATCH_OPTIONS", "Slurm", "expand_array_ids", "parse_squeue"]
+__all__ = [
+    "DEFAULT_MAX_ARRAY_SIZE",
+    "SBATCH_OPTIONS",
+    "Slurm",
+    "expand_array_ids",
+    "parse_squeue",
+    "reason_of",
+]

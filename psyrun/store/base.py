@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import errno
 import importlib
 import json
 import os
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from psyrun.atomic import remove_path, replace_path, tmp_name
+from psyrun.exceptions import DamagedFileError
 from psyrun.store.columns import (
     count,
     find_unpicklable,
@@ -34,7 +36,14 @@ from psyrun.store.columns import (
     resolve_row,
 )
 
-__all__ = ["DEFAULT_CHUNK_ROWS", "Store", "UnsupportedValueError"]
+__all__ = [
+    "DEFAULT_CHUNK_ROWS",
+    "NotAResultError",
+    "Store",
+    "UnsupportedValueError",
+    "damage_on_error",
+    "raise_if_disk_full",
+]
 
 #: Rows per chunk used by :meth:`Store.iter_chunks` when not told otherwise.
 DEFAULT_CHUNK_ROWS = 65536
@@ -46,6 +55,119 @@ class UnsupportedValueError(TypeError):
     The message names the key, the type of the value and the ways out
     (``exclude_from_result``, or another store).
     """
+
+
+class NotAResultError(DamagedFileError, ValueError):
+    """A file that does not hold a result of the store reading it.
+
+    Both a :class:`~psyrun.exceptions.DamagedFileError` (a result psyrun
+    wrote that lost its first bytes looks the same) and a :class:`ValueError`
+    (the error of earlier versions: a file of another kind under the name).
+    """
+
+
+# Errors that say something other than "the file is damaged" and pass through.
+_NOT_DAMAGE = (
+    DamagedFileError,
+    ImportError,
+    IndexError,
+    MemoryError,
+    PermissionError,
+    IsADirectoryError,
+)
+
+
+@contextlib.contextmanager
+def damage_on_error(filename: str) -> Iterator[None]:
+    """Turn any error while reading the existing result ``filename`` into DamagedFileError.
+
+    Parameters
+    ----------
+    filename
+        The result being read; when it does not exist at all, a
+        :class:`FileNotFoundError` passes through unchanged (nothing is
+        damaged, the result is missing).
+
+    Notes
+    -----
+    For stores: wrap the reading of a file in it, so that whatever a format
+    library raises for a truncated or changed file (``EOFError``,
+    ``UnpicklingError``, ``BadZipFile``, ``HDF5ExtError``, a JSON error) is
+    reported as damage, naming the file. A missing library, a row out of
+    range and a full memory are not damage and pass through.
+    """
+    try:
+        yield
+    except _NOT_DAMAGE:
+        raise
+    except FileNotFoundError:
+        if not os.path.lexists(filename):
+            raise
+        raise DamagedFileError(f"{filename} is damaged: a part of it is missing") from None
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise DamagedFileError(
+            f"{filename} is damaged: it cannot be read ({type(exc).__name__}: {first})"
+        ) from exc
+
+
+def _free_bytes(path: str) -> int | None:
+    """Free bytes for unprivileged users on the filesystem holding ``path``."""
+    directory = path
+    while directory and not os.path.isdir(directory):
+        directory = os.path.dirname(directory)
+    try:
+        st = os.statvfs(directory or ".")
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(exc)
+        # HDF5 reports the system error in its own error stack, as text.
+        if "No space left on device" in text or "errno = 28" in text:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+#: A write that failed with less than this much space left failed for want of space.
+_FULL_MARGIN = 1 << 20
+
+
+def raise_if_disk_full(exc: BaseException, path: str, needed: int = 0) -> None:
+    """Raise ``OSError(ENOSPC)`` naming ``path`` when ``exc`` came from a full disk.
+
+    Some libraries wrap the system's error (HDF5 reports it in its own
+    errors, or as a missing node); so a failed write also counts as a full
+    disk when the filesystem has less free space left than ``needed`` bytes
+    plus 1 MiB. Returns (the caller re-raises ``exc``) otherwise.
+
+    Parameters
+    ----------
+    exc
+        The error a write raised.
+    path
+        The file (or directory) being written.
+    needed
+        Bytes the write needed, when known.
+    """
+    free = _free_bytes(path)
+    if _is_disk_full(exc) or (free is not None and free < needed + _FULL_MARGIN):
+        where = f"{free} bytes free" if free is not None else "no space left"
+        raise OSError(
+            errno.ENOSPC,
+            f"{path}: disk full ({where}; {type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'write failed'}); "
+            "free some space and run again, nothing already written was changed",
+            path,
+        ) from exc
 
 
 def _sync(path: str) -> None:
@@ -79,6 +201,17 @@ def _as_json_dict(metadata: Mapping[str, Any]) -> dict[str, Any]:
         raise TypeError(
             f"metadata must hold only str, numbers, bool, None, lists and dicts ({exc})"
         ) from None
+
+
+def _nbytes(data: Mapping[str, np.ndarray]) -> int:
+    return sum(int(getattr(v, "nbytes", 0)) for v in data.values())
+
+
+def _write_failed_for_space(exc: Exception, path: str, data: Mapping[str, np.ndarray]) -> bool:
+    if _is_disk_full(exc):
+        return True
+    free = _free_bytes(path)
+    return free is not None and free < _nbytes(data) + _FULL_MARGIN
 
 
 class Store(abc.ABC):
@@ -170,7 +303,7 @@ class Store(abc.ABC):
         if count(new) == 0:
             # No rows: nothing to add (and no column may change type because of it).
             return
-        if not self._append_in_place(filename, new):
+        if not self._append_checked(filename, new):
             self._rewrite(filename, new)
 
     @abc.abstractmethod
@@ -444,12 +577,23 @@ class Store(abc.ABC):
             self._write_file(tmp, data)
             if metadata:
                 self._write_metadata(tmp, metadata)
-        except BaseException:
+        except BaseException as exc:
+            # Measure the free space before the partial file is removed.
+            full = isinstance(exc, Exception) and _write_failed_for_space(exc, tmp, data)
             remove_path(tmp)
+            if full:
+                raise_if_disk_full(exc, filename, needed=1 << 62)
             raise
         # Not removed on failure from here on: a directory result may then
         # exist only under the temporary name (see replace).
         self.replace(tmp, filename)
+
+    def _append_checked(self, filename: str, data: dict[str, np.ndarray]) -> bool:
+        try:
+            return self._append_in_place(filename, data)
+        except Exception as exc:
+            raise_if_disk_full(exc, filename, _nbytes(data))
+            raise
 
     def _load_via_rows(self, filename: str, row: int | None) -> dict[str, np.ndarray]:
         """:meth:`load` for stores that read row ranges and count rows cheaply."""

@@ -42,6 +42,7 @@ __all__ = [
     "Store",
     "UnsupportedValueError",
     "damage_on_error",
+    "free_bytes",
     "raise_if_disk_full",
 ]
 
@@ -111,7 +112,7 @@ def damage_on_error(filename: str) -> Iterator[None]:
         ) from exc
 
 
-def _free_bytes(path: str) -> int | None:
+def free_bytes(path: str) -> int | None:
     """Free bytes for unprivileged users on the filesystem holding ``path``."""
     directory = path
     while directory and not os.path.isdir(directory):
@@ -158,7 +159,7 @@ def raise_if_disk_full(exc: BaseException, path: str, needed: int = 0) -> None:
     needed
         Bytes the write needed, when known.
     """
-    free = _free_bytes(path)
+    free = free_bytes(path)
     if _is_disk_full(exc) or (free is not None and free < needed + _FULL_MARGIN):
         where = f"{free} bytes free" if free is not None else "no space left"
         raise OSError(
@@ -210,7 +211,7 @@ def _nbytes(data: Mapping[str, np.ndarray]) -> int:
 def _write_failed_for_space(exc: Exception, path: str, data: Mapping[str, np.ndarray]) -> bool:
     if _is_disk_full(exc):
         return True
-    free = _free_bytes(path)
+    free = free_bytes(path)
     return free is not None and free < _nbytes(data) + _FULL_MARGIN
 
 

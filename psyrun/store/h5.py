@@ -8,16 +8,33 @@ supported; anything else raises
 A chunk that changes a column's type or per-row shape, adds or drops keys, or
 has longer strings than the column holds makes the store rewrite the file
 once with the merged columns.
+
+Damage: files this version writes keep a CRC (HDF5's Fletcher-32 filter) in
+every chunk of every column, which HDF5 checks on every read, and a commit
+record on the root group: the row count, each column's type and per-row
+shape, and a CRC-32 of the record itself, written after the rows. Readers
+take the row count from the record (rows past it belong to an append that
+did not finish, and the next append drops them); a record that fails its
+CRC, a column missing or of another type, fewer rows than recorded or a
+chunk that fails its checksum raise
+:class:`~psyrun.exceptions.DamagedFileError`. Files written before the
+record existed read as before. An append first checks that the disk has
+room for it (HDF5 can damage a file it fails to extend), and a full disk
+raises ``OSError(ENOSPC)`` naming the file.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import math
+import zlib
 from typing import Any
 
 import numpy as np
 
-from psyrun.store.base import Store
+from psyrun.exceptions import DamagedFileError
+from psyrun.store.base import Store, damage_on_error, free_bytes
 from psyrun.store.columns import ARRAY_KINDS, count, fits_layout, row_slice
 
 __all__ = ["H5Store"]
@@ -25,6 +42,21 @@ __all__ = ["H5Store"]
 _COLUMNS_ATTR = "psyrun_columns"  # column names in order; nodes are named c0, c1, ...
 _STRING_ATTR = "psyrun_utf8"  # set on nodes that hold encoded str
 _METADATA_ATTR = "psyrun_metadata"  # JSON text of the result's metadata, on the root
+_COMMIT_ATTR = "psyrun_commit"  # "<crc32 hex> <JSON: rows, columns, layout>", on the root
+_MARGIN = 1 << 18  # room HDF5 needs beyond the chunks for its own records
+
+
+def _commit_text(names: list[str], rows: int, nodes: list) -> str:
+    layout = [[node.atom.dtype.base.str, [int(d) for d in node.shape[1:]]] for node in nodes]
+    text = json.dumps({"rows": rows, "columns": names, "layout": layout})
+    return f"{zlib.crc32(text.encode()):08x} {text}"
+
+
+def _parse_commit(filename: str, value: Any) -> dict:
+    crc, _, text = str(value).partition(" ")
+    if f"{zlib.crc32(text.encode()):08x}" != crc:
+        raise DamagedFileError(f"{filename} is damaged: its commit record fails its checksum")
+    return json.loads(text)
 
 
 def _encode(column: np.ndarray) -> np.ndarray:
@@ -61,6 +93,52 @@ class H5Store(Store):
         names = list(root._v_attrs[_COLUMNS_ATTR]) if _COLUMNS_ATTR in root._v_attrs else []
         return {name: getattr(root, f"c{i}") for i, name in enumerate(names)}
 
+    @classmethod
+    def _committed(cls, h5file, filename: str) -> tuple[dict[str, Any], int]:
+        """The columns and the committed row count, checked against the commit record."""
+        nodes = cls._nodes(h5file)
+        attrs = h5file.root._v_attrs
+        if _COMMIT_ATTR not in attrs:
+            # Only files written before the record existed lack it; they have
+            # no checksums in their chunks, and name the columns they hold.
+            if any(node.filters.fletcher32 for node in nodes.values()) or (
+                not nodes and h5file.root._v_nchildren
+            ):
+                raise DamagedFileError(f"{filename} is damaged: its commit record is missing")
+            return nodes, (int(next(iter(nodes.values())).nrows) if nodes else 0)
+        commit = _parse_commit(filename, attrs[_COMMIT_ATTR])
+        rows = int(commit["rows"])
+        layout = [[n.atom.dtype.base.str, [int(d) for d in n.shape[1:]]] for n in nodes.values()]
+        if commit["columns"] != list(nodes) or commit["layout"] != layout:
+            raise DamagedFileError(
+                f"{filename} is damaged: its columns differ from those its commit record names"
+            )
+        for key, node in nodes.items():
+            if node.nrows < rows or not node.filters.fletcher32:
+                raise DamagedFileError(
+                    f"{filename} is damaged: column {key!r} holds {node.nrows} of the "
+                    f"{rows} rows its commit record names"
+                )
+        return nodes, rows
+
+    @staticmethod
+    def _room_for(filename: str, nodes: dict[str, Any], rows: int, k: int) -> None:
+        """Refuse an append the disk has no room for, before HDF5 touches the file."""
+        needed = _MARGIN
+        for node in nodes.values():
+            chunk_rows = node.chunkshape[0]
+            chunk_bytes = math.prod(node.chunkshape) * node.atom.dtype.base.itemsize
+            chunks = math.ceil((rows + k) / chunk_rows) - math.ceil(rows / chunk_rows) + 1
+            needed += chunks * chunk_bytes + 4096
+        free = free_bytes(filename)
+        if free is not None and free < needed:
+            raise OSError(
+                errno.ENOSPC,
+                f"{filename}: disk full ({free} bytes free, the append needs about {needed}); "
+                "free some space and run again, the file was not changed",
+                filename,
+            )
+
     @staticmethod
     def _decode(node, values: np.ndarray) -> np.ndarray:
         if _STRING_ATTR in node.attrs:
@@ -84,7 +162,9 @@ class H5Store(Store):
 
     def _write_file(self, path: str, data: dict[str, np.ndarray]) -> None:
         tables = self.preload()
-        filters = tables.Filters(complevel=self.complevel, complib=self.complib)
+        filters = tables.Filters(
+            complevel=self.complevel, complib=self.complib, fletcher32=True
+        )
         n = count(data)
         with tables.open_file(path, "w") as h5file:
             h5file.root._v_attrs[_COLUMNS_ATTR] = list(data)
@@ -102,25 +182,43 @@ class H5Store(Store):
                     node.attrs[_STRING_ATTR] = True
                 if n:
                     node.append(values)
+            nodes = list(self._nodes(h5file).values())
+            h5file.root._v_attrs[_COMMIT_ATTR] = _commit_text(list(data), n, nodes)
 
     def _append_in_place(self, filename: str, data: dict[str, np.ndarray]) -> bool:
         """Extend every column's array by the new rows."""
-        with self.preload().open_file(filename, "a") as h5file:
-            nodes = self._nodes(h5file)
-            rows = next(iter(nodes.values())).nrows if nodes else 0
-            # A file without rows takes its column types from the first rows.
-            if not (rows and self._fits(nodes, data)):
+        tables = self.preload()
+        with damage_on_error(filename), tables.open_file(filename, "r") as h5file:
+            nodes, rows = self._committed(h5file, filename)
+            committed = _COMMIT_ATTR in h5file.root._v_attrs
+            # A file without rows takes its column types from the first rows;
+            # a file without a commit record is rewritten once to get one.
+            if not (committed and rows and self._fits(nodes, data)):
                 return False
+            self._room_for(filename, nodes, rows, count(data))
+        with tables.open_file(filename, "a") as h5file:
+            nodes = self._nodes(h5file)
             for key, node in nodes.items():
+                if node.nrows > rows:
+                    node.truncate(rows)  # what an append that did not finish left
                 node.append(_encode(data[key]))
+            h5file.flush()
+            # The commit: the record names the new rows last.
+            h5file.root._v_attrs[_COMMIT_ATTR] = _commit_text(
+                list(nodes), rows + count(data), list(nodes.values())
+            )
         return True
 
     def _write_metadata(self, path: str, metadata: dict[str, Any]) -> None:
+        free = free_bytes(path)
+        if free is not None and free < _MARGIN:
+            raise OSError(errno.ENOSPC, f"{path}: disk full ({free} bytes free)", path)
         with self.preload().open_file(path, "a") as h5file:
             h5file.root._v_attrs[_METADATA_ATTR] = json.dumps(metadata)
 
     def _read_metadata(self, filename: str) -> dict[str, Any] | None:
-        with self.preload().open_file(filename, "r") as h5file:
+        tables = self.preload()
+        with damage_on_error(filename), tables.open_file(filename, "r") as h5file:
             attrs = h5file.root._v_attrs
             if _METADATA_ATTR not in attrs:
                 return None
@@ -130,9 +228,9 @@ class H5Store(Store):
 
     def load_rows(self, filename: str, start: int, stop: int | None) -> dict[str, np.ndarray]:
         """Read rows ``start:stop`` only."""
-        with self.preload().open_file(filename, "r") as h5file:
-            nodes = self._nodes(h5file)
-            n = next(iter(nodes.values())).nrows if nodes else 0
+        tables = self.preload()
+        with damage_on_error(filename), tables.open_file(filename, "r") as h5file:
+            nodes, n = self._committed(h5file, filename)
             start, stop = row_slice(start, stop, n)
             return {key: self._decode(node, node[start:stop]) for key, node in nodes.items()}
 
@@ -141,7 +239,7 @@ class H5Store(Store):
         return self._load_via_rows(filename, row)
 
     def count_rows(self, filename: str) -> int:
-        """Count the rows from the array metadata."""
-        with self.preload().open_file(filename, "r") as h5file:
-            nodes = self._nodes(h5file)
-            return int(next(iter(nodes.values())).nrows) if nodes else 0
+        """Count the rows from the commit record (checked against the arrays)."""
+        tables = self.preload()
+        with damage_on_error(filename), tables.open_file(filename, "r") as h5file:
+            return self._committed(h5file, filename)[1]

@@ -134,6 +134,9 @@ def _is_disk_full(exc: BaseException) -> bool:
         # HDF5 reports the system error in its own error stack, as text.
         if "No space left on device" in text or "errno = 28" in text:
             return True
+        # zarr writes chunks concurrently and may gather their errors.
+        if isinstance(exc, BaseExceptionGroup) and any(map(_is_disk_full, exc.exceptions)):
+            return True
         exc = exc.__cause__ or exc.__context__
     return False
 

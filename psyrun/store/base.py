@@ -19,7 +19,7 @@ import errno
 import importlib
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from types import ModuleType
 from typing import Any
 
@@ -54,8 +54,29 @@ class UnsupportedValueError(TypeError):
     """A result value that the store cannot hold.
 
     The message names the key, the type of the value and the ways out
-    (``exclude_from_result``, or another store).
+    (``exclude_from_result`` for an output, or another store).
+
+    Attributes
+    ----------
+    key : str or None
+        The column whose value the store cannot hold.
     """
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def _big_ints_with_gaps(column: np.ndarray) -> bool:
+    """An object column of integers beyond float64's exact range and None (missing)."""
+    if column.dtype.kind != "O":
+        return False
+    ints = [v for v in column.flat if v is not None]
+    return (
+        len(ints) < column.size
+        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in ints)
+        and any(abs(int(v)) > 2**53 for v in ints)
+    )
 
 
 class NotAResultError(DamagedFileError, ValueError):
@@ -314,7 +335,12 @@ class Store(abc.ABC):
     def load(self, filename: str, row: int | None = None) -> dict[str, np.ndarray]:
         """Read all columns, or only row ``row`` as one-element columns."""
 
-    def check(self, data: Mapping[str, Any], filename: str | None = None) -> None:
+    def check(
+        self,
+        data: Mapping[str, Any],
+        filename: str | None = None,
+        params: Collection[str] = (),
+    ) -> None:
         """Check that the store can hold ``data``, without writing anything.
 
         Parameters
@@ -324,6 +350,10 @@ class Store(abc.ABC):
         filename
             The file the rows are meant for, when known (a store chosen by
             file name, like :class:`~psyrun.store.AutodetectStore`, needs it).
+        params
+            The keys of ``data`` that are parameters rather than outputs:
+            the message for such a key does not advise
+            ``exclude_from_result`` (a parameter must stay in the result).
 
         Raises
         ------
@@ -333,11 +363,22 @@ class Store(abc.ABC):
         TypeError, ValueError
             When ``data`` is not a mapping of equal-length columns.
         """
-        columns = self._prepare(data)
-        if self.column_kinds is None:
-            error = self._unpicklable(columns)
-            if error is not None:
-                raise error
+        try:
+            columns = self._prepare(data)
+            if self.column_kinds is None:
+                error = self._unpicklable(columns)
+                if error is not None:
+                    raise error
+        except UnsupportedValueError as exc:
+            if exc.key is None or exc.key not in params:
+                raise
+            raise UnsupportedValueError(
+                f"{type(self).__name__} cannot hold the values of the parameter {exc.key!r} "
+                f"({str(exc).split('(', 1)[-1].split(')', 1)[0]}): every row of the result "
+                "holds its parameters, so give it values of one kind the store holds "
+                "(numbers, booleans or str), or use a store that can hold them (PickleStore).",
+                exc.key,
+            ) from None
 
     def exists(self, filename: str) -> bool:
         """Whether ``filename`` holds a result of this store."""
@@ -528,10 +569,20 @@ class Store(abc.ABC):
         found = find_unsupported(data, self.column_kinds)
         if found is not None:
             key, what = found
+            if _big_ints_with_gaps(data[key]):
+                raise UnsupportedValueError(
+                    f"{type(self).__name__} cannot hold the value of {key!r} (integers "
+                    "beyond 2**53 with no value on some rows): a missing value would make "
+                    "the column float64, which rounds such integers. Return it on every "
+                    "row, or use PickleStore or NpzStore, which keep them exact (None "
+                    "marks the missing rows).",
+                    key,
+                )
             raise UnsupportedValueError(
                 f"{type(self).__name__} cannot hold the value of {key!r} ({what}): "
                 "it stores only numbers, booleans and str. List it in "
-                "exclude_from_result, or use a store that can hold it (PickleStore)."
+                "exclude_from_result, or use a store that can hold it (PickleStore).",
+                key,
             )
 
     # -- the shared algorithm --------------------------------------------------
@@ -554,7 +605,8 @@ class Store(abc.ABC):
         return UnsupportedValueError(
             f"{type(self).__name__} cannot hold the value of {key!r} ({what}): it cannot "
             f"be pickled ({reason}). List it in exclude_from_result, or return a value "
-            "that can be pickled."
+            "that can be pickled.",
+            key,
         )
 
     @contextlib.contextmanager

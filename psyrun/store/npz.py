@@ -187,6 +187,7 @@ def _scan_members(fp: IO[bytes]) -> tuple[list[tuple[zipfile.ZipInfo, int]], int
         info.CRC = crc
         info.compress_size = info.file_size = csize
         info.header_offset = end
+        info.extra = extra
         members.append((info, start))
         end = start + csize
     return members, end
@@ -362,6 +363,8 @@ def _open_archive(filename: str) -> Iterator[zipfile.ZipFile | _Salvaged | _Comm
     with open(filename, "rb") as fp:
         _check_is_zip(fp, filename)
         record, _ = _read_record(fp)
+        if record is None:
+            _check_no_record_expected(fp, filename)
         if record is not None:
             names = [info.filename for info in _committed(fp, record)]
             try:
@@ -381,6 +384,18 @@ def _open_archive(filename: str) -> Iterator[zipfile.ZipFile | _Salvaged | _Comm
             return
         with archive:
             yield archive
+
+
+def _check_no_record_expected(fp: IO[bytes], filename: str) -> None:
+    """Raise DamagedFileError when members of a file without a record say it had one."""
+    infos, zf = _all_members(fp)
+    if zf is not None:
+        zf.close()
+    mark = _RECORD_FIELD.pack(_RECORD_ID, _RECORD_SIZE)
+    if any(mark in info.extra for info in infos):
+        raise DamagedFileError(
+            f"{filename} is damaged: the member holding its commit record is missing"
+        )
 
 
 def _committed_rows(filename: str) -> int | None:
@@ -481,9 +496,7 @@ class NpzStore(Store):
     def _check_columns(self, data: dict[str, np.ndarray]) -> None:
         _check_names(data)
 
-    def _write_chunk(
-        self, zf: zipfile.ZipFile, chunk: int, data: dict[str, np.ndarray], first: bool = False
-    ) -> None:
+    def _write_chunk(self, zf: zipfile.ZipFile, chunk: int, data: dict[str, np.ndarray]) -> None:
         # Serialise every member before the archive is touched: a value that
         # cannot be pickled must fail here, not half way through a member of a
         # file that already holds results.
@@ -493,16 +506,16 @@ class NpzStore(Store):
             info = zipfile.ZipInfo(name, time.localtime(time.time())[:6])
             info.compress_type = zipfile.ZIP_STORED
             info.external_attr = 0o600 << 16
-            if first:
-                info.extra = _record_extra()  # the commit record lives here
-                first = False
+            # The first member's holds the commit record; the others' mark the
+            # file as one that has a record, should the first member be lost.
+            info.extra = _record_extra()
             with zf.open(info, "w", force_zip64=True) as member:
                 member.write(raw)
 
     def _write_file(self, path: str, data: dict[str, np.ndarray]) -> None:
         # A plain .npz, as np.savez writes it, with the commit record.
         with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
-            self._write_chunk(zf, 0, data, first=True)
+            self._write_chunk(zf, 0, data)
         if not data:
             return  # no member to hold a commit record (and no rows to protect)
         with open(path, "r+b") as fp:

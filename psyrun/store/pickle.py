@@ -72,6 +72,49 @@ _BLOB_LEN = struct.Struct("<I")  # BINBYTES' length: the trailer after STOP is i
 _CRC = struct.Struct("<I")
 _FORMAT = 2  # the trailer's "format" of files with checksums
 _SCAN_BLOCK = 1 << 20
+_WORD = np.dtype("<u8")
+
+
+class _Sum64:
+    """The sum, modulo 2**64, of a byte stream read as little-endian 64-bit words.
+
+    The last, partial word is padded with zeros. It changes with any changed
+    byte (and with a zeroed block, unless it summed to zero already) and
+    NumPy computes it at memory speed, several times faster than CRC-32, so
+    :meth:`PickleStore.load` can check every file it reads. ``verify`` also
+    checks the CRC-32.
+    """
+
+    def __init__(self, total: int = 0, pending: bytes = b"") -> None:
+        self.total = total
+        self.pending = pending  # the bytes of the current, incomplete word
+
+    def update(self, data) -> None:
+        data = memoryview(data).cast("B")
+        if self.pending:
+            take = min(8 - len(self.pending), len(data))
+            self.pending += bytes(data[:take])
+            data = data[take:]
+            if len(self.pending) < 8:
+                return
+            self.total += int.from_bytes(self.pending, "little")
+            self.pending = b""
+        n = len(data) // 8
+        if n:
+            words = np.frombuffer(data, dtype=_WORD, count=n)
+            self.total += int(np.add.reduce(words, dtype=np.uint64))
+        self.pending = bytes(data[n * 8 :])
+
+    @property
+    def value(self) -> int:
+        return (self.total + int.from_bytes(self.pending.ljust(8, b"\0"), "little")) % 2**64
+
+    @classmethod
+    def resume(cls, value: int, stop: int, tail: bytes) -> _Sum64:
+        """Continue the sum `value` of `stop` bytes whose last partial word is `tail`."""
+        assert len(tail) == stop % 8
+        partial = int.from_bytes(tail.ljust(8, b"\0"), "little") if tail else 0
+        return cls((value - partial) % 2**64, tail)
 
 
 def _raw_opcodes(obj: Any) -> bytes:
@@ -284,10 +327,16 @@ class PickleStore(Store):
 
     @staticmethod
     def _check_crc(f, meta: dict, raw: bytes | None = None) -> None:
-        """Raise DamagedFileError unless the bytes before STOP match the trailer's CRC-32."""
+        """Raise DamagedFileError unless the bytes before STOP match the trailer's checksums.
+
+        With the bytes in memory (`raw`, up to STOP), the fast 64-bit word
+        sum; else (reading from `f`) the CRC-32.
+        """
         stop = meta["stop"]
         if raw is not None:
-            ok = len(raw) == stop + 1 and zlib.crc32(memoryview(raw)[:stop]) == meta["crc"]
+            total = _Sum64()
+            total.update(memoryview(raw)[:stop])
+            ok = len(raw) == stop + 1 and total.value == meta["sum"]
         else:
             f.seek(0)
             crc, left = 0, stop
@@ -374,8 +423,11 @@ class PickleStore(Store):
         return count(self.load(filename))
 
     def verify(self, filename: str) -> int:
-        """Read the whole file, check its checksum and row count, and return the row count."""
+        """Read the whole file, check its checksums and row count, and return the row count."""
         data, meta = self._load_all(filename)
+        if meta is not None and meta.get("format") == _FORMAT:
+            with damage_on_error(filename), open(filename, "rb") as f:
+                self._check_crc(f, meta)  # the CRC-32 too, besides load's word sum
         n = count(data)
         if meta is not None and n != meta["rows"]:
             raise DamagedFileError(
@@ -412,9 +464,10 @@ class PickleStore(Store):
                 pieces.append(pickle.EMPTY_LIST + pickle.LONG_BINPUT + _SLOT.pack(slot))
                 pieces.append(_items_opcodes(column))
                 pieces.append(pickle.SETITEM)
-        crc = 0
+        crc, total = 0, _Sum64()
         for piece in pieces:
             crc = zlib.crc32(piece, crc)
+            total.update(piece)
         meta = {
             "format": _FORMAT,
             "stop": sum(len(piece) for piece in pieces),
@@ -422,6 +475,7 @@ class PickleStore(Store):
             "rows": count(data),
             "columns": {k: _column_meta(v) for k, v in data.items()},
             "crc": crc,
+            "sum": total.value,
         }
         pieces.append(pickle.STOP + self._trailer(meta))
         with open(path, "wb") as f:
@@ -452,11 +506,17 @@ class PickleStore(Store):
         with open(filename, "r+b") as f:
             f.seek(stop + 1)
             old_trailer = f.read(end - stop - 1)
+            f.seek(stop - stop % 8)
+            total = _Sum64.resume(meta["sum"], stop, f.read(stop % 8))
             crc = zlib.crc32(old_trailer, zlib.crc32(pickle.BINBYTES, meta["crc"]))
+            total.update(pickle.BINBYTES + old_trailer)
             for piece in pieces:
                 crc = zlib.crc32(piece, crc)
+                total.update(piece)
             new_stop = end + sum(len(piece) for piece in pieces)
-            new_meta = dict(meta, **changes, stop=new_stop, prev_stop=stop, crc=crc)
+            new_meta = dict(
+                meta, **changes, stop=new_stop, prev_stop=stop, crc=crc, sum=total.value
+            )
             try:
                 f.seek(end)
                 f.writelines(pieces)

@@ -42,6 +42,7 @@ __all__ = [
     "Store",
     "UnsupportedValueError",
     "damage_on_error",
+    "disk_full_error",
     "free_bytes",
     "raise_if_disk_full",
 ]
@@ -122,6 +123,17 @@ def damage_on_error(filename: str) -> Iterator[None]:
         yield
     except _NOT_DAMAGE:
         raise
+    except OSError as exc:
+        if getattr(exc, "psyrun_disk_full", False):
+            raise  # a refusal to write, not damage
+        if isinstance(exc, FileNotFoundError):
+            if not os.path.lexists(filename):
+                raise
+            raise DamagedFileError(f"{filename} is damaged: a part of it is missing") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise DamagedFileError(
+            f"{filename} is damaged: it cannot be read ({type(exc).__name__}: {first})"
+        ) from exc
     except FileNotFoundError:
         if not os.path.lexists(filename):
             raise
@@ -166,6 +178,18 @@ def _is_disk_full(exc: BaseException) -> bool:
 _FULL_MARGIN = 1 << 20
 
 
+def disk_full_error(path: str, free: int | None, needed: int) -> OSError:
+    """Return the ``OSError(ENOSPC)`` of a write refused for want of space, naming ``path``."""
+    error = OSError(
+        errno.ENOSPC,
+        f"{path}: disk full ({free} bytes free, the write needs about {needed}); "
+        "free some space and run again, the file was not changed",
+        path,
+    )
+    error.psyrun_disk_full = True
+    return error
+
+
 def raise_if_disk_full(exc: BaseException, path: str, needed: int = 0) -> None:
     """Raise ``OSError(ENOSPC)`` naming ``path`` when ``exc`` came from a full disk.
 
@@ -183,16 +207,20 @@ def raise_if_disk_full(exc: BaseException, path: str, needed: int = 0) -> None:
     needed
         Bytes the write needed, when known.
     """
+    if getattr(exc, "psyrun_disk_full", False):
+        raise exc  # already says so (from a step of the same write)
     free = free_bytes(path)
     if _is_disk_full(exc) or (free is not None and free < needed + _FULL_MARGIN):
         where = f"{free} bytes free" if free is not None else "no space left"
-        raise OSError(
+        error = OSError(
             errno.ENOSPC,
             f"{path}: disk full ({where}; {type(exc).__name__}: "
             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'write failed'}); "
             "free some space and run again, nothing already written was changed",
             path,
-        ) from exc
+        )
+        error.psyrun_disk_full = True
+        raise error from exc
 
 
 def _sync(path: str) -> None:

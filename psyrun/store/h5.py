@@ -25,7 +25,6 @@ raises ``OSError(ENOSPC)`` naming the file.
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import zlib
@@ -34,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from psyrun.exceptions import DamagedFileError
-from psyrun.store.base import Store, damage_on_error, free_bytes
+from psyrun.store.base import Store, damage_on_error, disk_full_error, free_bytes
 from psyrun.store.columns import ARRAY_KINDS, count, fits_layout, row_slice
 
 __all__ = ["H5Store"]
@@ -122,22 +121,15 @@ class H5Store(Store):
         return nodes, rows
 
     @staticmethod
-    def _room_for(filename: str, nodes: dict[str, Any], rows: int, k: int) -> None:
-        """Refuse an append the disk has no room for, before HDF5 touches the file."""
+    def _room_needed(nodes: dict[str, Any], rows: int, k: int) -> int:
+        """Bytes an append of `k` rows may take (whole chunks, HDF5's records): an upper bound."""
         needed = _MARGIN
         for node in nodes.values():
             chunk_rows = node.chunkshape[0]
             chunk_bytes = math.prod(node.chunkshape) * node.atom.dtype.base.itemsize
             chunks = math.ceil((rows + k) / chunk_rows) - math.ceil(rows / chunk_rows) + 1
             needed += chunks * chunk_bytes + 4096
-        free = free_bytes(filename)
-        if free is not None and free < needed:
-            raise OSError(
-                errno.ENOSPC,
-                f"{filename}: disk full ({free} bytes free, the append needs about {needed}); "
-                "free some space and run again, the file was not changed",
-                filename,
-            )
+        return needed
 
     @staticmethod
     def _decode(node, values: np.ndarray) -> np.ndarray:
@@ -162,6 +154,11 @@ class H5Store(Store):
 
     def _write_file(self, path: str, data: dict[str, np.ndarray]) -> None:
         tables = self.preload()
+        # HDF5 can report success for a file it could not finish on a full disk.
+        needed = _MARGIN + sum(2 * v.nbytes + (1 << 16) for v in data.values())
+        free = free_bytes(path)
+        if free is not None and free < needed:
+            raise disk_full_error(path, free, needed)
         filters = tables.Filters(
             complevel=self.complevel, complib=self.complib, fletcher32=True
         )
@@ -184,6 +181,12 @@ class H5Store(Store):
                     node.append(values)
             nodes = list(self._nodes(h5file).values())
             h5file.root._v_attrs[_COMMIT_ATTR] = _commit_text(list(data), n, nodes)
+        self._check_written(path, n)
+
+    def _check_written(self, path: str, rows: int) -> None:
+        """Open the file just written and check its commit record (HDF5 may fail silently)."""
+        if self.count_rows(path) != rows:
+            raise DamagedFileError(f"{path}: the file just written does not hold its rows")
 
     def _append_in_place(self, filename: str, data: dict[str, np.ndarray]) -> bool:
         """Extend every column's array by the new rows."""
@@ -195,7 +198,10 @@ class H5Store(Store):
             # a file without a commit record is rewritten once to get one.
             if not (committed and rows and self._fits(nodes, data)):
                 return False
-            self._room_for(filename, nodes, rows, count(data))
+            needed = self._room_needed(nodes, rows, count(data))
+        free = free_bytes(filename)
+        if free is not None and free < needed:
+            raise disk_full_error(filename, free, needed)
         with tables.open_file(filename, "a") as h5file:
             nodes = self._nodes(h5file)
             for key, node in nodes.items():
@@ -207,12 +213,13 @@ class H5Store(Store):
             h5file.root._v_attrs[_COMMIT_ATTR] = _commit_text(
                 list(nodes), rows + count(data), list(nodes.values())
             )
+        self._check_written(filename, rows + count(data))
         return True
 
     def _write_metadata(self, path: str, metadata: dict[str, Any]) -> None:
         free = free_bytes(path)
         if free is not None and free < _MARGIN:
-            raise OSError(errno.ENOSPC, f"{path}: disk full ({free} bytes free)", path)
+            raise disk_full_error(path, free, _MARGIN)
         with self.preload().open_file(path, "a") as h5file:
             h5file.root._v_attrs[_METADATA_ATTR] = json.dumps(metadata)
 

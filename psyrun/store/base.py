@@ -19,6 +19,7 @@ import errno
 import importlib
 import json
 import os
+import time
 from collections.abc import Collection, Iterator, Mapping
 from types import ModuleType
 from typing import Any
@@ -665,6 +666,10 @@ class Store(abc.ABC):
             # Measure the free space before the partial file is removed.
             full = isinstance(exc, Exception) and _write_failed_for_space(exc, tmp, data)
             remove_path(tmp)
+            if os.path.lexists(tmp):
+                # A library may still be finishing writes it had started.
+                time.sleep(0.2)
+                remove_path(tmp)
             if full:
                 raise_if_disk_full(exc, filename, needed=1 << 62)
             raise

@@ -40,7 +40,7 @@ import numpy as np
 
 from psyrun.atomic import remove_path, tmp_name
 from psyrun.exceptions import DamagedFileError
-from psyrun.store.base import Store, damage_on_error
+from psyrun.store.base import Store, damage_on_error, disk_full_error, free_bytes
 from psyrun.store.columns import ARRAY_KINDS, count, fits_layout, row_slice
 
 __all__ = ["ZarrStore"]
@@ -261,6 +261,12 @@ class ZarrStore(Store):
     # -- format-specific steps of save and append ------------------------------
 
     def _write_file(self, path: str, data: dict[str, np.ndarray]) -> None:
+        # zarr writes chunks concurrently: a write failing for want of space
+        # may leave others running. Refuse up front what cannot fit.
+        needed = (1 << 20) + sum(v.nbytes + v.nbytes // 50 for v in data.values())
+        free = free_bytes(os.path.dirname(os.path.abspath(path)))
+        if free is not None and free < needed:
+            raise disk_full_error(path, free, needed)
         group = self.preload().open_group(path, mode="w")
         n = count(data)
         arrays = {}

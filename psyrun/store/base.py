@@ -208,20 +208,26 @@ def raise_if_disk_full(exc: BaseException, path: str, needed: int = 0) -> None:
     needed
         Bytes the write needed, when known.
     """
-    if getattr(exc, "psyrun_disk_full", False):
-        raise exc  # already says so (from a step of the same write)
     free = free_bytes(path)
-    if _is_disk_full(exc) or (free is not None and free < needed + _FULL_MARGIN):
+    ours = getattr(exc, "psyrun_disk_full", False)
+    if ours and getattr(exc, "filename", None) == path:
+        raise exc  # already says so, naming this file
+    if ours or _is_disk_full(exc) or (free is not None and free < needed + _FULL_MARGIN):
         where = f"{free} bytes free" if free is not None else "no space left"
+        cause = "" if ours else f"; {type(exc).__name__}: {_first_line(exc)}"
         error = OSError(
             errno.ENOSPC,
-            f"{path}: disk full ({where}; {type(exc).__name__}: "
-            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'write failed'}); "
-            "free some space and run again, nothing already written was changed",
+            f"{path}: disk full ({where}{cause}); free some space and run again, "
+            "nothing already written was changed",
             path,
         )
         error.psyrun_disk_full = True
         raise error from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "write failed"
 
 
 def _sync(path: str) -> None:

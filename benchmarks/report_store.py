@@ -212,6 +212,22 @@ def check_data(rows: int = CHECK_ROWS) -> dict:
     return {"x": rng.random(rows), "y": rng.random(rows), "n": np.arange(rows, dtype=np.int64)}
 
 
+def _skip(*args, **kwargs) -> None:
+    """Check nothing (PickleStore's checksum check, replaced)."""
+
+
+def _no_record(fp) -> tuple[None, None]:
+    """Find no commit record (NpzStore reads the file as one written before it)."""
+    return None, None
+
+
+def _no_checksum_codecs() -> list:
+    """Return ZarrStore's codecs without the chunk checksum."""
+    from zarr.codecs import ZstdCodec
+
+    return [ZstdCodec(level=0)]
+
+
 @contextlib.contextmanager
 def without_checks(ext: str):
     """Write (and read) as the store did before it recorded counts and checksums.
@@ -225,10 +241,10 @@ def without_checks(ext: str):
     from psyrun.store import zarr as zarr_module
 
     if ext == ".pkl":
-        with mock.patch.object(pickle_module.PickleStore, "_check_crc", lambda *a, **k: None):
+        with mock.patch.object(pickle_module.PickleStore, "_check_crc", _skip):
             yield
     elif ext == ".npz":
-        with mock.patch.object(npz_module, "_read_record", lambda fp: (None, None)):
+        with mock.patch.object(npz_module, "_read_record", _no_record):
             yield
     elif ext == ".h5":
         import tables
@@ -245,10 +261,8 @@ def without_checks(ext: str):
         ):
             yield
     else:
-        from zarr.codecs import ZstdCodec
-
         with (
-            mock.patch.object(zarr_module, "_codecs", lambda: [ZstdCodec(level=0)]),
+            mock.patch.object(zarr_module, "_codecs", _no_checksum_codecs),
             mock.patch.object(zarr_module, "_COMMIT_ATTR", "psyrun_no_commit"),
         ):
             yield
@@ -273,7 +287,9 @@ def check_cost(rows: int = CHECK_ROWS, repeat: int = 3) -> list[dict]:
             for _ in range(repeat):
                 times["checked"].append(_timed(lambda s=store, f=checked: s.load(f)))
                 # Files of H5Store and ZarrStore without checks read as they are.
-                reading = without_checks(ext) if ext in (".pkl", ".npz") else contextlib.nullcontext()
+                reading = (
+                    without_checks(ext) if ext in (".pkl", ".npz") else contextlib.nullcontext()
+                )
                 with reading:
                     times["plain"].append(_timed(lambda s=store, f=plain: s.load(f)))
             assert store.verify(checked) == rows

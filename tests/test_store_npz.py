@@ -119,7 +119,7 @@ def _torn_files(tmp_path):
 
 def test_append_killed_part_way_loses_only_that_chunk(tmp_path):
     store = NpzStore()
-    for i, (contents, complete) in enumerate(_torn_files(tmp_path)):
+    for i, (contents, _complete) in enumerate(_torn_files(tmp_path)):
         filename = str(tmp_path / f"torn{i}.npz")
         with open(filename, "wb") as f:
             f.write(contents)

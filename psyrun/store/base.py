@@ -70,7 +70,7 @@ class UnsupportedValueError(TypeError):
 
 
 def _big_ints_with_gaps(column: np.ndarray) -> bool:
-    """An object column of integers beyond float64's exact range and None (missing)."""
+    """Tell whether ``column`` holds integers beyond float64's exact range and None (missing)."""
     if column.dtype.kind != "O":
         return False
     ints = [v for v in column.flat if v is not None]
@@ -169,7 +169,7 @@ def _is_disk_full(exc: BaseException) -> bool:
         if "No space left on device" in text or "errno = 28" in text:
             return True
         # zarr writes chunks concurrently and may gather their errors.
-        if isinstance(exc, BaseExceptionGroup) and any(map(_is_disk_full, exc.exceptions)):
+        if any(map(_is_disk_full, getattr(exc, "exceptions", ()) or ())):
             return True
         exc = exc.__cause__ or exc.__context__
     return False

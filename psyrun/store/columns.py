@@ -42,15 +42,16 @@ EXACT_FLOAT_INT = 2**53
 
 def _ints_exact_in_float(arrays: Sequence[np.ndarray]) -> bool:
     """Whether every integer of ``arrays`` is exact as a float64."""
-    for a in arrays:
-        if a.dtype.kind in "iu" and a.size:
-            if int(a.max()) > EXACT_FLOAT_INT or int(a.min()) < -EXACT_FLOAT_INT:
-                return False
-    return True
+    return not any(
+        a.dtype.kind in "iu"
+        and a.size
+        and (int(a.max()) > EXACT_FLOAT_INT or int(a.min()) < -EXACT_FLOAT_INT)
+        for a in arrays
+    )
 
 
 def _nan_only(a: np.ndarray) -> bool:
-    """A float column whose every value is NaN: rows without a value (psyrun's marker)."""
+    """Tell whether ``a`` is a float column of NaN only: rows without a value (psyrun's mark)."""
     return a.dtype.kind == "f" and a.size > 0 and bool(np.isnan(a).all())
 
 

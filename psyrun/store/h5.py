@@ -94,7 +94,7 @@ class H5Store(Store):
 
     @classmethod
     def _committed(cls, h5file, filename: str) -> tuple[dict[str, Any], int]:
-        """The columns and the committed row count, checked against the commit record."""
+        """Return the columns and the committed row count, checked against the commit record."""
         nodes = cls._nodes(h5file)
         attrs = h5file.root._v_attrs
         if _COMMIT_ATTR not in attrs:
@@ -159,9 +159,7 @@ class H5Store(Store):
         free = free_bytes(path)
         if free is not None and free < needed:
             raise disk_full_error(path, free, needed)
-        filters = tables.Filters(
-            complevel=self.complevel, complib=self.complib, fletcher32=True
-        )
+        filters = tables.Filters(complevel=self.complevel, complib=self.complib, fletcher32=True)
         n = count(data)
         with tables.open_file(path, "w") as h5file:
             h5file.root._v_attrs[_COLUMNS_ATTR] = list(data)

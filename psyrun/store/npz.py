@@ -202,12 +202,12 @@ _RECORD_SIZE = _RECORD.size + 4  # with the record's own CRC-32
 
 
 def _record_extra() -> bytes:
-    """The extra field of a first member, to be filled in by :func:`_write_record`."""
+    """Return a member's extra field for the commit record (see :func:`_write_record`)."""
     return _RECORD_FIELD.pack(_RECORD_ID, _RECORD_SIZE) + bytes(_RECORD_SIZE)
 
 
 def _read_record(fp: IO[bytes]) -> tuple[tuple[int, int, int] | None, int | None]:
-    """Return ``((members, rows, chain), offset)`` of the commit record, ``(None, None)`` without one.
+    """Return ``((members, rows, chain), offset)`` of the commit record, or ``(None, None)``.
 
     Raises DamagedFileError when the record is there but fails its CRC-32.
     """
@@ -236,16 +236,15 @@ def _read_record(fp: IO[bytes]) -> tuple[tuple[int, int, int] | None, int | None
                 )
             tag_bytes, members, rows, chain = _RECORD.unpack(record)
             if tag_bytes != _RECORD_TAG:
-                raise DamagedFileError(
-                    f"{getattr(fp, 'name', 'the file')} is damaged: its commit record is unreadable"
-                )
+                name = getattr(fp, "name", "the file")
+                raise DamagedFileError(f"{name} is damaged: its commit record is unreadable")
             return (members, rows, chain), offset
         pos += 4 + size
     return None, None
 
 
 def _record_offset(fp: IO[bytes]) -> int:
-    """The offset of the (not yet filled in) commit record in the first local header."""
+    """Return the offset of the commit record in the first member's local header."""
     fp.seek(0)
     nlen, xlen = _LOCAL_HEADER.unpack(fp.read(_LOCAL_HEADER.size))[-2:]
     fp.seek(_LOCAL_HEADER.size + nlen)
@@ -270,7 +269,7 @@ def _chain(infos: list[zipfile.ZipInfo], crc: int = 0) -> int:
 
 
 def _data_end(fp: IO[bytes], info: zipfile.ZipInfo) -> int:
-    """The offset where the data of the member `info` ends (from its local header)."""
+    """Return the offset where the data of the member `info` ends (from its local header)."""
     fp.seek(info.header_offset)
     header = fp.read(_LOCAL_HEADER.size)
     if len(header) < _LOCAL_HEADER.size or header[:4] != zipfile.stringFileHeader:
@@ -282,7 +281,7 @@ def _data_end(fp: IO[bytes], info: zipfile.ZipInfo) -> int:
 
 
 def _all_members(fp: IO[bytes]) -> tuple[list[zipfile.ZipInfo], zipfile.ZipFile | None]:
-    """Every member in file order: from the member list, or from the local headers when it is torn."""
+    """Return every member in file order (from the local headers when the member list is torn)."""
     try:
         zf = zipfile.ZipFile(fp)
     except zipfile.BadZipFile:
@@ -291,7 +290,7 @@ def _all_members(fp: IO[bytes]) -> tuple[list[zipfile.ZipInfo], zipfile.ZipFile 
 
 
 def _committed(fp: IO[bytes], record: tuple[int, int, int]) -> list[zipfile.ZipInfo]:
-    """The members the commit `record` names; DamagedFileError when they are not all there."""
+    """Return the members the commit `record` names; DamagedFileError when they are missing."""
     n, _, chain = record
     infos, zf = _all_members(fp)
     if zf is not None:
@@ -399,7 +398,7 @@ def _check_no_record_expected(fp: IO[bytes], filename: str) -> None:
 
 
 def _committed_rows(filename: str) -> int | None:
-    """The row count of the commit record, None for a file without one."""
+    """Return the row count of the commit record, None for a file without one."""
     with open(filename, "rb") as fp:
         record, _ = _read_record(fp)
     return None if record is None else record[1]

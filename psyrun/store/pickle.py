@@ -261,9 +261,10 @@ class PickleStore(Store):
             return None
         if meta.get("format") == _FORMAT:
             # Our own CRC, and the place: BINBYTES' argument right after its STOP.
-            if len(body) < _CRC.size or zlib.crc32(body[: -_CRC.size]) != _CRC.unpack(
-                body[-_CRC.size :]
-            )[0]:
+            if (
+                len(body) < _CRC.size
+                or zlib.crc32(body[: -_CRC.size]) != _CRC.unpack(body[-_CRC.size :])[0]
+            ):
                 return None
             blob_start = meta["stop"] + 1
             f.seek(blob_start)
@@ -281,7 +282,9 @@ class PickleStore(Store):
             f.seek(meta["prev_stop"])
             byte = f.read(1)
             # The commit byte: BINBYTES in files with checksums, anything but STOP before.
-            return byte == pickle.BINBYTES if meta.get("format") == _FORMAT else byte != pickle.STOP
+            return (
+                byte == pickle.BINBYTES if meta.get("format") == _FORMAT else byte != pickle.STOP
+            )
         return True
 
     @classmethod
@@ -310,7 +313,11 @@ class PickleStore(Store):
                 end = lo + i + len(_MAGIC)
                 if end != size:
                     meta = cls._parse_trailer(f, end)
-                    if meta is not None and meta.get("format") == _FORMAT and cls._committed(f, meta):
+                    if (
+                        meta is not None
+                        and meta.get("format") == _FORMAT
+                        and cls._committed(f, meta)
+                    ):
                         return meta, end
                 i = block.rfind(_MAGIC, 0, i + len(_MAGIC) - 1)
             hi = lo + len(_MAGIC) - 1 if lo > 0 else 0
@@ -488,7 +495,7 @@ class PickleStore(Store):
 
     @staticmethod
     def _trailer(meta: dict) -> bytes:
-        """The bytes after STOP: BINBYTES' length, then the trailer, readable from the end."""
+        """Return the bytes after STOP: BINBYTES' length, then the trailer, read from the end."""
         raw = pickle.dumps(meta, protocol=_PROTOCOL)
         body = raw + _CRC.pack(zlib.crc32(raw)) + _TRAILER_END.pack(len(raw) + _CRC.size)
         body += _MAGIC

@@ -159,8 +159,9 @@ class ZarrStore(Store):
         """
         text = group.attrs.get(_COMMIT_ATTR)
         if text is None:
-            if _checked(arrays) or (not arrays and _COLUMNS_ATTR not in group.attrs and
-                                    list(group.array_keys())):
+            if _checked(arrays) or (
+                not arrays and _COLUMNS_ATTR not in group.attrs and list(group.array_keys())
+            ):
                 raise DamagedFileError(f"{filename} is damaged: its commit record is missing")
             stored = min((array.shape[0] for array in arrays.values()), default=0)
             committed = group.attrs.get(_ROWS_ATTR)
@@ -372,7 +373,7 @@ class ZarrStore(Store):
         if not rows or group.attrs.get(_COMMIT_ATTR) is None:
             return
         for i, (key, array) in enumerate(arrays.items()):
-            prefix = array.metadata.encode_chunk_key((0,) * array.ndim).split("/")[:-array.ndim]
+            prefix = array.metadata.encode_chunk_key((0,) * array.ndim).split("/")[: -array.ndim]
             try:
                 names = set(os.listdir(os.path.join(root, f"c{i}", *prefix)))
             except FileNotFoundError:

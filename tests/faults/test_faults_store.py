@@ -34,7 +34,6 @@ from psyrun.store.testing import (
 )
 
 
-
 def _fault_tools():
     """The shared helpers of ``tests/faults/conftest.py`` (a conftest is not a package module)."""
     import importlib.util
@@ -141,11 +140,15 @@ def test_full_disk_at_each_write_of_a_sequence_of_appends(ext, small_disk, fault
         chunk = _chunk(fault_rng, 8_000 * i, 8_000, extra=i >= 3)
         leave = int(fault_rng.choice([0, 4096, 65_536, 400_000, 4_000_000]))
         disk.fill(leave)
+        error = None
         try:
             store.append(filename, chunk)
         except OSError as exc:
-            assert exc.errno == errno.ENOSPC, exc
-            assert "disk full" in str(exc) and os.path.basename(filename) in str(exc)
+            error = exc
+        if error is not None:
+            assert error.errno == errno.ENOSPC, error
+            assert "disk full" in str(error)
+            assert os.path.basename(filename) in str(error)
             failures += 1
             disk.free()
             # The file (or its absence) is as before the failed write ...
@@ -173,7 +176,9 @@ def _cases(fault_rng, files: list[str], count: int) -> list[tuple[str, int]]:
     """Seeded (file, offset) pairs, the larger files drawn more often."""
     sizes = np.array([max(os.path.getsize(f), 1) for f in files], dtype=float)
     picks = fault_rng.choice(len(files), size=count, p=sizes / sizes.sum())
-    return [(files[i], int(fault_rng.integers(0, max(os.path.getsize(files[i]), 1)))) for i in picks]
+    return [
+        (files[i], int(fault_rng.integers(0, max(os.path.getsize(files[i]), 1)))) for i in picks
+    ]
 
 
 @pytest.mark.parametrize("ext", EXTS)
@@ -221,9 +226,9 @@ def test_deleted_members(ext, workdir, fault_rng):
     deletions = [delete_member]
     if ext == ".zarr":
         # Every kind of file of the directory: chunks, column and group metadata.
-        deletions += [
-            lambda f, path=path: os.remove(path) for path in result_files(filename)
-        ] + [lambda f: shutil.rmtree(os.path.join(f, "c1"))]
+        deletions += [lambda f, path=path: os.remove(path) for path in result_files(filename)] + [
+            lambda f: shutil.rmtree(os.path.join(f, "c1"))
+        ]
     elif ext == ".pkl":
         # Runs of bytes cut out at seeded offsets (a pickle has no members).
         size = os.path.getsize(filename)
@@ -277,7 +282,7 @@ def test_append_torn_at_seeded_points_drops_only_itself(ext, workdir, fault_rng)
         store.append(filename, {k: np.asarray(v)[:1] for k, v in expected.items()})
         want = {k: np.concatenate([np.asarray(v), np.asarray(v)[:1]]) for k, v in expected.items()}
         assert_columns_equal(store.load(filename), want)
+    with open(filename, "r+b") as f:  # but a cut inside committed rows is damage
+        f.truncate(len(old) // 2)
     with pytest.raises(DamagedFileError):
-        with open(filename, "r+b") as f:  # but the same cut inside committed rows is damage
-            f.truncate(len(old) // 2)
         store.verify(filename)

@@ -282,12 +282,19 @@ class Store(abc.ABC):
     array per row). Every store shares these semantics:
 
     * chunks whose per-row arrays differ in shape are padded to the enclosing
-      shape: NaN for floats (integers and booleans are promoted to float),
-      ``''`` for strings, ``None`` for objects;
+      shape: NaN for floats, ``''`` for strings, ``None`` for objects;
+      integers and booleans are promoted to float when every integer is
+      exact as a float64 (``|x| <= 2**53``), else kept exact in an object
+      column with ``None`` (which stores without objects refuse); NaN in a
+      str column marks a missing value and becomes ``''``;
     * a key present in only some chunks is filled with that missing value for
       the other rows, so all columns always have the same length;
     * :meth:`load` returns a dict of NumPy arrays (object arrays for general
-      values); ``load(filename, row=i)`` returns one-element columns.
+      values); ``load(filename, row=i)`` returns one-element columns;
+    * a damaged file (truncated, changed, lacking a member) raises
+      :class:`~psyrun.exceptions.DamagedFileError` from every read, and a
+      write on a full disk raises ``OSError(ENOSPC)`` and leaves the file
+      as it was.
 
     Attributes
     ----------

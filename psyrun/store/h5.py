@@ -167,20 +167,24 @@ class H5Store(Store):
             return {key: node[start:stop] for key, node in nodes.items()}
         first, last = start // _BLOCK, (stop - 1) // _BLOCK
         lo, hi = first * _BLOCK, min((last + 1) * _BLOCK, rows)
-        values = [node[lo:hi] for node in nodes.values()]
         complete = rows // _BLOCK
         stored = getattr(h5file.root, _SUMS)[first : min(last + 1, complete)]
         partial = [int(s) for s in commit["partial"]]
-        for b in range(first, last + 1):
-            expected = [int(s) for s in stored[b - first]] if b < complete else partial
-            a, z = b * _BLOCK - lo, min((b + 1) * _BLOCK, rows) - lo
-            for key, column, want in zip(nodes, values, expected):
-                if _block_sum(column[a:z]) != want:
+        values = {}
+        for j, (key, node) in enumerate(nodes.items()):
+            out = np.empty((hi - lo, *node.shape[1:]), dtype=node.atom.dtype.base)
+            # Block by block: each is summed while it is still in the cache.
+            for b in range(first, last + 1):
+                a, z = b * _BLOCK, min((b + 1) * _BLOCK, rows)
+                node.read(a, z, out=out[a - lo : z - lo])
+                want = int(stored[b - first][j]) if b < complete else partial[j]
+                if _block_sum(out[a - lo : z - lo]) != want:
                     raise DamagedFileError(
-                        f"{filename} is damaged: rows {b * _BLOCK} to {z + lo} of column "
-                        f"{key!r} do not match their checksum"
+                        f"{filename} is damaged: rows {a} to {z} of column {key!r} "
+                        "do not match their checksum"
                     )
-        return {key: v[start - lo : stop - lo] for key, v in zip(nodes, values)}
+            values[key] = out[start - lo : stop - lo]
+        return values
 
     @staticmethod
     def _room_needed(nodes: dict[str, Any], rows: int, k: int) -> int:

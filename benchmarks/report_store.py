@@ -15,7 +15,7 @@ rows (two float64 and one int64 column) are written with each store, once
 as it writes them now and once without the checks (the layout files had
 before them: no checksums, no commit record; for NpzStore, whose zip CRCs
 were always checked, the commit record ignored), and both are loaded in the
-same run, alternately, best of three. Target: loading gets at most 10%
+same run, alternately, best of five. Target: loading gets at most 10%
 slower. Run only this part with ``python benchmarks/report_store.py checks``.
 """
 
@@ -271,7 +271,7 @@ def without_checks(ext: str):
             yield
 
 
-def check_cost(rows: int = CHECK_ROWS, repeat: int = 3) -> list[dict]:
+def check_cost(rows: int = CHECK_ROWS, repeat: int = 5) -> list[dict]:
     """Measure :meth:`Store.load` of ``rows`` rows with and without the damage checks."""
     from psyrun.store import get_store
 

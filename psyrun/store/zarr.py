@@ -173,15 +173,20 @@ class ZarrStore(Store):
         record = json.loads(body)
         rows = int(record["rows"])
         metadata = group.attrs.get(_METADATA_ATTR)
-        if (
-            record["columns"] != list(arrays)
-            or record["layout"] != _layout(arrays)
-            or record["metadata"] != (dict(metadata) if metadata else None)
-            or group.attrs.get(_ROWS_ATTR) != rows
-            or (arrays and not _checked(arrays))
-        ):
+        differ = [
+            what
+            for what, same in (
+                ("columns", record["columns"] == list(arrays)),
+                ("layout", record["layout"] == _layout(arrays)),
+                ("metadata", record["metadata"] == (dict(metadata) if metadata else None)),
+                ("row count", group.attrs.get(_ROWS_ATTR) == rows),
+                ("checksums", not arrays or _checked(arrays)),
+            )
+            if not same
+        ]
+        if differ:
             raise DamagedFileError(
-                f"{filename} is damaged: its columns or attributes differ from its commit record"
+                f"{filename} is damaged: its {', '.join(differ)} differ from its commit record"
             )
         for key, array in arrays.items():
             if array.shape[0] < rows:
@@ -283,7 +288,7 @@ class ZarrStore(Store):
                 if n:
                     array[...] = column
                 arrays[key] = array
-        group.attrs.update(
+        group.update_attributes(
             {_COLUMNS_ATTR: list(data), _ROWS_ATTR: n, _COMMIT_ATTR: _commit_text(arrays, n, None)}
         )
 
@@ -310,9 +315,10 @@ class ZarrStore(Store):
                 if array.shape[0] != n + k:
                     array.resize((n + k, *array.shape[1:]))
                 array[n : n + k] = data[key]
-        # The commit point: one write of the group's attributes.
+        # The commit point: one write of the group's attributes (attrs.update
+        # would write them once per key).
         metadata = group.attrs.get(_METADATA_ATTR)
-        group.attrs.update(
+        group.update_attributes(
             {
                 _ROWS_ATTR: n + k,
                 _COMMIT_ATTR: _commit_text(arrays, n + k, dict(metadata) if metadata else None),
@@ -328,7 +334,7 @@ class ZarrStore(Store):
             arrays = self._arrays(group)
             rows = self._rows(group, arrays, path)
             update[_COMMIT_ATTR] = _commit_text(arrays, rows, metadata)
-        group.attrs.update(update)
+        group.update_attributes(update)
 
     def _read_metadata(self, filename: str) -> dict[str, Any] | None:
         with damage_on_error(filename):

@@ -9,15 +9,25 @@ Two direct baselines: "reopened" opens the file for every chunk, as every
 psyrun job must (appends come from separate processes); "open once" keeps it
 open across all chunks, which no backend can do, and is shown for reference.
 The target ratio is taken against the reopened baseline.
+
+The cost of the damage checks (row counts and checksums, issue 21): 10^7
+rows (two float64 and one int64 column) are written with each store, once
+as it writes them now and once without the checks (the layout files had
+before them: no checksums, no commit record; for NpzStore, whose zip CRCs
+were always checked, the commit record ignored), and both are loaded in the
+same run, alternately, best of five. Target: loading gets at most 10%
+slower. Run only this part with ``python benchmarks/report_store.py checks``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
 import tempfile
 import time
+from unittest import mock
 
 import numpy as np
 
@@ -193,9 +203,120 @@ def collect() -> list[dict]:
     return rows
 
 
-def main() -> int:
-    """Print this section's rows."""
-    rows = collect()
+CHECK_ROWS = 10**7
+
+
+def check_data(rows: int = CHECK_ROWS) -> dict:
+    """The columns of the check-cost measurement: two float64, one int64."""
+    rng = np.random.default_rng(1)
+    return {"x": rng.random(rows), "y": rng.random(rows), "n": np.arange(rows, dtype=np.int64)}
+
+
+def _skip(*args, **kwargs) -> None:
+    """Check nothing (PickleStore's checksum check, replaced)."""
+
+
+def _plain_read(f, meta: dict) -> bytes:
+    """Read a PickleStore file up to its STOP without checking its sum."""
+    f.seek(0)
+    return f.read(meta["stop"] + 1)
+
+
+def _no_record(fp) -> tuple[None, None]:
+    """Find no commit record (NpzStore reads the file as one written before it)."""
+    return None, None
+
+
+def _no_checksum_codecs() -> list:
+    """Return ZarrStore's codecs without the chunk checksum."""
+    from zarr.codecs import ZstdCodec
+
+    return [ZstdCodec(level=0)]
+
+
+@contextlib.contextmanager
+def without_checks(ext: str):
+    """Write (and read) as the store did before it recorded counts and checksums.
+
+    Files of H5Store and ZarrStore written so read without checks as they
+    are; PickleStore and NpzStore skip their checks while the block runs.
+    """
+    from psyrun.store import h5 as h5_module
+    from psyrun.store import npz as npz_module
+    from psyrun.store import pickle as pickle_module
+    from psyrun.store import zarr as zarr_module
+
+    if ext == ".pkl":
+        with mock.patch.object(
+            pickle_module.PickleStore, "_read_summed", staticmethod(_plain_read)
+        ):
+            yield
+    elif ext == ".npz":
+        with (
+            mock.patch.object(npz_module, "_read_record", _no_record),
+            mock.patch.object(npz_module, "_check_no_record_expected", _skip),
+        ):
+            yield
+    elif ext == ".h5":
+        with (
+            mock.patch.object(h5_module, "_COMMIT_ATTR", "psyrun_no_commit"),
+            mock.patch.object(h5_module, "_SUMS", "psyrun_no_sums"),
+        ):
+            yield
+    else:
+        with (
+            mock.patch.object(zarr_module, "_codecs", _no_checksum_codecs),
+            mock.patch.object(zarr_module, "_COMMIT_ATTR", "psyrun_no_commit"),
+        ):
+            yield
+
+
+def check_cost(rows: int = CHECK_ROWS, repeat: int = 5) -> list[dict]:
+    """Measure :meth:`Store.load` of ``rows`` rows with and without the damage checks."""
+    from psyrun.store import get_store
+
+    data = check_data(rows)
+    out = []
+    tmp = tempfile.mkdtemp(prefix="psyrun-bench-checks-")
+    try:
+        for ext in (".pkl", ".npz", ".h5", ".zarr"):
+            store = get_store(ext)
+            checked = os.path.join(tmp, f"checked{ext}")
+            plain = os.path.join(tmp, f"plain{ext}")
+            store.save(checked, data)
+            with without_checks(ext):
+                store.save(plain, data)
+            times: dict[str, list[float]] = {"checked": [], "plain": []}
+            for _ in range(repeat):
+                times["checked"].append(_timed(lambda s=store, f=checked: s.load(f)))
+                # Files of H5Store and ZarrStore without checks read as they are.
+                reading = (
+                    without_checks(ext) if ext in (".pkl", ".npz") else contextlib.nullcontext()
+                )
+                with reading:
+                    times["plain"].append(_timed(lambda s=store, f=plain: s.load(f)))
+            assert store.verify(checked) == rows
+            with_checks, without = min(times["checked"]), min(times["plain"])
+            ratio = with_checks / without
+            out.append(
+                {
+                    "what": f"load 1e{len(str(rows)) - 1} rows {ext}: checks vs none",
+                    "measured": f"{ratio:.2f}x ({with_checks:.2f}/{without:.2f} s)",
+                    "target": "<= 1.10x",
+                    "ok": ratio <= 1.10,
+                }
+            )
+            remove(checked)
+            remove(plain)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print this section's rows (only the check cost with the argument ``checks``)."""
+    argv = sys.argv[1:] if argv is None else argv
+    rows = check_cost() if argv[:1] == ["checks"] else collect() + check_cost()
     for r in rows:
         ok = {True: "yes", False: "NO", None: "-"}[r["ok"]]
         print(f"{r['what']:<48} {r['measured']:>24}  {r['target']:<14} {ok}")

@@ -15,7 +15,7 @@ def test_appends_extend_arrays_in_place(tmp_path):
     store.append(filename, {"a": np.arange(3.0)})
     store.append(filename, {"a": np.arange(2.0)})
     with tables.open_file(filename) as h5file:
-        arrays = list(h5file.walk_nodes("/", classname="EArray"))
+        arrays = [a for a in h5file.walk_nodes("/", classname="EArray") if a.name != "psyrun_sums"]
         assert len(arrays) == 1
         assert arrays[0].nrows == 5
     assert store.load(filename, row=3)["a"].tolist() == [0.0]

@@ -59,6 +59,13 @@ def test_psyrun_08_files_load_and_append(store, filename, legacy):
         assert pickle.load(f) == {"a": [1, 2, 3, 4], "b": [0.5, 1.5, 2.5, 3.5]}
 
 
+def _stop(raw: bytes) -> int:
+    """The offset of the STOP that ends the pickle in a file's bytes `raw`."""
+    stop = PickleStore._read_meta(io.BytesIO(raw))["stop"]
+    assert raw[stop : stop + 1] == pickle.STOP
+    return stop
+
+
 def test_append_writes_only_the_new_rows(store, filename):
     store.append(filename, {"a": np.arange(10_000.0)})
     with open(filename, "rb") as f:
@@ -67,9 +74,11 @@ def test_append_writes_only_the_new_rows(store, filename):
     store.append(filename, {"a": [1.5]})
     with open(filename, "rb") as f:
         after = f.read()
-    # the old opcodes are untouched up to the old STOP, and the file grew by a little
-    stop = before.rindex(pickle.STOP, 0, size_before - 20)
+    # the old file is untouched but for the commit byte over its STOP, and it grew by a little
+    stop = _stop(before)
     assert after[:stop] == before[:stop]
+    assert after[stop : stop + 1] == pickle.BINBYTES
+    assert after[stop + 1 : size_before] == before[stop + 1 :]
     assert len(after) - size_before < 200
     assert store.load(filename)["a"][-2:].tolist() == [9999.0, 1.5]
 
@@ -87,7 +96,7 @@ def test_crash_while_writing_an_append_keeps_old_rows(store, filename):
 def test_crash_before_commit_byte_keeps_old_rows(store, filename):
     store.append(filename, {"a": [1.0, 2.0]})
     with open(filename, "rb") as f:
-        old_stop = f.read().rindex(pickle.STOP, 0, os.path.getsize(filename) - 20)
+        old_stop = _stop(f.read())
     store.append(filename, {"a": [3.0]})
     # undo only the final one-byte commit: the new section and trailer are on disk
     with open(filename, "r+b") as f:

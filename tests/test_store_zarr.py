@@ -39,6 +39,24 @@ def tear_append(filename: str, new: dict[str, np.ndarray], columns: int) -> None
             array[n:] = new[key]
 
 
+def write_old_store(filename: str, data: dict[str, np.ndarray]) -> None:
+    """Write a store as psyrun did before row counts and checksums were recorded."""
+    group = zarr.open_group(filename, mode="w")
+    for i, column in enumerate(data.values()):
+        group.create_array(f"c{i}", shape=column.shape, dtype=column.dtype, chunks=(4,))
+        group[f"c{i}"][...] = column
+    group.attrs["psyrun_columns"] = list(data)
+
+
+def test_old_store_without_checksums_reads_and_gets_them_on_append(store, filename):
+    write_old_store(filename, chunk(0, 10))
+    assert_columns_equal(store.load(filename), chunk(0, 10))
+    assert store.verify(filename) == 10
+    store.append(filename, chunk(10, 12))  # rewritten once, now with a commit record
+    assert "psyrun_commit" in zarr.open_group(filename, mode="r").attrs
+    assert_columns_equal(store.load(filename), chunk(0, 12))
+
+
 @pytest.mark.parametrize("columns", [0, 1, 2])
 def test_append_killed_before_its_commit_is_ignored_and_overwritten(store, filename, columns):
     store.append(filename, chunk(0, 700))
@@ -54,15 +72,11 @@ def test_append_killed_before_its_commit_is_ignored_and_overwritten(store, filen
 
 
 def test_store_without_a_row_count_loads_its_shortest_column(store, filename):
-    # Stores written before the count was recorded have no psyrun_rows attribute.
-    store.append(filename, chunk(0, 10))
-    group = zarr.open_group(filename, mode="r+", use_consolidated=False)
-    attrs = dict(group.attrs)
-    del attrs["psyrun_rows"]
-    group.attrs.clear()
-    group.attrs.update(attrs)
+    # Stores written before the count was recorded have no psyrun_rows attribute
+    # (nor a commit record, nor chunk checksums).
+    write_old_store(filename, chunk(0, 10))
     tear_append(filename, chunk(10, 15), 2)
-    group["c1"].resize((12,))
+    zarr.open_group(filename, mode="r+", use_consolidated=False)["c1"].resize((12,))
     assert "psyrun_rows" not in zarr.open_group(filename, mode="r").attrs
     assert_columns_equal(store.load(filename), chunk(0, 12))
     assert store.count_rows(filename) == 12

@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -150,15 +150,18 @@ class AutodetectStore(Store):
         """Count rows with the store for ``filename``'s extension."""
         return get_store(filename).count_rows(filename)
 
-    def check(self, data: Mapping[str, Any], filename: str | None = None) -> None:
+    def check(
+        self, data: Mapping[str, Any], filename: str | None = None, params: Collection[str] = ()
+    ) -> None:
         """Check ``data`` with the store for ``filename``'s extension.
 
-        Without a file name only the shape of ``data`` can be checked.
+        Without a file name only the shape of ``data`` can be checked;
+        ``params`` as for :meth:`psyrun.store.Store.check`.
         """
         if filename is None:
             normalize(data)
         else:
-            get_store(filename).check(data, filename)
+            get_store(filename).check(data, filename, params)
 
     def exists(self, filename: str) -> bool:
         """Ask the store for ``filename``'s extension whether the result exists."""

@@ -15,16 +15,19 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import errno
 import importlib
 import json
 import os
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Collection, Iterator, Mapping
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 from psyrun.atomic import remove_path, replace_path, tmp_name
+from psyrun.exceptions import DamagedFileError
 from psyrun.store.columns import (
     count,
     find_unpicklable,
@@ -34,7 +37,16 @@ from psyrun.store.columns import (
     resolve_row,
 )
 
-__all__ = ["DEFAULT_CHUNK_ROWS", "Store", "UnsupportedValueError"]
+__all__ = [
+    "DEFAULT_CHUNK_ROWS",
+    "NotAResultError",
+    "Store",
+    "UnsupportedValueError",
+    "damage_on_error",
+    "disk_full_error",
+    "free_bytes",
+    "raise_if_disk_full",
+]
 
 #: Rows per chunk used by :meth:`Store.iter_chunks` when not told otherwise.
 DEFAULT_CHUNK_ROWS = 65536
@@ -44,8 +56,178 @@ class UnsupportedValueError(TypeError):
     """A result value that the store cannot hold.
 
     The message names the key, the type of the value and the ways out
-    (``exclude_from_result``, or another store).
+    (``exclude_from_result`` for an output, or another store).
+
+    Attributes
+    ----------
+    key : str or None
+        The column whose value the store cannot hold.
     """
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def _big_ints_with_gaps(column: np.ndarray) -> bool:
+    """Tell whether ``column`` holds integers beyond float64's exact range and None (missing)."""
+    if column.dtype.kind != "O":
+        return False
+    ints = [v for v in column.flat if v is not None]
+    return (
+        len(ints) < column.size
+        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in ints)
+        and any(abs(int(v)) > 2**53 for v in ints)
+    )
+
+
+class NotAResultError(DamagedFileError, ValueError):
+    """A file that does not hold a result of the store reading it.
+
+    Both a :class:`~psyrun.exceptions.DamagedFileError` (a result psyrun
+    wrote that lost its first bytes looks the same) and a :class:`ValueError`
+    (the error of earlier versions: a file of another kind under the name).
+    """
+
+
+# Errors that say something other than "the file is damaged" and pass through.
+_NOT_DAMAGE = (
+    DamagedFileError,
+    ImportError,
+    IndexError,
+    MemoryError,
+    PermissionError,
+    IsADirectoryError,
+)
+
+
+@contextlib.contextmanager
+def damage_on_error(filename: str) -> Iterator[None]:
+    """Turn any error while reading the existing result ``filename`` into DamagedFileError.
+
+    Parameters
+    ----------
+    filename
+        The result being read; when it does not exist at all, a
+        :class:`FileNotFoundError` passes through unchanged (nothing is
+        damaged, the result is missing).
+
+    Notes
+    -----
+    For stores: wrap the reading of a file in it, so that whatever a format
+    library raises for a truncated or changed file (``EOFError``,
+    ``UnpicklingError``, ``BadZipFile``, ``HDF5ExtError``, a JSON error) is
+    reported as damage, naming the file. A missing library, a row out of
+    range and a full memory are not damage and pass through.
+    """
+    try:
+        yield
+    except _NOT_DAMAGE:
+        raise
+    except OSError as exc:
+        if getattr(exc, "psyrun_disk_full", False):
+            raise  # a refusal to write, not damage
+        if isinstance(exc, FileNotFoundError):
+            if not os.path.lexists(filename):
+                raise
+            raise DamagedFileError(f"{filename} is damaged: a part of it is missing") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise DamagedFileError(
+            f"{filename} is damaged: it cannot be read ({type(exc).__name__}: {first})"
+        ) from exc
+    except FileNotFoundError:
+        if not os.path.lexists(filename):
+            raise
+        raise DamagedFileError(f"{filename} is damaged: a part of it is missing") from None
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise DamagedFileError(
+            f"{filename} is damaged: it cannot be read ({type(exc).__name__}: {first})"
+        ) from exc
+
+
+def free_bytes(path: str) -> int | None:
+    """Free bytes for unprivileged users on the filesystem holding ``path``."""
+    directory = path
+    while directory and not os.path.isdir(directory):
+        directory = os.path.dirname(directory)
+    try:
+        st = os.statvfs(directory or ".")
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(exc)
+        # HDF5 reports the system error in its own error stack, as text.
+        if "No space left on device" in text or "errno = 28" in text:
+            return True
+        # zarr writes chunks concurrently and may gather their errors.
+        if any(map(_is_disk_full, getattr(exc, "exceptions", ()) or ())):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+#: A write that failed with less than this much space left failed for want of space.
+_FULL_MARGIN = 1 << 20
+
+
+def disk_full_error(path: str, free: int | None, needed: int) -> OSError:
+    """Return the ``OSError(ENOSPC)`` of a write refused for want of space, naming ``path``."""
+    error = OSError(
+        errno.ENOSPC,
+        f"{path}: disk full ({free} bytes free, the write needs about {needed}); "
+        "free some space and run again, the file was not changed",
+        path,
+    )
+    error.psyrun_disk_full = True
+    return error
+
+
+def raise_if_disk_full(exc: BaseException, path: str, needed: int = 0) -> None:
+    """Raise ``OSError(ENOSPC)`` naming ``path`` when ``exc`` came from a full disk.
+
+    Some libraries wrap the system's error (HDF5 reports it in its own
+    errors, or as a missing node); so a failed write also counts as a full
+    disk when the filesystem has less free space left than ``needed`` bytes
+    plus 1 MiB. Returns (the caller re-raises ``exc``) otherwise.
+
+    Parameters
+    ----------
+    exc
+        The error a write raised.
+    path
+        The file (or directory) being written.
+    needed
+        Bytes the write needed, when known.
+    """
+    free = free_bytes(path)
+    ours = getattr(exc, "psyrun_disk_full", False)
+    if ours and getattr(exc, "filename", None) == path:
+        raise exc  # already says so, naming this file
+    if ours or _is_disk_full(exc) or (free is not None and free < needed + _FULL_MARGIN):
+        where = f"{free} bytes free" if free is not None else "no space left"
+        cause = "" if ours else f"; {type(exc).__name__}: {_first_line(exc)}"
+        error = OSError(
+            errno.ENOSPC,
+            f"{path}: disk full ({where}{cause}); free some space and run again, "
+            "nothing already written was changed",
+            path,
+        )
+        error.psyrun_disk_full = True
+        raise error from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "write failed"
 
 
 def _sync(path: str) -> None:
@@ -81,6 +263,17 @@ def _as_json_dict(metadata: Mapping[str, Any]) -> dict[str, Any]:
         ) from None
 
 
+def _nbytes(data: Mapping[str, np.ndarray]) -> int:
+    return sum(int(getattr(v, "nbytes", 0)) for v in data.values())
+
+
+def _write_failed_for_space(exc: Exception, path: str, data: Mapping[str, np.ndarray]) -> bool:
+    if _is_disk_full(exc):
+        return True
+    free = free_bytes(path)
+    return free is not None and free < _nbytes(data) + _FULL_MARGIN
+
+
 class Store(abc.ABC):
     """A file of columnar results that grows by appending chunks of rows.
 
@@ -89,12 +282,19 @@ class Store(abc.ABC):
     array per row). Every store shares these semantics:
 
     * chunks whose per-row arrays differ in shape are padded to the enclosing
-      shape: NaN for floats (integers and booleans are promoted to float),
-      ``''`` for strings, ``None`` for objects;
+      shape: NaN for floats, ``''`` for strings, ``None`` for objects;
+      integers and booleans are promoted to float when every integer is
+      exact as a float64 (``|x| <= 2**53``), else kept exact in an object
+      column with ``None`` (which stores without objects refuse); NaN in a
+      str column marks a missing value and becomes ``''``;
     * a key present in only some chunks is filled with that missing value for
       the other rows, so all columns always have the same length;
     * :meth:`load` returns a dict of NumPy arrays (object arrays for general
-      values); ``load(filename, row=i)`` returns one-element columns.
+      values); ``load(filename, row=i)`` returns one-element columns;
+    * a damaged file (truncated, changed, lacking a member) raises
+      :class:`~psyrun.exceptions.DamagedFileError` from every read, and a
+      write on a full disk raises ``OSError(ENOSPC)`` and leaves the file
+      as it was.
 
     Attributes
     ----------
@@ -170,14 +370,19 @@ class Store(abc.ABC):
         if count(new) == 0:
             # No rows: nothing to add (and no column may change type because of it).
             return
-        if not self._append_in_place(filename, new):
+        if not self._append_checked(filename, new):
             self._rewrite(filename, new)
 
     @abc.abstractmethod
     def load(self, filename: str, row: int | None = None) -> dict[str, np.ndarray]:
         """Read all columns, or only row ``row`` as one-element columns."""
 
-    def check(self, data: Mapping[str, Any], filename: str | None = None) -> None:
+    def check(
+        self,
+        data: Mapping[str, Any],
+        filename: str | None = None,
+        params: Collection[str] = (),
+    ) -> None:
         """Check that the store can hold ``data``, without writing anything.
 
         Parameters
@@ -187,6 +392,10 @@ class Store(abc.ABC):
         filename
             The file the rows are meant for, when known (a store chosen by
             file name, like :class:`~psyrun.store.AutodetectStore`, needs it).
+        params
+            The keys of ``data`` that are parameters rather than outputs:
+            the message for such a key does not advise
+            ``exclude_from_result`` (a parameter must stay in the result).
 
         Raises
         ------
@@ -196,11 +405,22 @@ class Store(abc.ABC):
         TypeError, ValueError
             When ``data`` is not a mapping of equal-length columns.
         """
-        columns = self._prepare(data)
-        if self.column_kinds is None:
-            error = self._unpicklable(columns)
-            if error is not None:
-                raise error
+        try:
+            columns = self._prepare(data)
+            if self.column_kinds is None:
+                error = self._unpicklable(columns)
+                if error is not None:
+                    raise error
+        except UnsupportedValueError as exc:
+            if exc.key is None or exc.key not in params:
+                raise
+            raise UnsupportedValueError(
+                f"{type(self).__name__} cannot hold the values of the parameter {exc.key!r} "
+                f"({str(exc).split('(', 1)[-1].split(')', 1)[0]}): every row of the result "
+                "holds its parameters, so give it values of one kind the store holds "
+                "(numbers, booleans or str), or use a store that can hold them (PickleStore).",
+                exc.key,
+            ) from None
 
     def exists(self, filename: str) -> bool:
         """Whether ``filename`` holds a result of this store."""
@@ -391,10 +611,20 @@ class Store(abc.ABC):
         found = find_unsupported(data, self.column_kinds)
         if found is not None:
             key, what = found
+            if _big_ints_with_gaps(data[key]):
+                raise UnsupportedValueError(
+                    f"{type(self).__name__} cannot hold the value of {key!r} (integers "
+                    "beyond 2**53 with no value on some rows): a missing value would make "
+                    "the column float64, which rounds such integers. Return it on every "
+                    "row, or use PickleStore or NpzStore, which keep them exact (None "
+                    "marks the missing rows).",
+                    key,
+                )
             raise UnsupportedValueError(
                 f"{type(self).__name__} cannot hold the value of {key!r} ({what}): "
                 "it stores only numbers, booleans and str. List it in "
-                "exclude_from_result, or use a store that can hold it (PickleStore)."
+                "exclude_from_result, or use a store that can hold it (PickleStore).",
+                key,
             )
 
     # -- the shared algorithm --------------------------------------------------
@@ -417,7 +647,8 @@ class Store(abc.ABC):
         return UnsupportedValueError(
             f"{type(self).__name__} cannot hold the value of {key!r} ({what}): it cannot "
             f"be pickled ({reason}). List it in exclude_from_result, or return a value "
-            "that can be pickled."
+            "that can be pickled.",
+            key,
         )
 
     @contextlib.contextmanager
@@ -444,12 +675,27 @@ class Store(abc.ABC):
             self._write_file(tmp, data)
             if metadata:
                 self._write_metadata(tmp, metadata)
-        except BaseException:
+        except BaseException as exc:
+            # Measure the free space before the partial file is removed.
+            full = isinstance(exc, Exception) and _write_failed_for_space(exc, tmp, data)
             remove_path(tmp)
+            if os.path.lexists(tmp):
+                # A library may still be finishing writes it had started.
+                time.sleep(0.2)
+                remove_path(tmp)
+            if full:
+                raise_if_disk_full(exc, filename, needed=1 << 62)
             raise
         # Not removed on failure from here on: a directory result may then
         # exist only under the temporary name (see replace).
         self.replace(tmp, filename)
+
+    def _append_checked(self, filename: str, data: dict[str, np.ndarray]) -> bool:
+        try:
+            return self._append_in_place(filename, data)
+        except Exception as exc:
+            raise_if_disk_full(exc, filename, _nbytes(data))
+            raise
 
     def _load_via_rows(self, filename: str, row: int | None) -> dict[str, np.ndarray]:
         """:meth:`load` for stores that read row ranges and count rows cheaply."""

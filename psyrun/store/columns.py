@@ -15,6 +15,7 @@ import numpy as np
 
 __all__ = [
     "ARRAY_KINDS",
+    "EXACT_FLOAT_INT",
     "common_dtype",
     "count",
     "find_unpicklable",
@@ -33,6 +34,25 @@ __all__ = [
 #: dtype kinds of the columns the array stores (HDF5, zarr) can hold:
 #: boolean, integer, float, complex and str.
 ARRAY_KINDS = "biufcU"
+
+#: Integers up to this magnitude are exact in float64; a column of larger
+#: ones that needs a missing value becomes an object column (None) instead.
+EXACT_FLOAT_INT = 2**53
+
+
+def _ints_exact_in_float(arrays: Sequence[np.ndarray]) -> bool:
+    """Whether every integer of ``arrays`` is exact as a float64."""
+    return not any(
+        a.dtype.kind in "iu"
+        and a.size
+        and (int(a.max()) > EXACT_FLOAT_INT or int(a.min()) < -EXACT_FLOAT_INT)
+        for a in arrays
+    )
+
+
+def _nan_only(a: np.ndarray) -> bool:
+    """Tell whether ``a`` is a float column of NaN only: rows without a value (psyrun's mark)."""
+    return a.dtype.kind == "f" and a.size > 0 and bool(np.isnan(a).all())
 
 
 def _object_column(values: Sequence[Any]) -> np.ndarray:
@@ -67,6 +87,9 @@ def to_column(values: Any) -> np.ndarray:
         return np.empty(0, dtype=float)
     n_str = sum(isinstance(v, str) for v in values)
     if 0 < n_str < len(values):
+        if all(isinstance(v, str) or _is_nan_scalar(v) for v in values):
+            # Strings on some rows, NaN (no value) on the others: '' marks them.
+            return np.array(["" if _is_nan_scalar(v) else v for v in values], dtype=str)
         return _object_column(values)
     if any(v is None or isinstance(v, Mapping) for v in values):
         return _object_column(values)
@@ -87,6 +110,18 @@ def to_column(values: Any) -> np.ndarray:
     if (arr.dtype.kind == "O" and arr.ndim > 1) or (arr.dtype.kind in "US" and n_str == 0):
         # Nested objects, or NumPy turning non-str rows (e.g. (1, 'x')) into text.
         return _object_column(values)
+    if arr.dtype.kind == "f" and arr.ndim == 1 and np.isnan(arr).any():
+        big = [
+            v
+            for v in values
+            if isinstance(v, (int, np.integer))
+            and not isinstance(v, (bool, np.bool_))
+            and abs(int(v)) > EXACT_FLOAT_INT
+        ]
+        if big:
+            # Integers float64 would round, NaN (no value) on other rows: keep
+            # the integers exact, None marks the missing ones.
+            return _object_column([None if _is_nan_scalar(v) else v for v in values])
     return arr
 
 
@@ -120,10 +155,16 @@ def normalize(data: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return out
 
 
-def padded_dtype(dtype: np.dtype) -> np.dtype:
-    """Return the dtype a column gets once padded with its missing value."""
+def padded_dtype(dtype: np.dtype, values: Sequence[np.ndarray] = ()) -> np.dtype:
+    """Return the dtype a column gets once padded with its missing value.
+
+    Integers and booleans become float64 (NaN marks a missing value) when
+    every integer of ``values`` is exact as a float64 (``|x| <= 2**53``),
+    and an object column (``None`` marks a missing value) otherwise, so
+    that no integer is ever rounded.
+    """
     if dtype.kind in "iub":
-        return np.dtype(float)
+        return np.dtype(float) if _ints_exact_in_float(values) else np.dtype(object)
     if dtype.kind in "fcUSOmM":
         return dtype
     return np.dtype(object)
@@ -172,14 +213,23 @@ def merge_chunks(chunks: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.nda
         keys.update(dict.fromkeys(chunk))
     out = {}
     for key in keys:
-        present = [c[key] for c in chunks if key in c]
+        cols = [c.get(key) for c in chunks]
+        kinds = {a.dtype.kind for a in cols if a is not None and len(a)}
+        if "f" in kinds and kinds & set("Uiub"):
+            # Chunks whose rows all lack a value (NaN, as the mapper and the
+            # parameter space mark them) next to str or integer chunks are
+            # missing rows: they must not turn the column into objects or
+            # round its integers.
+            cols = [None if a is not None and _nan_only(a) else a for a in cols]
+        present = [a for a in cols if a is not None]
         # Chunks without rows hold no values: they must not change the type
         # or per-row shape of the rows that exist (an empty list is float).
         if total:
             present = [a for a in present if len(a)]
         if not present:
             # The key only appears in chunks without rows: all its rows are missing.
-            dtype = padded_dtype(next(c[key] for c in chunks if key in c).dtype)
+            first = next((c[key] for c in chunks if key in c), None)
+            dtype = padded_dtype(first.dtype) if first is not None else np.dtype(float)
             out[key] = np.full(total, missing_value(dtype), dtype=dtype)
             continue
         dtype = common_dtype([a.dtype for a in present])
@@ -187,16 +237,16 @@ def merge_chunks(chunks: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.nda
         if len(ndims) > 1:
             # Scalars in some chunks, arrays in others: keep each row's value.
             pieces = []
-            for chunk, n in zip(chunks, lengths):
-                if key in chunk:
-                    pieces.extend(list(chunk[key]))
+            for col, n in zip(cols, lengths):
+                if col is not None:
+                    pieces.extend(list(col))
                 else:
                     pieces.extend([None] * n)
             out[key] = _object_column(pieces)
             continue
         shape = tuple(np.max([a.shape[1:] for a in present], axis=0)) if ndims != {1} else ()
         shape = tuple(int(s) for s in shape)
-        rows_without_key = any(n and key not in c for c, n in zip(chunks, lengths))
+        rows_without_key = any(n and col is None for col, n in zip(cols, lengths))
         needs_padding = rows_without_key or any(a.shape[1:] != shape for a in present)
         if not needs_padding:
             if dtype.kind == "O":
@@ -204,13 +254,12 @@ def merge_chunks(chunks: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.nda
                 present = [a.astype(object, copy=False) for a in present]
             out[key] = np.concatenate(present).astype(dtype, copy=False) if present else None
             continue
-        dtype = padded_dtype(dtype)
+        dtype = padded_dtype(dtype, present)
         column = np.full((total, *shape), missing_value(dtype), dtype=dtype)
         start = 0
-        for chunk, n in zip(chunks, lengths):
-            if key in chunk and n:
-                a = chunk[key]
-                column[(slice(start, start + n), *(slice(0, s) for s in a.shape[1:]))] = a
+        for col, n in zip(cols, lengths):
+            if col is not None and n:
+                column[(slice(start, start + n), *(slice(0, s) for s in col.shape[1:]))] = col
             start += n
         out[key] = column
     return out

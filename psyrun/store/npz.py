@@ -16,6 +16,19 @@ members' local headers from the start of the file and keeps every member
 that is complete and passes its CRC check, which loses only the chunk being
 appended. The next append truncates the torn tail and writes a new member
 list in place (no rewrite of the data).
+
+Damage: a zip's members carry CRC-32s, but a file cut short looks like one
+whose append was killed. So every file this version writes carries a commit
+record in an extra field of its first member's local header (which zip
+readers skip, and which no append moves): the number of committed members,
+the number of rows, and a CRC-32 over every committed member's name, CRC-32
+and size. An append writes its member and the new member list, syncs them,
+and only then rewrites the record in place (28 bytes inside the first
+sector: one write). A reader takes exactly the members the record names:
+fewer (a truncated file, a deleted member), others (a replaced member) or a
+record that fails its own CRC raise :class:`~psyrun.exceptions.DamagedFileError`;
+more are the torn tail of an append, ignored and cut off by the next one.
+Files written before the record existed read as before.
 """
 
 from __future__ import annotations
@@ -26,6 +39,7 @@ import json
 import os
 import re
 import struct
+import time
 import zipfile
 import zlib
 from collections.abc import Iterator, Mapping
@@ -33,7 +47,14 @@ from typing import IO, Any
 
 import numpy as np
 
-from psyrun.store.base import DEFAULT_CHUNK_ROWS, Store
+from psyrun.exceptions import DamagedFileError
+from psyrun.store.base import (
+    DEFAULT_CHUNK_ROWS,
+    NotAResultError,
+    Store,
+    damage_on_error,
+    raise_if_disk_full,
+)
 from psyrun.store.columns import count, merge_chunks, select_row
 
 __all__ = ["NpzStore"]
@@ -166,9 +187,137 @@ def _scan_members(fp: IO[bytes]) -> tuple[list[tuple[zipfile.ZipInfo, int]], int
         info.CRC = crc
         info.compress_size = info.file_size = csize
         info.header_offset = end
+        info.extra = extra
         members.append((info, start))
         end = start + csize
     return members, end
+
+
+# The commit record: an extra field of the first member's local header.
+_RECORD_ID = 0x5350  # 'PS'
+_RECORD = struct.Struct("<4sQQI")  # tag, committed members, rows, CRC-32 of the members
+_RECORD_TAG = b"PSY2"
+_RECORD_FIELD = struct.Struct("<HH")
+_RECORD_SIZE = _RECORD.size + 4  # with the record's own CRC-32
+
+
+def _record_extra() -> bytes:
+    """Return a member's extra field for the commit record (see :func:`_write_record`)."""
+    return _RECORD_FIELD.pack(_RECORD_ID, _RECORD_SIZE) + bytes(_RECORD_SIZE)
+
+
+def _read_record(fp: IO[bytes]) -> tuple[tuple[int, int, int] | None, int | None]:
+    """Return ``((members, rows, chain), offset)`` of the commit record, or ``(None, None)``.
+
+    Raises DamagedFileError when the record is there but fails its CRC-32.
+    """
+    fp.seek(0)
+    header = fp.read(_LOCAL_HEADER.size)
+    if header[:4] != zipfile.stringFileHeader[: len(header[:4])] or not header:
+        return None, None
+    nlen, xlen = _LOCAL_HEADER.unpack(header)[-2:] if len(header) == _LOCAL_HEADER.size else (0, 0)
+    fp.seek(_LOCAL_HEADER.size + nlen)
+    extra = fp.read(xlen)
+    if len(header) < _LOCAL_HEADER.size or len(extra) < xlen:
+        # Every npz with members holds at least its first member's header.
+        raise DamagedFileError(f"{getattr(fp, 'name', 'the file')} is damaged: it is cut short")
+    pos = 0
+    while pos + 4 <= len(extra):
+        tag, size = _RECORD_FIELD.unpack_from(extra, pos)
+        if tag == _RECORD_ID and size == _RECORD_SIZE:
+            payload = extra[pos + 4 : pos + 4 + size]
+            record = payload[: _RECORD.size]
+            (crc,) = struct.unpack("<I", payload[_RECORD.size :])
+            offset = _LOCAL_HEADER.size + nlen + pos + 4
+            if len(payload) < size or zlib.crc32(record) != crc:
+                raise DamagedFileError(
+                    f"{getattr(fp, 'name', 'the file')} is damaged: its commit record "
+                    "fails its checksum"
+                )
+            tag_bytes, members, rows, chain = _RECORD.unpack(record)
+            if tag_bytes != _RECORD_TAG:
+                name = getattr(fp, "name", "the file")
+                raise DamagedFileError(f"{name} is damaged: its commit record is unreadable")
+            return (members, rows, chain), offset
+        pos += 4 + size
+    return None, None
+
+
+def _record_offset(fp: IO[bytes]) -> int:
+    """Return the offset of the commit record in the first member's local header."""
+    fp.seek(0)
+    nlen, xlen = _LOCAL_HEADER.unpack(fp.read(_LOCAL_HEADER.size))[-2:]
+    fp.seek(_LOCAL_HEADER.size + nlen)
+    extra = fp.read(xlen)
+    if extra[:4] != _RECORD_FIELD.pack(_RECORD_ID, _RECORD_SIZE):
+        raise RuntimeError("the first member has no room for the commit record")
+    return _LOCAL_HEADER.size + nlen + 4
+
+
+def _write_record(fp: IO[bytes], offset: int, members: int, rows: int, chain: int) -> None:
+    record = _RECORD.pack(_RECORD_TAG, members, rows, chain)
+    fp.seek(offset)
+    fp.write(record + struct.pack("<I", zlib.crc32(record)))
+
+
+def _chain(infos: list[zipfile.ZipInfo], crc: int = 0) -> int:
+    """CRC-32 over the names, CRC-32s and sizes of `infos`, continuing `crc`."""
+    for info in infos:
+        crc = zlib.crc32(info.filename.encode("utf-8"), crc)
+        crc = zlib.crc32(struct.pack("<IQ", info.CRC, info.file_size), crc)
+    return crc
+
+
+def _data_end(fp: IO[bytes], info: zipfile.ZipInfo) -> int:
+    """Return the offset where the data of the member `info` ends (from its local header)."""
+    fp.seek(info.header_offset)
+    header = fp.read(_LOCAL_HEADER.size)
+    if len(header) < _LOCAL_HEADER.size or header[:4] != zipfile.stringFileHeader:
+        raise DamagedFileError(
+            f"{getattr(fp, 'name', 'the file')} is damaged: member {info.filename!r} is missing"
+        )
+    nlen, xlen = _LOCAL_HEADER.unpack(header)[-2:]
+    return info.header_offset + _LOCAL_HEADER.size + nlen + xlen + info.compress_size
+
+
+def _all_members(fp: IO[bytes]) -> tuple[list[zipfile.ZipInfo], zipfile.ZipFile | None]:
+    """Return every member in file order (from the local headers when the member list is torn)."""
+    try:
+        zf = zipfile.ZipFile(fp)
+    except zipfile.BadZipFile:
+        return [info for info, _ in _scan_members(fp)[0]], None
+    return sorted(zf.infolist(), key=lambda info: info.header_offset), zf
+
+
+def _committed(fp: IO[bytes], record: tuple[int, int, int]) -> list[zipfile.ZipInfo]:
+    """Return the members the commit `record` names; DamagedFileError when they are missing."""
+    n, _, chain = record
+    infos, zf = _all_members(fp)
+    if zf is not None:
+        zf.close()
+    committed = infos[:n]
+    if len(committed) < n or _chain(committed) != chain:
+        name = getattr(fp, "name", "the file")
+        what = f"{len(infos)} of its {n} members" if len(infos) < n else "other members"
+        raise DamagedFileError(
+            f"{name} is damaged: it holds {what} than its commit record names "
+            "(truncated, or a member deleted or replaced)"
+        )
+    return committed
+
+
+class _Committed:
+    """Read-only view of a zip restricted to its committed members."""
+
+    def __init__(self, fp: IO[bytes], names: list[str], zf: zipfile.ZipFile | None) -> None:
+        self._names = names
+        self._zf = zf if zf is not None else _Salvaged(fp)
+
+    def namelist(self) -> list[str]:
+        return list(self._names)
+
+    def open(self, name: str) -> IO[bytes]:
+        return self._zf.open(name)
 
 
 class _Salvaged:
@@ -200,7 +349,7 @@ def _check_is_zip(fp: IO[bytes], filename: str) -> None:
     # A zip starts with its first member, or (no members) with its end record.
     if size and fp.read(4) not in (zipfile.stringFileHeader, zipfile.stringEndArchive):
         fp.seek(0)
-        raise ValueError(
+        raise NotAResultError(
             f"{filename!r} is not an .npz file (no zip archive at its start); "
             "check the file name or the task's store, nothing was changed"
         )
@@ -208,17 +357,51 @@ def _check_is_zip(fp: IO[bytes], filename: str) -> None:
 
 
 @contextlib.contextmanager
-def _open_archive(filename: str) -> Iterator[zipfile.ZipFile | _Salvaged]:
-    """Open ``filename`` for reading, salvaging the members of a torn file."""
+def _open_archive(filename: str) -> Iterator[zipfile.ZipFile | _Salvaged | _Committed]:
+    """Open ``filename`` for reading: its committed members, or those a torn file kept."""
     with open(filename, "rb") as fp:
+        _check_is_zip(fp, filename)
+        record, _ = _read_record(fp)
+        if record is None:
+            _check_no_record_expected(fp, filename)
+        if record is not None:
+            names = [info.filename for info in _committed(fp, record)]
+            try:
+                zf = zipfile.ZipFile(fp)
+            except zipfile.BadZipFile:
+                zf = None
+            try:
+                yield _Committed(fp, names, zf)
+            finally:
+                if zf is not None:
+                    zf.close()
+            return
         try:
             archive = zipfile.ZipFile(fp)
         except zipfile.BadZipFile:
-            _check_is_zip(fp, filename)
             yield _Salvaged(fp)
             return
         with archive:
             yield archive
+
+
+def _check_no_record_expected(fp: IO[bytes], filename: str) -> None:
+    """Raise DamagedFileError when members of a file without a record say it had one."""
+    infos, zf = _all_members(fp)
+    if zf is not None:
+        zf.close()
+    mark = _RECORD_FIELD.pack(_RECORD_ID, _RECORD_SIZE)
+    if any(mark in info.extra for info in infos):
+        raise DamagedFileError(
+            f"{filename} is damaged: the member holding its commit record is missing"
+        )
+
+
+def _committed_rows(filename: str) -> int | None:
+    """Return the row count of the commit record, None for a file without one."""
+    with open(filename, "rb") as fp:
+        record, _ = _read_record(fp)
+    return None if record is None else record[1]
 
 
 def _open_for_append(fp: IO[bytes]) -> zipfile.ZipFile:
@@ -230,12 +413,30 @@ def _open_for_append(fp: IO[bytes]) -> zipfile.ZipFile:
     the archive is told about them, so closing it writes a full member list.
     """
     _check_is_zip(fp, getattr(fp, "name", "the file"))
-    size = fp.seek(0, os.SEEK_END)
-    fp.seek(0)
-    zf = zipfile.ZipFile(fp, "a", compression=zipfile.ZIP_STORED)
-    if fp.tell() < size:  # zipfile found the member list and stands at its start
-        return zf
-    members, end = _scan_members(fp)
+    record, _ = _read_record(fp)
+    if record is not None:
+        committed = _committed(fp, record)
+        infos, reader = _all_members(fp)
+        if reader is not None:
+            reader.close()
+        if reader is not None and len(infos) == len(committed):
+            fp.seek(0)
+            return zipfile.ZipFile(fp, "a", compression=zipfile.ZIP_STORED)
+        # Cut off what an interrupted append left after the committed members;
+        # without a member list zipfile starts an empty archive at the end.
+        end = _data_end(fp, committed[-1])
+        fp.seek(end)
+        fp.truncate()
+        fp.seek(0)
+        zf = zipfile.ZipFile(fp, "a", compression=zipfile.ZIP_STORED)
+        members = [(info, None) for info in committed]
+    else:
+        size = fp.seek(0, os.SEEK_END)
+        fp.seek(0)
+        zf = zipfile.ZipFile(fp, "a", compression=zipfile.ZIP_STORED)
+        if fp.tell() < size:  # zipfile found the member list and stands at its start
+            return zf
+        members, end = _scan_members(fp)
     fp.seek(end)
     fp.truncate()
     # ZipFile keeps its members in filelist/NameToInfo and writes new ones at
@@ -277,16 +478,19 @@ class NpzStore(Store):
         return dict(sorted(chunks.items()))
 
     @staticmethod
-    def _read_chunk(zf: zipfile.ZipFile | _Salvaged, chunk: int, keys: list[str] | None):
+    def _read_chunk(zf, chunk: int, keys: list[str] | None):
+        def read(name: str) -> np.ndarray:
+            with zf.open(name) as member:
+                array = np.lib.format.read_array(member, allow_pickle=True)
+                # Read to the end: zipfile checks the member's CRC-32 there.
+                if member.read():
+                    raise DamagedFileError(f"member {name!r} holds more than its array")
+            return array
+
         if keys is None:
-            with zf.open(_member(chunk, None)) as member:
-                record = np.lib.format.read_array(member, allow_pickle=True)
+            record = read(_member(chunk, None))
             return {key: record[key] for key in record.dtype.names}
-        out = {}
-        for key in keys:
-            with zf.open(_member(chunk, key)) as member:
-                out[key] = np.lib.format.read_array(member, allow_pickle=True)
-        return out
+        return {key: read(_member(chunk, key)) for key in keys}
 
     def _check_columns(self, data: dict[str, np.ndarray]) -> None:
         _check_names(data)
@@ -298,23 +502,75 @@ class NpzStore(Store):
         with self._pickling(data):
             members = _members(chunk, data)
         for name, raw in members.items():
-            with zf.open(name, "w", force_zip64=True) as member:
+            info = zipfile.ZipInfo(name, time.localtime(time.time())[:6])
+            info.compress_type = zipfile.ZIP_STORED
+            info.external_attr = 0o600 << 16
+            # The first member's holds the commit record; the others' mark the
+            # file as one that has a record, should the first member be lost.
+            info.extra = _record_extra()
+            with zf.open(info, "w", force_zip64=True) as member:
                 member.write(raw)
 
     def _write_file(self, path: str, data: dict[str, np.ndarray]) -> None:
-        # A plain .npz, as np.savez writes it.
+        # A plain .npz, as np.savez writes it, with the commit record.
         with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
             self._write_chunk(zf, 0, data)
+        if not data:
+            return  # no member to hold a commit record (and no rows to protect)
+        with open(path, "r+b") as fp:
+            infos, zf = _all_members(fp)
+            zf.close()
+            _write_record(fp, _record_offset(fp), len(infos), count(data), _chain(infos))
 
-    def _append_in_place(self, filename: str, data: dict[str, np.ndarray]) -> bool:
-        """Add the rows as a new member; every chunk fits, so this always succeeds."""
-        with open(filename, "r+b") as fp, _open_for_append(fp) as zf:
-            chunks = self._chunks(zf)
-            self._write_chunk(zf, max(chunks, default=-1) + 1, data)
+    def _add_members(self, filename: str, write, rows: int) -> bool:
+        """Add members to the file (``write(zf)``), then commit them in its record.
+
+        Returns False, having changed nothing, for a file without a commit
+        record (written before it existed): it is rewritten once instead.
+        """
+        with damage_on_error(filename), open(filename, "rb") as fp:
+            record, offset = _read_record(fp)
+            if record is None:
+                return False
+            committed_end = _data_end(fp, _committed(fp, record)[-1])
+        with open(filename, "r+b") as fp:
+            zf = _open_for_append(fp)
+            try:
+                write(zf)
+                zf.close()
+                fp.flush()
+                os.fsync(fp.fileno())
+            except BaseException as exc:
+                # The record still names the old members; give back the space
+                # the torn member took (the next append writes a member list).
+                zf._didModify = False  # no member list now: it may not fit
+                with contextlib.suppress(Exception):
+                    zf.close()
+                with contextlib.suppress(OSError):
+                    fp.truncate(committed_end)
+                if isinstance(exc, Exception):
+                    raise_if_disk_full(exc, filename)
+                raise
+            infos, reader = _all_members(fp)
+            if reader is not None:
+                reader.close()
+            # The commit: the record now names the new members too.
+            chain = _chain(infos[record[0] :], record[2])
+            _write_record(fp, offset, len(infos), record[1] + rows, chain)
+            fp.flush()
+            os.fsync(fp.fileno())
         return True
 
+    def _append_in_place(self, filename: str, data: dict[str, np.ndarray]) -> bool:
+        """Add the rows as a new member and commit it."""
+
+        def write(zf: zipfile.ZipFile) -> None:
+            self._write_chunk(zf, max(self._chunks(zf), default=-1) + 1, data)
+
+        return self._add_members(filename, write, count(data))
+
     @staticmethod
-    def _metadata_members(zf: zipfile.ZipFile | _Salvaged) -> dict[int, str]:
+    def _metadata_members(zf) -> dict[int, str]:
         found = {}
         for name in zf.namelist():
             match = _METADATA_MEMBER.match(name)
@@ -323,13 +579,16 @@ class NpzStore(Store):
         return found
 
     def _write_metadata(self, path: str, metadata: dict[str, Any]) -> None:
-        with open(path, "r+b") as fp, _open_for_append(fp) as zf:
+        def write(zf: zipfile.ZipFile) -> None:
             number = max(self._metadata_members(zf), default=0) + 1
             with zf.open(f"psyrun_metadata.{number:06d}.json", "w") as member:
                 member.write(json.dumps(metadata).encode("utf-8"))
 
+        if not self._add_members(path, write, 0):
+            self._write_whole(path, self.load(path), metadata)
+
     def _read_metadata(self, filename: str) -> dict[str, Any] | None:
-        with _open_archive(filename) as zf:
+        with damage_on_error(filename), _open_archive(filename) as zf:
             members = self._metadata_members(zf)
             if not members:
                 return None
@@ -337,10 +596,26 @@ class NpzStore(Store):
                 return json.loads(member.read().decode("utf-8"))
 
     def iter_file_chunks(self, filename: str) -> Iterator[dict[str, np.ndarray]]:
-        """Yield the chunks as they were appended (columns not yet padded)."""
-        with _open_archive(filename) as zf:
-            for chunk, keys in self._chunks(zf).items():
-                yield self._read_chunk(zf, chunk, keys)
+        """Yield the chunks as they were appended (columns not yet padded).
+
+        Raises
+        ------
+        psyrun.exceptions.DamagedFileError
+            When a member is missing, fails its CRC-32, or the rows differ
+            from the count the file's commit record holds.
+        """
+        with damage_on_error(filename):
+            expected = _committed_rows(filename)
+            seen = 0
+            with _open_archive(filename) as zf:
+                for chunk, keys in self._chunks(zf).items():
+                    piece = self._read_chunk(zf, chunk, keys)
+                    seen += count(piece)
+                    yield piece
+            if expected is not None and seen != expected:
+                raise DamagedFileError(
+                    f"{filename} is damaged: it holds {seen} rows, its commit record {expected}"
+                )
 
     def load(self, filename: str, row: int | None = None) -> dict[str, np.ndarray]:
         """Read and join all chunks (or row ``row`` as one-element columns)."""
@@ -377,10 +652,17 @@ class NpzStore(Store):
 
     def count_rows(self, filename: str) -> int:
         """Count the rows from the ``.npy`` headers only."""
-        with _open_archive(filename) as zf:
-            return sum(
-                self._signature(zf, chunk, keys)[0] for chunk, keys in self._chunks(zf).items()
+        with damage_on_error(filename):
+            expected = _committed_rows(filename)
+            with _open_archive(filename) as zf:
+                n = sum(
+                    self._signature(zf, chunk, keys)[0] for chunk, keys in self._chunks(zf).items()
+                )
+        if expected is not None and n != expected:
+            raise DamagedFileError(
+                f"{filename} is damaged: it holds {n} rows, its commit record {expected}"
             )
+        return n
 
     def iter_chunks(
         self, filename: str, chunk_rows: int = DEFAULT_CHUNK_ROWS
@@ -393,7 +675,7 @@ class NpzStore(Store):
         """
         if chunk_rows < 1:
             raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
-        with _open_archive(filename) as zf:
+        with damage_on_error(filename), _open_archive(filename) as zf:
             signatures = {self._signature(zf, c, keys)[1] for c, keys in self._chunks(zf).items()}
         if len(signatures) > 1:
             yield from super().iter_chunks(filename, chunk_rows)

@@ -12,6 +12,20 @@ byte left out; only when everything (including the new trailer) is on disk is
 that first byte written over the old STOP. Until then the old STOP ends the
 pickle and the old rows load unchanged.
 
+Damage: every file this version writes starts with a format tag (a bytes
+object pushed and popped, invisible to ``pickle.load``), and its trailer
+records the row count and a CRC-32 of every byte before STOP, plus a CRC-32
+of its own. An append does not overwrite the old trailer: it is written at
+the end of the file, after the old trailer, and the commit byte over the old
+STOP is ``BINBYTES``, which makes ``pickle.load`` read the old trailer as a
+bytes object (popped again) and carry on into the new rows. So the committed
+trailer survives an append that was killed: a reader that finds no valid
+trailer at the end looks for the last committed one before it and drops only
+what follows it (the torn append). A file whose committed trailer is gone
+(truncated), or whose bytes disagree with its CRC (a flipped byte, bytes cut
+out), raises :class:`~psyrun.exceptions.DamagedFileError`. Files written
+before the tag existed have no checksums and read as before.
+
 Speed: the rows of 1-d bool, int and float columns are turned into opcodes by
 NumPy (one fixed-size record per row, :mod:`psyrun.store.pickle_codec`)
 rather than by pickling ``tolist()``, and read back the same way; ``pickle.load``
@@ -20,16 +34,19 @@ gives the same Python values.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import pickle
 import struct
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from psyrun.store.base import Store
+from psyrun.exceptions import DamagedFileError
+from psyrun.store.base import Store, damage_on_error, raise_if_disk_full
 from psyrun.store.columns import count, fits_layout, normalize, select_row
 from psyrun.store.pickle_codec import decode_items, encode_items
 
@@ -39,7 +56,66 @@ _PROTOCOL = 3  # no framing, so the opcode stream can be cut and extended freely
 _MAGIC = b"PSYRUNPK1"
 _TRAILER_END = struct.Struct("<Q")  # length of the pickled trailer metadata
 _SLOT = struct.Struct("<I")  # the memo slot of a column's list
-_HEADER = pickle.PROTO + bytes([_PROTOCOL]) + pickle.EMPTY_DICT
+_HEADER = pickle.PROTO + bytes([_PROTOCOL]) + pickle.EMPTY_DICT  # files of earlier versions
+_TAG = b"PSYRUNPK2"
+# Files with checksums: the tag is pushed and popped before the dict.
+_HEADER2 = (
+    pickle.PROTO
+    + bytes([_PROTOCOL])
+    + pickle.SHORT_BINBYTES
+    + bytes([len(_TAG)])
+    + _TAG
+    + pickle.POP
+    + pickle.EMPTY_DICT
+)
+_BLOB_LEN = struct.Struct("<I")  # BINBYTES' length: the trailer after STOP is its argument
+_CRC = struct.Struct("<I")
+_FORMAT = 2  # the trailer's "format" of files with checksums
+_SCAN_BLOCK = 1 << 20
+_SUM_PIECE = 1 << 18  # bytes read and summed at a time (fits a processor cache)
+_WORD = np.dtype("<u8")
+
+
+class _Sum64:
+    """The sum, modulo 2**64, of a byte stream read as little-endian 64-bit words.
+
+    The last, partial word is padded with zeros. It changes with any changed
+    byte (and with a zeroed block, unless it summed to zero already) and
+    NumPy computes it at memory speed, several times faster than CRC-32, so
+    :meth:`PickleStore.load` can check every file it reads. ``verify`` also
+    checks the CRC-32.
+    """
+
+    def __init__(self, total: int = 0, pending: bytes = b"") -> None:
+        self.total = total
+        self.pending = pending  # the bytes of the current, incomplete word
+
+    def update(self, data) -> None:
+        data = memoryview(data).cast("B")
+        if self.pending:
+            take = min(8 - len(self.pending), len(data))
+            self.pending += bytes(data[:take])
+            data = data[take:]
+            if len(self.pending) < 8:
+                return
+            self.total += int.from_bytes(self.pending, "little")
+            self.pending = b""
+        n = len(data) // 8
+        if n:
+            words = np.frombuffer(data, dtype=_WORD, count=n)
+            self.total += int(np.add.reduce(words, dtype=np.uint64))
+        self.pending = bytes(data[n * 8 :])
+
+    @property
+    def value(self) -> int:
+        return (self.total + int.from_bytes(self.pending.ljust(8, b"\0"), "little")) % 2**64
+
+    @classmethod
+    def resume(cls, value: int, stop: int, tail: bytes) -> _Sum64:
+        """Continue the sum `value` of `stop` bytes whose last partial word is `tail`."""
+        assert len(tail) == stop % 8
+        partial = int.from_bytes(tail.ljust(8, b"\0"), "little") if tail else 0
+        return cls((value - partial) % 2**64, tail)
 
 
 def _raw_opcodes(obj: Any) -> bytes:
@@ -105,8 +181,9 @@ def _decode_file(raw: bytes, meta: dict) -> dict[str, np.ndarray] | None:
             return None
         return pos + len(after)
 
-    pos: int | None = len(_HEADER)
-    if raw[:pos] != _HEADER:
+    header = _HEADER2 if meta.get("format") == _FORMAT else _HEADER
+    pos: int | None = len(header)
+    if raw[:pos] != header:
         return None
     for slot, key in enumerate(columns):
         before = _raw_opcodes(key) + pickle.EMPTY_LIST + pickle.LONG_BINPUT + _SLOT.pack(slot)
@@ -114,6 +191,14 @@ def _decode_file(raw: bytes, meta: dict) -> dict[str, np.ndarray] | None:
         if pos is None:
             return None
     while pos < stop:  # one section per append
+        if raw[pos : pos + 1] == pickle.BINBYTES:
+            # A superseded trailer, pushed as bytes and popped again.
+            (length,) = _BLOB_LEN.unpack_from(raw, pos + 1)
+            pos += 1 + _BLOB_LEN.size + length
+            if raw[pos : pos + 1] != pickle.POP:
+                return None
+            pos += 1
+            continue
         for slot, key in enumerate(columns):
             pos = rows(pos, key, pickle.LONG_BINGET + _SLOT.pack(slot), pickle.POP)
             if pos is None:
@@ -154,49 +239,177 @@ class PickleStore(Store):
     # -- reading -------------------------------------------------------------
 
     @staticmethod
-    def _read_meta(f) -> dict | None:
-        """Return the trailer metadata, or None when the file has no valid trailer."""
-        size = f.seek(0, os.SEEK_END)
+    def _parse_trailer(f, end: int) -> dict | None:
+        """Return the trailer whose magic ends at offset `end`, None when there is none."""
         tail = len(_MAGIC) + _TRAILER_END.size
-        if size < tail:
+        if end < tail:
             return None
-        f.seek(size - tail)
+        f.seek(end - tail)
         raw = f.read(tail)
-        if raw[-len(_MAGIC) :] != _MAGIC:
+        if len(raw) < tail or raw[-len(_MAGIC) :] != _MAGIC:
             return None
         (meta_len,) = _TRAILER_END.unpack(raw[: _TRAILER_END.size])
-        if meta_len > size - tail:
+        start = end - tail - meta_len
+        if start < 0:
             return None
-        f.seek(size - tail - meta_len)
+        f.seek(start)
+        body = f.read(meta_len)
         try:
-            meta = pickle.loads(f.read(meta_len))
+            meta = pickle.loads(body)
         except Exception:
             return None
-        # The trailer is only valid if the append that wrote it was committed:
-        # the byte at its STOP is STOP and the previous STOP was overwritten.
-        f.seek(meta["stop"])
-        if f.read(1) != pickle.STOP:
+        if not isinstance(meta, dict) or not isinstance(meta.get("stop"), int):
             return None
-        if meta["prev_stop"] is not None:
-            f.seek(meta["prev_stop"])
-            if f.read(1) == pickle.STOP:
+        if meta.get("format") == _FORMAT:
+            # Our own CRC, and the place: BINBYTES' argument right after its STOP.
+            if (
+                len(body) < _CRC.size
+                or zlib.crc32(body[: -_CRC.size]) != _CRC.unpack(body[-_CRC.size :])[0]
+            ):
+                return None
+            blob_start = meta["stop"] + 1
+            f.seek(blob_start)
+            if f.read(_BLOB_LEN.size) != _BLOB_LEN.pack(end - blob_start - _BLOB_LEN.size):
                 return None
         return meta
 
+    @staticmethod
+    def _committed(f, meta: dict) -> bool:
+        """Whether the append that wrote `meta` was committed (its STOP ends the pickle)."""
+        f.seek(meta["stop"])
+        if f.read(1) != pickle.STOP:
+            return False
+        if meta.get("prev_stop") is not None:
+            f.seek(meta["prev_stop"])
+            byte = f.read(1)
+            # The commit byte: BINBYTES in files with checksums, anything but STOP before.
+            return (
+                byte == pickle.BINBYTES if meta.get("format") == _FORMAT else byte != pickle.STOP
+            )
+        return True
+
+    @classmethod
+    def _find_commit(cls, f) -> tuple[dict | None, int]:
+        """Return the committed trailer and the offset where it ends.
+
+        ``(None, size)`` for a file of an earlier layout without a valid
+        trailer (``pickle.load`` reads it). A file with checksums whose
+        committed trailer cannot be found is damaged: an append that was
+        killed leaves it intact, before what it wrote.
+        """
+        size = f.seek(0, os.SEEK_END)
+        meta = cls._parse_trailer(f, size)
+        if meta is not None and cls._committed(f, meta):
+            return meta, size
+        f.seek(0)
+        if f.read(len(_HEADER2)) != _HEADER2:
+            return None, size
+        hi = size
+        while hi > 0:
+            lo = max(0, hi - _SCAN_BLOCK)
+            f.seek(lo)
+            block = f.read(hi - lo)
+            i = block.rfind(_MAGIC)
+            while i >= 0:
+                end = lo + i + len(_MAGIC)
+                if end != size:
+                    meta = cls._parse_trailer(f, end)
+                    if (
+                        meta is not None
+                        and meta.get("format") == _FORMAT
+                        and cls._committed(f, meta)
+                    ):
+                        return meta, end
+                i = block.rfind(_MAGIC, 0, i + len(_MAGIC) - 1)
+            hi = lo + len(_MAGIC) - 1 if lo > 0 else 0
+        name = getattr(f, "name", "the file")
+        raise DamagedFileError(
+            f"{name} is damaged: the record of its rows and checksums is missing "
+            "(the file was truncated or overwritten)"
+        )
+
+    @classmethod
+    def _read_meta(cls, f) -> dict | None:
+        """Return the committed trailer, or None for a file of an earlier layout without one."""
+        return cls._find_commit(f)[0]
+
+    @staticmethod
+    def _read_summed(f, meta: dict) -> memoryview:
+        """Read the file up to its STOP, checking the word sum piece by piece.
+
+        Each piece is summed right after it is read, while it is in the
+        processor's cache, into memory that is not cleared first: the check
+        then costs little beside the read.
+        """
+        stop = meta["stop"]
+        view = memoryview(np.empty(stop + 1, dtype=np.uint8))
+        total = _Sum64()
+        f.seek(0)
+        pos = 0
+        while pos <= stop:
+            n = f.readinto(view[pos : min(pos + _SUM_PIECE, stop + 1)])
+            if not n:
+                break
+            total.update(view[pos : min(pos + n, stop)])
+            pos += n
+        if pos != stop + 1 or total.value != meta["sum"]:
+            raise DamagedFileError(
+                f"{getattr(f, 'name', 'the file')} is damaged: its bytes do not match the "
+                "checksum written with them (a changed byte, or bytes cut out)"
+            )
+        return view
+
+    @staticmethod
+    def _check_crc(f, meta: dict, raw: bytes | None = None) -> None:
+        """Raise DamagedFileError unless the bytes before STOP match the trailer's checksums.
+
+        With the bytes in memory (`raw`, up to STOP), the fast 64-bit word
+        sum; else (reading from `f`) the CRC-32.
+        """
+        stop = meta["stop"]
+        if raw is not None:
+            total = _Sum64()
+            total.update(memoryview(raw)[:stop])
+            ok = len(raw) == stop + 1 and total.value == meta["sum"]
+        else:
+            f.seek(0)
+            crc, left = 0, stop
+            while left:
+                block = f.read(min(left, _SCAN_BLOCK))
+                if not block:
+                    break
+                crc = zlib.crc32(block, crc)
+                left -= len(block)
+            ok = not left and crc == meta["crc"]
+        if not ok:
+            raise DamagedFileError(
+                f"{getattr(f, 'name', 'the file')} is damaged: its bytes do not match the "
+                "checksum written with them (a changed byte, or bytes cut out)"
+            )
+
     def _load_all(self, filename: str) -> tuple[dict[str, np.ndarray], dict | None]:
-        with open(filename, "rb") as f:
-            meta = self._read_meta(f)
+        with damage_on_error(filename), open(filename, "rb") as f:
+            meta, _ = self._find_commit(f)
+            checked = meta is not None and meta.get("format") == _FORMAT
             if meta is not None:
-                f.seek(0)
-                data = _decode_file(f.read(meta["stop"] + 1), meta)
+                raw = self._read_summed(f, meta) if checked else f.read(meta["stop"] + 1)
+                data = _decode_file(raw, meta)
                 if data is not None:
                     return data, meta
+                del raw
             f.seek(0)
             raw = pickle.load(f)
         if not isinstance(raw, Mapping):
             raise ValueError(
                 f"{filename!r} does not hold a pickled dict of columns "
                 f"(found {type(raw).__name__}); is it a psyrun result file?"
+            )
+        if checked and (
+            set(raw) != set(meta["columns"]) or any(len(v) != meta["rows"] for v in raw.values())
+        ):
+            raise DamagedFileError(
+                f"{filename} is damaged: its columns do not hold the {meta['rows']} rows "
+                "its trailer records"
             )
         if meta is None or set(raw) != set(meta["columns"]):
             return normalize(raw), None
@@ -215,100 +428,162 @@ class PickleStore(Store):
         return data, meta
 
     def load(self, filename: str, row: int | None = None) -> dict[str, np.ndarray]:
-        """Read all columns (or row ``row`` as one-element columns)."""
+        """Read all columns (or row ``row`` as one-element columns).
+
+        Raises
+        ------
+        psyrun.exceptions.DamagedFileError
+            When the file is truncated or its bytes do not match its checksum.
+        """
         data, _ = self._load_all(filename)
         if row is None:
             return data
         return select_row(data, row, filename)
 
     def count_rows(self, filename: str) -> int:
-        """Count the rows, from the trailer when the file has one."""
-        with open(filename, "rb") as f:
+        """Count the rows, from the trailer when the file has one.
+
+        A truncated file raises :class:`~psyrun.exceptions.DamagedFileError`;
+        a changed byte among the rows is found by :meth:`load` and
+        :meth:`verify`, which read them.
+        """
+        with damage_on_error(filename), open(filename, "rb") as f:
             meta = self._read_meta(f)
         if meta is not None:
             return meta["rows"]
         return count(self.load(filename))
 
+    def verify(self, filename: str) -> int:
+        """Read the whole file, check its checksums and row count, and return the row count."""
+        data, meta = self._load_all(filename)
+        if meta is not None and meta.get("format") == _FORMAT:
+            with damage_on_error(filename), open(filename, "rb") as f:
+                self._check_crc(f, meta)  # the CRC-32 too, besides load's word sum
+        n = count(data)
+        if meta is not None and n != meta["rows"]:
+            raise DamagedFileError(
+                f"{filename} is damaged: it holds {n} rows, its trailer records {meta['rows']}"
+            )
+        return n
+
     def _read_metadata(self, filename: str) -> dict[str, Any] | None:
-        with open(filename, "rb") as f:
+        with damage_on_error(filename), open(filename, "rb") as f:
             meta = self._read_meta(f)
         return None if meta is None else meta.get("metadata")
 
     def _write_metadata(self, path: str, metadata: dict[str, Any]) -> None:
-        """Write a new trailer, with the metadata, after the pickle's STOP.
+        """Commit a new trailer with the metadata, as an append of no rows.
 
-        A file without a valid trailer (psyrun 0.8, written by hand) is
-        rewritten once in this store's layout to get one.
+        A file of an earlier layout is rewritten once in this one to get it.
         """
-        with open(path, "rb") as f:
-            meta = self._read_meta(f)
-        if meta is None:
+        with damage_on_error(path), open(path, "rb") as f:
+            meta, end = self._find_commit(f)
+        if meta is None or meta.get("format") != _FORMAT:
             self._write_whole(path, self.load(path), metadata)
             return
-        trailer = self._trailer(dict(meta, metadata=metadata))
-        with open(path, "r+b") as f:
-            f.seek(meta["stop"] + 1)
-            f.write(trailer)
-            f.truncate()
-            f.flush()
-            os.fsync(f.fileno())
+        self._commit(path, meta, end, [pickle.POP], {"metadata": metadata})
 
     # -- writing -------------------------------------------------------------
 
     def _write_file(self, path: str, data: dict[str, np.ndarray]) -> None:
         # The pieces are written one by one: joining them would copy every
         # column's opcodes once more.
-        pieces = [_HEADER]
+        pieces = [_HEADER2]
         with self._pickling(data):
             for slot, (key, column) in enumerate(data.items()):
                 pieces.append(_raw_opcodes(key))
                 pieces.append(pickle.EMPTY_LIST + pickle.LONG_BINPUT + _SLOT.pack(slot))
                 pieces.append(_items_opcodes(column))
                 pieces.append(pickle.SETITEM)
-        stop = sum(len(piece) for piece in pieces)
+        crc, total = 0, _Sum64()
+        for piece in pieces:
+            crc = zlib.crc32(piece, crc)
+            total.update(piece)
         meta = {
-            "stop": stop,
+            "format": _FORMAT,
+            "stop": sum(len(piece) for piece in pieces),
             "prev_stop": None,
             "rows": count(data),
             "columns": {k: _column_meta(v) for k, v in data.items()},
+            "crc": crc,
+            "sum": total.value,
         }
         pieces.append(pickle.STOP + self._trailer(meta))
         with open(path, "wb") as f:
-            f.writelines(pieces)
+            try:
+                f.writelines(pieces)
+                f.flush()
+            except OSError as exc:
+                raise_if_disk_full(exc, path)
+                raise
 
     @staticmethod
     def _trailer(meta: dict) -> bytes:
+        """Return the bytes after STOP: BINBYTES' length, then the trailer, read from the end."""
         raw = pickle.dumps(meta, protocol=_PROTOCOL)
-        return raw + _TRAILER_END.pack(len(raw)) + _MAGIC
+        body = raw + _CRC.pack(zlib.crc32(raw)) + _TRAILER_END.pack(len(raw) + _CRC.size)
+        body += _MAGIC
+        return _BLOB_LEN.pack(len(body)) + body
+
+    def _commit(self, filename: str, meta: dict, end: int, pieces: list, changes: dict) -> None:
+        """Write `pieces` (opcodes after the old trailer) and a new trailer; then commit.
+
+        Everything goes after the committed trailer (which ends at `end`;
+        anything after it is what a killed append left). Only when it is on
+        disk does one byte, BINBYTES over the old STOP, link it in. A failed
+        write cuts the file back to `end`.
+        """
+        stop = meta["stop"]
+        with open(filename, "r+b") as f:
+            f.seek(stop + 1)
+            old_trailer = f.read(end - stop - 1)
+            f.seek(stop - stop % 8)
+            total = _Sum64.resume(meta["sum"], stop, f.read(stop % 8))
+            crc = zlib.crc32(old_trailer, zlib.crc32(pickle.BINBYTES, meta["crc"]))
+            total.update(pickle.BINBYTES + old_trailer)
+            for piece in pieces:
+                crc = zlib.crc32(piece, crc)
+                total.update(piece)
+            new_stop = end + sum(len(piece) for piece in pieces)
+            new_meta = dict(
+                meta, **changes, stop=new_stop, prev_stop=stop, crc=crc, sum=total.value
+            )
+            try:
+                f.seek(end)
+                f.writelines(pieces)
+                f.write(pickle.STOP + self._trailer(new_meta))
+                f.truncate()
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError as exc:
+                # Give back the space; the old trailer still ends the file.
+                with contextlib.suppress(OSError):
+                    f.truncate(end)
+                raise_if_disk_full(exc, filename)
+                raise
+            # This one-byte write commits the append.
+            f.seek(stop)
+            f.write(pickle.BINBYTES)
+            f.flush()
 
     def _append_in_place(self, filename: str, data: dict[str, np.ndarray]) -> bool:
         """Write only the new rows, committed by a final one-byte write."""
-        with open(filename, "rb") as f:
-            meta = self._read_meta(f)
-        # A file without rows takes its column types from the first rows.
-        if meta is None or meta["rows"] == 0 or not fits_layout(_layout(meta), data):
+        with damage_on_error(filename), open(filename, "rb") as f:
+            meta, end = self._find_commit(f)
+        # A file without rows takes its column types from the first rows; a
+        # file of an earlier layout is rewritten once, to get checksums.
+        if (
+            meta is None
+            or meta.get("format") != _FORMAT
+            or meta["rows"] == 0
+            or not fits_layout(_layout(meta), data)
+        ):
             return False
-        # The new section: STOP's replacement (LONG_BINGET's first byte) first.
-        pieces = []
+        pieces = [pickle.POP]  # pops the old trailer that BINBYTES pushes
         with self._pickling(data):
             for slot, key in enumerate(meta["columns"]):
                 pieces.append(pickle.LONG_BINGET + _SLOT.pack(slot))
                 pieces.append(_items_opcodes(data[key]))
                 pieces.append(pickle.POP)
-        new_stop = meta["stop"] + sum(len(piece) for piece in pieces)
-        rows = meta["rows"] + count(data)
-        new_meta = dict(meta, stop=new_stop, prev_stop=meta["stop"], rows=rows)
-        pieces.append(pickle.STOP + self._trailer(new_meta))
-        commit, pieces[0] = pieces[0][:1], pieces[0][1:]
-        with open(filename, "r+b") as f:
-            # Everything but the first byte goes after the old STOP ...
-            f.seek(meta["stop"] + 1)
-            f.writelines(pieces)
-            f.truncate()
-            f.flush()
-            os.fsync(f.fileno())
-            # ... and this one-byte write commits the append.
-            f.seek(meta["stop"])
-            f.write(commit)
-            f.flush()
+        self._commit(filename, meta, end, pieces, {"rows": meta["rows"] + count(data)})
         return True

@@ -32,21 +32,36 @@ imported only by tests.
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import shutil
+import subprocess
 import tempfile
 import threading
 import tracemalloc
+import uuid
+import zipfile
 from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
 
 from psyrun.atomic import tmp_name
+from psyrun.exceptions import DamagedFileError
 from psyrun.store.base import Store, UnsupportedValueError
 
-__all__ = ["StoreTests", "assert_columns_equal", "store_model", "store_model_test"]
+__all__ = [
+    "StoreTests",
+    "assert_columns_equal",
+    "assert_exact_or_damaged",
+    "delete_member",
+    "fill_disk",
+    "result_files",
+    "small_disk",
+    "store_model",
+    "store_model_test",
+]
 
 
 def assert_columns_equal(actual: dict, expected: dict) -> None:
@@ -103,6 +118,134 @@ def _peak_memory() -> Iterator[dict[str, int]]:
         result["peak"] = peak - before
         if started:
             tracemalloc.stop()
+
+
+def result_files(filename: str) -> list[str]:
+    """Every regular file of a result (the file itself, or those under a directory store)."""
+    if not os.path.isdir(filename):
+        return [filename]
+    found = []
+    for root, _, names in os.walk(filename):
+        found.extend(os.path.join(root, name) for name in names)
+    return sorted(found)
+
+
+def delete_member(filename: str) -> str:
+    """Delete a part of a built-in store's result the way a tool or a bad disk could.
+
+    A chunk file of a zarr store, a column node of an HDF5 file, a chunk
+    member of an npz (the archive rewritten without it), a run of bytes from
+    the middle of a pickle. Returns what was deleted. Raises
+    ``NotImplementedError`` for other extensions.
+    """
+    ext = os.path.splitext(filename)[1].lower()
+    if ext == ".zarr":
+        chunks = [f for f in result_files(filename) if os.path.basename(f) != "zarr.json"]
+        victim = chunks[len(chunks) // 2]
+        os.remove(victim)
+        return os.path.relpath(victim, filename)
+    if ext == ".h5":
+        import tables
+
+        with tables.open_file(filename, "a") as h5file:
+            h5file.remove_node("/c1")
+        return "/c1"
+    if ext == ".npz":
+        with zipfile.ZipFile(filename) as src:
+            infos = src.infolist()
+            victim = [i for i in infos if i.filename.endswith(".npy")][-1]
+            members = [(i, src.read(i)) for i in infos if i is not victim]
+        with zipfile.ZipFile(filename, "w") as dst:
+            for info, raw in members:
+                dst.writestr(info, raw)
+        return victim.filename
+    if ext == ".pkl":
+        with open(filename, "rb") as f:
+            raw = f.read()
+        middle = len(raw) // 2
+        with open(filename, "wb") as f:
+            f.write(raw[:middle] + raw[middle + 64 :])
+        return f"bytes {middle}:{middle + 64}"
+    raise NotImplementedError(f"no way to delete a member of a {ext} result")
+
+
+def _can_mount_tmpfs() -> bool:
+    return os.geteuid() == 0 and shutil.which("mount") is not None
+
+
+@contextlib.contextmanager
+def small_disk(size: str = "8m") -> Iterator[str]:
+    """Mount a tmpfs of `size` for the block; skip the test where that is not possible."""
+    if not _can_mount_tmpfs():
+        pytest.skip("needs root and mount -t tmpfs to make a small disk")
+    path = os.path.join(tempfile.gettempdir(), f"psyrun-disk-{uuid.uuid4().hex}")
+    os.mkdir(path)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path])
+    if done.returncode:
+        os.rmdir(path)
+        pytest.skip("mount -t tmpfs is not allowed here")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", path], check=False)
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
+
+
+def fill_disk(path: str, leave: int = 0) -> str:
+    """Write a filler file under the tmpfs `path` until only `leave` bytes are free."""
+    filler = os.path.join(path, ".filler")
+    st = os.statvfs(path)
+    free = st.f_bavail * st.f_frsize - leave
+    with open(filler, "ab") as f:
+        block = bytes(1 << 20)
+        while free > 0:
+            n = min(free, len(block))
+            try:
+                f.write(block[:n])
+                f.flush()
+            except OSError:
+                break
+            free -= n
+    return filler
+
+
+def assert_exact_or_damaged(
+    store: Store, filename: str, expected: dict, must_detect: tuple[str, ...] = ()
+) -> list[str]:
+    """Read `filename` every way a store can; each read gives `expected` or DamagedFileError.
+
+    Never wrong data, never fewer rows silently. The reads named in
+    `must_detect` (``'load'``, ``'load_rows'``, ``'iter_chunks'``,
+    ``'count_rows'``, ``'verify'``) must raise. Returns the reads that raised.
+    """
+    n = len(next(iter(expected.values())))
+    reads = {
+        "load": lambda: store.load(filename),
+        "load_rows": lambda: store.load_rows(filename, 1, n - 1),
+        "iter_chunks": lambda: list(store.iter_chunks(filename, chunk_rows=max(1, n // 3))),
+        "count_rows": lambda: store.count_rows(filename),
+        "verify": lambda: store.verify(filename),
+    }
+    raised = []
+    for name, read in reads.items():
+        try:
+            got = read()
+        except DamagedFileError:
+            raised.append(name)
+            continue
+        if name == "load":
+            assert_columns_equal(got, expected)
+        elif name == "load_rows":
+            assert_columns_equal(got, {k: np.asarray(v)[1 : n - 1] for k, v in expected.items()})
+        elif name == "iter_chunks":
+            joined = {k: np.concatenate([c[k] for c in got]) for k in got[0]}
+            assert_columns_equal(joined, expected)
+        else:
+            assert got == n, f"{name} says {got} rows, {n} were written"
+    missed = [name for name in must_detect if name not in raised]
+    assert not missed, f"{missed} did not report the damage of {filename}"
+    return raised
 
 
 class StoreTests:
@@ -526,6 +669,143 @@ class StoreTests:
             n = store.count_rows(filename)
         assert n == self.capability_rows
         self._assert_reads_part("count_rows", memory["peak"], total / 8, "supports_row_count")
+
+    # -- damage: every read tells a damaged file from a good one ------------------------
+
+    def _damage_sample(self, store: Store, filename: str) -> dict:
+        """Write three appends and metadata; return the columns written."""
+        rng = np.random.default_rng(7)
+        chunks = []
+        for i in range(3):
+            n = 300 + 100 * i
+            chunk = {"x": rng.random(n), "n": np.arange(n) + 1000 * i}
+            if self.supports_strings:
+                chunk["s"] = [f"r{j}" for j in range(n)]
+            chunks.append(chunk)
+            store.append(filename, chunk)
+        if store.supports_metadata:
+            store.write_metadata(filename, {"run": 1})
+        return {k: np.concatenate([np.asarray(c[k]) for c in chunks]) for k in chunks[0]}
+
+    @staticmethod
+    def _largest_file(filename: str) -> str:
+        return max(result_files(filename), key=os.path.getsize)
+
+    def test_intact_file_verifies(self, store, filename):
+        expected = self._damage_sample(store, filename)
+        assert assert_exact_or_damaged(store, filename, expected) == []
+        assert store.verify(filename) == len(expected["x"])
+
+    @pytest.mark.parametrize("fraction", [0.1, 0.5, 0.9])
+    def test_truncated_file_is_damaged(self, store, filename, fraction):
+        expected = self._damage_sample(store, filename)
+        target = self._largest_file(filename)
+        size = os.path.getsize(target)
+        with open(target, "r+b") as f:
+            f.truncate(int(size * fraction))
+        assert_exact_or_damaged(store, filename, expected, ("load", "iter_chunks", "verify"))
+
+    @pytest.mark.parametrize("where", [0.3, 0.5, 0.7])
+    def test_flipped_byte_is_damaged(self, store, filename, where):
+        expected = self._damage_sample(store, filename)
+        target = self._largest_file(filename)
+        offset = int(os.path.getsize(target) * where)
+        with open(target, "r+b") as f:
+            f.seek(offset)
+            byte = f.read(1)
+            f.seek(offset)
+            f.write(bytes([byte[0] ^ 0x5A]))
+        # A byte HDF5 left unused may change harmlessly: the rows must then
+        # read back exactly; a changed value must be reported.
+        assert_exact_or_damaged(store, filename, expected)
+
+    def test_deleted_member_is_damaged(self, store, filename):
+        expected = self._damage_sample(store, filename)
+        try:
+            delete_member(filename)
+        except NotImplementedError as exc:
+            pytest.skip(str(exc))
+        assert_exact_or_damaged(store, filename, expected, ("load", "iter_chunks", "verify"))
+
+    # -- a full disk -------------------------------------------------------------------
+
+    @pytest.mark.parametrize("leave", [0, 8192, 200_000])
+    def test_full_disk_says_so_and_keeps_the_file(self, store, filename, leave):
+        with small_disk("8m") as disk:
+            filename = os.path.join(disk, os.path.basename(filename))
+            first = {"x": np.arange(1000.0), "n": np.arange(1000)}
+            store.save(filename, first)
+            fill_disk(disk, leave)
+            big = {"x": np.arange(100_000.0), "n": np.arange(100_000)}
+            for write in (store.append, store.save):
+                with pytest.raises(OSError, match="disk full") as info:
+                    write(filename, big)
+                assert info.value.errno == errno.ENOSPC
+                assert_columns_equal(store.load(filename), first)
+                assert store.verify(filename) == 1000
+            os.remove(os.path.join(disk, ".filler"))
+            store.append(filename, {"x": [5.0], "n": [5]})
+            assert store.verify(filename) == 1001
+            names = {os.path.basename(f) for f in os.listdir(disk)}
+            assert names == {os.path.basename(filename)}, names
+
+    # -- integers and strings with missing rows ------------------------------------------
+
+    @staticmethod
+    def _holds_objects(store: Store) -> bool:
+        return store.column_kinds is None or "O" in store.column_kinds
+
+    def test_large_integers_are_never_rounded(self, store, filename):
+        # A row without 'n': exact ints and None where objects fit, else a refusal.
+        big = [2**60 + 1, 2**60 + 3, -(2**62) - 5]
+        store.append(filename, {"n": np.array(big), "x": [1.0, 2.0, 3.0]})
+        if self._holds_objects(store):
+            store.append(filename, {"x": [4.0]})
+            assert store.load(filename)["n"].tolist() == [*big, None]
+            return
+        with pytest.raises(UnsupportedValueError, match=r"'n'.*2\*\*53"):
+            store.append(filename, {"x": [4.0]})
+        assert store.load(filename)["n"].tolist() == big  # the file is as it was
+
+    def test_large_integers_next_to_nan_are_never_rounded(self, store, filename):
+        column = [2**60 + 1, math.nan, 7]  # NaN: the mapper's mark of a row without a value
+        if self._holds_objects(store):
+            store.append(filename, {"n": column})
+            assert store.load(filename)["n"].tolist() == [2**60 + 1, None, 7]
+            return
+        with pytest.raises(UnsupportedValueError, match=r"'n'.*2\*\*53"):
+            store.append(filename, {"n": column})
+        assert not self._exists(filename)
+
+    def test_small_integers_with_missing_rows_become_float(self, store, filename):
+        store.append(filename, {"n": [1, 2**53], "x": [1.0, 2.0]})
+        store.append(filename, {"x": [3.0]})
+        loaded = store.load(filename)
+        assert loaded["n"].dtype.kind == "f"
+        assert loaded["n"][:2].tolist() == [1.0, float(2**53)]
+        assert math.isnan(loaded["n"][2])
+
+    def test_strings_missing_on_some_rows_are_filled_with_empty_string(self, store, filename):
+        if not self.supports_strings:
+            pytest.skip("store does not keep str columns")
+        # NaN marks rows without a value: the mapper's outputs, the parameter
+        # space's keys that a sum's other part lacks.
+        store.append(filename, {"s": ["a", math.nan, "b"], "x": [1.0, 2.0, 3.0]})
+        store.append(filename, {"s": np.full(2, np.nan), "x": [4.0, 5.0]})
+        store.append(filename, {"x": [6.0]})
+        store.append(filename, {"s": ["c"], "x": [7.0]})
+        assert store.load(filename)["s"].tolist() == ["a", "", "b", "", "", "", "c"]
+        store.check({"s": ["a", math.nan]}, filename)
+
+    def test_check_does_not_advise_excluding_a_parameter(self, store, filename):
+        if self.supports_objects:
+            pytest.skip("store keeps arbitrary objects")
+        data = {"p": [{"k": 1}], "y": [1.0]}
+        with pytest.raises(UnsupportedValueError, match="parameter 'p'") as info:
+            store.check(data, filename, params=("p",))
+        assert "exclude_from_result" not in str(info.value)
+        with pytest.raises(UnsupportedValueError, match="exclude_from_result"):
+            store.check(data, filename)  # an output: leaving it out is a way out
 
 
 # -- the stateful model test -------------------------------------------------------------

@@ -69,11 +69,26 @@ class TaskProgress:
     notes : list of str
         Things the user should know to read the figures right (a result file
         that is gone, keys the results lack, files that cannot be read).
+    result : str
+        The result file: ``"ok"`` (it reads back completely), ``"missing"``
+        or ``"damaged"`` (its rows are not counted).
+    unmerged : int
+        Completed rows held only by part files, not yet by the result file.
+    outside : int
+        Stored rows whose assignment is not in the space (not counted).
     """
 
     completed: int
     total: int
     notes: list[str] = field(default_factory=list)
+    result: str = "ok"
+    unmerged: int = 0
+    outside: int = 0
+
+    @property
+    def complete(self) -> bool:
+        """Every row is done and in a result file that reads back."""
+        return self.completed >= self.total and self.result == "ok" and not self.unmerged
 
 
 class Backend(abc.ABC):

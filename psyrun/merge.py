@@ -56,7 +56,23 @@ MATCH_BLOCK = 2**18
 
 
 class DiskFullError(OSError):
-    """The disk holding a file being written is full; nothing was removed."""
+    """The disk holding a file being written is full; nothing was removed.
+
+    Its ``errno`` is ``ENOSPC``; ``str()`` gives the one-line message alone.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.ENOSPC, message)
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _disk_full_error(dest: str) -> DiskFullError:
+    return DiskFullError(
+        f"the disk holding {os.path.dirname(os.path.abspath(dest))} is full: "
+        f"{dest} was not written and nothing was removed"
+    )
 
 
 def _lowest_equal(table: list[np.ndarray], index, queries: list[np.ndarray]) -> np.ndarray:
@@ -313,6 +329,7 @@ def merge_files(
     metadata: Mapping | None = None,
     space=None,
     reject: bool = False,
+    keep_outside: bool = True,
 ) -> MergeOutcome:
     """Stream `base` and `sources` into `dest`, each assignment as often as it belongs there.
 
@@ -364,6 +381,9 @@ def merge_files(
         Rows of the sources that `store` cannot hold are left out and
         returned in the outcome (the backends evaluate them again) instead
         of failing the merge.
+    keep_outside : bool, optional
+        With a `space`: keep rows outside it (once each; the default), or
+        leave them out (``psy prune``).
 
     Raises
     ------
@@ -405,7 +425,7 @@ def merge_files(
             continue
         inputs.append((path, reader, True))
     outcome.merged = [path for path, _, is_source in inputs if is_source]
-    keep = _rows_to_keep(params, keys, space)
+    keep = _rows_to_keep(params, keys, space, keep_outside)
 
     if consume and not has_base and len(inputs) == 1 and (keep is None or keep.all()):
         path, reader, _ = inputs[0]
@@ -468,11 +488,7 @@ def merge_files(
         full = _disk_full(exc, tmp)
         store.remove(tmp)
         if full:
-            raise DiskFullError(
-                errno.ENOSPC,
-                f"the disk holding {os.path.dirname(os.path.abspath(dest))} is full "
-                f"({describe_error(exc)}): {dest} was not written and nothing was removed",
-            ) from exc
+            raise _disk_full_error(dest) from exc
         raise
     outcome.rows = written
     if rejected:
@@ -486,7 +502,9 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def _rows_to_keep(params: list[dict], keys: list[str], space) -> np.ndarray | None:
+def _rows_to_keep(
+    params: list[dict], keys: list[str], space, keep_outside: bool = True
+) -> np.ndarray | None:
     """Which input rows a merge writes (None: all); see :func:`merge_files`."""
     if not keys:
         return None
@@ -501,6 +519,8 @@ def _rows_to_keep(params: list[dict], keys: list[str], space) -> np.ndarray | No
         space = Param(**{k: np.empty(0) for k in keys})
     match = match_rows(space, combined)
     # An assignment of the space as often as the space holds it; any other row once.
+    if not keep_outside:
+        return match.used
     return match.used | (match.outside & match.first)
 
 
@@ -513,19 +533,29 @@ def _split_unholdable(store, chunk: dict, dest: str):
         return chunk, None, ""
     except UnsupportedValueError as exc:
         error = str(exc)
+    from psyrun.store.columns import to_column
+
+    def rows(mask: np.ndarray) -> dict:
+        # An object column (one value spoils the type of all) gets its type
+        # back from the values that are left.
+        return {
+            k: to_column(list(v[mask])) if v.dtype.kind == "O" else v[mask]
+            for k, v in chunk.items()
+        }
+
     n = _count(chunk)
     ok = np.ones(n, dtype=bool)
     for i in range(n):
+        one = np.zeros(n, dtype=bool)
+        one[i] = True
         try:
-            store.check({k: v[i : i + 1] for k, v in chunk.items()}, dest)
+            store.check(rows(one), dest)
         except UnsupportedValueError:
             ok[i] = False
     if ok.all():
         # Only the rows together cannot be held: let the append say why.
         return chunk, None, ""
-    good = {k: v[ok] for k, v in chunk.items()}
-    bad = {k: v[~ok] for k, v in chunk.items()}
-    return good, bad, error
+    return rows(ok), {k: v[~ok] for k, v in chunk.items()}, error
 
 
 def _check_written(store, path: str, expected: int) -> None:
@@ -547,11 +577,7 @@ def _adopt(store, path: str, dest: str, metadata: Mapping | None) -> int:
         rows = store.verify(path)
     except BaseException as exc:
         if _disk_full(exc, path):
-            raise DiskFullError(
-                errno.ENOSPC,
-                f"the disk holding {os.path.dirname(os.path.abspath(dest))} is full "
-                f"({describe_error(exc)}): {dest} was not written and nothing was removed",
-            ) from exc
+            raise _disk_full_error(dest) from exc
         raise
     store.replace(path, dest)
     return rows

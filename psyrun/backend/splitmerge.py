@@ -242,6 +242,34 @@ class SplitMergeBackend(Backend):
             outside=outside,
         )
 
+    def prune(self) -> tuple[int, int]:
+        """Rewrite the result without rows outside the space; return ``(kept, removed)``."""
+        p, name = self.paths, self.task.name
+        if not self.store.exists(p.result):
+            raise ValueError(f"task {name!r} has no result file {p.result} to prune")
+        if p.list_parts():
+            raise ValueError(
+                f"task {name!r} has part files not yet merged into its result; "
+                f"`psy run -c {name}` merges them, then prune"
+            )
+        state, why = self.result_state()
+        if state != "ok":
+            raise ValueError(
+                f"the result file {p.result} is damaged ({why}); move it away or restore it"
+            )
+        before = self._stored().in_result
+        outcome = merge_files(
+            self.store,
+            p.result,
+            [],
+            self.keys,
+            base=p.result,
+            log=self._log,
+            space=self.task.pspace,
+            keep_outside=False,
+        )
+        return outcome.rows, before - outcome.rows
+
     def notes(self) -> list[str]:
         """Messages about result or part files that could not be read."""
         return list(self.unreadable)
@@ -413,9 +441,7 @@ class SplitMergeBackend(Backend):
                 reject=True,
             )
         except DiskFullError as exc:
-            raise DiskFullError(
-                exc.errno, f"{exc.strerror}; free space, then `psy run -c {self.task.name}`"
-            ) from exc
+            raise DiskFullError(f"{exc}; free space, then `psy run -c {self.task.name}`") from exc
         # The result is on disk and reads back: what went into it can go.
         if outcome.rejected is not None:
             self.part_store.append(self.rejected_file, outcome.rejected)

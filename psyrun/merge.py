@@ -563,6 +563,10 @@ def _check_written(store, path: str, expected: int) -> None:
     from psyrun.exceptions import DamagedFileError
 
     sync_tree(path)
+    if _free_bytes(path) < FULL_DISK_BYTES:
+        # Some libraries (HDF5) lose data on a full disk without an error, and
+        # the file can even read back: a write that left the disk full is not trusted.
+        raise OSError(errno.ENOSPC, f"no space left after writing {path}")
     found = store.verify(path)
     if found != expected:
         raise DamagedFileError(f"{path} holds {found} rows after writing {expected}")
@@ -583,7 +587,7 @@ def _adopt(store, path: str, dest: str, metadata: Mapping | None) -> int:
     return rows
 
 
-#: Free bytes below which a failed write is put down to a full disk.
+#: Free bytes below which a write is put down to a full disk (failed, or not trusted).
 FULL_DISK_BYTES = 1 << 20
 
 
@@ -597,11 +601,16 @@ def _disk_full(exc: BaseException, path: str) -> bool:
     if not isinstance(exc, Exception):
         return False
     # Libraries (HDF5) may report a short write as anything; ask the disk.
+    return _free_bytes(path) < FULL_DISK_BYTES
+
+
+def _free_bytes(path: str) -> int:
+    """Free bytes on the disk holding `path` (a large number when unknown)."""
     try:
         st = os.statvfs(os.path.dirname(os.path.abspath(path)))
     except OSError:
-        return False
-    return st.f_bavail * st.f_frsize < FULL_DISK_BYTES
+        return 1 << 62
+    return st.f_bavail * st.f_frsize
 
 
 def _inputs_metadata(store, base: str | None, sources: list[str], source_store) -> dict:

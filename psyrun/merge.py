@@ -397,7 +397,7 @@ def merge_files(
     drop = set(drop)
     has_base = base is not None and store.exists(base)
     outcome = MergeOutcome(0)
-    inputs: list[tuple[str, object, bool]] = []  # (path, reader, is a source)
+    inputs: list[tuple[str, object, bool, int]] = []  # (path, reader, is a source, rows)
     params = []
     if has_base:
         try:
@@ -410,29 +410,31 @@ def merge_files(
                 "unchanged. Move it away (its rows are then evaluated again) or restore it, "
                 "then run again."
             ) from exc
-        inputs.append((base, store, False))
+        inputs.append((base, store, False, -1))
     for path in sources:
         reader = _store_of(source_store, path)
         try:
             if keys:
-                params.append(file_params(reader, path, keys))
+                found = file_params(reader, path, keys)
+                n_rows = _count(found) if found else reader.count_rows(path)
+                params.append(found)
             else:
-                reader.count_rows(path)  # only make sure the file reads (cheap for parts)
+                n_rows = reader.count_rows(path)  # only make sure the file reads
         except Exception as exc:
             if log is not None:
                 log(f"skipping unreadable part {path}: {describe_error(exc)}")
             outcome.unreadable.append(path)
             continue
-        inputs.append((path, reader, True))
-    outcome.merged = [path for path, _, is_source in inputs if is_source]
+        inputs.append((path, reader, True, n_rows))
+    outcome.merged = [path for path, _, is_source, _ in inputs if is_source]
     keep = _rows_to_keep(params, keys, space, keep_outside)
 
     if consume and not has_base and len(inputs) == 1 and (keep is None or keep.all()):
-        path, reader, _ = inputs[0]
+        path, reader, _, n_rows = inputs[0]
         first = next(iter(reader.iter_chunks(path)), {}) if drop else {}
         if type(reader) is type(store) and not drop & set(first):
             # Nothing to convert, drop or add: the part becomes the result.
-            outcome.rows = _adopt(store, path, dest, metadata)
+            outcome.rows = _adopt(store, path, dest, metadata, n_rows)
             return outcome
 
     from psyrun.store.columns import merge_chunks
@@ -451,7 +453,7 @@ def merge_files(
         pending, pending_rows = [], 0
 
     try:
-        for path, reader, is_source in inputs:
+        for path, reader, is_source, _ in inputs:
             for chunk in reader.iter_chunks(path):
                 n = _count(chunk)
                 chunk = {k: np.asarray(v) for k, v in chunk.items() if k not in drop}
@@ -572,19 +574,21 @@ def _check_written(store, path: str, expected: int) -> None:
         raise DamagedFileError(f"{path} holds {found} rows after writing {expected}")
 
 
-def _adopt(store, path: str, dest: str, metadata: Mapping | None) -> int:
-    """Make the single part `path` the result `dest` (checked, then renamed); return its rows."""
+def _adopt(store, path: str, dest: str, metadata: Mapping | None, expected: int) -> int:
+    """Make the single part `path` of `expected` rows the result `dest`; return its rows.
+
+    The part is renamed only after it was synced and read back whole.
+    """
     if metadata and store.supports_metadata:
         store.write_metadata(path, metadata)
     try:
-        sync_tree(path)
-        rows = store.verify(path)
+        _check_written(store, path, expected)
     except BaseException as exc:
         if _disk_full(exc, path):
             raise _disk_full_error(dest) from exc
         raise
     store.replace(path, dest)
-    return rows
+    return expected
 
 
 #: Free bytes below which a write is put down to a full disk (failed, or not trusted).

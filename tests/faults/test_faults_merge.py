@@ -148,7 +148,10 @@ def test_kill9_of_psy_and_its_jobs_at_a_random_moment(tmp_path, fault_rng):
     write(
         project / "psy-tasks" / "task_sq.py",
         counting_task(
-            tmp_path / "calls", values, settings=SETTINGS, before_record="time.sleep(0.01)",
+            tmp_path / "calls",
+            values,
+            settings=SETTINGS,
+            before_record="time.sleep(0.01)",
             preamble="import time",
         ),
     )

@@ -548,6 +548,11 @@ def merge(directory: str, merged: str, overwrite: bool) -> None:
             + f"; {merged} was not written (choose a format that holds these values, "
             "such as .pkl)"
         ) from None
+    except OSError as exc:
+        # A full disk, or a file that did not read back: nothing was replaced.
+        raise click.ClickException(
+            f"cannot merge into {merged}: {str(exc).splitlines()[0]}; {merged} was left as it was"
+        ) from None
     if base is None:
         click.echo(f"merged {len(sources)} files ({rows} rows) into {merged}")
     else:

@@ -75,16 +75,25 @@ def _disk_full_error(dest: str) -> DiskFullError:
     )
 
 
-def _lowest_equal(table: list[np.ndarray], index, queries: list[np.ndarray]) -> np.ndarray:
+def _lowest_equal(
+    table: list[np.ndarray], index, queries: list[np.ndarray] | None, hashes: np.ndarray
+) -> np.ndarray:
     """For each query row, the lowest row of `table` equal to it as a whole (-1: none).
 
-    `index` is a :class:`psyrun._kernels.HashIndex` of the table's row hashes.
+    `index` is a :class:`psyrun._kernels.HashIndex` of the table's row
+    hashes, `hashes` those of the queries. `queries` None: the table itself.
     """
-    from psyrun._kernels import hash_rows, values_equal
+    from psyrun._kernels import values_equal
 
-    out = np.full(len(queries[0]), -1, dtype=np.int64)
-    candidates = index.lookup(hash_rows(queries))
-    wanted = np.flatnonzero(candidates >= 0)
+    candidates = index.lookup(hashes)
+    if queries is None:
+        # A row whose hash no lower row has is the lowest row equal to itself.
+        queries = table
+        out = np.where(candidates == np.arange(len(candidates)), candidates, -1)
+        wanted = np.flatnonzero(out < 0)
+    else:
+        out = np.full(len(queries[0]), -1, dtype=np.int64)
+        wanted = np.flatnonzero(candidates >= 0)
     rows = candidates[wanted]
     # Chains of equal hashes run upwards, so the first equal row found is the lowest.
     while len(wanted):
@@ -181,13 +190,19 @@ def match_rows(space, done: Mapping[str, np.ndarray] | None, order=None) -> RowM
         from psyrun._kernels import HashIndex, hash_rows
 
         table = [np.asarray(done[k])[perm] for k in keys]
-        index = HashIndex(hash_rows(table))
-        table_groups = _lowest_equal(table, index, table)
+        hashes = hash_rows(table)
+        index = HashIndex(hashes)
+        if (index.chain < 0).all():
+            # No two rows share a hash, so none equals another (the usual case).
+            table_groups = np.arange(m, dtype=np.int64)
+        else:
+            table_groups = _lowest_equal(table, index, None, hashes)
         space_groups = np.empty(n, dtype=np.int64)
         for start in range(0, n, MATCH_BLOCK):
             stop = min(start + MATCH_BLOCK, n)
             block = space._range_take(start, stop, keys)
-            space_groups[start:stop] = _lowest_equal(table, index, [block[k] for k in keys])
+            columns = [block[k] for k in keys]
+            space_groups[start:stop] = _lowest_equal(table, index, columns, hash_rows(columns))
     matched = space_groups >= 0
     in_space = np.bincount(space_groups[matched], minlength=m)
     stored = np.bincount(table_groups, minlength=m)
@@ -517,6 +532,9 @@ def _rows_to_keep(
         return None
     from psyrun.pspace import Param
 
+    if keep_outside and _all_distinct([np.asarray(combined[k]) for k in keys if k in combined]):
+        # Every row once already (the usual merge): each is kept, in the space or not.
+        return None
     if space is None:
         space = Param(**{k: np.empty(0) for k in keys})
     match = match_rows(space, combined)
@@ -524,6 +542,16 @@ def _rows_to_keep(
     if not keep_outside:
         return match.used
     return match.used | (match.outside & match.first)
+
+
+def _all_distinct(columns: list[np.ndarray]) -> bool:
+    """Whether no two rows of `columns` are equal (cheaply: no two row hashes are)."""
+    from psyrun._kernels import hash_rows
+
+    if not columns:
+        return False
+    hashes = np.sort(hash_rows(columns))
+    return bool((hashes[1:] != hashes[:-1]).all())
 
 
 def _split_unholdable(store, chunk: dict, dest: str):

@@ -115,7 +115,10 @@ def run_killed(cwd, args: list[str], kill: str) -> str:
     return finish(proc)
 
 
-@pytest.mark.parametrize("phase", ["split", "process", "merge", "fold"])
+PHASES = ["split", "process", "merge", "fold"]
+
+
+@pytest.mark.parametrize("phase", PHASES)
 def test_kill9_in_a_phase_then_continue_is_exact(tmp_path, fault_rng, phase):
     project = tmp_path / "project"
     values = range(N_ROWS)
@@ -132,7 +135,8 @@ def test_kill9_in_a_phase_then_continue_is_exact(tmp_path, fault_rng, phase):
         args = ["run", "-c", "sq"]
     else:
         args = ["run", "sq"]
-    n = int(fault_rng.integers(1, 8))
+    # One draw per phase, so that each phase is killed at its own moment.
+    n = int(fault_rng.integers(1, 8, size=len(PHASES))[PHASES.index(phase)])
     out = run_killed(project, args, f"{phase}:{n}")
     check_status_honest(project, "sq", "pickle", expected)
     cont = psy("run", "-c", "sq", cwd=project)

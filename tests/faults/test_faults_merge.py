@@ -110,9 +110,11 @@ def check_exact(cwd, task: str, store: str, expected: list[tuple], workdir=None)
     assert sorted_rows(data) == expected
 
 
-def run_killed(cwd, args: list[str], kill: str) -> str:
+def run_killed(cwd, args: list[str], kill: str) -> tuple[int, str]:
+    """Run psy with the kill hook armed; return its exit status and output."""
     proc = start_psy(*args, cwd=cwd, env={"PSY_FAULT_KILL": kill})
-    return finish(proc)
+    out = finish(proc)
+    return proc.returncode, out
 
 
 PHASES = ["split", "process", "merge", "fold"]
@@ -137,7 +139,10 @@ def test_kill9_in_a_phase_then_continue_is_exact(tmp_path, fault_rng, phase):
         args = ["run", "sq"]
     # One draw per phase, so that each phase is killed at its own moment.
     n = int(fault_rng.integers(1, 8, size=len(PHASES))[PHASES.index(phase)])
-    out = run_killed(project, args, f"{phase}:{n}")
+    code, out = run_killed(project, args, f"{phase}:{n}")
+    # The kill happened (a job killed after writing its marker leaves only its
+    # dependents "not run").
+    assert code == 1, f"no job was killed at {phase}:{n}\n{out}"
     check_status_honest(project, "sq", "pickle", expected)
     cont = psy("run", "-c", "sq", cwd=project)
     assert cont.returncode == 0, f"killed at {phase}:{n}\n{out}\n{describe(cont)}"

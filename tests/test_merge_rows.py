@@ -242,3 +242,26 @@ def test_current_rows_drops_surplus_copies_and_keeps_order():
     out = current_rows(data, REPEATED)
     assert out["a"].tolist() == [3, 1, 3]
     assert out["y"].tolist() == [0, 1, 2]
+
+
+def test_an_unreadable_part_is_set_aside_not_counted_and_does_not_block(project):
+    write_task(project, "sq", SQUARE)
+    ok(psy("run", "sq"))
+    paths = task_paths(project, "sq")
+    garbage = paths.part(7)
+    os.makedirs(paths.out_dir, exist_ok=True)
+    with open(garbage, "wb") as f:
+        f.write(b"not a pickle")
+    status = psy("status", "sq")
+    assert f"part file {garbage} cannot be read" in status.output
+    assert "6 out of 6 rows completed" in status.output
+    ok(psy("run", "-c", "sq"))
+    assert sorted(task_result(project, "sq")["x"].tolist()) == list(range(6))
+    # Kept for the user to look at, out of the way of the next runs.
+    aside = os.path.join(paths.root, "unreadable", os.path.basename(garbage))
+    with open(aside, "rb") as f:
+        assert f.read() == b"not a pickle"
+    assert paths.list_parts() == []
+    # Nothing is left to do: no job runs again.
+    again = ok(psy("run", "-c", "sq"))
+    assert ". sq:" not in again.output

@@ -44,12 +44,16 @@ from psyrun.merge import (
 )
 from psyrun.records import add_records, timed
 from psyrun.snapshot import write_snapshot
-from psyrun.store.columns import count as _count
 
 if TYPE_CHECKING:
     from psyrun.store.base import Store
 
 __all__ = ["SplitMergeBackend", "UnholdableRows", "part_store"]
+
+
+def _count(columns: Mapping) -> int:
+    """Rows of a mapping of equal-length columns (0 for none)."""
+    return len(next(iter(columns.values()))) if columns else 0
 
 
 @dataclass

@@ -120,13 +120,19 @@ def run_killed(cwd, args: list[str], kill: str) -> tuple[int, str]:
 PHASES = ["split", "process", "merge", "fold"]
 
 
-@pytest.mark.parametrize("phase", PHASES)
-def test_kill9_in_a_phase_then_continue_is_exact(tmp_path, fault_rng, phase):
+@pytest.mark.parametrize(
+    ("backend", "phase"),
+    [("distribute", phase) for phase in PHASES]
+    + [("loadbalancing", "process"), ("loadbalancing", "fold")],
+)
+def test_kill9_in_a_phase_then_continue_is_exact(tmp_path, fault_rng, backend, phase):
     project = tmp_path / "project"
     values = range(N_ROWS)
     write(
         project / "psy-tasks" / "task_sq.py",
-        counting_task(tmp_path / "calls", values, settings=SETTINGS, preamble=KILL_HOOK),
+        counting_task(
+            tmp_path / "calls", values, backend=backend, settings=SETTINGS, preamble=KILL_HOOK
+        ),
     )
     before = tree_state(project, skip=project / "psy-work")
     expected = square_rows(values)

@@ -15,7 +15,7 @@ import shutil
 from collections.abc import Iterator
 from typing import IO
 
-__all__ = ["atomic_write", "fsync_dir", "remove_path", "replace_path", "tmp_name"]
+__all__ = ["atomic_write", "fsync_dir", "remove_path", "replace_path", "sync_tree", "tmp_name"]
 
 
 def tmp_name(path: str | os.PathLike) -> str:
@@ -44,6 +44,30 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def sync_tree(path: str | os.PathLike) -> None:
+    """Flush a file, or every file and directory of a tree, to disk.
+
+    Unlike a directory sync, a failed file sync raises: it means written
+    data may not be on disk (a full disk found only now, an I/O error).
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path) and not os.path.islink(path):
+        for root, _, files in os.walk(path):
+            for name in files:
+                _fsync_file(os.path.join(root, name))
+            fsync_dir(os.path.join(root, "entry"))  # the directory `root` itself
+    else:
+        _fsync_file(path)
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def remove_path(path: str | os.PathLike) -> None:
     """Remove a file or a directory tree (zarr results are directories); ignore absence."""
     path = os.fspath(path)
@@ -60,13 +84,17 @@ def replace_path(src: str | os.PathLike, dest: str | os.PathLike, sync: bool = T
 
     A file replaces a file atomically. A directory (a zarr result) cannot be
     renamed over another one, so the old tree is first moved aside to a
-    temporary name and removed after the new one is in place.
+    temporary name and removed only after the new one is in place and the
+    renames are durable (a crash in between leaves both trees, which the
+    store recognises: see :mod:`psyrun.store.zarr`).
     """
     src, dest = os.fspath(src), os.fspath(dest)
     if os.path.isdir(dest) and not os.path.islink(dest):
         old = tmp_name(dest + ".old")
         os.replace(dest, old)
         os.replace(src, dest)
+        if sync:
+            fsync_dir(dest)
         remove_path(old)
     else:
         os.replace(src, dest)

@@ -304,6 +304,7 @@ def status(
             else ""
         )
         click.echo(f"{t.name}: {progress.completed} out of {progress.total} rows completed{stale}")
+        _print_result_state(t.name, report)
         if report.running_pid is not None:
             pid = f" (pid {report.running_pid})" if report.running_pid else ""
             click.echo(
@@ -324,6 +325,18 @@ def status(
         _print_jobs(t.name, report.queued, report.failed, verbose, t)
     if tasks.selection_failed:
         sys.exit(1)
+
+
+def _print_result_state(name: str, report) -> None:
+    """Say where the completed rows are when the result file does not hold them all."""
+    progress = report.progress
+    if progress.unmerged:
+        why = {"missing": "the result file does not exist", "damaged": "the result is damaged"}
+        line = f"  {progress.unmerged} of them are only in part files"
+        line += f" ({why[progress.result]})" if progress.result in why else ""
+        if report.running_pid is None and not report.queued and progress.result != "damaged":
+            line += f"; `psy run -c {name}` merges them"
+        click.echo(line)
 
 
 def _watch(selected: list, interval: float) -> None:
@@ -467,6 +480,38 @@ def clean(taskdir: str, all_tasks: bool, task: tuple[str, ...]) -> None:
 
 @psy.command()
 @taskdir_option
+@click.argument("task", nargs=-1, required=True)
+@_file_errors
+def prune(taskdir: str, task: tuple[str, ...]) -> None:
+    """Remove rows outside the parameter space from the named tasks' result files.
+
+    `psy run -c` keeps rows whose assignment left the space (their data is
+    not thrown away unasked); `psy status` counts them. This writes a new
+    result file without them, reads it back, and only then replaces the old.
+    """
+    from psyrun.runner import prune_task
+
+    tasks, selected = _load(taskdir, task)
+    problems = tasks.selection_failed
+    for t in selected:
+        try:
+            done = prune_task(t)
+        except (ValueError, OSError) as exc:
+            _err(f"error: {t.name}: {str(exc).splitlines()[0]}")
+            problems = True
+            continue
+        if done is None:
+            _err(f"error: {t.name}: a `psy run` is working on this task; not pruning")
+            problems = True
+            continue
+        kept, removed = done
+        click.echo(f"{t.name}: removed {removed} rows outside the space; {kept} rows kept")
+    if problems:
+        sys.exit(1)
+
+
+@psy.command()
+@taskdir_option
 @click.argument("task", nargs=-1)
 @_file_errors
 def kill(taskdir: str, task: tuple[str, ...]) -> None:
@@ -575,6 +620,11 @@ def _merge(directory: str, merged: str, overwrite: bool) -> None:
             f"cannot merge into {merged}: {text}".splitlines()[0]
             + f"; {merged} was not written (choose a format that holds these values, "
             "such as .pkl)"
+        ) from None
+    except OSError as exc:
+        # A full disk, or a file that did not read back: nothing was replaced.
+        raise click.ClickException(
+            f"cannot merge into {merged}: {str(exc).splitlines()[0]}; {merged} was left as it was"
         ) from None
     if base is None:
         click.echo(f"merged {len(sources)} files ({rows} rows) into {merged}")

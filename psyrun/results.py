@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     import xarray
 
 __all__ = [
+    "current_rows",
     "load_dataframe",
     "load_metadata",
     "load_results",
@@ -329,7 +330,43 @@ def _task_files(taskdir):
     return task_files(taskdir)
 
 
-def load_results(task, taskdir: str | os.PathLike = "psy-tasks") -> dict[str, np.ndarray]:
+def current_rows(data: Mapping[str, Any], pspace) -> dict[str, np.ndarray]:
+    """Return the rows of `data` that stand for assignments of `pspace`.
+
+    Rows whose parameters are not in the space (left from before the space
+    shrank) are left out, and so are copies beyond the number of times the
+    space holds an assignment. The order of the rows is kept.
+
+    Parameters
+    ----------
+    data : mapping of str to sequence
+        Equal-length columns holding every key of `pspace`.
+    pspace : psyrun.pspace.ParameterSpace
+        The assignments to keep.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+
+    Examples
+    --------
+    >>> from psyrun import Param
+    >>> current_rows({'a': [1, 2, 3], 'y': [10, 20, 30]}, Param(a=[1, 3]))
+    {'a': array([1, 3]), 'y': array([10, 30])}
+    """
+    from psyrun.merge import match_rows
+
+    columns = {k: _as_column(v) for k, v in data.items()}
+    lacking = [k for k in pspace.keys() if k not in columns]
+    if lacking:
+        raise KeyError(f"the results lack the parameter(s) {lacking} of the space")
+    used = match_rows(pspace, {k: columns[k] for k in pspace.keys()}).used
+    return {k: v[used] for k, v in columns.items()}
+
+
+def load_results(
+    task, taskdir: str | os.PathLike = "psy-tasks", only_current: bool = False
+) -> dict[str, np.ndarray]:
     """Load the results of a task from its result file.
 
     Parameters
@@ -340,6 +377,10 @@ def load_results(task, taskdir: str | os.PathLike = "psy-tasks") -> dict[str, np
         The task directory, as ``psy --taskdir`` takes it. Relative paths in
         the task (``workdir``, ``resultfile``) are relative to the current
         directory, as for ``psy``.
+    only_current : bool, optional
+        Leave out rows whose assignment is not in the task's current
+        parameter space (kept by ``psy run -c`` after the space shrank; see
+        :func:`current_rows`). ``psy prune`` removes them from the file.
 
     Returns
     -------
@@ -364,22 +405,26 @@ def load_results(task, taskdir: str | os.PathLike = "psy-tasks") -> dict[str, np
             f"task {taskdef.name!r} has no result file {resultfile!r} yet; run "
             f"`psy run {taskdef.name}` first (`psy status {taskdef.name}` shows progress)"
         )
-    return taskdef.store.load(resultfile)
+    data = taskdef.store.load(resultfile)
+    return current_rows(data, taskdef.pspace) if only_current else data
 
 
-def load_dataframe(task, taskdir: str | os.PathLike = "psy-tasks") -> pandas.DataFrame:
+def load_dataframe(
+    task, taskdir: str | os.PathLike = "psy-tasks", only_current: bool = False
+) -> pandas.DataFrame:
     """Load a task's results as a :class:`pandas.DataFrame`.
 
     See :func:`load_results` for the parameters and :func:`to_dataframe` for
     the conversion.
     """
-    return to_dataframe(load_results(task, taskdir))
+    return to_dataframe(load_results(task, taskdir, only_current=only_current))
 
 
 def load_xarray(
     task,
     taskdir: str | os.PathLike = "psy-tasks",
     dims: Sequence[str] | None = None,
+    only_current: bool = False,
 ) -> xarray.Dataset:
     """Load a task's results as an :class:`xarray.Dataset`, one dimension per parameter.
 
@@ -395,6 +440,9 @@ def load_xarray(
     dims : sequence of str, optional
         Parameters to use as dimensions (default: all keys of the task's
         ``pspace``); see :func:`to_xarray`.
+    only_current : bool, optional
+        Leave out rows outside the task's current parameter space (see
+        :func:`load_results`), so that the grid is exactly the space's.
 
     Returns
     -------
@@ -402,7 +450,8 @@ def load_xarray(
         The results on the parameter grid.
     """
     taskdef = _find_task(task, taskdir)
-    dataset = to_xarray(load_results(taskdef), dims=dims, pspace=taskdef.pspace)
+    data = load_results(taskdef, only_current=only_current)
+    dataset = to_xarray(data, dims=dims, pspace=taskdef.pspace)
     dataset.attrs.update(taskdef.store.read_metadata(os.fspath(taskdef.resultfile)))
     return dataset
 

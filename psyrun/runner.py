@@ -46,6 +46,7 @@ __all__ = [
     "StatusReport",
     "clean_task",
     "kill_task",
+    "prune_task",
     "run_task",
     "task_status",
 ]
@@ -538,6 +539,35 @@ def task_status(task, missing: bool = False) -> StatusReport:
         backend.paths.root,
         backend.rows_evaluated() if pid is not None else 0,
     )
+
+
+def prune_task(task) -> tuple[int, int] | None:
+    """Remove from `task`'s result file the rows outside its parameter space.
+
+    The new result is written beside the old one, read back, and renamed
+    over it (see :func:`psyrun.merge.merge_files`); copies of an assignment
+    beyond the number of times the space holds it go too.
+
+    Returns
+    -------
+    tuple of int or None
+        ``(rows kept, rows removed)``; None (nothing done) while a ``psy run``
+        holds the task.
+
+    Raises
+    ------
+    ValueError
+        When there is nothing to prune from, or part files wait to be merged;
+        the message says what to do.
+    """
+    backend = make_backend(task)
+    prune = getattr(backend, "prune", None)
+    if prune is None:
+        raise ValueError(f"{type(backend).__name__} cannot prune results")
+    with task_lock(backend, create=False) as locked:
+        if not locked:
+            return None
+        return prune()
 
 
 def kill_task(task) -> tuple[int, str]:

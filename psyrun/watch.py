@@ -39,17 +39,21 @@ class Sample:
         Jobs per state: ``queued``, ``running``, ``done``, ``failed``.
     active : bool
         A ``psy run`` holds the task's lock, or the scheduler still holds jobs.
+    merged : bool
+        The result file reads back and holds every completed row (no part
+        file is waiting to be merged).
     """
 
     rows_done: int
     rows_total: int
     jobs: dict[str, int] = field(default_factory=dict)
     active: bool = False
+    merged: bool = True
 
     @property
     def complete(self) -> bool:
-        """Every row is in the result and nothing is left to run."""
-        return not self.active and self.rows_done >= self.rows_total
+        """Every row is in a result file that reads back, and nothing is left to run."""
+        return not self.active and self.merged and self.rows_done >= self.rows_total
 
     @property
     def failed(self) -> bool:
@@ -81,7 +85,8 @@ def sample(task) -> Sample:
     }
     active = report.running_pid is not None or bool(queued or running)
     progress = report.progress
-    return Sample(progress.completed, progress.total, jobs, active)
+    merged = progress.result == "ok" and not progress.unmerged
+    return Sample(progress.completed, progress.total, jobs, active, merged)
 
 
 def format_duration(seconds: float) -> str:
@@ -186,10 +191,11 @@ def watch(
                 out.write("\n")
             if s.failed:
                 missing = s.rows_total - s.rows_done
+                unmerged = "" if s.merged else ", the result file is not complete"
                 out.write(
-                    f"{task.name}: nothing is running any more; {s.jobs['failed']} jobs failed, "
-                    f"{missing} rows missing (`psy status -v {task.name}` shows why, "
-                    f"`psy run -c {task.name}` evaluates them)\n"
+                    f"{task.name}: nothing is running any more; {s.jobs.get('failed', 0)} jobs "
+                    f"failed, {missing} rows missing{unmerged} (`psy status -v {task.name}` "
+                    f"shows why, `psy run -c {task.name}` finishes the task)\n"
                 )
             out.flush()
             return 1 if s.failed else 0

@@ -632,11 +632,12 @@ def test_unreadable_result_is_reported_and_never_replaced(project):
     with open(result_file, "wb") as f:
         f.write(b"garbage")
     status = psy("status", "square")
-    assert "skipping unreadable file" in status.output
-    assert result_file in status.output
+    assert "0 out of 12 rows completed" in status.output
+    assert f"the result file {result_file} is damaged" in status.output
     cont = psy("run", "-c", "square")
     assert cont.exit_code == 1
-    assert "cannot read the existing results" in cont.output
+    assert f"the result file {result_file} is damaged" in cont.output
+    assert "Move it away" in cont.output
     with open(result_file, "rb") as f:
         assert f.read() == b"garbage"
 

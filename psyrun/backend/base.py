@@ -82,6 +82,13 @@ class TaskProgress:
     stale : int
         Of the completed rows, those computed by an older version of the
         task's code (:mod:`psyrun.versions`); 0 when unknown.
+    result : str
+        The result file: ``"ok"`` (it reads back completely), ``"missing"``
+        or ``"damaged"`` (its rows are not counted).
+    unmerged : int
+        Completed rows held only by part files, not yet by the result file.
+    outside : int
+        Stored rows whose assignment is not in the space (not counted).
     """
 
     completed: int
@@ -89,6 +96,14 @@ class TaskProgress:
     notes: list[str] = field(default_factory=list)
     #: Of the completed rows, those computed by an older version of the task's code.
     stale: int = 0
+    result: str = "ok"
+    unmerged: int = 0
+    outside: int = 0
+
+    @property
+    def complete(self) -> bool:
+        """Every row is done and in a result file that reads back."""
+        return self.completed >= self.total and self.result == "ok" and not self.unmerged
 
 
 class Backend(abc.ABC):

@@ -23,21 +23,52 @@ import math
 import os
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from psyrun.atomic import remove_path, replace_path
 from psyrun.backend.base import Backend, Plan, TaskProgress
 from psyrun.failures import RowFailures
 from psyrun.jobs import Job, JobArray, JobGraph
-from psyrun.merge import load_params, missing_rows, write_merged
+from psyrun.merge import (
+    DiskFullError,
+    MergeOutcome,
+    RowMatch,
+    concat_columns,
+    describe_error,
+    load_params,
+    match_rows,
+    merge_files,
+)
 from psyrun.records import add_records, timed
 from psyrun.snapshot import snapshot_version, write_snapshot
 
 if TYPE_CHECKING:
     from psyrun.store.base import Store
 
-__all__ = ["SplitMergeBackend", "part_store"]
+__all__ = ["SplitMergeBackend", "UnholdableRows", "part_store"]
+
+
+def _count(columns: Mapping) -> int:
+    """Rows of a mapping of equal-length columns (0 for none)."""
+    return len(next(iter(columns.values()))) if columns else 0
+
+
+@dataclass
+class _Stored:
+    """The parameter columns of a task's stored rows: the result's first, then the parts'."""
+
+    params: dict[str, np.ndarray]
+    in_result: int
+    result: str  # "ok", "missing" or "damaged"
+    error: str = ""
+    match: RowMatch | None = None
+
+
+class UnholdableRows(TypeError):
+    """Rows the task's store cannot hold were left out of the result (they count as missing)."""
 
 
 def part_store() -> Store:
@@ -86,7 +117,7 @@ class SplitMergeBackend(Backend):
         files.extend(p for _, p, _ in self.paths.list_parts())
         return files
 
-    def _done_params(self) -> dict[str, np.ndarray]:
+    def _stored(self) -> _Stored:
         # One command asks several questions of the same files: read them once
         # (again only when they changed).
         stamp = []
@@ -95,16 +126,57 @@ class SplitMergeBackend(Backend):
                 st = os.stat(path)
                 stamp.append((path, st.st_mtime_ns, st.st_size))
         if self._done is None or self._done[0] != stamp:
-            self._done = (stamp, self._read_done_params())
+            self._done = (stamp, self._read_stored())
         return self._done[1]
 
-    def _read_done_params(self) -> dict[str, np.ndarray]:
-        def record(message: str) -> None:
-            # Kept for `psy status`: an unreadable result must not look like "no rows".
-            if message not in self.unreadable:
-                self.unreadable.append(message)
+    def _done_params(self) -> dict[str, np.ndarray]:
+        return self._stored().params
 
-        return load_params(self.store_for, self._existing_files(), self.keys, log=record)
+    def _note(self, message: str) -> None:
+        # Kept for `psy status`: an unreadable file must not look like "no rows".
+        if message not in self.unreadable:
+            self.unreadable.append(message)
+
+    def _read_stored(self) -> _Stored:
+        """Read the parameter columns of the result (checked whole) and of the parts."""
+        p = self.paths
+        stored = _Stored({}, 0, "missing")
+        params = []
+        if self.store.exists(p.result):
+            try:
+                # Read back whole: a result counts only if every row of it reads.
+                self.store.verify(p.result)
+                params.append(load_params(self.store, [p.result], self.keys, strict=True))
+                stored.result = "ok"
+            except Exception as exc:
+                stored.result = "damaged"
+                stored.error = describe_error(exc)
+                self._note(
+                    f"the result file {p.result} is damaged ({stored.error}); its rows are "
+                    f"not counted and `psy run -c {self.task.name}` refuses to continue it. "
+                    "Move it away (its rows are then evaluated again) or restore it from a "
+                    "copy."
+                )
+        stored.in_result = _count(params[0]) if params else 0
+        for _, path, _ in p.list_parts():
+            try:
+                params.append(load_params(self.store_for, [path], self.keys, strict=True))
+            except Exception as exc:
+                self._note(f"part file {path} cannot be read ({describe_error(exc)}); not counted")
+        stored.params = concat_columns([x for x in params if x], self.keys) if params else {}
+        return stored
+
+    def result_state(self) -> tuple[str, str]:
+        """``("ok" | "missing" | "damaged", why)`` of the result file, read back whole."""
+        stored = self._stored()
+        return stored.result, stored.error
+
+    def _match(self) -> RowMatch:
+        """Match the stored rows (result first, then parts) to the space, repeats counted."""
+        stored = self._stored()
+        if stored.match is None:
+            stored.match = match_rows(self.task.pspace, stored.params)
+        return stored.match
 
     def new_keys(self, done: Mapping[str, np.ndarray]) -> list[str]:
         """Parameter keys of the space that the stored rows lack (the space grew a key)."""
@@ -113,18 +185,25 @@ class SplitMergeBackend(Backend):
     def get_missing(self):
         """Return the assignments that no result file or part holds yet.
 
-        Stored rows that lack a key of the space (a parameter added since)
-        match nothing: every assignment counts as missing.
+        Rows are matched with multiplicity: an assignment the space holds k
+        times needs k stored rows. Stored rows that lack a key of the space
+        (a parameter added since) match nothing: every assignment counts as
+        missing.
         """
-        from psyrun.pspace import missing
+        from psyrun.pspace import RowView
 
         done = self._done_params() if self._existing_files() else {}
         if not done or self.new_keys(done):
             return self.task.pspace
-        return missing(self.task.pspace, done)
+        return RowView(self.task.pspace, self._match().missing)
 
     def progress(self, missing=None) -> TaskProgress:
-        """Rows completed (in the result or in parts) out of the space's rows."""
+        """Rows completed (in a readable result or in parts) out of the space's rows.
+
+        Also says whether the result file reads back (``result``), how many
+        completed rows only parts hold (``unmerged``) and how many stored
+        rows are outside the space (``outside``).
+        """
         total = len(self.task.pspace)
         notes = []
         if not self.store.exists(self.paths.result) and self.paths.list_parts() == []:
@@ -136,8 +215,9 @@ class SplitMergeBackend(Backend):
                     f"`psy run -c {self.task.name}` evaluates all {total} rows again"
                 )
             notes.extend(self._run_changed_notes())
-            return TaskProgress(0, total, notes)
-        done = self._done_params()
+            return TaskProgress(0, total, notes, result="missing")
+        stored = self._stored()
+        done = stored.params
         added = self.new_keys(done)
         if added:
             notes.append(
@@ -146,12 +226,56 @@ class SplitMergeBackend(Backend):
                 f"assignment. `psy run {self.task.name}` recomputes everything; "
                 f"`psy run -c {self.task.name}` refuses."
             )
-            return TaskProgress(0, total, notes)
-        if missing is None:
-            missing = self.get_missing()
-        progress = TaskProgress(total - len(missing), total, notes)
+            return TaskProgress(0, total, notes, result=stored.result)
+        if not done:
+            return TaskProgress(0, total, notes, result=stored.result)
+        match = self._match()
+        used_in_parts = int(match.used[stored.in_result :].sum())
+        outside = int((match.outside & match.first).sum())
+        if outside:
+            notes.append(
+                f"the results hold {outside} rows outside the current parameter space (not "
+                f"counted): `load_results({self.task.name!r}, only_current=True)` leaves "
+                f"them out, `psy prune {self.task.name}` removes them from the result file"
+            )
+        progress = TaskProgress(
+            total - len(match.missing),
+            total,
+            notes,
+            result=stored.result,
+            unmerged=used_in_parts,
+            outside=outside,
+        )
         self._version_notes(progress)
         return progress
+
+    def prune(self) -> tuple[int, int]:
+        """Rewrite the result without rows outside the space; return ``(kept, removed)``."""
+        p, name = self.paths, self.task.name
+        if not self.store.exists(p.result):
+            raise ValueError(f"task {name!r} has no result file {p.result} to prune")
+        if p.list_parts():
+            raise ValueError(
+                f"task {name!r} has part files not yet merged into its result; "
+                f"`psy run -c {name}` merges them, then prune"
+            )
+        state, why = self.result_state()
+        if state != "ok":
+            raise ValueError(
+                f"the result file {p.result} is damaged ({why}); move it away or restore it"
+            )
+        before = self._stored().in_result
+        outcome = merge_files(
+            self.store,
+            p.result,
+            [],
+            self.keys,
+            base=p.result,
+            log=self._log,
+            space=self.task.pspace,
+            keep_outside=False,
+        )
+        return outcome.rows, before - outcome.rows
 
     def notes(self) -> list[str]:
         """Messages about result or part files that could not be read."""
@@ -202,7 +326,7 @@ class SplitMergeBackend(Backend):
         """
         n_all = len(self.task.pspace)
         if not cont:
-            if self.is_current():
+            if self.is_current() and self.result_state()[0] == "ok":
                 return Plan(
                     self.build_graph(self.n_process_jobs(n_all), cont, write=False),
                     up_to_date=True,
@@ -239,6 +363,14 @@ class SplitMergeBackend(Backend):
                 f"the parameter(s) {', '.join(map(repr, excluded))}, so the stored results "
                 "cannot be matched to assignments. Remove them from exclude_from_result, "
                 "or run the whole task again without -c."
+            )
+        state, why = self.result_state()
+        if state == "damaged":
+            raise ValueError(
+                f"cannot continue task {self.task.name!r}: the result file "
+                f"{self.paths.result} is damaged ({why}). Move it away (its rows are then "
+                "evaluated again) or restore it from a copy, then run "
+                f"`psy run -c {self.task.name}` again."
             )
         if self._existing_files():
             added = self.new_keys(self._done_params())
@@ -287,31 +419,22 @@ class SplitMergeBackend(Backend):
             parts = [path for _, path, _ in p.list_parts()]
             if parts:
                 # The parts are the last run's: rows of its version replace older ones.
-                drop_base, metadata = self._merge_versions(
-                    p.result, parts, snapshot_version(p.pspace)
-                )
-                rows = write_merged(
-                    self.store,
-                    p.result,
-                    parts,
-                    keys,
-                    base=p.result,
-                    log=self._log,
-                    source_store=self.store_for,
-                    drop=self.task.exclude_from_result,
-                    metadata=metadata,
-                    drop_base=drop_base,
-                )
-                self._log(f"kept {rows} rows from the result file and earlier parts")
-            p.clear_parts()
+                outcome = self._merge_parts(parts, base=p.result)
+                self._log(f"kept {outcome.rows} rows from the result file and earlier parts")
+                if outcome.rejected is not None:
+                    self._log(
+                        f"{_count(outcome.rejected)} rows of earlier parts are evaluated again: "
+                        f"{outcome.reject_error}"
+                    )
+            self._remove_temporaries()
             done = (
-                load_params(self.store, [p.result], keys, log=self._log)
+                load_params(self.store, [p.result], keys, strict=True)
                 if self.store.exists(p.result)
                 else {}
             )
             if stale and done:
                 done = self._current_rows(done)
-            rows = missing_rows(self.task.pspace, done) if done else None
+            rows = match_rows(self.task.pspace, done).missing if done else None
         else:
             p.clear_parts()
             rows = None
@@ -319,6 +442,63 @@ class SplitMergeBackend(Backend):
         self.after_split()
         n = len(self.task.pspace) if rows is None else len(rows)
         self._log(f"{n} of {len(self.task.pspace)} rows to evaluate")
+
+    def _merge_parts(
+        self, parts: list[str], base: str | None, consume: bool = False, metadata=None
+    ) -> MergeOutcome:
+        """Merge `parts` (after `base`) into the result; then, and only then, remove them.
+
+        Rows the task's store cannot hold are set aside in :attr:`rejected_file`
+        (they count as missing and are evaluated again); unreadable parts are
+        moved to ``unreadable/`` in the work directory. Nothing is removed
+        when the merge fails.
+        """
+        p = self.paths
+        # The parts are the last run's: rows of its version replace older ones.
+        drop_base, metadata = self._merge_versions(
+            base, parts, snapshot_version(p.pspace), metadata
+        )
+        try:
+            outcome = merge_files(
+                self.store,
+                p.result,
+                parts,
+                self.keys,
+                base=base,
+                log=self._log,
+                source_store=self.store_for,
+                drop=self.task.exclude_from_result,
+                consume=consume,
+                metadata=metadata,
+                drop_base=drop_base,
+                space=self.task.pspace,
+                reject=True,
+            )
+        except DiskFullError as exc:
+            raise DiskFullError(f"{exc}; free space, then `psy run -c {self.task.name}`") from exc
+        # The result is on disk and reads back: what went into it can go.
+        if outcome.rejected is not None:
+            self.part_store.append(self.rejected_file, outcome.rejected)
+        for path in outcome.unreadable:
+            aside = os.path.join(p.root, "unreadable")
+            os.makedirs(aside, exist_ok=True)
+            replace_path(path, os.path.join(aside, os.path.basename(path)))
+        for path in outcome.merged:
+            remove_path(path)
+        return outcome
+
+    @property
+    def rejected_file(self) -> str:
+        """Where rows the task's store cannot hold are kept (a part-store file)."""
+        return os.path.join(self.paths.root, "rejected" + self.part_store.ext)
+
+    def _remove_temporaries(self) -> None:
+        """Remove what killed writes left in ``out/`` (hidden temporary names)."""
+        out = self.paths.out_dir
+        if os.path.isdir(out):
+            for entry in os.listdir(out):
+                if entry.startswith("."):
+                    remove_path(os.path.join(out, entry))
 
     def after_split(self) -> None:
         """Do extra work at the end of the split job (a hook for subclasses)."""
@@ -412,24 +592,18 @@ class SplitMergeBackend(Backend):
         p = self.paths
         parts = [path for _, path, _ in p.list_parts()]
         base = p.result if cont and self.store.exists(p.result) else None
-        drop_base, metadata = self._merge_versions(
-            base, parts, snapshot_version(p.pspace), self._provenance(base)
+        outcome = self._merge_parts(
+            parts, base=base, consume=True, metadata=self._provenance(base)
         )
-        rows = write_merged(
-            self.store,
-            p.result,
-            parts,
-            self.keys,
-            base=base,
-            log=self._log,
-            source_store=self.store_for,
-            drop=self.task.exclude_from_result,
-            consume=True,
-            metadata=metadata,
-            drop_base=drop_base,
-        )
-        p.clear_parts()
-        self._log(f"merged {len(parts)} parts; {rows} rows in {p.result}")
+        self._remove_temporaries()
+        self._log(f"merged {len(outcome.merged)} parts; {outcome.rows} rows in {p.result}")
+        if outcome.rejected is not None:
+            n = _count(outcome.rejected)
+            raise UnholdableRows(
+                f"{outcome.reject_error} The {n} rows holding such values are not in the "
+                f"result and count as missing (kept in {self.rejected_file}); fix the task, "
+                f"then `psy run -c {self.task.name}` evaluates them again."
+            )
 
     # -- versions of the task's code (psyrun.versions) ---------------------------
 

@@ -116,15 +116,15 @@ class Owner:
             if self.pid == viewer.pid:
                 return False
             now = _start_ticks(self.pid)
-            if now is None:
-                try:
-                    os.kill(self.pid, 0)
-                except ProcessLookupError:
-                    return True
-                except PermissionError:
-                    return False
-                return self.start is not None  # the pid exists but is not the recorded process
-            return now != self.start
+            if now is not None and self.start is not None:
+                return now != self.start
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                return True
+            except PermissionError:
+                pass
+            return False
         return self.job == viewer.job and self.attempt != viewer.attempt
 
 

@@ -301,6 +301,17 @@ def _run_locked(task, backend, scheduler, cont: bool, events: RunEvents) -> RunR
             f"submitting again. `psy status -v {name}` lists them, `psy kill {name}` "
             "cancels them.",
         )
+    live = _unaccounted_leases(backend, held)
+    if live:
+        return RunReport(
+            name,
+            "running",
+            f"{len(live)} job(s) of the last run may still be running, though no scheduler "
+            f"lists them: {'; '.join(lease.describe() for lease in live)}. Not submitting "
+            "beside them (rows would be evaluated twice). Wait until they have ended (`psy "
+            f"status {name}` lists them while they live), or stop them on their host, then "
+            "run again.",
+        )
     blocked = [s.id for s in held if s.status.in_queue and not s.status.will_run]
     if blocked:
         # They wait for a job that failed and can never run; this run replaces them.
@@ -340,6 +351,8 @@ def _run_locked(task, backend, scheduler, cont: bool, events: RunEvents) -> RunR
     if attached:
         _preload_store(task.store)
         scheduler.monitor = lambda: events.progress(backend.rows_evaluated(), plan.n_rows)
+        scheduler.notify = events.warning
+    ids = None
     try:
         ids = backend.submit(
             plan.graph, scheduler, on_start=events.started, on_submitted=events.submitted
@@ -350,15 +363,18 @@ def _run_locked(task, backend, scheduler, cont: bool, events: RunEvents) -> RunR
     except KeyboardInterrupt:
         raise
     except Exception as exc:
+        doing = "submitting jobs" if ids is None else "waiting for the jobs"
         return RunReport(
             name,
             "refused",
-            f"submitting jobs failed: {type(exc).__name__}: {exc}",
+            f"{doing} failed: {type(exc).__name__}: {exc}",
+            jobs=ids or {},
             n_jobs=len(plan.graph),
         )
     finally:
         if attached:
             scheduler.monitor = None
+            scheduler.notify = None
     if not attached:
         return RunReport(name, "submitted", jobs=ids, n_jobs=len(plan.graph))
     failed = backend.get_failed([])
@@ -368,6 +384,14 @@ def _run_locked(task, backend, scheduler, cont: bool, events: RunEvents) -> RunR
             job.message = "not run: a job it depends on failed"
     outcome = "failed" if failed else "completed"
     return RunReport(name, outcome, jobs=ids, failed=failed, n_jobs=len(plan.graph))
+
+
+def _unaccounted_leases(backend, held) -> list:
+    """Live job leases (:mod:`psyrun.lease`) of jobs that no scheduler lists in `held`."""
+    from psyrun.lease import live_leases
+
+    listed = {s.name for s in held}
+    return [lease for lease in live_leases(backend.paths.status_dir) if lease.job not in listed]
 
 
 def _preload_store(store) -> None:
@@ -417,6 +441,15 @@ def task_status(task, missing: bool = False) -> StatusReport:
     pid = running_pid(backend)
     queued = backend.get_queued(scheduler)
     failed = backend.get_failed(queued, pending=pid is not None)
+    if pid is None:
+        live = _unaccounted_leases(backend, queued)
+        progress.notes.extend(
+            f"{lease.describe()} is still running, though no scheduler lists it; "
+            f"`psy run {task.name}` waits until it has ended"
+            for lease in live
+        )
+        running = {lease.job for lease in live}
+        failed = [f for f in failed if f.name not in running]
     return StatusReport(
         progress,
         space,

@@ -819,12 +819,12 @@ def test_claims_hand_out_every_row_once_in_shrinking_chunks(tmp_path):
 
 
 def test_claim_of_a_dead_worker_is_taken_over_and_a_live_ones_is_not(tmp_path):
-    from psyrun.backend.loadbalancing import _start_ticks
+    from psyrun.lease import start_ticks
 
     # Two other workers claim rows and never record them: one lives (pytest's
     # parent process stands for it), one is dead.
     live, _, _ = _claim_log(tmp_path, 100)
-    live.register(_owner(pid=os.getppid(), start=_start_ticks(os.getppid())))
+    live.register(_owner(pid=os.getppid(), start=start_ticks(os.getppid())))
     live_claim = live.next(n_workers=1)
     dead, _, _ = _claim_log(tmp_path, 100)
     dead.register(_owner(pid=_dead_pid(), start=None))
@@ -847,9 +847,9 @@ def test_claim_of_a_dead_worker_is_taken_over_and_a_live_ones_is_not(tmp_path):
 
 def test_a_reused_pid_does_not_keep_a_dead_workers_claim(tmp_path):
     # The recorded process started at another time than the one now holding its pid.
-    from psyrun.backend.loadbalancing import _start_ticks
+    from psyrun.lease import start_ticks
 
-    stale = _owner(pid=os.getpid(), start=(_start_ticks(os.getpid()) or 0) - 1)
+    stale = _owner(pid=os.getpid(), start=(start_ticks(os.getpid()) or 0) - 1)
     viewer = _owner(pid=os.getppid())
     assert stale.is_dead(viewer)
     assert not _owner().is_dead(viewer)

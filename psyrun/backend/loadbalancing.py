@@ -26,7 +26,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import sys
 import traceback
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from dataclasses import dataclass, field
 from psyrun.atomic import atomic_write
 from psyrun.backend.splitmerge import SplitMergeBackend
 from psyrun.failures import RowFailures, RowsFailed
+from psyrun.lease import host_id, process_alive, start_ticks
 from psyrun.snapshot import Snapshot
 from psyrun.store.locking import FileLock
 
@@ -43,34 +43,6 @@ __all__ = ["ClaimLog", "LoadBalancingBackend", "Owner"]
 MAX_CHUNK = 1024
 #: Bytes read from the end of the claims log to find the next row to hand out.
 _TAIL = 4096
-
-
-def _boot_id() -> str:
-    """Identify this boot of this machine (pids of an earlier boot are all dead)."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
-
-
-def _start_ticks(pid: int) -> int | None:
-    """Return when process `pid` started (clock ticks since boot; Linux), None if unknown."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    if fields[0] in ("Z", "X"):
-        return -1  # a zombie has finished: never equal to a recorded start
-    try:
-        return int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def _this_host() -> str:
-    return f"{socket.gethostname()}/{_boot_id()}"
 
 
 @dataclass(frozen=True)
@@ -100,8 +72,8 @@ class Owner:
     @classmethod
     def this_process(cls, job: str, attempt: str | None = None) -> Owner:
         """Return the owner for the calling process (`attempt`: its job's main process)."""
-        host, pid = _this_host(), os.getpid()
-        start = _start_ticks(pid)
+        host, pid = host_id(), os.getpid()
+        start = start_ticks(pid)
         return cls(host, pid, start, job, attempt or f"{host}/{pid}/{start}")
 
     def is_dead(self, viewer: Owner) -> bool:
@@ -115,16 +87,7 @@ class Owner:
         if self.host == viewer.host:
             if self.pid == viewer.pid:
                 return False
-            now = _start_ticks(self.pid)
-            if now is not None and self.start is not None:
-                return now != self.start
-            try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
-                return True
-            except PermissionError:
-                pass
-            return False
+            return not process_alive(self.pid, self.start)
         return self.job == viewer.job and self.attempt != viewer.attempt
 
 

@@ -247,6 +247,9 @@ class Dask(Scheduler):
                 "processes": True,
                 "host": "127.0.0.1",
                 "dashboard_address": None,
+                # No dashboard; its bare HTTP server (metrics) on a free port, so that
+                # another cluster on 8787 does not make distributed warn.
+                "scheduler_kwargs": {"dashboard": False, "dashboard_address": "127.0.0.1:0"},
             }
             kwargs.update(self.cluster_kwargs)
             with _sigint_ignored():

@@ -186,9 +186,10 @@ def worker_of(log: Path) -> str:
 def test_clean_run_on_the_embedded_cluster_prints_nothing_alarming(tmp_path):
     where, _ = project(tmp_path, "Dask(n_workers=2)", "distribute", 60, "max_jobs = 3\n")
     run = ok(psy("run", cwd=where, env=ENV, timeout=300))
-    # distributed warns per worker when a cluster closes under tasks a client still wants.
-    for alarming in ("lost", "Traceback", "WARNING", "ERROR"):
-        assert alarming not in run.stderr, describe(run)
+    # distributed warns per worker when a cluster closes under tasks a client still
+    # wants, and when another cluster holds port 8787.
+    for alarming in ("lost", "traceback", "warning", "error"):
+        assert alarming not in run.stderr.lower(), describe(run)
     assert_exact(where, 60)
 
 

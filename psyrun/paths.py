@@ -7,8 +7,9 @@ Layout of ``<workdir>/<task>/``::
     jobs/submitted.json           ids of the jobs submitted last
     jobs/run.lock                 held by the `psy run` or `psy clean` working on the task
     status/<job name>.done|.failed  how each job ended (written by the job)
+    status/<job name>.lease       a running job says it lives (psyrun.lease)
     in/pspace.pkl                 compact snapshot of the space to evaluate
-    in/counter                    next row to hand out (load balancing)
+    in/counter                    claims log: rows handed out (load balancing)
     out/<i>.pkl                   a finished part of the results
     out/<i>.partial.pkl           a part still being written
     result<ext>                   the result file (unless ``resultfile`` is set)

@@ -381,6 +381,17 @@ def _run_locked(
             f"submitting again. `psy status -v {name}` lists them, `psy kill {name}` "
             "cancels them." + (f" Of these, {waits}." if waits else ""),
         )
+    live = _unaccounted_leases(backend, held)
+    if live:
+        return RunReport(
+            name,
+            "running",
+            f"{len(live)} job(s) of the last run may still be running, though no scheduler "
+            f"lists them: {'; '.join(lease.describe() for lease in live)}. Not submitting "
+            "beside them (rows would be evaluated twice). Wait until they have ended (`psy "
+            f"status {name}` lists them while they live), or stop them on their host, then "
+            "run again.",
+        )
     blocked = [s.id for s in held if s.status.in_queue and not s.status.will_run]
     if blocked:
         # They wait for a job that failed and can never run; this run replaces them.
@@ -435,6 +446,8 @@ def _run_locked(
     if attached:
         _preload_store(task.store)
         scheduler.monitor = lambda: events.progress(backend.rows_evaluated(), plan.n_rows)
+        scheduler.notify = events.warning
+    ids = None
     try:
         ids = backend.submit(
             plan.graph, scheduler, on_start=events.started, on_submitted=events.submitted
@@ -447,20 +460,23 @@ def _run_locked(
     except Exception as exc:
         left = (
             ""
-            if attached
+            if attached or ids is not None
             else f"; jobs the batch system accepted before the failure (perhaps also the one "
             f"being submitted) stay in its queue: `psy status {name}` shows them, "
             f"`psy kill {name}` cancels them"
         )
+        doing = "submitting jobs" if ids is None else "waiting for the jobs"
         return RunReport(
             name,
             "refused",
-            f"submitting jobs failed: {type(exc).__name__}: {exc}{left}",
+            f"{doing} failed: {type(exc).__name__}: {exc}{left}",
+            jobs=ids or {},
             n_jobs=len(plan.graph),
         )
     finally:
         if attached:
             scheduler.monitor = None
+            scheduler.notify = None
     if not attached:
         if cont:
             _warn_stale(backend, events)
@@ -481,6 +497,14 @@ def _warn_stale(backend, events: RunEvents) -> None:
         text = backend.stale_note()
         if text:
             events.warning(text)
+
+
+def _unaccounted_leases(backend, held) -> list:
+    """Live job leases (:mod:`psyrun.lease`) of jobs that no scheduler lists in `held`."""
+    from psyrun.lease import live_leases
+
+    listed = {s.name for s in held}
+    return [lease for lease in live_leases(backend.paths.status_dir) if lease.job not in listed]
 
 
 def _preload_store(store) -> None:
@@ -530,6 +554,15 @@ def task_status(task, missing: bool = False) -> StatusReport:
     pid = running_pid(backend)
     queued = backend.get_queued(scheduler)
     failed = backend.get_failed(queued, pending=pid is not None)
+    if pid is None:
+        live = _unaccounted_leases(backend, queued)
+        progress.notes.extend(
+            f"{lease.describe()} is still running, though no scheduler lists it; "
+            f"`psy run {task.name}` waits until it has ended"
+            for lease in live
+        )
+        running = {lease.job for lease in live}
+        failed = [f for f in failed if f.name not in running]
     return StatusReport(
         progress,
         space,

@@ -124,6 +124,7 @@ def _run(description: dict, index: int | None) -> int:
     from psyrun.defaults import backend_class
     from psyrun.failures import RowsFailed
     from psyrun.jobs import JobDescriptionError, check_job_description
+    from psyrun.lease import JobLease
     from psyrun.tasks import get_task
 
     cwd = description.get("cwd")
@@ -157,7 +158,10 @@ def _run(description: dict, index: int | None) -> int:
         print(f"psyrun: job {name} started (pid {os.getpid()})", flush=True)
         # Paths are absolute by now; execute and setup see the task's directory.
         os.chdir(task.taskdir)
-        code = backend.run_job(kind, index, description)
+        # The lease tells `psy run` and `psy status` that this job lives, also
+        # when no scheduler knows of it any more (psyrun.lease).
+        with JobLease(backend.paths.status_file(name, "lease"), name):
+            code = backend.run_job(kind, index, description)
     except RowsFailed as exc:
         print(f"psyrun: {exc}", file=sys.stderr, flush=True)
         mark(1, str(exc))

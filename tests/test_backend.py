@@ -161,7 +161,12 @@ def test_kill_9_then_continue_gives_every_row_once(
     assert not os.path.exists(task.resultfile)  # merge skipped after the failure
     failed = backend_obj.get_failed(queued=[])
     assert any(f.name.startswith("t:process:") for f in failed)
-    assert 0 < backend_obj.progress().completed < 120
+    completed = backend_obj.progress().completed
+    if backend == "LoadBalancingBackend":
+        # The other workers took over the rows the killed one had claimed.
+        assert completed == 120
+    else:
+        assert 0 < completed < 120
 
     run(task, cont=True)
     data, rows = result_rows(task)
@@ -756,3 +761,175 @@ def test_a_failing_row_does_not_make_the_others_run_twice(project, backend):
     data = task_result(project, "flaky")
     assert sorted(data["x"]) == [x for x in range(20) if x != 13]
     assert all(y == x * x for x, y in zip(data["x"], data["y"]))
+
+
+# -- LoadBalancing's claims log --------------------------------------------------------
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has ended (and been reaped)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _claim_log(tmp_path, n_rows):
+    from psyrun.backend.loadbalancing import ClaimLog
+    from psyrun.store import PickleStore
+
+    store = PickleStore()
+
+    def part(k):
+        return str(tmp_path / f"{k}.partial.pkl")
+
+    def count(path):
+        return store.count_rows(path) if os.path.exists(path) else 0
+
+    return ClaimLog(str(tmp_path / "counter"), n_rows, part, count), part, store
+
+
+def _owner(pid=None, start="same", job="t:process:0", attempt=None):
+    """An Owner of this host; by default the calling process itself."""
+    import dataclasses
+
+    from psyrun.backend.loadbalancing import Owner
+
+    me = Owner.this_process(job, attempt)
+    if pid is None:
+        return me
+    return dataclasses.replace(me, pid=pid, start=me.start if start == "same" else start)
+
+
+def test_claims_hand_out_every_row_once_in_shrinking_chunks(tmp_path):
+    log, _, _ = _claim_log(tmp_path, 1000)
+    log.register(_owner())
+    chunks = []
+    while (claim := log.next(n_workers=2)) is not None:
+        chunks.append(claim)
+        log.done(claim[0], 0)
+    rows = [r for start, stop in chunks for r in range(start, stop)]
+    assert rows == list(range(1000))
+    sizes = [stop - start for start, stop in chunks]
+    assert sizes[0] == 1000 // 16
+    assert sizes[-1] == 1
+    assert sizes == sorted(sizes, reverse=True)
+    assert log.unfinished() == []
+
+
+def test_claim_of_a_dead_worker_is_taken_over_and_a_live_ones_is_not(tmp_path):
+    from psyrun.lease import start_ticks
+
+    # Two other workers claim rows and never record them: one lives (pytest's
+    # parent process stands for it), one is dead.
+    live, _, _ = _claim_log(tmp_path, 100)
+    live.register(_owner(pid=os.getppid(), start=start_ticks(os.getppid())))
+    live_claim = live.next(n_workers=1)
+    dead, _, _ = _claim_log(tmp_path, 100)
+    dead.register(_owner(pid=_dead_pid(), start=None))
+    dead_claim = dead.next(n_workers=1)
+    assert live_claim[1] == dead_claim[0]
+    log, _, _ = _claim_log(tmp_path, 100)
+    log.register(_owner())
+    # A worker that starts takes over the dead worker's rows first.
+    assert log.next(n_workers=1) == dead_claim
+    log.done(dead_claim[0], 0)
+    handed = []
+    while (claim := log.next(n_workers=1)) is not None:
+        handed.append(claim)
+        log.done(claim[0], 0)
+    assert handed[0][0] == dead_claim[1]
+    assert handed[-1][1] == 100
+    # The live worker's rows stay with it (it may still append them).
+    assert [(c.start, c.stop) for c in log.unfinished()] == [live_claim]
+
+
+def test_a_reused_pid_does_not_keep_a_dead_workers_claim(tmp_path):
+    # The recorded process started at another time than the one now holding its pid.
+    from psyrun.lease import start_ticks
+
+    stale = _owner(pid=os.getpid(), start=(start_ticks(os.getpid()) or 0) - 1)
+    viewer = _owner(pid=os.getppid())
+    assert stale.is_dead(viewer)
+    assert not _owner().is_dead(viewer)
+
+
+def test_on_another_host_only_an_earlier_attempt_of_the_same_job_is_dead(tmp_path):
+    import dataclasses
+
+    viewer = _owner(job="t:process:1", attempt="here/1/1")
+    there = dataclasses.replace(_owner(), host="elsewhere/boot")
+    assert dataclasses.replace(there, job="t:process:1", attempt="there/9/9").is_dead(viewer)
+    assert not dataclasses.replace(there, job="t:process:1", attempt="here/1/1").is_dead(viewer)
+    assert not dataclasses.replace(there, job="t:process:2", attempt="x/1/1").is_dead(viewer)
+
+
+def test_a_dead_workers_appended_but_unrecorded_chunk_is_not_evaluated_again(tmp_path):
+    log, part, store = _claim_log(tmp_path, 40)
+    dead, _, _ = _claim_log(tmp_path, 40)
+    k = dead.register(_owner(pid=_dead_pid(), start=None))
+    first = dead.next(n_workers=1)
+    store.append(part(k), {"x": np.arange(*first)})
+    dead.done(first[0], first[1] - first[0])
+    # Killed after appending its second chunk, before recording it.
+    second = dead.next(n_workers=1)
+    store.append(part(k), {"x": np.arange(*second)})
+    # Killed after claiming a third chunk is impossible for one worker; another dead
+    # worker was killed during its evaluation.
+    other, _, _ = _claim_log(tmp_path, 40)
+    other.register(_owner(pid=_dead_pid(), start=None))
+    lost = other.next(n_workers=1)
+    log.register(_owner())
+    assert log.next(n_workers=1) == lost  # only the chunk that never reached a part
+    assert {c.start for c in log.unfinished()} == {lost[0]}
+
+
+def test_a_line_cut_short_by_a_kill_does_not_hide_the_next_claim(tmp_path):
+    log, _, _ = _claim_log(tmp_path, 100)
+    log.register(_owner())
+    first = log.next(n_workers=1)
+    with open(tmp_path / "counter", "a") as f:
+        f.write('{"c":[99,1')  # a writer killed in the middle of its line
+    second = log.next(n_workers=1)
+    assert second[0] == first[1]
+    assert [(c.start, c.stop) for c in log.unfinished()] == [first, second]
+
+
+def test_loadbalancing_pool_worker_killed_mid_chunk_loses_no_row(tmp_path):
+    # One job, three pool workers; a forked one is SIGKILLed while it holds a claim.
+    marker = tmp_path / "kill-once"
+    marker.write_text("")
+    task = make_task(
+        tmp_path,
+        f"""
+        pspace = Param(x=range(200))
+        max_jobs = 1
+        pool_size = 3
+        MARKER = {str(marker)!r}
+        WORKER = []
+        def setup(proc_id):
+            WORKER.append(proc_id)
+            return {{}}
+        def execute(x):
+            import time
+            time.sleep(0.002)
+            if WORKER == [1] and os.path.exists(MARKER):  # a forked pool worker, once
+                os.remove(MARKER)
+                os.kill(os.getpid(), signal.SIGKILL)
+            return {{'y': x * x}}
+        """,
+        backend="LoadBalancingBackend",
+    )
+    backend_obj, _, _ = run(task)
+    assert not marker.exists(), "the kill did not happen"
+    # The job fails (a worker died), but every row is in the parts once.
+    assert "t:process:0" in [f.name for f in backend_obj.get_failed(queued=[])]
+    rows = Counter()
+    for _, path, _ in backend_obj.paths.list_parts():
+        rows.update(backend_obj.part_store.load(path)["x"].tolist())
+    assert rows == Counter(range(200))
+    run(task, cont=True)
+    _, counts = result_rows(task)
+    assert counts == Counter({(x,): 1 for x in range(200)})

@@ -125,11 +125,14 @@ def test_continue_after_crash_gives_every_row_once(tmp_path, backend, store, how
     first = psy("run", cwd=tmp_path, subprocess=True)  # may fail: a job died
     assert marker.exists(), f"the crash row was never reached\n{describe(first)}"
     first_calls = calls(side)
-    assert crash_row not in first_calls
+    if backend == "distribute":
+        assert crash_row not in first_calls
 
     cont = ok(psy("run", "-c", cwd=tmp_path, subprocess=True))
     rerun = calls(side) - first_calls
-    assert rerun[crash_row] == 1, f"{rerun}\n{describe(cont)}"
+    # The killed evaluation is done once more: by `-c`, or (LoadBalancing) already
+    # in the first run by a worker that took over the dead worker's claim.
+    assert calls(side)[crash_row] == 1, f"{rerun}\n{describe(cont)}"
     assert sum(rerun.values()) < n, f"nothing of the first run was kept: {rerun}"
     if backend == "distribute":
         # 12 rows over 4 jobs: only job 3 (rows 9-11) died; the others' parts are kept.

@@ -211,6 +211,9 @@ class Scheduler(abc.ABC):
 
     #: Seconds between two calls of :attr:`monitor`.
     monitor_interval: float = 0.5
+    #: Set by ``psy run``: an attached scheduler calls it with a warning for the
+    #: user while it waits (for example that no worker is there to run the jobs).
+    notify: Callable[[str], None] | None = None
 
     #: Set by the backend while it submits one run: a short unique tag that a
     #: scheduler able to (:meth:`find_run`) puts into the name every job has

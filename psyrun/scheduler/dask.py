@@ -16,6 +16,7 @@ Neither dask nor distributed is imported before the first job is submitted.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
@@ -24,6 +25,7 @@ import sys
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -37,7 +39,7 @@ from psyrun.scheduler.base import (
     resolve_arg,
 )
 
-__all__ = ["Dask"]
+__all__ = ["Dask", "SchedulerLost"]
 
 _INSTALL_HINT = "pip install 'psyrun[dask]'"
 
@@ -74,6 +76,14 @@ except OSError as e:
     print(f"psyrun: cannot run {sys.argv[2:]!r}: {e}", file=sys.stderr, flush=True)
     os._exit(127)
 """
+
+#: Seconds ``wait`` waits before it checks that the Dask scheduler has workers.
+NO_WORKERS_WARNING = 5.0
+
+
+class SchedulerLost(SchedulerError):
+    """The connection to the Dask scheduler was lost while jobs had not ended."""
+
 
 # Worker process side: key -> subprocess of every job this process runs now.
 _RUNNING: dict[str, subprocess.Popen] = {}
@@ -216,6 +226,7 @@ class Dask(Scheduler):
         self._names: dict[str, str | None] = {}
         self._deps: dict[str, list[str]] = {}
         self._ended: dict[str, JobState] = {}  # final states, once observed
+        self._outputs: dict[str, str] = {}  # id -> the job's output file
         self._killed: set[str] = set()
 
     # -- connection -------------------------------------------------------
@@ -236,6 +247,9 @@ class Dask(Scheduler):
                 "processes": True,
                 "host": "127.0.0.1",
                 "dashboard_address": None,
+                # No dashboard; its bare HTTP server (metrics) on a free port, so that
+                # another cluster on 8787 does not make distributed warn.
+                "scheduler_kwargs": {"dashboard": False, "dashboard_address": "127.0.0.1:0"},
             }
             kwargs.update(self.cluster_kwargs)
             with _sigint_ignored():
@@ -259,6 +273,9 @@ class Dask(Scheduler):
                 f"(`dask scheduler` and `dask worker <address>`) or correct the address"
             ) from e
         self._own_client = True
+        # Registered after distributed's own exit hooks, so it runs before them:
+        # `psy run` ends with the client closed before the cluster.
+        atexit.register(_shutdown_at_exit, weakref.ref(self))
 
     @property
     def dashboard_link(self) -> str | None:
@@ -305,6 +322,7 @@ class Dask(Scheduler):
         )
         self._futures[jobid] = future
         self._names[jobid] = name
+        self._outputs[jobid] = output_filename
         self._deps[jobid] = deps
         return jobid
 
@@ -316,25 +334,90 @@ class Dask(Scheduler):
         Any exception while waiting (Ctrl-C, or one raised by the monitor)
         cancels every job of this instance that has not ended, stops their
         subprocesses (SIGTERM, SIGKILL after :attr:`grace` seconds) and is
-        raised again.
+        raised again. When the connection to the Dask scheduler is lost,
+        :class:`SchedulerLost` names the jobs that may still be running and
+        where. A scheduler without workers is reported to :attr:`notify`
+        after :data:`NO_WORKERS_WARNING` seconds.
         """
         not_done = [self._futures[j] for j in jobids if j in self._futures]
+        started = time.monotonic()
+        next_worker_check = started + NO_WORKERS_WARNING
         try:
-            next_call = time.monotonic()
+            next_call = started
             while True:
                 if self.monitor is not None and time.monotonic() >= next_call:
                     self.monitor()
                     next_call = time.monotonic() + self.monitor_interval
+                if self._lost():
+                    break
                 # Future.done() reads the client's local state: polling is cheap.
-                not_done = [f for f in not_done if not f.done()]
+                still = []
+                for f in not_done:
+                    if f.done():
+                        # Recorded at once: a lost connection later cancels every future.
+                        self._final_state(f.key)
+                    else:
+                        still.append(f)
+                not_done = still
                 if not not_done:
                     break
+                if next_worker_check is not None and time.monotonic() >= next_worker_check:
+                    next_worker_check = self._check_workers()
                 time.sleep(0.05)
             if self.monitor is not None:
                 self.monitor()
         except BaseException:
             self._cancel_all()
             raise
+        if not_done:
+            raise SchedulerLost(self._lost_message([f.key for f in not_done]))
+
+    def _lost(self) -> bool:
+        """Whether the client has lost its scheduler (its futures are then all cancelled)."""
+        client = self._client
+        return client is not None and client.status not in ("running", "newly-created")
+
+    def _lost_message(self, keys: list[str]) -> str:
+        running, queued = [], []
+        for key in keys:
+            where = _started_on(self._outputs.get(key, ""), key)
+            label = self._names.get(key) or key
+            if where is None:
+                queued.append(label)
+            else:
+                running.append(f"{label} on worker {where}")
+        self._ended.update(dict.fromkeys(keys, JobState.CANCELLED))
+        address = getattr(self._client, "scheduler", None)
+        address = getattr(address, "address", None) or self.address or "?"
+        text = f"lost the connection to the Dask scheduler at {address}"
+        if running:
+            text += (
+                f"; {len(running)} job(s) may still be running: {', '.join(running)} (each "
+                "stops when its worker notices that the scheduler is gone). `psy status` "
+                "lists them while they run, and `psy run -c` waits until they have ended "
+                "before it continues"
+            )
+        if queued:
+            text += f"; {len(queued)} job(s) had not started: {', '.join(queued)}"
+        return text
+
+    def _check_workers(self) -> float | None:
+        """Warn through :attr:`notify` when the scheduler has no worker; return the next check."""
+        try:
+            workers = self.client.scheduler_info(n_workers=1).get("n_workers")
+            if workers is None:
+                workers = len(self.client.scheduler_info().get("workers", {}))
+        except Exception:
+            return time.monotonic() + NO_WORKERS_WARNING
+        if workers:
+            return time.monotonic() + NO_WORKERS_WARNING
+        address = getattr(self.client.scheduler, "address", None) or self.address
+        if self.notify is not None:
+            self.notify(
+                f"the Dask scheduler at {address} has no workers: the jobs wait until one "
+                f"connects (start one with `dask worker {address}`)"
+            )
+        return None
 
     def result(self, jobid: str) -> JobStatus | None:
         """Return how a job submitted here ended (COMPLETED, FAILED, BLOCKED, CANCELLED).
@@ -495,11 +578,28 @@ class Dask(Scheduler):
         self._futures.clear()
         client, cluster = self._client, self._cluster
         self._client, self._cluster = None, None
+        # Client first: it releases the tasks. The embedded cluster closes
+        # once its scheduler has forgotten them, so that removing its workers
+        # does not "lose already computed tasks" (a warning per worker).
         try:
             if client is not None and self._own_client:
-                client.close()
+                if client.status in ("running", "newly-created"):
+                    client.close()
+                else:
+                    # The scheduler is gone (and reported): do not wait for it, and
+                    # spare the user distributed's log of the reconnection it gives up.
+                    import logging
+
+                    logger = logging.getLogger("distributed.client")
+                    level = logger.level
+                    logger.setLevel(logging.CRITICAL)
+                    try:
+                        client.close(timeout=2)
+                    finally:
+                        logger.setLevel(level)
         finally:
             if cluster is not None:
+                _wait_until_released(cluster, 5.0)
                 cluster.close()
 
     def __enter__(self) -> Dask:
@@ -511,11 +611,30 @@ class Dask(Scheduler):
     def __getstate__(self) -> dict:
         # A task file's scheduler may be pickled with its task; connections are not.
         state = self.__dict__.copy()
-        state.update(_client=None, _own_client=False, _cluster=None, _futures={})
+        state.update(_client=None, _own_client=False, _cluster=None, _futures={}, notify=None)
         return state
 
     def __repr__(self) -> str:
         return f"Dask({self.address!r})"
+
+
+def _wait_until_released(cluster, timeout: float) -> None:
+    """Wait until the in-process scheduler of `cluster` holds no task (at most `timeout` s)."""
+    scheduler = getattr(cluster, "scheduler", None)
+    tasks = getattr(scheduler, "tasks", None)
+    if tasks is None:
+        return
+    deadline = time.monotonic() + timeout
+    while tasks and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def _shutdown_at_exit(ref) -> None:
+    """Close a Dask instance's client and cluster when the interpreter exits (if still open)."""
+    sched = ref()
+    if sched is not None and sched._client is not None:
+        with contextlib.suppress(Exception):
+            sched.shutdown()
 
 
 @contextlib.contextmanager
@@ -556,10 +675,33 @@ def _running_keys(dask_worker=None) -> list[str]:
         return [k for k, p in _RUNNING.items() if p.poll() is None]
 
 
+def _started_on(output_filename: str, key: str) -> str | None:
+    """Return the worker that started task `key` (its log says so) while it has not ended."""
+    if not output_filename:
+        return None
+    attempted, recorded = _recorded_status(output_filename, key)
+    if not attempted or recorded is not None:
+        return None
+    try:
+        with open(output_filename, "rb") as f:
+            first = f.readline().decode(errors="replace")
+    except OSError:
+        return None
+    return first.split(" on worker ", 1)[1].split()[0] if " on worker " in first else "?"
+
+
+#: States of a Dask worker that is going away (for example its scheduler is gone).
+_WORKER_GONE = frozenset({"closing", "closed", "failed", "stopping", "stopped"})
+
+
 def _task_wanted(worker, key: str) -> bool:
-    """Return False once Dask cancelled or released the task."""
+    """Return False once Dask cancelled or released the task, or the worker is closing."""
     if worker is None:
         return True
+    if getattr(getattr(worker, "status", None), "name", "running") in _WORKER_GONE:
+        # A worker that lost its scheduler closes but would let the job run to
+        # its end: nobody waits for it any more.
+        return False
     ts = worker.state.tasks.get(key)
     return ts is not None and ts.state not in ("cancelled", "released", "forgotten")
 

@@ -26,7 +26,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import assert_untouched, tree_state
 from e2e_helpers import (
     calls,
     counting_task,
@@ -40,6 +39,7 @@ from e2e_helpers import (
     status_counts,
     write,
 )
+from fault_helpers import assert_untouched, tree_state
 from sge_helpers import sge_unavailable_reason
 from slurm_helpers import one_line, slurm_unavailable_reason
 

@@ -35,7 +35,7 @@ from e2e_helpers import (
     status_counts,
     write,
 )
-from faults.conftest import assert_untouched, tree_state
+from fault_helpers import assert_untouched, tree_state
 from psy_helpers import describe, ok
 
 import psyrun

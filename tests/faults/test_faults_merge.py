@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_untouched, tree_state
 from e2e_helpers import (
     STORES,
     counting_task,
@@ -42,6 +41,7 @@ from e2e_helpers import (
     status_counts,
     write,
 )
+from fault_helpers import assert_untouched, tree_state
 from psy_helpers import psy as psy_here
 
 # Wraps the file operations of psyrun's jobs; kills the job before the n-th one

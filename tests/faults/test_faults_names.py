@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import assert_untouched, tree_state
+from fault_helpers import assert_untouched, tree_state
 from psy_helpers import describe, psy, psy_command
 
 from psyrun.paths import TaskPaths, check_task_name

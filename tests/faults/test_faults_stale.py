@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_untouched, tree_state
 from e2e_helpers import (
     finish,
     load_result,
@@ -37,6 +36,7 @@ from e2e_helpers import (
     wait_until,
     write,
 )
+from fault_helpers import assert_untouched, tree_state
 from psy_helpers import psy as psy_in_process
 
 from psyrun.store.pickle import PickleStore

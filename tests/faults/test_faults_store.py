@@ -22,6 +22,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from fault_helpers import assert_untouched, tree_state
 
 from psyrun.exceptions import DamagedFileError
 from psyrun.store import PickleStore, get_store
@@ -32,25 +33,6 @@ from psyrun.store.testing import (
     delete_member,
     result_files,
 )
-
-
-def _fault_tools():
-    """The shared helpers of ``tests/faults/conftest.py`` (a conftest is not a package module)."""
-    import importlib.util
-    import sys
-
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conftest.py")
-    for module in list(sys.modules.values()):
-        if getattr(module, "__file__", None) == path:
-            return module
-    spec = importlib.util.spec_from_file_location("psyrun_fault_tools", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tree_state = _fault_tools().tree_state
-assert_untouched = _fault_tools().assert_untouched
 
 EXTS = [".pkl", ".npz", ".h5", ".zarr"]
 

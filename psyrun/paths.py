@@ -4,7 +4,8 @@ Layout of ``<workdir>/<task>/``::
 
     <task>:split.log, <task>:process:<i>.log, <task>:merge.log   job logs
     jobs/<job kind>.json          job descriptions read by psyrun.worker
-    jobs/submitted.json           ids of the jobs submitted last
+    jobs/submitted.json           ids of the jobs submitted last (and the run's tag)
+    jobs/source/                  the task's source as the run evaluates it (psyrun.versions)
     jobs/run.lock                 held by the `psy run` or `psy clean` working on the task
     status/<job name>.done|.failed  how each job ended (written by the job)
     status/<job name>.lease       a running job says it lives (psyrun.lease)
@@ -12,6 +13,8 @@ Layout of ``<workdir>/<task>/``::
     in/counter                    claims log: rows handed out (load balancing)
     out/<i>.pkl                   a finished part of the results
     out/<i>.partial.pkl           a part still being written
+    unreadable/                   parts a merge could not read, set aside
+    rejected.pkl                  rows the task's store cannot hold, set aside by a merge
     result<ext>                   the result file (unless ``resultfile`` is set)
     .psyrun-task                  says which task file the directory belongs to
 
@@ -65,8 +68,11 @@ _OUT_ENTRY_RE = re.compile(r"^\.?\d+(\.partial)?(\.tmp\d+)?(\..+)?$")
 _TMP_RE = re.compile(r"^\.(?P<stem>.+?)\.tmp\d+(\..*)?$")
 #: The file in ``<workdir>/<task>`` naming the task file the directory belongs to.
 OWNER_FILE = ".psyrun-task"
-#: Subdirectories psyrun makes in ``<workdir>/<task>`` (``psy clean`` removes them whole).
-TASK_SUBDIRS = ("jobs", "status", "in", "out")
+#: Subdirectories psyrun makes in ``<workdir>/<task>`` (``psy clean`` removes them whole);
+#: ``unreadable/`` holds part files a merge could not read (set aside, never deleted).
+TASK_SUBDIRS = ("jobs", "status", "in", "out", "unreadable")
+#: Rows a merge set aside because the task's store cannot hold them (a part-store file).
+REJECTED_FILE = "rejected" + PART_EXT
 #: Digits of the largest process id (Linux: at most 4194304), part of temporary names.
 _PID_DIGITS = 7
 # Bidirectional-text controls: they make a name print as another one.
@@ -225,6 +231,10 @@ class TaskPaths:
         self.run_lock = os.path.join(self.jobs_dir, "run.lock")
         self.default_result = os.path.join(self.root, "result" + ext)
         self.owner_file = os.path.join(self.root, OWNER_FILE)
+        #: Part files a merge could not read are moved here (kept for the user to inspect).
+        self.unreadable_dir = os.path.join(self.root, "unreadable")
+        #: Rows a merge set aside because the task's store cannot hold them.
+        self.rejected = os.path.join(self.root, REJECTED_FILE)
 
     @classmethod
     def for_task(cls, task) -> TaskPaths:
@@ -236,7 +246,7 @@ class TaskPaths:
 
     def is_own_entry(self, entry: str) -> bool:
         """Whether `entry` (a name in ``<workdir>/<task>``) is one psyrun gives its files there."""
-        if entry in TASK_SUBDIRS or entry == OWNER_FILE:
+        if entry in TASK_SUBDIRS or entry in (OWNER_FILE, REJECTED_FILE):
             return True
         m = _TMP_RE.match(entry)
         stem = m.group("stem") if m else entry

@@ -480,7 +480,7 @@ class SplitMergeBackend(Backend):
         if outcome.rejected is not None:
             self.part_store.append(self.rejected_file, outcome.rejected)
         for path in outcome.unreadable:
-            aside = os.path.join(p.root, "unreadable")
+            aside = p.unreadable_dir
             os.makedirs(aside, exist_ok=True)
             replace_path(path, os.path.join(aside, os.path.basename(path)))
         for path in outcome.merged:
@@ -490,7 +490,7 @@ class SplitMergeBackend(Backend):
     @property
     def rejected_file(self) -> str:
         """Where rows the task's store cannot hold are kept (a part-store file)."""
-        return os.path.join(self.paths.root, "rejected" + self.part_store.ext)
+        return self.paths.rejected
 
     def _remove_temporaries(self) -> None:
         """Remove what killed writes left in ``out/`` (hidden temporary names)."""
@@ -570,8 +570,10 @@ class SplitMergeBackend(Backend):
         """Check a block of results against the task's store before parts are written.
 
         A value the store cannot hold would otherwise fail only at the merge.
+        The parameter keys are named, so that a refused parameter is not
+        advised to be left out with ``exclude_from_result``.
         """
-        self.store.check(block, self.paths.result)
+        self.store.check(block, self.paths.result, params=self.keys)
 
     def _provenance(self, base: str | None) -> dict:
         """Return the provenance of this run (:mod:`psyrun.provenance`), for the result file."""

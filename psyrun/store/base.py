@@ -339,6 +339,9 @@ class Store(abc.ABC):
     library: str | None = None
     requirement: str | None = None
     column_kinds: str | None = None
+    #: How the format writes str values (h5, zarr: ``'utf-8'``); None: as Python objects.
+    #: Strings that cannot be encoded (surrogates) are then refused by :meth:`check`.
+    text_encoding: str | None = None
     supports_row_range: bool = False
     supports_chunks: bool = False
     supports_row_count: bool = False
@@ -412,7 +415,8 @@ class Store(abc.ABC):
                 if error is not None:
                     raise error
         except UnsupportedValueError as exc:
-            if exc.key is None or exc.key not in params:
+            if exc.key is None or exc.key not in params or "exclude_from_result" not in str(exc):
+                # Not a parameter, or advice that fits a parameter as well.
                 raise
             raise UnsupportedValueError(
                 f"{type(self).__name__} cannot hold the values of the parameter {exc.key!r} "
@@ -608,6 +612,8 @@ class Store(abc.ABC):
         """
         if self.column_kinds is None:
             return
+        if self.text_encoding is not None:
+            self._check_text(data)
         found = find_unsupported(data, self.column_kinds)
         if found is not None:
             key, what = found
@@ -626,6 +632,26 @@ class Store(abc.ABC):
                 "exclude_from_result, or use a store that can hold it (PickleStore).",
                 key,
             )
+
+    def _check_text(self, data: dict[str, np.ndarray]) -> None:
+        """Refuse str columns holding surrogates, which no Unicode encoding can write."""
+        for key, column in data.items():
+            if column.dtype.kind != "U" or not column.size:
+                continue
+            # A str array is UTF-32 underneath: look for the surrogate code points at once.
+            points = np.ascontiguousarray(column).view(np.uint32)
+            bad = (points >= 0xD800) & (points <= 0xDFFF)
+            if bad.any():
+                flat = np.ascontiguousarray(column).reshape(-1)
+                first = next(v for v in flat if any(0xD800 <= ord(c) <= 0xDFFF for c in v))
+                raise UnsupportedValueError(
+                    f"{type(self).__name__} cannot hold the value of {key!r} ({str(first)!r}): "
+                    f"it writes text as {self.text_encoding}, and this string is not valid "
+                    "Unicode text (it holds a surrogate, as os.fsdecode makes of bytes that "
+                    "are not UTF-8). Decode such text properly, or use PickleStore or "
+                    "NpzStore, which keep any str.",
+                    key,
+                )
 
     # -- the shared algorithm --------------------------------------------------
 

@@ -93,6 +93,9 @@ def to_column(values: Any) -> np.ndarray:
         return _object_column(values)
     if any(v is None or isinstance(v, Mapping) for v in values):
         return _object_column(values)
+    if n_str and any(v.endswith("\x00") for v in values):
+        # NumPy's str arrays drop trailing NULs: keep such strings as they are.
+        return _object_column(values)
     try:
         arr = np.asarray(values)
     except ValueError:  # ragged rows of arrays: pad them to the enclosing shape

@@ -101,6 +101,7 @@ class H5Store(Store):
     library = "tables"
     requirement = "psyrun[h5]"
     column_kinds = ARRAY_KINDS
+    text_encoding = "utf-8"
     supports_row_range = True
     supports_chunks = True
     supports_row_count = True

@@ -138,6 +138,7 @@ class ZarrStore(Store):
     library = "zarr"
     requirement = "psyrun[zarr]"
     column_kinds = ARRAY_KINDS
+    text_encoding = "utf-8"
     supports_row_range = True
     supports_chunks = True
     supports_row_count = True

@@ -418,11 +418,6 @@ def test_hostile_parameter_strings_round_trip_in_every_store(tmp_path, store_key
     assert_untouched(before, tree_state(project, skip=project / "psy-work"), "hostile strings")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store helper: NumPy's str arrays drop a trailing NUL, so the stored parameter "
-    "differs from the assignment and each `psy run -c` appends the row again",
-)
 @pytest.mark.parametrize("store_key", ["npz"])
 def test_a_string_ending_in_nul_is_stored_exactly_or_refused(tmp_path, store_key):
     project = project_with_bystanders(tmp_path / "p")
@@ -438,21 +433,13 @@ def test_a_string_ending_in_nul_is_stored_exactly_or_refused(tmp_path, store_key
     _check_round_trip(project, store_key, values)
 
 
-_CANNOT_ENCODE = pytest.mark.xfail(
-    strict=True,
-    reason="store/merge helpers: the process job's store check lets a surrogate through, the "
-    "merge fails (UnicodeEncodeError) and `psy status` counts the rows of the parts as "
-    "completed with no result file",
-)
-
-
 @pytest.mark.parametrize(
     "store_key",
     [
         "pickle",
         "npz",
-        pytest.param("h5", marks=_CANNOT_ENCODE),
-        pytest.param("zarr", marks=_CANNOT_ENCODE),
+        "h5",
+        "zarr",
     ],
 )
 def test_a_string_that_is_not_unicode_text_is_kept_or_refused_never_garbled(tmp_path, store_key):

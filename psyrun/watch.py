@@ -42,6 +42,9 @@ class Sample:
     merged : bool
         The result file reads back and holds every completed row (no part
         file is waiting to be merged).
+    stalled : str
+        What holds up jobs that are still queued but cannot start by
+        themselves (held, or blocked by a failed dependency); ``''`` when none.
     """
 
     rows_done: int
@@ -49,6 +52,7 @@ class Sample:
     jobs: dict[str, int] = field(default_factory=dict)
     active: bool = False
     merged: bool = True
+    stalled: str = ""
 
     @property
     def complete(self) -> bool:
@@ -70,10 +74,11 @@ def _done_markers(status_dir: str) -> int:
 
 def sample(task) -> Sample:
     """Look at `task` once (files on disk and one scheduler query)."""
-    from psyrun.runner import scheduler_for, task_status
+    from psyrun.runner import describe_waits, scheduler_for, task_status
 
     # The scheduler keeps its status answer until told to forget it: ask afresh.
-    scheduler_for(task).refresh()
+    scheduler = scheduler_for(task)
+    scheduler.refresh()
     report = task_status(task)
     queued = sum(1 for s in report.queued if str(s.status) in _WAITING)
     running = sum(1 for s in report.queued if str(s.status) == "running")
@@ -83,10 +88,19 @@ def sample(task) -> Sample:
         "done": _done_markers(os.path.join(report.workdir, "status")),
         "failed": len(report.failed),
     }
-    active = report.running_pid is not None or bool(queued or running)
+    # Held jobs and jobs blocked by a failed dependency do not start by
+    # themselves: waiting for them would never end.
+    stuck = [s for s in report.queued if s.status.in_queue and (s.held or not s.status.will_run)]
+    moving = [s for s in report.queued if s.status.in_queue and s not in stuck]
+    active = report.running_pid is not None or bool(moving)
+    stalled = ""
+    if stuck:
+        stalled = describe_waits(stuck, scheduler, task.name) or (
+            f"{len(stuck)} jobs wait for a job that failed"
+        )
     progress = report.progress
     merged = progress.result == "ok" and not progress.unmerged
-    return Sample(progress.completed, progress.total, jobs, active, merged)
+    return Sample(progress.completed, progress.total, jobs, active, merged, stalled)
 
 
 def format_duration(seconds: float) -> str:
@@ -192,6 +206,8 @@ def watch(
             if s.failed:
                 missing = s.rows_total - s.rows_done
                 unmerged = "" if s.merged else ", the result file is not complete"
+                if s.stalled:
+                    out.write(f"{task.name}: jobs cannot start by themselves: {s.stalled}\n")
                 out.write(
                     f"{task.name}: nothing is running any more; {s.jobs.get('failed', 0)} jobs "
                     f"failed, {missing} rows missing{unmerged} (`psy status -v {task.name}` "

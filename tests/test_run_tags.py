@@ -343,3 +343,31 @@ def test_grid_engine_lists_failed_jobs_it_keeps_as_lingering():
     found = {s.id: s.status for s in sched.find_run("abc", {"t:process": 3, "t:merge": None})}
     assert found["4.2"] is JobState.FAILED
     assert Slurm().get_lingering([]) == []
+
+
+@pytest.mark.parametrize(
+    ("reason", "said"),
+    [
+        ("JobHeldUser", "`scontrol release"),
+        ("DependencyNeverSatisfied", "a job it waits for failed"),
+    ],
+)
+def test_watch_ends_when_only_jobs_that_cannot_start_by_themselves_are_left(
+    project, fake, reason, said
+):
+    # A held merge, or one blocked by a failed dependency, waits for a person:
+    # --watch says what holds it up and exits 1 instead of waiting for ever.
+    write_task(project, "t", TASK)
+    fake.script("squeue", out="")
+    assert psy("run", "t", cwd=project).returncode == 0
+    status_dir = project / "psy-work" / "t" / "status"
+    status_dir.mkdir(exist_ok=True)
+    for job in ["t_split", "t_process_0", "t_process_1", "t_process_2"]:
+        (status_dir / f"{job}.done").write_text("")
+    merge_id = submitted_json(project)["jobs"][-1][1]
+    fake.script("squeue", out=f"{merge_id}|PD|{reason}|t:merge.x\n")
+    watched = psy("status", "--watch", "--interval", "0.1", "t", cwd=project, timeout=60)
+    assert watched.returncode == 1, describe(watched)
+    assert "jobs cannot start by themselves" in watched.stdout, describe(watched)
+    assert said in watched.stdout, describe(watched)
+    assert not any(line.endswith("complete") for line in watched.stdout.splitlines())

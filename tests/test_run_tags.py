@@ -223,9 +223,8 @@ def test_no_tag_no_search(tag, fake):
     assert fake.calls("squeue") == []
 
 
-def test_blocked_merge_after_jobs_that_all_finished_is_explained(project, fake):
-    # The batch system counted a job as failed (its time limit passed as it
-    # ended) although it finished: the merge waits for ever, and status says why.
+def _all_but_the_merge_done(project, fake) -> str:
+    """Submit task t to the fake Slurm, mark every job but the merge done; the merge's id."""
     write_task(project, "t", TASK)
     fake.script("squeue", out="")
     assert psy("run", "t", cwd=project).returncode == 0
@@ -233,7 +232,13 @@ def test_blocked_merge_after_jobs_that_all_finished_is_explained(project, fake):
     status_dir.mkdir(exist_ok=True)
     for job in ["t_split", "t_process_0", "t_process_1", "t_process_2"]:
         (status_dir / f"{job}.done").write_text("")
-    merge_id = submitted_json(project)["jobs"][-1][1]
+    return submitted_json(project)["jobs"][-1][1]
+
+
+def test_blocked_merge_after_jobs_that_all_finished_is_explained(project, fake):
+    # The batch system counted a job as failed (its time limit passed as it
+    # ended) although it finished: the merge waits for ever, and status says why.
+    merge_id = _all_but_the_merge_done(project, fake)
     fake.script("squeue", out=f"{merge_id}|PD|DependencyNeverSatisfied|t:merge.x\n")
     status = psy("status", "-v", "t", cwd=project)
     assert (
@@ -357,14 +362,7 @@ def test_watch_ends_when_only_jobs_that_cannot_start_by_themselves_are_left(
 ):
     # A held merge, or one blocked by a failed dependency, waits for a person:
     # --watch says what holds it up and exits 1 instead of waiting for ever.
-    write_task(project, "t", TASK)
-    fake.script("squeue", out="")
-    assert psy("run", "t", cwd=project).returncode == 0
-    status_dir = project / "psy-work" / "t" / "status"
-    status_dir.mkdir(exist_ok=True)
-    for job in ["t_split", "t_process_0", "t_process_1", "t_process_2"]:
-        (status_dir / f"{job}.done").write_text("")
-    merge_id = submitted_json(project)["jobs"][-1][1]
+    merge_id = _all_but_the_merge_done(project, fake)
     fake.script("squeue", out=f"{merge_id}|PD|{reason}|t:merge.x\n")
     watched = psy("status", "--watch", "--interval", "0.1", "t", cwd=project, timeout=60)
     assert watched.returncode == 1, describe(watched)

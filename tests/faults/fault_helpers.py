@@ -95,18 +95,9 @@ class SmallDisk:
 
     def fill(self, leave: int = 0) -> None:
         """Write a filler file until only `leave` bytes are free."""
-        st = os.statvfs(self.path)
-        free = st.f_bavail * st.f_frsize - leave
-        with open(self._filler, "ab") as f:
-            block = b"\0" * (1 << 20)
-            while free > 0:
-                n = min(free, len(block))
-                try:
-                    f.write(block[:n])
-                    f.flush()
-                except OSError:
-                    break
-                free -= n
+        from psyrun.store.testing import fill_disk
+
+        fill_disk(str(self.path), leave)
 
     def free(self) -> None:
         """Remove the filler file."""

@@ -24,18 +24,24 @@ class RowFailures:
     ----------
     max_printed : int
         Tracebacks printed to standard error; later failures are only counted.
+    quiet : tuple of exception classes, optional
+        Failures of these kinds are counted without printing: their message
+        is shown elsewhere and says it all (``psy test``).
     """
 
-    def __init__(self, max_printed: int = 3) -> None:
+    def __init__(self, max_printed: int = 3, quiet: tuple[type, ...] = ()) -> None:
         self.count = 0
         self.first: str = ""
         self.max_printed = max_printed
+        self.quiet = quiet
 
     def add(self, row: dict, exc: BaseException) -> None:
         """Record one failed row and print its traceback (the first few only)."""
         self.count += 1
         if not self.first:
             self.first = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, self.quiet):
+            return
         if self.count <= self.max_printed:
             text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
             print(f"psyrun: evaluating {row!r} raised:\n{text}", file=sys.stderr, flush=True)

@@ -70,6 +70,14 @@ class VectorizedOutputError(ValueError):
     """A vectorized function returned a value that is not one entry per row."""
 
 
+class ReturnTypeError(TypeError):
+    """The evaluated function returned something other than a dict of outputs.
+
+    Its message says everything (what came back, for which parameters): the
+    traceback would only point into psyrun.
+    """
+
+
 def _name(fn) -> str:
     return getattr(fn, "__name__", repr(fn))
 
@@ -86,7 +94,7 @@ def _check_output_keys(fn, output_keys: Iterable, param_keys) -> None:
 
 
 def _non_dict_error(fn, result, row) -> TypeError:
-    return TypeError(
+    return ReturnTypeError(
         f"the function {_name(fn)!r} returned {type(result).__name__} for the parameters "
         f"{row!r}; it must return a dict mapping output names to values"
     )
@@ -557,7 +565,7 @@ def _as_column(values: list) -> np.ndarray:
 def _vector_outputs(fn, result, n: int, keys, what: str) -> dict[str, np.ndarray]:
     """Check a vectorized result (one entry per row for every key) as arrays."""
     if not isinstance(result, Mapping):
-        raise TypeError(
+        raise ReturnTypeError(
             f"the vectorized function {_name(fn)!r} returned {type(result).__name__} for "
             f"{what}; it must return a dict mapping output names to arrays"
         )

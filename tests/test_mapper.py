@@ -10,6 +10,7 @@ from store_helpers import STORE_EXTS, store_or_skip
 from psyrun import Param, map_pspace, map_pspace_hdd_backed, map_pspace_parallel
 from psyrun.mapper import (
     OutputKeyError,
+    ReturnTypeError,
     block_rows,
     concatenate_results,
     evaluate_block,
@@ -260,10 +261,13 @@ def test_a_non_dict_row_is_a_failure_for_on_error():
         lambda x: {"y": x} if x != 2 else [x],
         Param(x=[1, 2, 3]).to_arrays(),
         ["x"],
-        on_error=lambda row, exc: errors.append((row, type(exc))),
+        on_error=lambda row, exc: errors.append((row, exc)),
     )
     assert result == {"x": [1, 3], "y": [1, 3]}
-    assert errors == [({"x": 2}, TypeError)]
+    assert [row for row, _ in errors] == [{"x": 2}]
+    # A TypeError (as psyrun 0.8 raised), of the kind whose message says it all.
+    assert isinstance(errors[0][1], ReturnTypeError)
+    assert "returned list" in str(errors[0][1])
 
 
 def test_evaluate_rows_and_evaluate_block_agree():

@@ -291,13 +291,17 @@ def test_psy_killed_after_the_last_submission_jobs_found_and_never_doubled(proje
     assert (p.workdir / p.task / "jobs" / "submitted.json").exists()
 
     # The jobs run although psy never saw an id: status shows every one of them.
+    arrays = cluster.array_of
+    queued_before = {arrays(j) for j, _ in p.queue()}
     status = p.status()
+    queued_after = {arrays(j) for j, _ in p.queue()}
     listed = re.findall(rf"^\s+({p.task}:\S+) \(id (\S+), (\w+)", status.stdout, re.M)
     names = {name for name, _, _ in listed}
     assert f"{p.task}:merge" in names, describe(status)
     assert {f"{p.task}:process:{i}" for i in range(4)} <= names, describe(status)
-    arrays = cluster.array_of
-    assert {arrays(jobid) for _, jobid, _ in listed} == {arrays(j) for j, _ in p.queue()}
+    # Jobs only leave the queue meanwhile (the split may end between two looks).
+    shown = {arrays(jobid) for _, jobid, _ in listed}
+    assert queued_after <= shown <= queued_before, (queued_before, shown, queued_after)
     assert "did not finish" not in status.stdout, describe(status)
     counts = status_counts(status.stdout)
     assert counts, describe(status)

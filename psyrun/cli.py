@@ -799,7 +799,7 @@ def _test_row(task) -> tuple[str | None, dict]:
     from psyrun.backend.splitmerge import SplitMergeBackend
     from psyrun.defaults import make_backend
     from psyrun.failures import RowFailures
-    from psyrun.mapper import ReturnTypeError
+    from psyrun.mapper import is_return_type_error
 
     backend = make_backend(task)
     if not isinstance(backend, SplitMergeBackend):
@@ -809,7 +809,7 @@ def _test_row(task) -> tuple[str | None, dict]:
 
         backend = DistributeBackend(task)
     arrays = task.pspace.to_arrays(0, 1)
-    rows = RowFailures(max_printed=1, quiet=(ReturnTypeError,))
+    rows = RowFailures(max_printed=1, quiet=is_return_type_error)
     started_in = os.getcwd()
     try:
         # Jobs run in the task file's directory (psyrun.worker).

@@ -24,12 +24,12 @@ class RowFailures:
     ----------
     max_printed : int
         Tracebacks printed to standard error; later failures are only counted.
-    quiet : tuple of exception classes, optional
-        Failures of these kinds are counted without printing: their message
-        is shown elsewhere and says it all (``psy test``).
+    quiet : callable, optional
+        ``quiet(exc)`` true: the failure is counted without printing, its
+        message is shown elsewhere and says it all (``psy test``).
     """
 
-    def __init__(self, max_printed: int = 3, quiet: tuple[type, ...] = ()) -> None:
+    def __init__(self, max_printed: int = 3, quiet=None) -> None:
         self.count = 0
         self.first: str = ""
         self.max_printed = max_printed
@@ -40,7 +40,7 @@ class RowFailures:
         self.count += 1
         if not self.first:
             self.first = f"{type(exc).__name__}: {exc}"
-        if isinstance(exc, self.quiet):
+        if self.quiet is not None and self.quiet(exc):
             return
         if self.count <= self.max_printed:
             text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

@@ -70,12 +70,22 @@ class VectorizedOutputError(ValueError):
     """A vectorized function returned a value that is not one entry per row."""
 
 
-class ReturnTypeError(TypeError):
-    """The evaluated function returned something other than a dict of outputs.
+def return_type_error(message: str) -> TypeError:
+    """Make the TypeError for a function that returned something other than a dict.
 
     Its message says everything (what came back, for which parameters): the
-    traceback would only point into psyrun.
+    traceback would only point into psyrun, so :func:`is_return_type_error`
+    lets ``psy test`` show the message alone. A plain TypeError, as psyrun
+    0.8 raised.
     """
+    exc = TypeError(message)
+    exc.psyrun_return_type = True
+    return exc
+
+
+def is_return_type_error(exc: BaseException) -> bool:
+    """Whether `exc` came from :func:`return_type_error`."""
+    return getattr(exc, "psyrun_return_type", False) is True
 
 
 def _name(fn) -> str:
@@ -94,7 +104,7 @@ def _check_output_keys(fn, output_keys: Iterable, param_keys) -> None:
 
 
 def _non_dict_error(fn, result, row) -> TypeError:
-    return ReturnTypeError(
+    return return_type_error(
         f"the function {_name(fn)!r} returned {type(result).__name__} for the parameters "
         f"{row!r}; it must return a dict mapping output names to values"
     )
@@ -565,7 +575,7 @@ def _as_column(values: list) -> np.ndarray:
 def _vector_outputs(fn, result, n: int, keys, what: str) -> dict[str, np.ndarray]:
     """Check a vectorized result (one entry per row for every key) as arrays."""
     if not isinstance(result, Mapping):
-        raise ReturnTypeError(
+        raise return_type_error(
             f"the vectorized function {_name(fn)!r} returned {type(result).__name__} for "
             f"{what}; it must return a dict mapping output names to arrays"
         )

@@ -329,19 +329,22 @@ def rows_reported(task_root: str | os.PathLike) -> int:
     return total
 
 
-def wait_until(predicate, what: str, timeout: float = 60.0, proc=None) -> None:
-    """Poll `predicate` until it is true; fail naming `what` after `timeout` s.
+def wait_until(predicate, what: str, timeout: float = 60.0, proc=None, interval: float = 0.05):
+    """Poll `predicate` until it returns something true, and return that; fail after `timeout` s.
 
     When `proc` (a background psy) ends first, fail with its output: the
     run finished before the test could act on it.
     """
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while True:
+        value = predicate()
+        if value:
+            return value
         if proc is not None and proc.poll() is not None:
             raise AssertionError(f"psy ended before {what}:\n{proc.stdout.read()}")
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
 
 
 def wait_for_rows(task_root: str | os.PathLike, n: int = 1, timeout: float = 60.0, proc=None):

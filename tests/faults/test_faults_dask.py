@@ -33,6 +33,7 @@ from e2e_helpers import (
     square_rows,
     start_psy,
     status_counts,
+    wait_until,
     write,
 )
 from fault_helpers import assert_untouched, tree_state
@@ -52,18 +53,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_until(predicate, what: str, timeout: float = 60.0, interval: float = 0.05):
-    """Poll `predicate` until it returns something true; fail naming `what` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 class DaskCluster:
@@ -211,7 +200,7 @@ def test_killed_dask_worker_during_loadbalancing_run_loses_no_row(tmp_path, clus
     before = tree_state(where, skip=where / "psy-work")
     run = start_psy("run", cwd=where, env=ENV)
     work = where / "psy-work" / TASK
-    wait_until(lambda: rows_reported(work) >= 60, "rows to be evaluated", 120, 0.02)
+    wait_until(lambda: rows_reported(work) >= 60, "rows to be evaluated", 120, interval=0.02)
     address = worker_of(process_log(where, 0))
     with cluster.client() as client:
         pid = client.run(os.getpid, workers=[address])[address]
@@ -305,7 +294,7 @@ def test_scheduler_without_workers_is_reported(tmp_path):
             return "has no workers" in seen[-1]
 
         started = time.monotonic()
-        wait_until(warned, "the warning about no workers", 60, 0)
+        wait_until(warned, "the warning about no workers", 60, interval=0)
         assert time.monotonic() - started < 30
         assert f"dask worker {lonely.address}" in seen[-1]
         lonely.start_workers(wait=False)
@@ -345,7 +334,7 @@ def test_slurm_requeue_of_a_running_loadbalancing_job_loses_no_row(tmp_path):
     try:
         ok(psy("run", cwd=tmp_path, env=ENV))
         work = tmp_path / "psy-work" / task
-        wait_until(lambda: rows_reported(work) >= 30, "rows to be evaluated", 150, 0.2)
+        wait_until(lambda: rows_reported(work) >= 30, "rows to be evaluated", 150, interval=0.2)
 
         def running_process_job():
             for jobid, state, _ in our_jobs(task):
@@ -353,7 +342,7 @@ def test_slurm_requeue_of_a_running_loadbalancing_job_loses_no_row(tmp_path):
                     return jobid
             return None
 
-        jobid = wait_until(running_process_job, "a running process job", 150, 0.2)
+        jobid = wait_until(running_process_job, "a running process job", 150, interval=0.2)
         # Its workers hold claims at the gate; Slurm kills the job and queues it again.
         subprocess.run(["scontrol", "requeue", jobid], check=True, timeout=60)
         # Slurm lets a requeued job start only after a delay (reason BeginTime): now.
@@ -369,7 +358,7 @@ def test_slurm_requeue_of_a_running_loadbalancing_job_loses_no_row(tmp_path):
             # Gone from the queue, or left waiting for a dependency that failed.
             return all(r == "DependencyNeverSatisfied" for _, _, r in our_jobs(task))
 
-        wait_until(ended, "the jobs to end", 240, 0.5)
+        wait_until(ended, "the jobs to end", 240, interval=0.5)
         if our_jobs(task):
             # Slurm may count the requeued attempt as failed for the merge's
             # afterok: `psy run -c` cancels the blocked merge and finishes.

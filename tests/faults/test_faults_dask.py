@@ -10,6 +10,7 @@ once in the result, nothing outside the task's work directory touched, and
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -256,9 +257,9 @@ def test_dead_dask_scheduler_jobs_are_named_and_not_run_beside(tmp_path, cluster
     cluster.start_scheduler()
     cluster.start_workers()
     status = ok(psy("status", TASK, cwd=where, env=ENV))
-    assert status.stderr.count("is still running, though no scheduler lists it") == 2, describe(
-        status
-    )
+    # A job may already have stopped (its worker lost the scheduler); the live ones are listed.
+    lingering = status.stderr.count("is still running, though no scheduler lists it")
+    assert 1 <= lingering <= 2, describe(status)
     assert status_counts(status.stdout)[0][0] < n
     again = psy("run", "-c", TASK, cwd=where, env=ENV)
     assert again.returncode == 1, describe(again)
@@ -269,9 +270,10 @@ def test_dead_dask_scheduler_jobs_are_named_and_not_run_beside(tmp_path, cluster
 
     # The user stops them (the pids are in the message), then continues.
     pids = [int(p) for p in re.findall(r"\(pid (\d+) on ", again.stderr)]
-    assert len(pids) == 2, again.stderr
+    assert 1 <= len(pids) <= lingering, again.stderr
     for pid in pids:
-        os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     gate.unlink()
     ok(psy("run", "-c", TASK, cwd=where, env=ENV, timeout=300))
     assert_exact(where, n)

@@ -369,3 +369,22 @@ def alive(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return state not in ("Z", "X")
+
+
+#: A task whose value ``y`` and preamble tests edit between runs (task-file versions):
+#: format with ``preamble``, ``n``, ``jobs`` and ``y``; ``V_DELAY`` slows each row.
+VERSIONED_TASK = """
+import os
+import time
+
+from psyrun import Param
+
+{preamble}
+pspace = Param(x=list(range({n})))
+max_jobs = {jobs}
+
+
+def execute(x):
+    time.sleep(float(os.environ.get("V_DELAY", "0")))
+    return {{"y": {y}}}
+"""

@@ -16,6 +16,7 @@ from collections import Counter
 import numpy as np
 import pytest
 from e2e_helpers import (
+    VERSIONED_TASK,
     finish,
     load_result,
     psy,
@@ -38,21 +39,7 @@ from psyrun.versions import (
     task_version,
 )
 
-TASK = """
-import os
-import time
-
-from psyrun import Param
-
-{preamble}
-pspace = Param(x=list(range({n})))
-max_jobs = {jobs}
-
-
-def execute(x):
-    time.sleep(float(os.environ.get("V_DELAY", "0")))
-    return {{"y": {y}}}
-"""
+TASK = VERSIONED_TASK
 
 
 def write_task(tmp_path, y, n=40, jobs=4, preamble="", name="v"):

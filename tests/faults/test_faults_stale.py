@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from e2e_helpers import (
+    VERSIONED_TASK,
     finish,
     load_result,
     psy,
@@ -45,21 +46,7 @@ from psyrun.versions import ROW_VERSIONS, expand_segments, task_version
 N_ROWS = 24
 N_JOBS = 3
 
-TASK = """
-import os
-import time
-
-from psyrun import Param
-
-{preamble}
-pspace = Param(x=list(range({n})))
-max_jobs = {jobs}
-
-
-def execute(x):
-    time.sleep(float(os.environ.get("V_DELAY", "0")))
-    return {{"y": {y}}}
-"""
+TASK = VERSIONED_TASK
 
 
 def source(y: int, preamble: str = "") -> str:

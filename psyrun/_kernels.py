@@ -35,6 +35,7 @@ __all__ = [
     "HashIndex",
     "RowTable",
     "combine_hashes",
+    "counter_uniforms",
     "hash_column",
     "hash_float_rows",
     "hash_floats",
@@ -275,6 +276,46 @@ def _hash_float_rows_loop(values, seed):  # pragma: no cover - compiled by numba
 
 
 hash_float_rows = _Kernel(_hash_float_rows_loop, _hash_float_rows_reference)
+
+
+#: Weyl increment of splitmix64: counter ``c`` of a stream keyed ``k`` is ``k + (c + 1) * GAMMA``.
+_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+_S12 = np.uint64(12)
+#: 2**-53: ``(2 * m + 1) * _HALF_ULP`` maps a 52-bit integer ``m`` into (0, 1) exactly.
+_HALF_ULP = 2.0**-53
+
+
+def _counter_uniforms_reference(rows: np.ndarray, key: np.uint64) -> np.ndarray:
+    """Uniform floats in (0, 1) for counters `rows` of the stream `key`.
+
+    The value of a counter depends on nothing else (a counter-based
+    generator: splitmix64 of ``key + (row + 1) * GAMMA``), so any rows can be
+    drawn in any order. The top 52 bits ``m`` give ``(2 m + 1) / 2**53``,
+    exact in float64, never 0 or 1.
+    """
+    z = np.asarray(rows, dtype=np.int64).astype(np.uint64)
+    z += np.uint64(1)
+    z *= _GAMMA
+    z += np.uint64(key)
+    z = _mix64_reference(z) >> _S12
+    out = z.astype(np.float64)
+    out *= 2.0
+    out += 1.0
+    out *= _HALF_ULP
+    return out
+
+
+def _counter_uniforms_loop(rows, key):  # pragma: no cover - compiled by numba
+    n = rows.shape[0]
+    out = np.empty(n, dtype=np.float64)
+    for i in range(n):
+        z = (np.uint64(rows[i]) + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15) + key
+        m = _splitmix(z) >> np.uint64(12)
+        out[i] = (2.0 * np.float64(m) + 1.0) * 1.1102230246251565e-16
+    return out
+
+
+counter_uniforms = _Kernel(_counter_uniforms_loop, _counter_uniforms_reference)
 
 
 def _build_index_reference(keys: np.ndarray):

@@ -379,6 +379,10 @@ class ParameterSpace:
         """Columns for rows ``start`` to ``stop`` (valid, start <= stop)."""
         return self._take(np.arange(start, stop, dtype=np.int64), keys)
 
+    def _operands(self) -> tuple[ParameterSpace, ...]:
+        """Return the spaces this node is built from (none for a leaf)."""
+        return ()
+
     # -- public access --------------------------------------------------
 
     def take(self, rows: Any) -> dict[str, np.ndarray]:
@@ -805,6 +809,9 @@ class Product(ParameterSpace):
         """Return the keys of all factors, left factor first."""
         return list(self._keys)
 
+    def _operands(self):
+        return tuple(self._factors)
+
     def __len__(self) -> int:
         return self._layout[2]
 
@@ -941,6 +948,9 @@ class Sum(ParameterSpace):
     def keys(self) -> list[str]:
         """Return the union of the terms' keys, in order of first appearance."""
         return list(self._keys)
+
+    def _operands(self):
+        return tuple(self._parts)
 
     def __len__(self) -> int:
         return self._offsets[-1]
@@ -1110,6 +1120,11 @@ class Difference(ParameterSpace):
         """Return the minuend's keys."""
         return self._minuend.keys()
 
+    def _operands(self):
+        if isinstance(self._subtrahend, ParameterSpace):
+            return (self._minuend, self._subtrahend)
+        return (self._minuend,)
+
     def _survivors(self) -> np.ndarray:
         """Row numbers of the minuend that are kept (computed once)."""
         survivors = getattr(self, "_cache_survivors", None)
@@ -1218,6 +1233,9 @@ class RowView(ParameterSpace):
     def keys(self) -> list[str]:
         """Return the keys of the viewed space."""
         return self._base.keys()
+
+    def _operands(self):
+        return (self._base,)
 
     def __len__(self) -> int:
         return len(self._rows)

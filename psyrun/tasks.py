@@ -375,6 +375,9 @@ class TaskDef:
                 f"pspace must be a parameter space such as Param(x=[1, 2]), got "
                 f"{type(c.pspace).__name__}"
             )
+        from psyrun.sampling import check_seeded
+
+        check_seeded(c.pspace)
         for name in ("max_jobs", "min_items", "pool_size"):
             value = getattr(c, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

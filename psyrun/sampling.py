@@ -102,6 +102,19 @@ class _Dim:
                     f"{node}: dimension {key!r} is the class {spec.__name__}, not a "
                     "distribution; freeze it with its parameters, e.g. scipy.stats.norm(0, 1)"
                 )
+            try:
+                probe = np.asarray(spec.ppf(np.array([0.5])), dtype=np.float64)
+            except Exception as exc:
+                raise TypeError(
+                    f"{node}: the distribution of dimension {key!r} cannot be evaluated "
+                    f"({type(exc).__name__}: {exc}); give every parameter, e.g. "
+                    "scipy.stats.poisson(3) rather than scipy.stats.poisson"
+                ) from None
+            if probe.shape != (1,) or not np.isfinite(probe).all():
+                raise ValueError(
+                    f"{node}: the distribution of dimension {key!r} gives {probe.tolist()} "
+                    "for ppf([0.5]); it must give one finite number per probability"
+                )
             self.kind = "dist"
             self.dist = spec
             # Discrete scipy distributions have a pmf and no pdf.
@@ -147,19 +160,23 @@ class _Dim:
     def dtype(self) -> np.dtype:
         return np.dtype(np.int64 if self.integer else np.float64)
 
-    def values(self, unit: np.ndarray) -> np.ndarray:
-        """Map unit values in [0, 1) to this dimension's values (a new array)."""
-        if self.kind == "uniform":
-            out = unit * (self.high - self.low)
-            out += self.low
+    def values(self, unit: np.ndarray, overwrite: bool = False) -> np.ndarray:
+        """Map unit values in [0, 1) to this dimension's values.
+
+        Returns a new array, or `unit` itself transformed in place when
+        `overwrite` allows it (saving a pass over large draws).
+        """
+        if self.kind in ("uniform", "log"):
+            low, high = self.low, self.high
+            if self.kind == "log":
+                low, high = math.log(low), math.log(high)
+            out = np.multiply(unit, high - low, out=unit if overwrite else None)
+            out += low
+            if self.kind == "log":
+                np.exp(out, out=out)
+                # exp may round a hair beyond a bound.
+                np.clip(out, self.low, self.high, out=out)
             return out
-        if self.kind == "log":
-            log_low, log_high = math.log(self.low), math.log(self.high)
-            out = unit * (log_high - log_low)
-            out += log_low
-            np.exp(out, out=out)
-            # exp may round a hair beyond a bound.
-            return np.clip(out, self.low, self.high, out=out)
         values = np.asarray(self.dist.ppf(np.maximum(unit, _TINY)))
         if self.integer:
             return values.astype(np.int64)
@@ -172,6 +189,8 @@ class _Dim:
         dist = self.dist
         family = getattr(dist, "dist", None)
         name = getattr(family, "name", None)
+        if family is None and isinstance(getattr(dist, "name", None), str):
+            family, name = dist, dist.name  # an unfrozen scipy distribution
         if type(dist).__module__.startswith("scipy.stats") and isinstance(name, str):
             args = [_value_code(a) for a in getattr(dist, "args", ())]
             args += [f"{k}={_value_code(v)}" for k, v in getattr(dist, "kwds", {}).items()]
@@ -607,13 +626,29 @@ class Random(SamplingSpace):
         return keys
 
     def _unit_rows(self, rows, dims):
+        return np.column_stack(self._unit_columns(rows, dims))
+
+    def _unit_columns(self, rows: np.ndarray, dims: list[int]) -> list[np.ndarray]:
         from psyrun._kernels import counter_uniforms
 
         keys = self._stream_keys()
-        out = np.empty((len(rows), len(dims)), dtype=np.float64)
-        for j, d in enumerate(dims):
-            out[:, j] = counter_uniforms(rows, keys[d])
-        return out
+        return [counter_uniforms(rows, keys[d]) for d in dims]
+
+    def _columns_of(self, rows: np.ndarray, keys) -> dict[str, np.ndarray]:
+        # One contiguous draw per dimension, transformed in place: no (n, d)
+        # array and no strided copies.
+        dims = self._dim_indices(keys)
+        units = self._unit_columns(rows, dims)
+        return {
+            self._keys[d]: self._dims[self._keys[d]].values(u, overwrite=True)
+            for d, u in zip(dims, units)
+        }
+
+    def _take(self, rows, keys=None):
+        return self._columns_of(np.asarray(rows, dtype=np.int64), keys)
+
+    def _range_take(self, start, stop, keys=None):
+        return self._columns_of(np.arange(start, max(start, stop), dtype=np.int64), keys)
 
 
 # --------------------------------------------------------------------------

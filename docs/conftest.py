@@ -44,7 +44,11 @@ _FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 _RUN_FLAGS = _FLAGS | doctest.REPORT_ONLY_FIRST_FAILURE
 
 #: Pages skipped when an optional package is missing: page name -> modules.
-_NEEDS = {"recipes.rst": ("pandas", "xarray", "matplotlib"), "dask.rst": ("distributed",)}
+_NEEDS = {
+    "recipes.rst": ("pandas", "xarray", "matplotlib"),
+    "dask.rst": ("distributed",),
+    "sampling.rst": ("pandas", "scipy"),
+}
 
 
 def _blocks(text: str):

@@ -160,17 +160,17 @@ class _Dim:
     def dtype(self) -> np.dtype:
         return np.dtype(np.int64 if self.integer else np.float64)
 
-    def values(self, unit: np.ndarray, overwrite: bool = False) -> np.ndarray:
+    def values(self, unit: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Map unit values in [0, 1) to this dimension's values.
 
-        Returns a new array, or `unit` itself transformed in place when
-        `overwrite` allows it (saving a pass over large draws).
+        Returns a new array, or `out` (which may be `unit` itself) filled
+        with them: large draws then need no extra pass.
         """
         if self.kind in ("uniform", "log"):
             low, high = self.low, self.high
             if self.kind == "log":
                 low, high = math.log(low), math.log(high)
-            out = np.multiply(unit, high - low, out=unit if overwrite else None)
+            out = np.multiply(unit, high - low, out=out)
             out += low
             if self.kind == "log":
                 np.exp(out, out=out)
@@ -178,9 +178,11 @@ class _Dim:
                 np.clip(out, self.low, self.high, out=out)
             return out
         values = np.asarray(self.dist.ppf(np.maximum(unit, _TINY)))
-        if self.integer:
-            return values.astype(np.int64)
-        return values.astype(np.float64, copy=False)
+        values = values.astype(np.int64) if self.integer else values.astype(np.float64, copy=False)
+        if out is None:
+            return values
+        out[...] = values
+        return out
 
     def code(self) -> str:
         """Python code that builds this dimension again."""
@@ -444,6 +446,30 @@ class Sobol(SamplingSpace):
             points = engine.random(stop - start)
         return points[:, dims] if len(dims) != points.shape[1] else points
 
+    def _range_take(self, start, stop, keys=None):
+        dims = self._dim_indices(keys)
+        if stop - start < 2:
+            return super()._range_take(start, stop, keys)
+        engine = self._engine()
+        with self._cache_lock:
+            engine.reset()
+            # Point 0 is the shift; skipping it spares scipy's copy of the
+            # whole draw to prepend it (and its power-of-two warning).
+            first = max(start, 1)
+            engine.fast_forward(first)
+            body = engine.random(stop - first)
+        head = first - start  # 1 if row 0 is asked for, else 0
+        out = {}
+        for d in dims:
+            key = self._keys[d]
+            dim = self._dims[key]
+            column = np.empty(stop - start, dtype=dim.dtype)
+            if head:
+                column[:1] = dim.values(self._unit_rows(np.zeros(1, np.int64), [d])[:, 0])
+            dim.values(body[:, d], out=column[head:])
+            out[key] = column
+        return out
+
     def _unit_rows(self, rows, dims):
         engine = self._engine()
         directions = engine._sv[dims]
@@ -639,10 +665,11 @@ class Random(SamplingSpace):
         # array and no strided copies.
         dims = self._dim_indices(keys)
         units = self._unit_columns(rows, dims)
-        return {
-            self._keys[d]: self._dims[self._keys[d]].values(u, overwrite=True)
-            for d, u in zip(dims, units)
-        }
+        out = {}
+        for d, unit in zip(dims, units):
+            dim = self._dims[self._keys[d]]
+            out[self._keys[d]] = dim.values(unit, out=None if dim.integer else unit)
+        return out
 
     def _take(self, rows, keys=None):
         return self._columns_of(np.asarray(rows, dtype=np.int64), keys)

@@ -96,6 +96,8 @@ def test_len_rows_slices_blocks_and_take_agree(space, data):
     n = len(space)
     full = space.to_arrays()
     assert all(len(v) == n for v in full.values())
+    # Every column has the dtype the node declares (sums and stores rely on it).
+    assert all(full[k].dtype == space._spec(k).dtype for k in full)
     assert space.keys() == list(full)
     rows = table(space)
     # p[i] is the i-th row of to_arrays, as plain Python values of the column's type.

@@ -361,10 +361,11 @@ class Sobol(SamplingSpace):
     """A (scrambled) Sobol' sequence of `n` points as a lazy parameter space.
 
     Row ``i`` is point ``i`` of ``scipy.stats.qmc.Sobol(d, scramble=scramble,
-    bits=bits, rng=seed)``, mapped to each dimension. A contiguous row range
-    is drawn by skipping ahead to its first point (``fast_forward``); other
-    rows are computed directly from the sequence's direction numbers (the
-    Gray-code form of the sequence), so any row costs ``O(log n)``.
+    bits=bits, rng=seed)``, mapped to each dimension. Any point is computed
+    directly from the sequence's direction numbers (the Gray-code form of the
+    sequence) in ``O(log n)``; a contiguous row range skips ahead to its
+    first point that way (what ``fast_forward`` does, without stepping through
+    the skipped points) and lets scipy draw the rest.
 
     Parameters
     ----------
@@ -452,11 +453,10 @@ class Sobol(SamplingSpace):
             return super()._range_take(start, stop, keys)
         engine = self._engine()
         with self._cache_lock:
-            engine.reset()
             # Point 0 is the shift; skipping it spares scipy's copy of the
             # whole draw to prepend it (and its power-of-two warning).
             first = max(start, 1)
-            engine.fast_forward(first)
+            self._skip_to(engine, first)
             body = engine.random(stop - first)
         head = first - start  # 1 if row 0 is asked for, else 0
         out = {}
@@ -470,10 +470,31 @@ class Sobol(SamplingSpace):
             out[key] = column
         return out
 
+    @staticmethod
+    def _skip_to(engine, first: int) -> None:
+        """Make `engine` draw point `first` (>= 1) next, in O(log first).
+
+        scipy's ``fast_forward`` steps through every skipped point; the state
+        after point ``first - 1`` is that point itself, computed directly.
+        """
+        engine.reset()
+        if first > 1 and hasattr(engine, "_quasi"):
+            engine._quasi = Sobol._integer_points(
+                engine, np.array([first - 1], dtype=np.int64), slice(None)
+            )[0]
+            engine.num_generated = first
+        else:
+            engine.fast_forward(first)
+
     def _unit_rows(self, rows, dims):
         engine = self._engine()
+        return self._integer_points(engine, rows, dims) * engine._scale
+
+    @staticmethod
+    def _integer_points(engine, rows: np.ndarray, dims) -> np.ndarray:
+        """Sobol' points `rows` as the integers scipy scales by ``2**-bits``."""
         directions = engine._sv[dims]
-        x = np.empty((len(rows), len(dims)), dtype=directions.dtype)
+        x = np.empty((len(rows), directions.shape[0]), dtype=directions.dtype)
         x[:] = engine._shift[dims]
         # Point k is the shift XOR the direction numbers of the set bits of
         # k's Gray code, which is what scipy's incremental draw accumulates.
@@ -481,7 +502,7 @@ class Sobol(SamplingSpace):
         for bit in range(int(gray.max()).bit_length()):
             chosen = ((gray >> bit) & 1).astype(bool)
             x[chosen] ^= directions[:, bit]
-        return x * engine._scale
+        return x
 
 
 # --------------------------------------------------------------------------

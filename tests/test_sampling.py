@@ -260,6 +260,16 @@ def test_points_equal_scipy_qmc(engine, scramble, seed):
     assert space[1000] == dict(zip("abc", expected[1000].tolist()))
 
 
+def test_sobol_ranges_deep_in_the_sequence_equal_scipy():
+    """A range far from the start skips ahead without drawing the points before it."""
+    n = 2**21
+    space = Sobol(n, seed=4, a=(0, 1), b=(0, 1))
+    expected = qmc.Sobol(2, rng=4).random(n)
+    for start, stop in [(n - 100, n), (1, 3), (2, 3), (2**20 - 1, 2**20 + 2), (777_777, 800_000)]:
+        columns = space.to_arrays(start, stop)
+        assert np.array_equal(np.column_stack([columns["a"], columns["b"]]), expected[start:stop])
+
+
 def test_latin_hypercube_equals_scipy_and_is_stratified():
     space = LatinHypercube(50, seed=8, a=(0, 1), b=(0, 1))
     cols = space.to_arrays()

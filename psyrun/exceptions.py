@@ -35,6 +35,7 @@ import importlib
 _ELSEWHERE = {
     "AmbiguousOperationError": "psyrun.pspace",
     "SchedulerError": "psyrun.scheduler.base",
+    "SamplingWarning": "psyrun.sampling",
 }
 
 __all__ = sorted(

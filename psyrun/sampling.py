@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from psyrun.exceptions import TaskConfigWarning
 from psyrun.pspace import (
     MAX_ROWS,
     ParameterSpace,
@@ -54,6 +55,7 @@ __all__ = [
     "LatinHypercube",
     "Random",
     "SamplingSpace",
+    "SamplingWarning",
     "Sobol",
     "check_seeded",
     "unseeded_nodes",
@@ -77,6 +79,15 @@ def _qmc(what: str):
     except ImportError as exc:
         raise ImportError(_QMC_MISSING.format(what=what)) from exc
     return qmc
+
+
+class SamplingWarning(TaskConfigWarning):
+    """A sampling space loses a property of its design.
+
+    Issued for a Sobol' size that is not a power of two. It is a
+    :class:`~psyrun.exceptions.TaskConfigWarning`, so ``psy`` shows it when it
+    loads a task file that makes such a space.
+    """
 
 
 # --------------------------------------------------------------------------
@@ -385,8 +396,8 @@ class Sobol(SamplingSpace):
 
     Warns
     -----
-    UserWarning
-        If `n` is not a power of two.
+    SamplingWarning
+        If `n` is not a power of two (a ``UserWarning``).
 
     Examples
     --------
@@ -419,9 +430,9 @@ class Sobol(SamplingSpace):
             lower = 1 << (self._n.bit_length() - 1)
             warnings.warn(
                 f"Sobol({self._n}, ...): Sobol' points are balanced only for a power of two; "
-                f"{self._n} points lose that balance (their integration error is no better "
-                f"than random points'); use {lower} or {lower * 2} points",
-                UserWarning,
+                f"{self._n} points lose that balance and with it the faster convergence of "
+                f"estimates from the sample; use {lower} or {lower * 2} points",
+                SamplingWarning,
                 stacklevel=2,
             )
 

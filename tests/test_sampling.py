@@ -32,6 +32,7 @@ from psyrun.sampling import (
     LatinHypercube,
     Random,
     SamplingSpace,
+    SamplingWarning,
     Sobol,
     check_seeded,
     unseeded_nodes,
@@ -369,13 +370,22 @@ def test_a_key_twice_across_a_product_is_named(cls):
 
 
 def test_sobol_size_not_a_power_of_two_warns_what_is_lost():
-    with pytest.warns(UserWarning, match=r"Sobol\(12, \.\.\.\).*balanced.*use 8 or 16 points"):
+    with pytest.warns(SamplingWarning, match=r"Sobol\(12, \.\.\.\).*balanced.*use 8 or 16 points"):
         space = Sobol(12, seed=0, x=(0, 1))
     # Drawing from it does not warn again (the pytest config makes warnings errors).
     space.to_arrays(), space.to_arrays(3, 7), space.take([11, 2])
     with pytest.raises(ValueError, match="bits"):
         Sobol(2**31, seed=0, x=(0, 1))
     assert len(Sobol(2**31, seed=0, bits=32, x=(0, 1))[2**31 - 4 :]) == 4
+
+
+def test_psy_shows_the_sobol_size_warning(tmp_path):
+    write(tmp_path / "psy-tasks" / "task_sweep.py", SWEEP.format(n=12, seeds=1))
+    listed = psy("list", cwd=tmp_path)
+    assert listed.returncode == 0, listed.output
+    assert "warning: Sobol(12, ...): Sobol' points are balanced only for a power of two" in (
+        listed.stderr
+    )
 
 
 def test_a_missing_seed_is_drawn_and_kept_but_refused_in_a_task():

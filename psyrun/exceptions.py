@@ -35,7 +35,6 @@ import importlib
 _ELSEWHERE = {
     "AmbiguousOperationError": "psyrun.pspace",
     "SchedulerError": "psyrun.scheduler.base",
-    "SamplingWarning": "psyrun.sampling",
 }
 
 __all__ = sorted(

@@ -214,6 +214,9 @@ class _Dim:
 # --------------------------------------------------------------------------
 # The base class
 
+#: Held while a node makes its scipy engine (each node then has its own lock).
+_ENGINE_LOCK = threading.Lock()
+
 
 def _check_count(n: Any, node: str) -> int:
     try:
@@ -223,7 +226,9 @@ def _check_count(n: Any, node: str) -> int:
             f"{node}: the number of points must be an integer, got {type(n).__name__}"
         ) from None
     if not 1 <= n <= MAX_ROWS:
-        raise ValueError(f"{node}: the number of points must be at least 1, got {n}")
+        raise ValueError(
+            f"{node}: the number of points must be at least 1 and at most {MAX_ROWS}, got {n}"
+        )
     return n
 
 
@@ -261,11 +266,10 @@ class SamplingSpace(ParameterSpace):
         ``repr``), which a task file refuses (see :func:`check_seeded`).
     **dims
         Dimension name -> ``(low, high)``, ``(low, high, 'log')`` or a
-        distribution with ``ppf``.
+        distribution with ``ppf``. Names of the node's own arguments (``n``,
+        ``seed``, ``scramble``, ``bits``) cannot be dimensions; such a
+        parameter can come from another factor (``* Param(seed=range(5))``).
     """
-
-    #: Whether the design needs scipy.stats.qmc.
-    needs_scipy = True
 
     def __init__(self, n: int, seed: int | None = None, **dims: Any):
         name = type(self).__name__
@@ -358,9 +362,12 @@ class SamplingSpace(ParameterSpace):
         """Return the scipy engine, made on first use (with a lock around its state)."""
         engine = self.__dict__.get("_cache_engine")
         if engine is None:
-            engine = self._make_engine()
-            self._cache_engine = engine
-            self._cache_lock = threading.Lock()
+            with _ENGINE_LOCK:
+                engine = self.__dict__.get("_cache_engine")
+                if engine is None:
+                    # The lock first: a thread that sees the engine finds its lock.
+                    self._cache_lock = threading.Lock()
+                    engine = self._cache_engine = self._make_engine()
         return engine
 
 
@@ -673,8 +680,6 @@ class Random(SamplingSpace):
     >>> space[10]['x'] == space.to_arrays(10, 11)['x'].item(0)
     True
     """
-
-    needs_scipy = False
 
     def _stream_keys(self) -> list[np.uint64]:
         keys = self.__dict__.get("_cache_keys")

@@ -34,6 +34,7 @@ import numpy as np
 __all__ = [
     "HashIndex",
     "RowTable",
+    "affine",
     "combine_hashes",
     "counter_uniforms",
     "hash_column",
@@ -316,6 +317,27 @@ def _counter_uniforms_loop(rows, key):  # pragma: no cover - compiled by numba
 
 
 counter_uniforms = _Kernel(_counter_uniforms_loop, _counter_uniforms_reference)
+
+
+def _affine_reference(x: np.ndarray, scale: float, shift: float, out: np.ndarray) -> np.ndarray:
+    """Write ``x * scale + shift`` into `out` (two roundings, as two NumPy operations).
+
+    `x` may be a strided view (a column of a row-major array); the compiled
+    loop reads it once and rounds the same way (numba does not fuse the
+    multiply and the add), so both give the same bits.
+    """
+    np.multiply(x, scale, out=out)
+    out += shift
+    return out
+
+
+def _affine_loop(x, scale, shift, out):  # pragma: no cover - compiled by numba
+    for i in range(x.shape[0]):
+        out[i] = x[i] * scale + shift
+    return out
+
+
+affine = _Kernel(_affine_loop, _affine_reference)
 
 
 def _build_index_reference(keys: np.ndarray):

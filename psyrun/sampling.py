@@ -178,11 +178,15 @@ class _Dim:
         with them: large draws then need no extra pass.
         """
         if self.kind in ("uniform", "log"):
+            from psyrun._kernels import affine
+
             low, high = self.low, self.high
             if self.kind == "log":
                 low, high = math.log(low), math.log(high)
-            out = np.multiply(unit, high - low, out=out)
-            out += low
+            if out is None:
+                out = np.empty(unit.shape, dtype=np.float64)
+            # One pass, even from a strided column of a draw.
+            affine(unit, high - low, low, out)
             if self.kind == "log":
                 np.exp(out, out=out)
                 # exp may round a hair beyond a bound.

@@ -198,6 +198,40 @@ def test_random_numba_and_numpy_paths_agree_across_processes(tmp_path):
     assert np.array_equal(space.take(rows)["x"], here["x"][rows])  # few rows: NumPy
 
 
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(st.integers(0, 2**62), min_size=1, max_size=50),
+    st.integers(0, 2**64 - 1),
+    st.floats(-1e6, 1e6, allow_nan=False),
+    st.floats(-1e6, 1e6, allow_nan=False),
+)
+def test_sampling_kernels_match_their_numpy_references(rows, key, scale, shift):
+    from psyrun import _kernels
+
+    rows = np.array(rows, dtype=np.int64)
+    kernel = _kernels.counter_uniforms
+    got = kernel.compiled()(rows, np.uint64(key))
+    assert np.array_equal(got, kernel.reference(rows, np.uint64(key)))
+    assert ((got > 0) & (got < 1)).all()
+    block = np.random.default_rng(key % 2**32).random((len(rows), 3))
+    column = block[:, 1]  # strided, as a column of a scipy draw
+    compiled = _kernels.affine.compiled()(column, scale, shift, np.empty(len(rows)))
+    reference = _kernels.affine.reference(column, scale, shift, np.empty(len(rows)))
+    assert np.array_equal(compiled, reference)
+
+
+@pytest.mark.parametrize("cls", [Sobol, Halton, Random])
+def test_large_draws_equal_row_by_row_access(cls):
+    """Ranges of 20000+ rows take compiled loops, single rows NumPy: the same bits."""
+    space = make(cls, 2**15, 6, u=(-3.7, 11.3), lg=(1e-3, 5.0, "log"))
+    full = space.to_arrays()
+    rows = np.random.default_rng(1).integers(0, len(space), 500)
+    taken = space.take(rows)
+    for key in full:
+        assert np.array_equal(full[key][rows], taken[key])
+        assert np.array_equal(full[key][: 2**14], space.to_arrays(0, 2**14)[key])
+
+
 def test_same_points_in_another_process(tmp_path):
     """A task file builds its space in every process: the points must be equal bit for bit."""
     code = (

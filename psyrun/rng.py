@@ -126,7 +126,7 @@ def _encode_str(value: str) -> bytes:
 
 
 def _as_array(value: Any) -> np.ndarray | None:
-    """The array a list or tuple stands for, as psyrun's row matching sees it."""
+    """Return the array a list or tuple stands for, as psyrun's row matching sees it."""
     try:
         array = np.asarray(value)
     except (ValueError, TypeError):
@@ -228,7 +228,7 @@ def _encode_floats(column: np.ndarray) -> list[bytes]:
 
 
 def _encode_column(column: np.ndarray) -> list[bytes]:
-    """The canonical bytes of every entry of a column (rows of an n-d column)."""
+    """Return the canonical bytes of every entry of a column (rows of an n-d column)."""
     kind = column.dtype.kind
     if column.ndim > 1:
         if kind in "biuf":
@@ -236,9 +236,7 @@ def _encode_column(column: np.ndarray) -> list[bytes]:
             flat = _encode_column(rows.reshape(-1))
             size = rows.shape[1]
             head = (
-                _ARRAY
-                + _length(column.ndim - 1)
-                + b"".join(_length(d) for d in column.shape[1:])
+                _ARRAY + _length(column.ndim - 1) + b"".join(_length(d) for d in column.shape[1:])
             )
             return [head + b"".join(flat[i * size : (i + 1) * size]) for i in range(len(rows))]
         return [encode_value(row) for row in column]
@@ -258,7 +256,7 @@ def _encode_column(column: np.ndarray) -> list[bytes]:
 
 
 def _as_column(values: Any) -> np.ndarray:
-    """An array of `values`, keeping mixed numbers and strings as they are."""
+    """Return an array of `values`, keeping mixed numbers and strings as they are."""
     if isinstance(values, np.ndarray):
         return values
     values = list(values)
@@ -333,8 +331,9 @@ def row_seeds(seed: int, columns: Mapping[str, Any]) -> np.ndarray:
     blake2b = hashlib.blake2b
     if encoded:
         for i, parts in enumerate(zip(*encoded)):
-            out[i] = np.frombuffer(blake2b(head + b"".join(parts), digest_size=16).digest(),
-                                   dtype=np.uint8)
+            out[i] = np.frombuffer(
+                blake2b(head + b"".join(parts), digest_size=16).digest(), dtype=np.uint8
+            )
     else:
         out[:] = np.frombuffer(blake2b(head, digest_size=16).digest(), dtype=np.uint8)
     return out.view("<u4").astype(np.uint32, copy=False)
@@ -389,7 +388,7 @@ def row_rng(seed: int, /, **values: Any) -> np.random.Generator:
 
 
 def _single(value: Any) -> np.ndarray:
-    """A one-row column holding `value` exactly as given."""
+    """Return a one-row column holding `value` exactly as given."""
     column = np.empty(1, dtype=object)
     column[0] = value
     return column

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import itertools
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -322,21 +323,41 @@ def row_seeds(seed: int, columns: Mapping[str, Any]) -> np.ndarray:
         raise ValueError(f"the columns differ in length: {sorted(lengths)}")
     n = lengths.pop() if lengths else 1
     head = _VERSION + seed_bytes + _length(len(names))
-    encoded = []
+    if not names:
+        return _entropy([_digest(head)] * n, n)
+    pieces: list = []
     for name, array in zip(names, arrays):
-        label = name.encode("utf-8", "surrogatepass")
-        head_k = _length(len(label)) + label
-        encoded.append([head_k + e for e in _encode_column_named(name, array)])
-    out = np.empty((n, 16), dtype=np.uint8)
-    blake2b = hashlib.blake2b
-    if encoded:
-        for i, parts in enumerate(zip(*encoded)):
-            out[i] = np.frombuffer(
-                blake2b(head + b"".join(parts), digest_size=16).digest(), dtype=np.uint8
-            )
-    else:
-        out[:] = np.frombuffer(blake2b(head, digest_size=16).digest(), dtype=np.uint8)
-    return out.view("<u4").astype(np.uint32, copy=False)
+        pieces.append(itertools.repeat(_label(name)))
+        pieces.append(_encode_column_named(name, array))
+    digests = [_digest(head + b"".join(parts)) for parts in zip(*pieces)]
+    return _entropy(digests, n)
+
+
+def _label(name: str) -> bytes:
+    data = name.encode("utf-8", "surrogatepass")
+    return _length(len(data)) + data
+
+
+def _digest(message: bytes) -> bytes:
+    return hashlib.blake2b(message, digest_size=16).digest()
+
+
+def _entropy(digests: list[bytes], n: int) -> np.ndarray:
+    """Return the digests as an ``(n, 4)`` uint32 array (little-endian words)."""
+    words = np.frombuffer(b"".join(digests), dtype="<u4").reshape(n, 4)
+    return words.astype(np.uint32)
+
+
+def _row_entropy(seed: int, values: Mapping[str, Any]) -> np.ndarray:
+    """Return the entropy of one row as :func:`row_seeds` computes it, without columns."""
+    parts = [_VERSION, _encode_int(_check_seed(seed)), _length(len(values))]
+    for name in sorted(values):
+        parts.append(_label(name))
+        try:
+            parts.append(encode_value(values[name]))
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"row_rng cannot use parameter {name!r}: {exc}") from None
+    return _entropy([_digest(b"".join(parts))], 1)[0]
 
 
 def row_rng(seed: int, /, **values: Any) -> np.random.Generator:
@@ -383,15 +404,7 @@ def row_rng(seed: int, /, **values: Any) -> np.random.Generator:
     >>> a == row_rng(42, x=2, method='adam').random()
     False
     """
-    columns = {k: _single(v) for k, v in values.items()}
-    return np.random.default_rng(row_seeds(seed, columns)[0])
-
-
-def _single(value: Any) -> np.ndarray:
-    """Return a one-row column holding `value` exactly as given."""
-    column = np.empty(1, dtype=object)
-    column[0] = value
-    return column
+    return np.random.default_rng(_row_entropy(seed, values))
 
 
 # -- tasks ----------------------------------------------------------------------
@@ -493,8 +506,7 @@ def bind_rng(
     else:
 
         def call(**row):
-            columns = {k: _single(row[k]) for k in keys}
-            rng = np.random.default_rng(row_seeds(seed, columns)[0])
+            rng = np.random.default_rng(_row_entropy(seed, {k: row[k] for k in keys}))
             return fn(**row, rng=rng)
 
     call.__name__ = getattr(fn, "__name__", "execute")

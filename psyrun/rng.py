@@ -43,6 +43,7 @@ version tag: it will only change with a new tag, never silently.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import itertools
@@ -147,6 +148,14 @@ def _encode_array(array: np.ndarray) -> bytes:
     return head + b"".join(_encode_column(array.reshape(-1)))
 
 
+_PLAIN: dict[type, Callable[[Any], bytes]] = {
+    float: _encode_float,
+    int: _encode_int,
+    bool: lambda v: _encode_int(int(v)),
+    str: _encode_str,
+}
+
+
 def encode_value(value: Any) -> bytes:
     """Return the canonical bytes of one parameter value (see the module docs).
 
@@ -155,6 +164,9 @@ def encode_value(value: Any) -> bytes:
     TypeError
         For a value of a kind that has no canonical encoding.
     """
+    plain = _PLAIN.get(type(value))
+    if plain is not None:  # the common Python types, without the isinstance chain
+        return plain(value)
     if isinstance(value, (bool, int, float, np.bool_, np.integer, np.floating)):
         return _encode_real(value)
     if isinstance(value, (complex, np.complexfloating)):
@@ -333,6 +345,7 @@ def row_seeds(seed: int, columns: Mapping[str, Any]) -> np.ndarray:
     return _entropy(digests, n)
 
 
+@functools.lru_cache(maxsize=1024)
 def _label(name: str) -> bytes:
     data = name.encode("utf-8", "surrogatepass")
     return _length(len(data)) + data
@@ -345,19 +358,25 @@ def _digest(message: bytes) -> bytes:
 def _entropy(digests: list[bytes], n: int) -> np.ndarray:
     """Return the digests as an ``(n, 4)`` uint32 array (little-endian words)."""
     words = np.frombuffer(b"".join(digests), dtype="<u4").reshape(n, 4)
-    return words.astype(np.uint32)
+    return words.astype(np.uint32)  # a writable copy in native byte order
 
 
 def _row_entropy(seed: int, values: Mapping[str, Any]) -> np.ndarray:
     """Return the entropy of one row as :func:`row_seeds` computes it, without columns."""
-    parts = [_VERSION, _encode_int(_check_seed(seed)), _length(len(values))]
+    parts = [_seed_head(_check_seed(seed)), _length(len(values))]
     for name in sorted(values):
         parts.append(_label(name))
         try:
             parts.append(encode_value(values[name]))
         except (TypeError, ValueError) as exc:
             raise TypeError(f"row_rng cannot use parameter {name!r}: {exc}") from None
-    return _entropy([_digest(b"".join(parts))], 1)[0]
+    # SeedSequence copies the words: a read-only view of the digest will do.
+    return np.frombuffer(_digest(b"".join(parts)), dtype="<u4")
+
+
+@functools.lru_cache(maxsize=64)
+def _seed_head(seed: int) -> bytes:
+    return _VERSION + _encode_int(seed)
 
 
 def row_rng(seed: int, /, **values: Any) -> np.random.Generator:

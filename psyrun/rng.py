@@ -68,10 +68,11 @@ RNG_ARGUMENT = "rng"
 # Bumped only with a new, documented encoding (it is part of every hash).
 _VERSION = b"psyrun.row_rng/1\x00"
 
-# Tags of the value kinds. Every real number is one fixed-size record
-# (tag + 16 bytes), so records concatenate without ambiguity.
+# Tags of the value kinds. A tag says how many bytes follow (fixed, or a
+# length prefix), so encodings concatenate without ambiguity; nearly every
+# real number is one fixed-size record (tag + 16 bytes).
 _INT = b"i"  # an integer in [-2**127, 2**127), 16 bytes two's complement
-_BIGINT = b"I"  # any other integer, as length-prefixed decimal text
+_BIGINT = b"I"  # any other integer, length-prefixed two's complement bytes
 _FLOAT = b"f"  # a non-integral or infinite float: 8 bytes float64, 8 zero bytes
 _NAN = b"n"  # every NaN, 16 zero bytes
 _COMPLEX = b"c"  # a complex number with imag != 0: two real records
@@ -97,8 +98,8 @@ def _length(n: int) -> bytes:
 def _encode_int(value: int) -> bytes:
     if -_INT128 <= value < _INT128:
         return _INT + (value % (1 << 128)).to_bytes(16, "little")
-    text = str(value).encode("ascii")
-    return _BIGINT + _length(len(text)) + text
+    data = value.to_bytes(value.bit_length() // 8 + 1, "little", signed=True)
+    return _BIGINT + _length(len(data)) + data
 
 
 def _encode_float(x: float) -> bytes:

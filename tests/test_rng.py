@@ -53,6 +53,8 @@ def rows_of(columns: dict) -> list[dict]:
         [0, 0.0, -0.0, False, np.float32(-0.0)],
         [float("nan"), np.float32("nan"), -float("nan"), np.complex128(complex("nan"))],
         [2**70, float(2**70), np.float64(2**70)],
+        [2**200, float(2**200)],
+        [10**6000, 10**6000],
         [-(2**63), float(-(2**63)), np.int64(-(2**63))],
         [2**64 - 1, np.uint64(2**64 - 1)],
         [[1, 2], (1, 2), np.array([1, 2]), np.array([1.0, 2.0]), [True, 2.0]],
@@ -77,6 +79,8 @@ def test_values_psyrun_matches_as_one_assignment_get_one_generator(same):
         (0.1, np.float32(0.1)),  # another number: float32's 0.1 is 0.100000001490116...
         (2**53 + 1, float(2**53)),
         (2**200, 2**200 + 1),
+        (2**200, -(2**200)),
+        (2**127, -(2**127)),
         (float("inf"), -float("inf")),
         (1 + 1j, 1),
         ([1, 2, 3, 4], [[1, 2], [3, 4]]),

@@ -82,8 +82,10 @@ def main(argv: list[str]) -> int:
     known = [*SECTIONS, "slurm"]
     unknown = [name for name in sections if name not in known]
     if unknown:
-        print(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(known)}",
-              file=sys.stderr)
+        print(
+            f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(known)}",
+            file=sys.stderr,
+        )
         return 2
     rows = []
     for name in sections:

@@ -203,13 +203,20 @@ def _determined_pair(codes, sizes, dims) -> tuple[str, str] | None:
     return None
 
 
+# A grid with holes larger than this many cells, and emptier than one cell in
+# this many, is refused: its NaN would cost far more memory than its values.
+_SPARSE_CELLS = 10**6
+_SPARSE_RATIO = 100
+
+
 def _grid_shape_check(pspace, dims: Sequence[str], holes: bool = False) -> None:
     """Raise unless `pspace` fits a grid of `dims`.
 
     The space has no grid structure in `dims` when one of them is determined
-    by another; that is always an error. Otherwise it must hold every
-    combination of its values of `dims`, unless `holes` allows the missing
-    ones (they become NaN cells).
+    by another, or when a grid of them would be nearly empty (above a million
+    cells, fewer than one in a hundred in the space); that is always an
+    error. Otherwise it must hold every combination of its values of `dims`,
+    unless `holes` allows the missing ones (they become NaN cells).
     """
     if len(pspace) == 0 or not dims:
         return
@@ -225,6 +232,12 @@ def _grid_shape_check(pspace, dims: Sequence[str], holes: bool = False) -> None:
             f"{by!r} occurs with one value of {dim!r} only, so a grid of them would hold "
             f"{distinct} of its {grid_size} cells. Use load_dataframe() (or to_dataframe()) "
             f"for such a space, or pass dims={rest} to keep {dim!r} as a data variable."
+        )
+    if holes and grid_size > max(_SPARSE_CELLS, _SPARSE_RATIO * distinct):
+        raise ValueError(
+            f"the parameter space has no grid structure in {list(dims)}: a grid of them "
+            f"would hold {distinct} of its {grid_size} cells. Use load_dataframe() (or "
+            "to_dataframe()) for such a space, or pass fewer dims."
         )
     if distinct != grid_size and not holes:
         raise ValueError(

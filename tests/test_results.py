@@ -220,6 +220,22 @@ def test_a_space_without_grid_structure_is_refused_pointing_to_dataframes():
     assert not np.isnan(ds["b"].values).any()
 
 
+def test_a_nearly_empty_grid_is_refused_before_it_fills_the_memory():
+    """Blocks of distinct values: no dim determines another, but the grid is mostly NaN."""
+    blocks = [Param(a=[10 * i, 10 * i + 1]) * Param(b=[10 * i, 10 * i + 1]) for i in range(120)]
+    space = blocks[0]
+    for block in blocks[1:]:
+        space = space + block
+    space = space * Param(c=list(range(80)))
+    data = map_pspace(lambda a, b, c: {"y": a + b + c}, space)
+    with pytest.raises(ValueError, match=r"no grid structure.*38400 of its 4608000 cells"):
+        to_xarray(data, dims=["a", "b", "c"], pspace=space)
+    # A few blocks make a grid with holes.
+    few = (blocks[0] + blocks[1]) * Param(c=[0, 1])
+    ds = to_xarray(map_pspace(lambda a, b, c: {"y": a}, few), dims=["a", "b", "c"], pspace=few)
+    assert np.isnan(ds["y"].values).sum() == 16
+
+
 def test_a_one_dimensional_design_is_a_grid():
     design = Param(a=np.random.default_rng(1).random(10))
     ds = to_xarray(map_pspace(lambda a: {"y": 2 * a}, design), pspace=design)

@@ -281,7 +281,9 @@ def to_xarray(
         assignments not yet evaluated show up as missing cells, and it is
         checked to have grid structure in `dims`: no dim may be determined
         by another (each value of one occurring with a single value of the
-        other, as in a zipped parameter or the points of a random design).
+        other, as in a zipped parameter or the points of a random design),
+        and a grid with holes may not be nearly empty (over a million cells,
+        fewer than one in a hundred in the space).
 
     Returns
     -------
@@ -512,8 +514,9 @@ def load_xarray(
     `dims` given, a space that is not a full product of them (a grid minus
     some assignments, a sum of grids) gives its grid with NaN in the cells
     the space lacks; a space without grid structure in its parameters (a
-    random design: one parameter determined by another) is refused with an
-    error that says so: use :func:`load_dataframe` for it.
+    random design: one parameter determined by another; or a grid of over a
+    million cells with fewer than one in a hundred in the space) is refused
+    with an error that says so: use :func:`load_dataframe` for it.
 
     Parameters
     ----------

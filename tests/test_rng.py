@@ -476,3 +476,30 @@ def test_a_parameter_without_canonical_encoding_fails_its_rows_with_the_reason(p
     out = psy("run", "objs")
     assert "row_rng cannot use parameter 'opts'" in out.output, describe(out)
     assert "Traceback" not in out.stdout
+
+
+def test_rng_seed_from_psy_conf_applies_to_every_task(project):
+    (project / "psy-tasks" / "psy-conf.py").write_text("rng_seed = 31\n")
+    write_task(
+        project,
+        "conf",
+        "from psyrun import Param\npspace = Param(x=[1, 2])\n"
+        "def execute(x, rng):\n    return {'y': int(rng.bit_generator.random_raw()) >> 12}\n",
+    )
+    ok(psy("run", "conf"))
+    assert task_result(project, "conf")["y"].tolist() == [
+        draw(row_rng(31, x=1)),
+        draw(row_rng(31, x=2)),
+    ]
+
+
+def test_hostile_names_and_text_are_hashed_as_they_are():
+    """Lone surrogates, NUL, newlines and right-to-left marks: valid, distinct rows."""
+    names = ["\ud800", "a\x00b", "a\nb", "\u202eevil", "é", "e\u0301"]
+    firsts = {draw(row_rng(0, **{name: name})) for name in names}
+    assert len(firsts) == len(names)
+    column = np.array(names, dtype=object)
+    seeds = row_seeds(0, {"v": column})
+    assert [draw(np.random.default_rng(s)) for s in seeds] == [
+        draw(row_rng(0, v=name)) for name in names
+    ]

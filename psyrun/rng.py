@@ -57,6 +57,7 @@ __all__ = [
     "RNG_ARGUMENT",
     "bind_rng",
     "check_task_rng",
+    "encode_value",
     "row_rng",
     "row_seeds",
     "wants_rng",

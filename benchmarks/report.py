@@ -17,7 +17,7 @@ import platform
 import sys
 import time
 
-SECTIONS = ["import", "pspace", "sampling", "store", "mapper", "run", "throughput"]
+SECTIONS = ["import", "pspace", "sampling", "rng", "store", "mapper", "run", "throughput"]
 
 
 def machine() -> str:

@@ -41,6 +41,8 @@ _EXPORTS = {
     "LSF": "psyrun.scheduler",
     "Dask": "psyrun.scheduler",
     "run_task": "psyrun.runner",
+    "row_rng": "psyrun.rng",
+    "row_seeds": "psyrun.rng",
     "Store": "psyrun.store",
     "AutodetectStore": "psyrun.store",
     "PickleStore": "psyrun.store",

@@ -482,6 +482,7 @@ def evaluate_block(
     extra: Mapping | None = None,
     on_error: Callable[[dict, Exception], None] | None = None,
     vectorized: bool = False,
+    rng_seed: int | None = None,
 ) -> dict[str, list | np.ndarray]:
     """Evaluate `fn` on one block of parameter columns.
 
@@ -509,6 +510,12 @@ def evaluate_block(
         rows are left out and the others kept. A vectorized block that raises
         is evaluated again row by row, with length-1 arrays, to find the rows
         that fail. Without `on_error` the exception propagates.
+    vectorized : bool, optional
+        Call `fn` once for the whole block.
+    rng_seed : int, optional
+        Also pass `fn` an ``rng`` argument: row by row each row's generator
+        ``psyrun.row_rng(rng_seed, **row)``, vectorized the block's
+        ``psyrun.rng.row_seeds`` (see :func:`psyrun.rng.bind_rng`).
 
     Returns
     -------
@@ -536,6 +543,10 @@ def evaluate_block(
     """
     exclude = set(_exclude_keys(exclude))
     keys = list(keys)
+    if rng_seed is not None:
+        from psyrun.rng import bind_rng
+
+        fn = bind_rng(fn, rng_seed, keys, vectorized, extra)
     if vectorized:
         return _evaluate_vectorized(fn, arrays, keys, exclude, extra, on_error)
     columns = {k: _column_values(arrays[k]) for k in keys}

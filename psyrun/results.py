@@ -142,25 +142,40 @@ def _unique_with_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return uniques, codes
 
 
-def _missing_value_dtype(dtype: np.dtype) -> tuple[np.dtype, Any]:
-    """Return the dtype and fill value of a column with missing grid cells."""
+# Integers up to this magnitude are exact as float64.
+_EXACT_INT = 2**53
+
+
+def _missing_value_dtype(column: np.ndarray) -> tuple[np.dtype, Any]:
+    """Return the dtype and fill value of a column with missing grid cells.
+
+    The missing mark is NaN (NaT for dates), as pandas and xarray use it:
+    floats keep their dtype; integers and booleans become float64 when every
+    value is exact as a float64 (``|x| <= 2**53``), and an object array of
+    the exact values otherwise (a float would round them); strings and
+    other objects become object arrays (a NaN in a string array would turn
+    into the text ``'nan'``).
+    """
+    dtype = column.dtype
     if dtype.kind == "f":
         return dtype, np.nan
     if dtype.kind == "c":
         return dtype, complex(np.nan, 0)
     if dtype.kind in "iub":
-        return np.dtype(float), np.nan
+        exact = dtype.kind == "b" or not column.size
+        if not exact:
+            exact = bool(
+                column.max() <= _EXACT_INT and (dtype.kind == "u" or column.min() >= -_EXACT_INT)
+            )
+        return (np.dtype(float) if exact else np.dtype(object)), np.nan
     if dtype.kind in "mM":
         return dtype, np.datetime64("NaT") if dtype.kind == "M" else np.timedelta64("NaT")
-    # xarray turns None in object arrays into NaN anyway; say so up front.
     return np.dtype(object), np.nan
 
 
-def _grid_shape_check(pspace, dims: Sequence[str]) -> None:
-    """Raise unless `pspace` holds every combination of its values of `dims`."""
-    arrays = pspace.to_arrays()
-    codes = []
-    sizes = []
+def _dim_codes(arrays: Mapping[str, Any], dims: Sequence[str]):
+    """Each dim's distinct values as codes per row, and how many distinct values it has."""
+    codes, sizes = [], []
     for dim in dims:
         column = np.asarray(arrays[dim])
         if column.ndim != 1:
@@ -168,16 +183,68 @@ def _grid_shape_check(pspace, dims: Sequence[str]) -> None:
         uniques, dim_codes = _unique_with_codes(column)
         codes.append(dim_codes)
         sizes.append(len(uniques))
-    grid_size = math.prod(sizes)
-    if len(pspace) == 0:
+    return codes, sizes
+
+
+def _determined_pair(codes, sizes, dims) -> tuple[str, str] | None:
+    """Return ``(by, dim)`` if every value of dim `by` occurs with one value of `dim` only.
+
+    Such a `dim` is a function of `by` (a zipped parameter, or the points of a
+    random or quasi-random design): on a grid of both it would fill one cell
+    per row of `by`, which is no grid at all.
+    """
+    for i, by in enumerate(dims):
+        for j, dim in enumerate(dims):
+            if i == j or sizes[j] < 2:
+                continue
+            pairs = np.unique(codes[i].astype(np.int64) * sizes[j] + codes[j])
+            if len(pairs) == sizes[i]:
+                return by, dim
+    return None
+
+
+# A grid with holes larger than this many cells, and emptier than one cell in
+# this many, is refused: its NaN would cost far more memory than its values.
+_SPARSE_CELLS = 10**6
+_SPARSE_RATIO = 100
+
+
+def _grid_shape_check(pspace, dims: Sequence[str], holes: bool = False) -> None:
+    """Raise unless `pspace` fits a grid of `dims`.
+
+    The space has no grid structure in `dims` when one of them is determined
+    by another, or when a grid of them would be nearly empty (above a million
+    cells, fewer than one in a hundred in the space); that is always an
+    error. Otherwise it must hold every combination of its values of `dims`,
+    unless `holes` allows the missing ones (they become NaN cells).
+    """
+    if len(pspace) == 0 or not dims:
         return
-    distinct = len(np.unique(np.ravel_multi_index(codes, sizes))) if dims else 1
-    if distinct != grid_size:
+    codes, sizes = _dim_codes(pspace.to_arrays(), dims)
+    grid_size = math.prod(sizes)
+    distinct = len(np.unique(np.ravel_multi_index(codes, sizes)))
+    pair = _determined_pair(codes, sizes, dims)
+    if pair is not None:
+        by, dim = pair
+        rest = [d for d in dims if d != dim]
+        raise ValueError(
+            f"the parameter space has no grid structure in {list(dims)}: each value of "
+            f"{by!r} occurs with one value of {dim!r} only, so a grid of them would hold "
+            f"{distinct} of its {grid_size} cells. Use load_dataframe() (or to_dataframe()) "
+            f"for such a space, or pass dims={rest} to keep {dim!r} as a data variable."
+        )
+    if holes and grid_size > max(_SPARSE_CELLS, _SPARSE_RATIO * distinct):
+        raise ValueError(
+            f"the parameter space has no grid structure in {list(dims)}: a grid of them "
+            f"would hold {distinct} of its {grid_size} cells. Use load_dataframe() (or "
+            "to_dataframe()) for such a space, or pass fewer dims."
+        )
+    if distinct != grid_size and not holes:
         raise ValueError(
             f"the parameter space is not a Cartesian product of {list(dims)}: it holds "
-            f"{distinct} distinct assignments of them, but their values span a grid of "
-            f"{grid_size}. Use to_dataframe(), or pass dims= naming parameters that vary "
-            "independently of each other (the others become data variables)."
+            f"{distinct} of the {grid_size} combinations of their values. Pass "
+            f"dims={list(dims)} to get the grid with NaN in the {grid_size - distinct} "
+            "cells the space lacks, or use load_dataframe() (or to_dataframe())."
         )
 
 
@@ -190,22 +257,33 @@ def to_xarray(
 
     Each parameter named in `dims` becomes a dimension whose coordinates are
     its distinct values (sorted where they sort); every other column becomes
-    a data variable on that grid. Grid cells without a result row are NaN
-    (integer and boolean columns are promoted to float only when a cell is
-    missing; string and object columns become object arrays holding NaN
-    there, as in a concatenation of spaces).
+    a data variable on that grid. Grid cells without a result row are
+    missing: NaN in float columns, and where a cell is missing, integer and
+    boolean columns become float64 with NaN (an object array of the exact
+    values if some integer exceeds 2**53 in magnitude), string and object
+    columns object arrays holding NaN, dates NaT.
+
+    A cell is missing when its assignment was not evaluated (yet), or failed,
+    or when it is not in the space at all: with `dims` given, a space that is
+    not a full product (``(Param(a=...) * Param(b=...) - corner) *
+    Param(seed=...)``) gives its grid with NaN in the cells it lacks.
 
     Parameters
     ----------
     data : mapping of str to sequence
         Equal-length columns, for example what :func:`load_results` returns.
     dims : sequence of str, optional
-        The columns to use as dimensions (default: the keys of `pspace`).
-        Together they must identify each row.
+        The columns to use as dimensions. Together they must identify each
+        row. Given, `pspace` may be a grid with holes; by default (the keys
+        of `pspace`) it must be a full Cartesian product of them.
     pspace : psyrun.pspace.ParameterSpace, optional
         The space the results came from. Its values join the coordinates, so
         assignments not yet evaluated show up as missing cells, and it is
-        checked to be a Cartesian product of `dims`.
+        checked to have grid structure in `dims`: no dim may be determined
+        by another (each value of one occurring with a single value of the
+        other, as in a zipped parameter or the points of a random design),
+        and a grid with holes may not be nearly empty (over a million cells,
+        fewer than one in a hundred in the space).
 
     Returns
     -------
@@ -219,8 +297,9 @@ def to_xarray(
         If xarray is not installed; the message names the extra to install.
     ValueError
         If `dims` is not given and there is no `pspace`, names a missing or
-        array-valued column, if two rows share an assignment of `dims`, or if
-        `pspace` is not a Cartesian product of `dims`.
+        array-valued column, if two rows share an assignment of `dims`, if
+        `pspace` has no grid structure in `dims` (use :func:`to_dataframe`),
+        or if `dims` is not given and `pspace` is not a Cartesian product.
 
     Examples
     --------
@@ -234,6 +313,8 @@ def to_xarray(
            [12., 22., nan]])
     """
     xr = _import_optional("xarray", "to_xarray")
+    # Dims the caller chose may leave holes in the grid; the default must not.
+    holes = dims is not None
     if dims is None:
         if pspace is None:
             raise ValueError(
@@ -261,7 +342,7 @@ def to_xarray(
         missing_keys = [d for d in dims if d not in pspace.keys()]
         if missing_keys:
             raise ValueError(f"dimension(s) {missing_keys} are not keys of the parameter space")
-        _grid_shape_check(pspace, dims)
+        _grid_shape_check(pspace, dims, holes)
         extra = pspace.to_arrays()
 
     coords = {}
@@ -297,7 +378,7 @@ def to_xarray(
         dtype = column.dtype
         fill = None
         if not complete:
-            dtype, fill = _missing_value_dtype(dtype)
+            dtype, fill = _missing_value_dtype(column)
         grid = np.empty((math.prod(shape), *column.shape[1:]), dtype=dtype)
         if not complete:
             grid[...] = fill
@@ -429,7 +510,13 @@ def load_xarray(
     """Load a task's results as an :class:`xarray.Dataset`, one dimension per parameter.
 
     The task's parameter space provides the coordinates, so assignments
-    without a result (not yet run, or failed) are missing cells (NaN).
+    without a result (not yet run, or failed) are missing cells (NaN). With
+    `dims` given, a space that is not a full product of them (a grid minus
+    some assignments, a sum of grids) gives its grid with NaN in the cells
+    the space lacks; a space without grid structure in its parameters (a
+    random design: one parameter determined by another; or a grid of over a
+    million cells with fewer than one in a hundred in the space) is refused
+    with an error that says so: use :func:`load_dataframe` for it.
 
     Parameters
     ----------
@@ -439,7 +526,8 @@ def load_xarray(
         The task directory.
     dims : sequence of str, optional
         Parameters to use as dimensions (default: all keys of the task's
-        ``pspace``); see :func:`to_xarray`.
+        ``pspace``, which must then be a full product); see
+        :func:`to_xarray`.
     only_current : bool, optional
         Leave out rows outside the task's current parameter space (see
         :func:`load_results`), so that the grid is exactly the space's.

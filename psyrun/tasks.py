@@ -136,6 +136,13 @@ class Config:
         ``'finished'`` (``psy_finished``, when the row was done, UTC ISO 8601
         text). A parameter, output or `setup` key of the same name is an
         error. Default: ``[]`` (results as in psyrun 0.8).
+    rng_seed : int or None
+        The seed of the rows' random generators. When `execute` names an
+        ``rng`` argument, each row gets ``psyrun.row_rng(rng_seed, **row)``,
+        a generator fixed by the seed and the row's values alone (a
+        vectorized `execute` gets the block's ``psyrun.rng.row_seeds``, one
+        row of seeds per row); see :mod:`psyrun.rng`. Required by such an
+        `execute`. Default: None.
     """
 
     pspace: Any = field(default_factory=_default_pspace)
@@ -157,6 +164,7 @@ class Config:
     vectorized: bool = False
     block_size: int | None = None
     record: list = field(default_factory=list)
+    rng_seed: int | None = None
 
     def __init__(self, **settings: Any) -> None:
         # Which settings were given (not left at their defaults) matters when
@@ -408,6 +416,10 @@ class TaskDef:
         from psyrun.records import check_record
 
         c.record = check_record(c.record, list(c.pspace.keys()))
+        from psyrun.rng import check_task_rng
+
+        # The seed execute's `rng` argument is bound with (None: it takes none).
+        self.execute_rng_seed = check_task_rng(c.execute, c.rng_seed, c.pspace.keys())
         if c.setup is not None and not callable(c.setup):
             raise TypeError(f"setup must be a function setup(proc_id) or None, got {c.setup!r}")
         if isinstance(c.exclude_from_result, str):

@@ -539,6 +539,7 @@ class SplitMergeBackend(Backend):
             extra=extra,
             on_error=failures.add,
             vectorized=self.task.vectorized,
+            rng_seed=self.task.execute_rng_seed,
         )
         elapsed = time.perf_counter() - started
         n = len(next(iter(result.values()))) if result else 0

@@ -273,13 +273,15 @@ def _rate(backend, running: bool, metadata: Mapping[str, Any]) -> str:
         if end < begin:
             return ""  # the result is older than the last submission
     seconds = max(end - begin, 1e-3)
-    return f"{rows / seconds:.3g} rows/s {what} ({rows} rows in {_duration(seconds)})"
+    rate = rows / seconds
+    shown = f"{rate:,.0f}" if rate >= 100 else f"{rate:.3g}"
+    return f"{shown} rows/s {what} ({rows:,} rows in {_duration(seconds)})"
 
 
 def _duration(seconds: float) -> str:
     from psyrun.watch import format_duration
 
-    return format_duration(seconds)
+    return f"{seconds:.2g}s" if seconds < 10 else format_duration(seconds)
 
 
 def status_of(task) -> tuple[StatusView, Any, Any]:

@@ -61,6 +61,11 @@ class ReportRefused(ValueError):
     """The report cannot be written where asked (the message says why and what to do)."""
 
 
+def _n(count: int) -> str:
+    """Return a count with thousands separators (``1,000,000``)."""
+    return f"{int(count):,}"
+
+
 def _e(value: Any) -> str:
     """Escape `value`'s text for HTML (quotes too: it may end up in an attribute)."""
     return html.escape(str(value), quote=True)
@@ -188,14 +193,14 @@ def _status_section(data: ReportData) -> str:
     share = f" ({100 * s.completed / s.total:.1f}%)" if s.total else ""
     rows = [
         _row("State", f'<span class="{cls}">{_e(state)}</span>', raw=True),
-        _row("Rows done", f"{s.completed} of {s.total}{share}", num=True),
-        _row("Rows missing", f"{s.missing}", num=True),
+        _row("Rows done", f"{_n(s.completed)} of {_n(s.total)}{share}", num=True),
+        _row("Rows missing", _n(s.missing), num=True),
     ]
     if s.failed_rows:
         rows.append(
             _row(
                 "Rows failed",
-                f"{s.failed_rows} (their execute raised in the last run; counted among the "
+                f"{_n(s.failed_rows)} (their execute raised in the last run; counted among the "
                 "missing rows, and not stored)",
             )
         )
@@ -203,14 +208,16 @@ def _status_section(data: ReportData) -> str:
         rows.append(
             _row(
                 "Rows by older code",
-                f"{s.stale} of the rows done were computed by an older version of the task "
+                f"{_n(s.stale)} of the rows done were computed by an older version of the task "
                 f"file (`psy run -c --stale {data.task}` recomputes them); not plotted",
             )
         )
     if s.outside:
-        rows.append(_row("Rows outside the space", f"{s.outside} stored rows (not counted)"))
+        rows.append(_row("Rows outside the space", f"{_n(s.outside)} stored rows (not counted)"))
     if s.unmerged:
-        rows.append(_row("Only in part files", f"{s.unmerged} of the rows done (not yet merged)"))
+        rows.append(
+            _row("Only in part files", f"{_n(s.unmerged)} of the rows done (not yet merged)")
+        )
     result = {
         "ok": "reads back completely",
         "missing": "does not exist yet",
@@ -343,7 +350,7 @@ def _head_section(data: ReportData) -> str:
         rows.append(f'<tr{cls}><td class="num">{i}</td>{"".join(cells)}</tr>')
     shown = f"The first {n}" if n >= HEAD_ROWS else f"All {n}" if n == data.rows_stored else f"{n}"
     out.append(
-        f"<p>{_e(shown)} of {data.rows_stored} stored rows, in file order "
+        f"<p>{_e(shown)} of {_n(data.rows_stored)} stored rows, in file order "
         f"(from the {_e(data.head_source)}).</p>"
     )
     if stale.any():
@@ -387,11 +394,13 @@ def _plots_section(data: ReportData, plots: list, missing_lib: str) -> str:
 
 def _how_read(data: ReportData) -> str:
     """Say which rows the plots show and how they were reduced."""
-    text = f"The plots are made from {data.rows_read} of the {data.rows_stored} stored rows"
+    text = (
+        f"The plots are made from {_n(data.rows_read)} of the {_n(data.rows_stored)} stored rows"
+    )
     text += " (read in chunks)."
     if data.rows_stale:
         text += (
-            f" {data.rows_stale} of them were computed by an older version of the task file "
+            f" {_n(data.rows_stale)} of them were computed by an older version of the task file "
             "and are left out."
         )
     if data.grid is not None:
@@ -401,14 +410,14 @@ def _how_read(data: ReportData) -> str:
         )
         if data.grid.off_grid:
             text += (
-                f" {data.grid.off_grid} rows are not on the current grid (outside the space) "
+                f" {_n(data.grid.off_grid)} rows are not on the current grid (outside the space) "
                 "and are left out."
             )
     elif data.sample is not None:
         if data.sample.step > 1:
             text += (
                 f" The space is not a grid: the scatter plots show a regular subsample, every "
-                f"{data.sample.step}th row ({data.sample.kept()} rows)."
+                f"{_n(data.sample.step)}th row ({_n(data.sample.kept())} rows)."
             )
         else:
             text += " The space is not a grid: the scatter plots show every row."

@@ -107,15 +107,27 @@ def _positions(axis: np.ndarray) -> tuple[np.ndarray, list[str] | None]:
 
 
 def _set_ticks(ax, which: str, positions: np.ndarray, labels: list[str] | None) -> None:
+    """Label the ticks at `positions` with `labels`, thinned so that they do not overlap."""
     if labels is None:
         return
-    step = max(1, math.ceil(len(labels) / MAX_TICKS))
-    ticks = positions[::step]
-    shown = labels[::step]
-    if which == "x":
-        ax.set_xticks(ticks, shown, rotation=30 if max(map(len, shown), default=0) > 4 else 0)
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    if len(labels) <= 8:
+        axis.set_ticks(positions, labels)
     else:
-        ax.set_yticks(ticks, shown)
+        # Ticks on whole positions only, as many as fit; each names the value there.
+        axis.set_major_locator(MaxNLocator(nbins=6, integer=True))
+
+        def name(pos, _):
+            i = round(float(pos))
+            return labels[i] if 0 <= i < len(labels) and abs(pos - i) < 1e-6 else ""
+
+        axis.set_major_formatter(FuncFormatter(name))
+    if which == "x" and max(map(len, labels), default=0) > 5:
+        for tick in ax.get_xticklabels():
+            tick.set_rotation(30)
+            tick.set_horizontalalignment("right")
 
 
 # -- grids -----------------------------------------------------------------------------
@@ -143,7 +155,8 @@ def _grid_lines(grid: Grid, output: str) -> Plot:
             ax.fill_between(
                 x, mean - sd, mean + sd, color="C0", alpha=0.3, lw=0, label="\u00b11 s.d."
             )
-            ax.plot(x, mean, "o-", color="C0", ms=3, lw=1.2, label="mean")
+            marker = "o-" if len(x) <= 50 else "-"
+            ax.plot(x, mean, marker, color="C0", ms=3, lw=1.2, label="mean")
             short = grid.expected[key] > grid.have[key]
             if short.any():
                 ax.plot(
@@ -231,7 +244,7 @@ def _heatmaps(grid: Grid, output: str) -> Plot:
 
 def _labels(axis: np.ndarray) -> tuple[np.ndarray, list[str]]:
     """Cell positions and labels of a heatmap axis (every value, as text)."""
-    text = [_label(f"{v:.4g}" if isinstance(v, float) else v) for v in axis.tolist()]
+    text = [_label(f"{v:.4g}" if isinstance(v, float) else str(v)) for v in axis.tolist()]
     return np.arange(len(axis), dtype=np.float64), text
 
 
@@ -327,9 +340,9 @@ def _scatter(sample: Sample, output: str, params: list[str], total: int) -> Plot
 
     kept = len(y)
     how = (
-        f"all {kept} current rows"
+        f"all {kept:,} current rows"
         if sample.step == 1
-        else f"a regular subsample: every {sample.step}th stored row, {kept} of {total} rows"
+        else f"a regular subsample: every {sample.step:,}th stored row, {kept:,} of {total:,} rows"
     )
     caption = f"{output} against each parameter (scatter; the space is not a grid), {how}."
     if sample.missing:

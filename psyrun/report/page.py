@@ -416,8 +416,8 @@ def _how_read(data: ReportData) -> str:
     elif data.sample is not None:
         if data.sample.step > 1:
             text += (
-                f" The space is not a grid: the scatter plots show a regular subsample, every "
-                f"{_n(data.sample.step)}th row ({_n(data.sample.kept())} rows)."
+                " The space is not a grid: the scatter plots show a regular subsample, one "
+                f"row in every {_n(data.sample.step)} ({_n(data.sample.kept())} rows)."
             )
         else:
             text += " The space is not a grid: the scatter plots show every row."

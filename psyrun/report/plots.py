@@ -251,16 +251,16 @@ def _labels(axis: np.ndarray) -> tuple[np.ndarray, list[str]]:
 def _colormap():
     import matplotlib
 
-    cmap = matplotlib.colormaps["viridis"].copy()
-    cmap.set_bad(EMPTY_COLOR)
-    return cmap
+    return matplotlib.colormaps["viridis"].with_extremes(bad=EMPTY_COLOR)
 
 
-def _coverage(grid: Grid) -> Plot | None:
+def _coverage(grid: Grid, stale: int) -> Plot | None:
     """Share of each value's (or cell's) rows that have a result; None when none is missing."""
     keys = list(grid.axes)
     if all((grid.have[k] >= grid.expected[k]).all() for k in keys):
         return None
+    if not any(grid.have[k].any() for k in keys):
+        return None  # nothing current is stored: the status says it all
     pairs = grid.pairs[:MAX_PAIRS]
 
     def draw():
@@ -303,6 +303,8 @@ def _coverage(grid: Grid) -> Plot | None:
         + ("cell" if pairs else "value")
         + " that is done (1: complete, 0: nothing yet). Rows that failed count as missing."
     )
+    if stale:
+        caption += " Rows computed by an older version of the task file count as not done."
     return _draw("Rows done and missing", caption, "coverage of the grid", draw)
 
 
@@ -342,12 +344,12 @@ def _scatter(sample: Sample, output: str, params: list[str], total: int) -> Plot
     how = (
         f"all {kept:,} current rows"
         if sample.step == 1
-        else f"a regular subsample: every {sample.step:,}th stored row, {kept:,} of {total:,} rows"
+        else f"a regular subsample: one stored row in every {sample.step:,}, {kept:,} of {total:,}"
     )
     caption = f"{output} against each parameter (scatter; the space is not a grid), {how}."
     if sample.missing:
         n = len(next(iter(sample.missing.values())))
-        every = f"every {sample.missing_step}th of them, " if sample.missing_step > 1 else ""
+        every = f"one in every {sample.missing_step}, " if sample.missing_step > 1 else ""
         caption += (
             " Red ticks on the axis mark missing assignments (not run, or failed; "
             f"{every}{n} drawn)."
@@ -378,7 +380,7 @@ def draw_plots(data: ReportData) -> list[Plot]:
     outputs = data.plotted_outputs[:MAX_OUTPUTS]
     plots: list[Plot] = []
     if data.grid is not None and data.grid.axes:
-        coverage = _coverage(data.grid)
+        coverage = _coverage(data.grid, data.rows_stale)
         if coverage is not None:
             plots.append(coverage)
         for output in outputs:

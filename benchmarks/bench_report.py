@@ -26,9 +26,7 @@ def execute(a, b):
 
 SPACES = {
     "grid": "pspace = Param(a=np.arange(1000)) * Param(b=np.linspace(0.0, 1.0, 1000))",
-    "scatter": (
-        "pspace = Param(a=np.arange(10**6), b=np.random.default_rng(1).random(10**6))"
-    ),
+    "scatter": ("pspace = Param(a=np.arange(10**6), b=np.random.default_rng(1).random(10**6))"),
 }
 
 

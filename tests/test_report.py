@@ -318,3 +318,39 @@ def test_report_help_names_the_output_option():
     result = ok(psy("report", "--help"))
     assert "-o, --output" in result.stdout
     assert "self-contained HTML page" in result.stdout
+
+
+@pytest.mark.parametrize("store", ["npz", "h5", "zarr"])
+def test_every_store_gives_the_statistics_of_the_pickle_result(project, store):
+    from psyrun.report.data import collect
+    from psyrun.tasks import load_tasks
+
+    imports = {
+        "npz": ("psyrun.store.npz", "NpzStore"),
+        "h5": ("psyrun.store.h5", "H5Store"),
+        "zarr": ("psyrun.store.zarr", "ZarrStore"),
+    }
+    module, cls = imports[store]
+    pytest.importorskip({"h5": "tables", "zarr": "zarr"}.get(store, "numpy"))
+    source = """
+    from psyrun import Param
+    {setting}
+    pspace = Param(a=[1, 2, 3]) * Param(b=[0.5, 1.0, 2.0, 4.0])
+    max_jobs = 1
+
+    def execute(a, b):
+        return {{"y": a / b, "n": a * 10}}
+    """
+    write_task(project, "p", source.format(setting=""))
+    setting = f"from {module} import {cls}\n    store = {cls}()"
+    write_task(project, "s", source.format(setting=setting))
+    ok(psy("run", cwd=project))
+    tasks = load_tasks("psy-tasks")
+    expected, found = collect(tasks["p"]), collect(tasks["s"])
+    assert found.rows_read == expected.rows_read == 12
+    for output in ("y", "n"):
+        for key in ("a", "b"):
+            for stat in ("count", "sum", "min", "max"):
+                np.testing.assert_allclose(
+                    found.grid.lines[output][key][stat], expected.grid.lines[output][key][stat]
+                )

@@ -526,7 +526,7 @@ def kill(taskdir: str, task: tuple[str, ...]) -> None:
         sys.exit(1)
 
 
-@psy.command()
+@psy.command(short_help="Write one HTML page about TASK: status, rows and plots.")
 @taskdir_option
 @click.option(
     "-o",

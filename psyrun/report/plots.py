@@ -78,6 +78,26 @@ def _figure(n_panels: int, per_row: int = 3, width: float = 3.6, height: float =
     return fig, axes
 
 
+def _legend(fig, axes, **kwargs) -> None:
+    """One legend above the panels (every panel draws the same things; no search for room)."""
+    handles, labels = {}, []
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in handles:
+                handles[label] = handle
+                labels.append(label)
+    if labels:
+        fig.legend(
+            [handles[label] for label in labels],
+            labels,
+            loc="outside upper center",
+            ncols=len(labels),
+            fontsize="small",
+            frameon=False,
+            **kwargs,
+        )
+
+
 def _png(fig) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI)
@@ -173,7 +193,7 @@ def _grid_lines(grid: Grid, output: str) -> Plot:
             _set_ticks(ax, "x", x, labels)
             ax.set_xlabel(_label(key))
             ax.set_ylabel(_label(output))
-            ax.legend(fontsize="x-small", loc="best")
+        _legend(fig, axes)
         return fig
 
     others = "the other parameters" if len(grid.axes) > 1 else "repeated assignments"
@@ -337,7 +357,7 @@ def _scatter(sample: Sample, output: str, params: list[str], total: int) -> Plot
                 _set_ticks(ax, "x", np.arange(len(labels), dtype=float), labels)
             ax.set_xlabel(_label(key))
             ax.set_ylabel(_label(output))
-            ax.legend(fontsize="x-small", loc="best", markerscale=3)
+        _legend(fig, axes, markerscale=3)
         return fig
 
     kept = len(y)

@@ -354,3 +354,27 @@ def test_every_store_gives_the_statistics_of_the_pickle_result(project, store):
                 np.testing.assert_allclose(
                     found.grid.lines[output][key][stat], expected.grid.lines[output][key][stat]
                 )
+
+
+def test_parameters_whose_values_are_objects_or_arrays_give_a_scatter_of_the_others(project):
+    write_task(
+        project,
+        "objs",
+        """
+        import numpy as np
+        from psyrun import Param
+        pspace = Param(cfg=[{"k": 1}, {"k": 2}]) * Param(x=[1.0, 2.0, 3.0]) * Param(
+            w=[np.zeros(2)], tag=[[1, 2]]
+        )
+
+        def execute(cfg, x, w, tag):
+            return {"y": cfg["k"] * x}
+        """,
+    )
+    ok(psy("run", "objs", cwd=project))
+    page, _ = report(project, "objs")
+    assert page.table("State")["State"] == "complete"
+    assert "not a grid" in page.text("Plots")
+    assert len(page.images) == 1
+    assert png_size(page.images[0])[0] > 0
+    assert "{'k': 1}" in {row[1] for row in page.rows_table()[1:]}

@@ -336,14 +336,14 @@ def grid_axes(space) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict
     for factor in factors:
         if not isinstance(factor, Param) or not 0 < len(factor) <= MAX_AXIS_VALUES:
             return None
+        if len(factor) == 1:
+            continue  # constants of any kind are no axes
         columns = factor.to_arrays()
         varying = []
         for key in factor.keys():
             column = columns[key]
             if column.ndim != 1 or column.dtype.kind not in "biufU":
-                if column.ndim == 1 and len(set(column.tolist())) == 1:
-                    continue  # a constant of any kind is no axis
-                return None
+                return None  # arrays or objects as values: no axis to bin on
             if column.dtype.kind == "f" and np.isnan(column).any():
                 return None
             values, counts = np.unique(column, return_counts=True)

@@ -378,3 +378,46 @@ def test_parameters_whose_values_are_objects_or_arrays_give_a_scatter_of_the_oth
     assert len(page.images) == 1
     assert png_size(page.images[0])[0] > 0
     assert "{'k': 1}" in {row[1] for row in page.rows_table()[1:]}
+
+
+def test_text_and_boolean_parameters_are_grid_axes(project):
+    write_task(
+        project,
+        "labels",
+        """
+        from psyrun import Param
+        pspace = Param(method=["adam", "sgd", "<rms>"]) * Param(flag=[True, False])
+
+        def execute(method, flag):
+            return {"loss": len(method) + flag}
+        """,
+    )
+    ok(psy("run", "labels", cwd=project))
+    page, _ = report(project, "labels")
+    assert "The space is a grid" in page.text("Plots")
+    assert len(page.images) == 2
+    assert "could not be drawn" not in page.text("Plots")
+
+
+def test_a_one_parameter_grid_with_failures_draws_its_coverage_as_bars(project):
+    write_task(
+        project,
+        "line",
+        """
+        from psyrun import Param
+        pspace = Param(x=range(10))
+
+        def execute(x):
+            if x % 4 == 0:
+                raise ValueError("not this one")
+            return {"y": x * x}
+        """,
+    )
+    psy("run", "line", cwd=project)
+    page, _ = report(project, "line")
+    assert page.table("State")["Rows missing"] == "3"
+    assert page.table("State")["Rows failed"].startswith("3 ")
+    assert any("share of the rows of each value" in c for c in page.captions)
+    assert len(page.images) == 2
+    assert all(png_size(i)[0] > 0 for i in page.images)
+    assert "could not be drawn" not in page.text("Plots")

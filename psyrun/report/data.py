@@ -342,6 +342,8 @@ def grid_axes(space) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict
         varying = []
         for key in factor.keys():
             column = columns[key]
+            if column.dtype.kind == "O" and all(isinstance(v, str) for v in column.flat):
+                column = column.astype(str)  # the space keeps str values as objects
             if column.ndim != 1 or column.dtype.kind not in "biufU":
                 return None  # arrays or objects as values: no axis to bin on
             if column.dtype.kind == "f" and np.isnan(column).any():

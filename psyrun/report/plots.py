@@ -121,8 +121,9 @@ def _draw(title: str, caption: str, alt: str, draw) -> Plot:
 
 def _positions(axis: np.ndarray) -> tuple[np.ndarray, list[str] | None]:
     """Return the x positions of an axis' values, and tick labels when they are not numbers."""
-    if axis.dtype.kind in "biuf":
+    if axis.dtype.kind in "iuf":
         return axis.astype(np.float64), None
+    # Text and booleans: one position per value, named.
     return np.arange(len(axis), dtype=np.float64), [_label(v) for v in axis.tolist()]
 
 

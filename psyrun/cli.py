@@ -537,23 +537,23 @@ def kill(taskdir: str, task: tuple[str, ...]) -> None:
     "is replaced only when it is a psyrun report.",
 )
 @click.argument("task")
+@_file_errors
 def report(taskdir: str, output: str | None, task: str) -> None:
     """Write one self-contained HTML page about TASK: status, provenance, rows and plots.
 
     The page needs no server and no other file (plots are inline images); it
     works for a run in progress and for a finished one.
     """
-    from psyrun.report import ReportRefused, write_report
+    from psyrun.report import ReportRefused, ReportWriteError, write_report
 
     _, selected = _load(taskdir, [task])
     try:
         path, data = write_report(selected[0], output)
     except ReportRefused as exc:
         raise click.ClickException(str(exc)) from None
-    except OSError as exc:
-        where = exc.filename or output or "the report"
+    except ReportWriteError as exc:
         raise click.ClickException(
-            f"cannot write {where}: {exc.strerror or exc}; nothing was written under that name"
+            f"cannot write {exc.filename}: {exc.strerror}; nothing was written under that name"
         ) from None
     for note in data.status.notes + data.read_notes:
         _err(f"warning: {task}: {note}")

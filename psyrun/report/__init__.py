@@ -20,6 +20,12 @@ the file opens from a laptop without a server. Three modules share the work:
 
 from __future__ import annotations
 
-from psyrun.report.page import ReportRefused, default_output, render_report, write_report
+from psyrun.report.page import (
+    ReportRefused,
+    ReportWriteError,
+    default_output,
+    render_report,
+    write_report,
+)
 
-__all__ = ["ReportRefused", "default_output", "render_report", "write_report"]
+__all__ = ["ReportRefused", "ReportWriteError", "default_output", "render_report", "write_report"]

@@ -23,7 +23,14 @@ import numpy as np
 
 from psyrun.report.data import HEAD_ROWS, ReportData, collect
 
-__all__ = ["MARKER", "ReportRefused", "default_output", "render_report", "write_report"]
+__all__ = [
+    "MARKER",
+    "ReportRefused",
+    "ReportWriteError",
+    "default_output",
+    "render_report",
+    "write_report",
+]
 
 #: In the head of every report: ``psy report -o`` overwrites only files that hold it.
 MARKER = '<meta name="generator" content="psyrun report">'
@@ -59,6 +66,14 @@ code { background: #f4f4f4; padding: 0 0.2em; }
 
 class ReportRefused(ValueError):
     """The report cannot be written where asked (the message says why and what to do)."""
+
+
+class ReportWriteError(OSError):
+    """Writing the page failed (a full disk, no permission); nothing is left under its name.
+
+    An :class:`OSError` with the ``errno`` and ``strerror`` of the failure and
+    the page's path as ``filename``.
+    """
 
 
 def _n(count: int) -> str:
@@ -122,7 +137,7 @@ def write_report(task, output: str | os.PathLike | None = None) -> tuple[str, Re
     ------
     ReportRefused
         When `output` is a directory or an existing file that is not a report.
-    OSError
+    ReportWriteError
         When writing fails (a full disk: ``ENOSPC``); nothing is left under `output`.
     """
     from psyrun.atomic import atomic_write
@@ -131,8 +146,11 @@ def write_report(task, output: str | os.PathLike | None = None) -> tuple[str, Re
     check_output(path)
     data = collect(task)
     text = render_report(data)
-    with atomic_write(path) as f:
-        f.write(text)
+    try:
+        with atomic_write(path) as f:
+            f.write(text)
+    except OSError as exc:
+        raise ReportWriteError(exc.errno, exc.strerror or str(exc), path) from exc
     return path, data
 
 

@@ -9,6 +9,8 @@ them); the browser itself is in ``test_report_browser.py``, the faults
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -274,17 +276,20 @@ def test_stale_rows_are_counted_and_left_out_of_the_plots(project):
 
 def test_a_run_in_progress_shows_its_part_files(project):
     task = project / "psy-tasks" / "task_slow.py"
-    write(task, VERSIONED_TASK.format(preamble="", n=40, jobs=2, y="x * 1.5"))
+    write(task, VERSIONED_TASK.format(preamble="", n=100, jobs=2, y="x * 1.5"))
     run = start_psy("run", "slow", cwd=project, env={"V_DELAY": "0.05"})
     try:
         wait_for_rows(project / "psy-work" / "slow", 3, proc=run)
         page, _ = report(project, "slow")
     finally:
+        # The run has done its part; stop it (psy run ends cleanly on SIGTERM).
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGTERM)
         finish(run)
     status = page.table("State")
     assert status["State"] == "a run is in progress"
     done = int(status["Rows done"].split(" of ")[0])
-    assert 0 < done < 40
+    assert 0 < done < 100
     assert status["Result file"] == "does not exist yet"
     assert "part file" in page.text("First rows")
     assert any("share of the rows of each value" in c for c in page.captions)

@@ -426,3 +426,17 @@ def test_a_one_parameter_grid_with_failures_draws_its_coverage_as_bars(project):
     assert len(page.images) == 2
     assert all(png_size(i)[0] > 0 for i in page.images)
     assert "could not be drawn" not in page.text("Plots")
+
+
+def test_rows_outside_a_shrunk_space_are_counted_and_not_drawn(project):
+    task = project / "psy-tasks" / "task_shrink.py"
+    write(task, VERSIONED_TASK.format(preamble="", n=10, jobs=1, y="x + 0.5"))
+    ok(psy("run", "shrink", cwd=project))
+    write(task, VERSIONED_TASK.format(preamble="", n=4, jobs=1, y="x + 0.5"))
+    page, _ = report(project, "shrink")
+    status = page.table("State")
+    assert status["Rows done"].startswith("4 of 4")
+    assert status["Rows outside the space"].startswith("6 stored rows")
+    plots = page.text("Plots")
+    assert "6 rows are not on the current grid (outside the space) and are left out" in plots
+    assert len(page.images) == 1

@@ -98,6 +98,7 @@ def test_grid_statistics_are_exact_when_read_in_many_chunks(project, monkeypatch
         """
         from psyrun import Param
         pspace = Param(a=[1, 2, 3, 4]) * Param(b=[10, 20, 30]) * Param(r=range(5))
+        max_jobs = 1
 
         def execute(a, b, r):
             return {"y": a * b + r}

@@ -143,6 +143,7 @@ def test_output_onto_an_earlier_report_replaces_it(project):
     assert [p.name for p in project.iterdir() if p.name.endswith(".html")] == ["grid.html"]
 
 
+@pytest.mark.slow
 def test_a_full_disk_leaves_no_half_page_and_keeps_the_earlier_report(project, small_disk):
     make_task(project)
     disk = small_disk("1m")
@@ -167,6 +168,7 @@ def test_a_full_disk_leaves_no_half_page_and_keeps_the_earlier_report(project, s
     assert out.read_text(encoding="utf-8").rstrip().endswith("</html>")
 
 
+@pytest.mark.slow
 def test_a_killed_report_never_leaves_a_half_page_under_its_name(project, fault_rng):
     make_task(project)
     out = project / "killed.html"

@@ -17,7 +17,17 @@ import platform
 import sys
 import time
 
-SECTIONS = ["import", "pspace", "sampling", "rng", "store", "mapper", "run", "throughput"]
+SECTIONS = [
+    "import",
+    "pspace",
+    "sampling",
+    "rng",
+    "store",
+    "mapper",
+    "run",
+    "throughput",
+    "report",
+]
 
 
 def machine() -> str:

@@ -526,6 +526,41 @@ def kill(taskdir: str, task: tuple[str, ...]) -> None:
         sys.exit(1)
 
 
+@psy.command(short_help="Write one HTML page about TASK: status, rows and plots.")
+@taskdir_option
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(),
+    default=None,
+    help="The HTML file to write (default: <task>-report.html here); an existing file "
+    "is replaced only when it is a psyrun report.",
+)
+@click.argument("task")
+@_file_errors
+def report(taskdir: str, output: str | None, task: str) -> None:
+    """Write one self-contained HTML page about TASK: status, provenance, rows and plots.
+
+    The page needs no server and no other file (plots are inline images); it
+    works for a run in progress and for a finished one.
+    """
+    from psyrun.report import ReportRefused, ReportWriteError, write_report
+
+    _, selected = _load(taskdir, [task])
+    try:
+        path, data = write_report(selected[0], output)
+    except ReportRefused as exc:
+        raise click.ClickException(str(exc)) from None
+    except ReportWriteError as exc:
+        raise click.ClickException(
+            f"cannot write {exc.filename}: {exc.strerror}; nothing was written under that name"
+        ) from None
+    for note in data.status.notes + data.read_notes:
+        _err(f"warning: {task}: {note}")
+    s = data.status
+    click.echo(f"wrote {path}: {s.completed} of {s.total} rows done")
+
+
 @psy.command(name="list")
 @taskdir_option
 def list_tasks(taskdir: str) -> None:

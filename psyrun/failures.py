@@ -11,10 +11,14 @@ failed ones again.
 
 from __future__ import annotations
 
+import re
 import sys
 import traceback
 
-__all__ = ["RowFailures", "RowsFailed"]
+__all__ = ["RowFailures", "RowsFailed", "failed_row_count"]
+
+# The start of RowsFailed's message, which a job's failed marker keeps.
+_COUNT = re.compile(r"^(\d+) row\(s\) raised an exception")
 
 
 class RowFailures:
@@ -67,3 +71,17 @@ class RowsFailed(Exception):
             "the other rows were kept"
         )
         self.failures = failures
+
+
+def failed_row_count(message: str) -> int:
+    """Return the rows that raised, read from a failed job's message (0: not a RowsFailed one).
+
+    >>> failures = RowFailures()
+    >>> failures.count, failures.first = 3, "ValueError: bad"
+    >>> failed_row_count(str(RowsFailed(failures)))
+    3
+    >>> failed_row_count("exit status 1")
+    0
+    """
+    match = _COUNT.match(message or "")
+    return int(match.group(1)) if match else 0

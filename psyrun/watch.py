@@ -18,7 +18,15 @@ import time
 from dataclasses import dataclass, field
 from typing import IO
 
-__all__ = ["RATE_WINDOW", "Sample", "Watcher", "format_duration", "sample", "watch"]
+__all__ = [
+    "RATE_WINDOW",
+    "Sample",
+    "Watcher",
+    "count_jobs",
+    "format_duration",
+    "sample",
+    "watch",
+]
 
 #: Seconds of history the rows-per-second figure is computed over.
 RATE_WINDOW = 60.0
@@ -80,14 +88,7 @@ def sample(task) -> Sample:
     scheduler = scheduler_for(task)
     scheduler.refresh()
     report = task_status(task)
-    queued = sum(1 for s in report.queued if str(s.status) in _WAITING)
-    running = sum(1 for s in report.queued if str(s.status) == "running")
-    jobs = {
-        "queued": queued,
-        "running": running,
-        "done": _done_markers(os.path.join(report.workdir, "status")),
-        "failed": len(report.failed),
-    }
+    jobs = count_jobs(report)
     # Held jobs and jobs blocked by a failed dependency do not start by
     # themselves: waiting for them would never end.
     stuck = [s for s in report.queued if s.status.in_queue and (s.held or not s.status.will_run)]
@@ -101,6 +102,16 @@ def sample(task) -> Sample:
     progress = report.progress
     merged = progress.result == "ok" and not progress.unmerged
     return Sample(progress.completed, progress.total, jobs, active, merged, stalled)
+
+
+def count_jobs(report) -> dict[str, int]:
+    """Jobs of a :class:`psyrun.runner.StatusReport` per state: queued, running, done, failed."""
+    return {
+        "queued": sum(1 for s in report.queued if str(s.status) in _WAITING),
+        "running": sum(1 for s in report.queued if str(s.status) == "running"),
+        "done": _done_markers(os.path.join(report.workdir, "status")),
+        "failed": len(report.failed),
+    }
 
 
 def format_duration(seconds: float) -> str:

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from psyrun.dims import value_dims
+
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import pandas
     import xarray
@@ -185,6 +187,7 @@ def to_xarray(
     data: Mapping[str, Any],
     dims: Sequence[str] | None = None,
     pspace=None,
+    array_dims: Mapping[str, Sequence[str]] | None = None,
 ) -> xarray.Dataset:
     """Return results as an :class:`xarray.Dataset` with one dimension per parameter.
 
@@ -206,12 +209,15 @@ def to_xarray(
         The space the results came from. Its values join the coordinates, so
         assignments not yet evaluated show up as missing cells, and it is
         checked to be a Cartesian product of `dims`.
+    array_dims : mapping of str to list of str, optional
+        Names for the axes of columns whose rows are arrays, one per axis,
+        e.g. ``{'hist': ['bin']}`` (the task's ``dims`` setting).
 
     Returns
     -------
     xarray.Dataset
-        Output columns whose rows are arrays get extra dimensions named
-        ``<key>_dim_0``, ``<key>_dim_1``, ...
+        Output columns whose rows are arrays get extra dimensions named as
+        `array_dims` says, else ``<key>_dim_0``, ``<key>_dim_1``, ...
 
     Raises
     ------
@@ -219,8 +225,9 @@ def to_xarray(
         If xarray is not installed; the message names the extra to install.
     ValueError
         If `dims` is not given and there is no `pspace`, names a missing or
-        array-valued column, if two rows share an assignment of `dims`, or if
-        `pspace` is not a Cartesian product of `dims`.
+        array-valued column, if two rows share an assignment of `dims`, if
+        `pspace` is not a Cartesian product of `dims`, or if `array_dims`
+        gives a column a number of names other than its axes.
 
     Examples
     --------
@@ -303,7 +310,7 @@ def to_xarray(
             grid[...] = fill
         grid[flat] = column
         grid = grid.reshape(shape + column.shape[1:])
-        extra_dims = [f"{key}_dim_{i}" for i in range(column.ndim - 1)]
+        extra_dims = value_dims(key, column.ndim, array_dims)
         variables[key] = ([*dims, *extra_dims], grid)
     return xr.Dataset(variables, coords=coords)
 
@@ -429,7 +436,9 @@ def load_xarray(
     """Load a task's results as an :class:`xarray.Dataset`, one dimension per parameter.
 
     The task's parameter space provides the coordinates, so assignments
-    without a result (not yet run, or failed) are missing cells (NaN).
+    without a result (not yet run, or failed) are missing cells (NaN). The
+    axes of array outputs are named as the task's ``dims`` setting (or, for
+    outputs it does not name, the result's metadata) says.
 
     Parameters
     ----------
@@ -451,8 +460,11 @@ def load_xarray(
     """
     taskdef = _find_task(task, taskdir)
     data = load_results(taskdef, only_current=only_current)
-    dataset = to_xarray(data, dims=dims, pspace=taskdef.pspace)
-    dataset.attrs.update(taskdef.store.read_metadata(os.fspath(taskdef.resultfile)))
+    metadata = taskdef.store.read_metadata(os.fspath(taskdef.resultfile))
+    # The axis names the result was written with; the task file's own win.
+    array_dims = {**(metadata.get("dims") or {}), **(getattr(taskdef, "dims", None) or {})}
+    dataset = to_xarray(data, dims=dims, pspace=taskdef.pspace, array_dims=array_dims)
+    dataset.attrs.update(metadata)
     return dataset
 
 

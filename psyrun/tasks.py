@@ -136,6 +136,12 @@ class Config:
         ``'finished'`` (``psy_finished``, when the row was done, UTC ISO 8601
         text). A parameter, output or `setup` key of the same name is an
         error. Default: ``[]`` (results as in psyrun 0.8).
+    dims : dict
+        Names for the axes of outputs whose values are arrays, one list per
+        output with a name per axis, e.g. ``{'hist': ['bin']}``; stored in
+        the result's metadata and used by :func:`psyrun.results.load_xarray`
+        and the zarr and HDF5 layouts (:mod:`psyrun.dims`). Default: ``{}``
+        (``<output>_dim_0``, ...).
     """
 
     pspace: Any = field(default_factory=_default_pspace)
@@ -157,6 +163,7 @@ class Config:
     vectorized: bool = False
     block_size: int | None = None
     record: list = field(default_factory=list)
+    dims: dict = field(default_factory=dict)
 
     def __init__(self, **settings: Any) -> None:
         # Which settings were given (not left at their defaults) matters when
@@ -405,6 +412,9 @@ class TaskDef:
         from psyrun.records import check_record
 
         c.record = check_record(c.record, list(c.pspace.keys()))
+        from psyrun.dims import check_dims_setting
+
+        c.dims = check_dims_setting(c.dims, list(c.pspace.keys()))
         if c.setup is not None and not callable(c.setup):
             raise TypeError(f"setup must be a function setup(proc_id) or None, got {c.setup!r}")
         if isinstance(c.exclude_from_result, str):

@@ -56,6 +56,7 @@ from urllib.parse import unquote
 import numpy as np
 
 from psyrun.atomic import atomic_write, remove_path, tmp_name
+from psyrun.dims import ROW_DIM
 from psyrun.exceptions import DamagedFileError
 from psyrun.store.base import (
     Store,
@@ -68,8 +69,6 @@ from psyrun.store.columns import ARRAY_KINDS, count, fits_layout, row_slice
 
 __all__ = ["ROW_DIM", "ZarrStore", "array_name", "column_name", "dimension_names"]
 
-#: The dimension name of the rows, the first axis of every array.
-ROW_DIM = "row"
 
 _COLUMNS_ATTR = "psyrun_columns"  # column names in order
 _LAYOUT_ATTR = "psyrun_layout"  # "named": arrays named by column; absent: c0, c1, ...

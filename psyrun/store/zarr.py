@@ -239,6 +239,24 @@ def _name_dimensions(root: str, arrays: dict[str, Any], dims: Any) -> None:
             json.dump(document, f, indent=2)
 
 
+#: From this many row chunks on, checking that they exist lists their directory.
+_LIST_CHUNKS = 16
+
+
+def _missing_row_chunks(root: str, array, first: int, stop: int) -> list[int]:
+    """Return the row chunks ``first:stop`` of `array` without a chunk file or directory.
+
+    One listing of the directory holding them (for n-d arrays, the
+    directories of each row chunk's chunks).
+    """
+    prefix = array.metadata.encode_chunk_key((0,) * array.ndim).split("/")[: -array.ndim]
+    try:
+        names = set(os.listdir(os.path.join(_array_dir(root, array), *prefix)))
+    except FileNotFoundError:
+        names = set()
+    return [j for j in range(first, stop) if str(j) not in names]
+
+
 def _write_all_chunks():
     """Make zarr write chunks that hold only the fill value (a missing one is then damage)."""
     import zarr
@@ -390,11 +408,20 @@ class ZarrStore(Store):
         if stop <= start or group.attrs.get(_COMMIT_ATTR) is None:
             return
         for column, array in arrays.items():
+            first, last = start // array.chunks[0], (stop - 1) // array.chunks[0]
+            if array.ndim == 1 and last - first >= _LIST_CHUNKS:
+                # Many chunks (a whole load): one listing instead of a stat per chunk.
+                missing = _missing_row_chunks(root, array, first, last + 1)
+                if missing:
+                    key = array.metadata.encode_chunk_key((missing[0],))
+                    raise DamagedFileError(
+                        f"{filename} is damaged: chunk {key} of column {column!r} is missing"
+                    )
+                continue
             grid = [math.ceil(s / c) for s, c in zip(array.shape[1:], array.chunks[1:])]
             inner = [()]
             for n in grid:
                 inner = [(*t, j) for t in inner for j in range(n)]
-            first, last = start // array.chunks[0], (stop - 1) // array.chunks[0]
             for row_chunk in range(first, last + 1):
                 for rest in inner:
                     key = array.metadata.encode_chunk_key((row_chunk, *rest))
@@ -583,13 +610,7 @@ class ZarrStore(Store):
         if not rows or group.attrs.get(_COMMIT_ATTR) is None:
             return
         for key, array in arrays.items():
-            prefix = array.metadata.encode_chunk_key((0,) * array.ndim).split("/")[: -array.ndim]
-            try:
-                names = set(os.listdir(os.path.join(_array_dir(root, array), *prefix)))
-            except FileNotFoundError:
-                names = set()
-            needed = math.ceil(rows / array.chunks[0])
-            missing = [j for j in range(needed) if str(j) not in names]
+            missing = _missing_row_chunks(root, array, 0, math.ceil(rows / array.chunks[0]))
             if missing:
                 raise DamagedFileError(
                     f"{filename} is damaged: {len(missing)} chunk(s) of column {key!r} "

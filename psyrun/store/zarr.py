@@ -244,10 +244,10 @@ _LIST_CHUNKS = 16
 
 
 def _missing_row_chunks(root: str, array, first: int, stop: int) -> list[int]:
-    """Return the row chunks ``first:stop`` of `array` without a chunk file or directory.
+    """Return the row chunks ``first:stop`` of `array` that have no entry on disk.
 
-    One listing of the directory holding them (for n-d arrays, the
-    directories of each row chunk's chunks).
+    One listing of the directory of the row chunks: their chunk files (1-d
+    arrays) or the directories of their chunks (n-d arrays).
     """
     prefix = array.metadata.encode_chunk_key((0,) * array.ndim).split("/")[: -array.ndim]
     try:

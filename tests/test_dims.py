@@ -139,11 +139,20 @@ def test_dims_end_to_end_through_psy_run(tmp_path, monkeypatch):
     assert raw.attrs["psyrun_metadata"]["dims"] == dims
 
 
-@pytest.mark.parametrize("store", ["PickleStore", "NpzStore", "H5Store"])
-def test_every_store_carries_the_dims_in_its_metadata(tmp_path, monkeypatch, store):
-    if store == "H5Store":
-        pytest.importorskip("tables")
-    hist_task(tmp_path, dims="{'hist': ['bin']}", store=store)
+def test_provenance_carries_the_dims_only_when_set(tmp_path):
+    from psyrun.provenance import collect
+
+    hist_task(tmp_path)
+    task = load_tasks(tmp_path / "psy-tasks")["hist"]
+    assert collect(task)["dims"] == {"hist": ["bin"], "img": ["y", "x_px"]}
+    hist_task(tmp_path, dims="{}")
+    assert "dims" not in collect(load_tasks(tmp_path / "psy-tasks")["hist"])
+
+
+def test_the_h5_store_gets_the_dims_in_its_metadata(tmp_path, monkeypatch):
+    # The HDF5 layout names its axes from the metadata: the run must hand them over.
+    pytest.importorskip("tables")
+    hist_task(tmp_path, dims="{'hist': ['bin']}", store="H5Store")
     monkeypatch.chdir(tmp_path)
     result = psy("run", "hist")
     assert result.exit_code == 0, result.output

@@ -17,6 +17,14 @@ before them: no checksums, no commit record; for NpzStore, whose zip CRCs
 were always checked, the commit record ignored), and both are loaded in the
 same run, alternately, best of five. Target: loading gets at most 10%
 slower. Run only this part with ``python benchmarks/report_store.py checks``.
+
+Loading against another tree (issue 22: the layouts that describe
+themselves must not make loads slower): ``python benchmarks/report_store.py
+load /work/main`` writes the 10^7 rows of the check-cost measurement with
+each store of this tree and of the other one (each file by its own tree's
+code, so each in its own layout), then loads them in child processes,
+alternating the trees (ABBA), best of twelve loads each. Target: at most
+1.2x the other tree's time.
 """
 
 from __future__ import annotations
@@ -313,10 +321,92 @@ def check_cost(rows: int = CHECK_ROWS, repeat: int = 5) -> list[dict]:
     return out
 
 
+_LOAD_CHILD = """
+import sys, time
+import numpy as np
+from psyrun.store import get_store
+
+mode, filename, rows = sys.argv[1], sys.argv[2], int(sys.argv[3])
+store = get_store(filename)
+store.preload()
+if mode == "write":
+    rng = np.random.default_rng(1)
+    store.save(filename, {
+        "x": rng.random(rows), "y": rng.random(rows), "n": np.arange(rows, dtype=np.int64)
+    })
+else:
+    best = float("inf")
+    for _ in range(2):
+        t0 = time.perf_counter()
+        data = store.load(filename)
+        best = min(best, time.perf_counter() - t0)
+        assert len(data["n"]) == rows
+        del data
+    print(best)
+"""
+
+
+def _child(tree: str, *args: str) -> str:
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": tree}
+    proc = subprocess.run(
+        [sys.executable, "-c", _LOAD_CHILD, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return proc.stdout
+
+
+def load_against(baseline: str, rows: int = CHECK_ROWS, rounds: int = 6) -> list[dict]:
+    """Compare :meth:`Store.load` of ``rows`` rows in this tree and in ``baseline``."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    trees = {"this": here, "baseline": os.path.abspath(baseline)}
+    out = []
+    tmp = tempfile.mkdtemp(prefix="psyrun-bench-load-")
+    try:
+        for ext in (".zarr", ".npz", ".pkl"):
+            files = {name: os.path.join(tmp, f"{name}{ext}") for name in trees}
+            for name, tree in trees.items():
+                _child(tree, "write", files[name], str(rows))
+            best = {name: float("inf") for name in trees}
+            for round_ in range(rounds):
+                # ABBA order: a slow spell of the machine hits both trees alike.
+                order = list(trees.items())[:: 1 if round_ % 2 == 0 else -1]
+                for name, tree in order:
+                    seconds = float(_child(tree, "load", files[name], str(rows)))
+                    best[name] = min(best[name], seconds)
+            ratio = best["this"] / best["baseline"]
+            out.append(
+                {
+                    "what": f"load 1e{len(str(rows)) - 1} rows {ext}: this vs baseline",
+                    "measured": f"{ratio:.2f}x ({best['this']:.2f}/{best['baseline']:.2f} s)",
+                    "target": "<= 1.20x",
+                    "ok": ratio <= 1.20,
+                }
+            )
+            for path in files.values():
+                remove(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Print this section's rows (only the check cost with the argument ``checks``)."""
+    """Print this section's rows.
+
+    Only the check cost with the argument ``checks``; only the load time
+    against another tree with ``load PATH``.
+    """
     argv = sys.argv[1:] if argv is None else argv
-    rows = check_cost() if argv[:1] == ["checks"] else collect() + check_cost()
+    if argv[:1] == ["load"] and len(argv) == 2:
+        rows = load_against(argv[1])
+    elif argv[:1] == ["checks"]:
+        rows = check_cost()
+    else:
+        rows = collect() + check_cost()
     for r in rows:
         ok = {True: "yes", False: "NO", None: "-"}[r["ok"]]
         print(f"{r['what']:<48} {r['measured']:>24}  {r['target']:<14} {ok}")

@@ -854,6 +854,9 @@ def _test_row(task) -> tuple[str | None, dict]:
         if result:
             try:
                 backend.check_block(result)
+                from psyrun.dims import check_output_dims
+
+                check_output_dims(task.dims, result, task.pspace.keys())
             except (TypeError, ValueError) as exc:
                 # The message names the key and what to do: no traceback needed.
                 return f"{type(exc).__name__}: {exc}", {}

@@ -36,6 +36,9 @@ The metadata is a flat dict of JSON values (so it also fits
 ``row_versions``
     ``[[version, rows], ...]``: the version of the task's code that computed
     each row, as segments in file order (:mod:`psyrun.versions`).
+``dims``
+    Only when the task sets ``dims``: ``{output: [axis names]}``, the names
+    of the axes of array outputs (:mod:`psyrun.dims`).
 """
 
 from __future__ import annotations
@@ -161,6 +164,10 @@ def collect(task, started: str | None = None) -> dict[str, Any]:
     if started is not None:
         meta["started"] = started
     meta["finished"] = utc_now()
+    dims = getattr(task, "dims", None)
+    if dims:
+        # The names of the array outputs' axes (the task's dims setting).
+        meta["dims"] = {k: list(v) for k, v in dims.items()}
     return meta
 
 

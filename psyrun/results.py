@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from psyrun.dims import value_dims
+
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import pandas
     import xarray
@@ -252,6 +254,7 @@ def to_xarray(
     data: Mapping[str, Any],
     dims: Sequence[str] | None = None,
     pspace=None,
+    array_dims: Mapping[str, Sequence[str]] | None = None,
 ) -> xarray.Dataset:
     """Return results as an :class:`xarray.Dataset` with one dimension per parameter.
 
@@ -284,12 +287,15 @@ def to_xarray(
         other, as in a zipped parameter or the points of a random design),
         and a grid with holes may not be nearly empty (over a million cells,
         fewer than one in a hundred in the space).
+    array_dims : mapping of str to list of str, optional
+        Names for the axes of columns whose rows are arrays, one per axis,
+        e.g. ``{'hist': ['bin']}`` (the task's ``dims`` setting).
 
     Returns
     -------
     xarray.Dataset
-        Output columns whose rows are arrays get extra dimensions named
-        ``<key>_dim_0``, ``<key>_dim_1``, ...
+        Output columns whose rows are arrays get extra dimensions named as
+        `array_dims` says, else ``<key>_dim_0``, ``<key>_dim_1``, ...
 
     Raises
     ------
@@ -299,7 +305,8 @@ def to_xarray(
         If `dims` is not given and there is no `pspace`, names a missing or
         array-valued column, if two rows share an assignment of `dims`, if
         `pspace` has no grid structure in `dims` (use :func:`to_dataframe`),
-        or if `dims` is not given and `pspace` is not a Cartesian product.
+        if `dims` is not given and `pspace` is not a Cartesian product, or
+        if `array_dims` gives a column a number of names other than its axes.
 
     Examples
     --------
@@ -384,7 +391,7 @@ def to_xarray(
             grid[...] = fill
         grid[flat] = column
         grid = grid.reshape(shape + column.shape[1:])
-        extra_dims = [f"{key}_dim_{i}" for i in range(column.ndim - 1)]
+        extra_dims = value_dims(key, column.ndim, array_dims)
         variables[key] = ([*dims, *extra_dims], grid)
     return xr.Dataset(variables, coords=coords)
 
@@ -516,7 +523,9 @@ def load_xarray(
     the space lacks; a space without grid structure in its parameters (a
     random design: one parameter determined by another; or a grid of over a
     million cells with fewer than one in a hundred in the space) is refused
-    with an error that says so: use :func:`load_dataframe` for it.
+    with an error that says so: use :func:`load_dataframe` for it. The
+    axes of array outputs are named as the task's ``dims`` setting (or, for
+    outputs it does not name, the result's metadata) says.
 
     Parameters
     ----------
@@ -539,8 +548,11 @@ def load_xarray(
     """
     taskdef = _find_task(task, taskdir)
     data = load_results(taskdef, only_current=only_current)
-    dataset = to_xarray(data, dims=dims, pspace=taskdef.pspace)
-    dataset.attrs.update(taskdef.store.read_metadata(os.fspath(taskdef.resultfile)))
+    metadata = taskdef.store.read_metadata(os.fspath(taskdef.resultfile))
+    # The axis names the result was written with; the task file's own win.
+    array_dims = {**(metadata.get("dims") or {}), **(getattr(taskdef, "dims", None) or {})}
+    dataset = to_xarray(data, dims=dims, pspace=taskdef.pspace, array_dims=array_dims)
+    dataset.attrs.update(metadata)
     return dataset
 
 

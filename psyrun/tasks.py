@@ -143,6 +143,12 @@ class Config:
         vectorized `execute` gets the block's ``psyrun.rng.row_seeds``, one
         row of seeds per row); see :mod:`psyrun.rng`. Required by such an
         `execute`. Default: None.
+    dims : dict
+        Names for the axes of outputs whose values are arrays, one list per
+        output with a name per axis, e.g. ``{'hist': ['bin']}``; stored in
+        the result's metadata and used by :func:`psyrun.results.load_xarray`
+        and the zarr and HDF5 layouts (:mod:`psyrun.dims`). Default: ``{}``
+        (``<output>_dim_0``, ...).
     """
 
     pspace: Any = field(default_factory=_default_pspace)
@@ -165,6 +171,7 @@ class Config:
     block_size: int | None = None
     record: list = field(default_factory=list)
     rng_seed: int | None = None
+    dims: dict = field(default_factory=dict)
 
     def __init__(self, **settings: Any) -> None:
         # Which settings were given (not left at their defaults) matters when
@@ -420,6 +427,9 @@ class TaskDef:
 
         # The seed execute's `rng` argument is bound with (None: it takes none).
         self.execute_rng_seed = check_task_rng(c.execute, c.rng_seed, c.pspace.keys())
+        from psyrun.dims import check_dims_setting
+
+        c.dims = check_dims_setting(c.dims, list(c.pspace.keys()))
         if c.setup is not None and not callable(c.setup):
             raise TypeError(f"setup must be a function setup(proc_id) or None, got {c.setup!r}")
         if isinstance(c.exclude_from_result, str):

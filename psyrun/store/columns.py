@@ -51,8 +51,12 @@ def _ints_exact_in_float(arrays: Sequence[np.ndarray]) -> bool:
 
 
 def _nan_only(a: np.ndarray) -> bool:
-    """Tell whether ``a`` is a float column of NaN only: rows without a value (psyrun's mark)."""
-    return a.dtype.kind == "f" and a.size > 0 and bool(np.isnan(a).all())
+    """Tell whether ``a`` is a float column of NaN only: rows without a value (psyrun's mark).
+
+    Rows of empty float arrays count too: a row lacking an array output is
+    padded that way (:func:`to_column`).
+    """
+    return a.dtype.kind == "f" and len(a) > 0 and bool(np.isnan(a).all())
 
 
 def _object_column(values: Sequence[Any]) -> np.ndarray:
@@ -67,11 +71,21 @@ def _is_nan_scalar(value: Any) -> bool:
     return isinstance(value, (float, np.floating)) and np.isnan(value)
 
 
+def _all_text(value: Any) -> bool:
+    """Whether ``value`` is a str array, or a (nested) list or tuple of str only."""
+    if isinstance(value, np.ndarray):
+        return value.dtype.kind == "U"
+    if isinstance(value, (list, tuple)):
+        return all(isinstance(v, str) or _all_text(v) for v in value)
+    return False
+
+
 def to_column(values: Any) -> np.ndarray:
     """Turn one column (list, tuple or array) into a NumPy array.
 
-    Strings give a ``U`` array; rows that are arrays of different shapes are
-    padded to the enclosing shape; anything NumPy cannot represent as a
+    Strings give a ``U`` array, and rows that are str arrays (or lists of str)
+    a ``U`` array of one more dimension; rows that are arrays of different
+    shapes are padded to the enclosing shape (``''`` for str); anything NumPy cannot represent as a
     regular array (mixed strings and numbers, ``None``, dicts) gives an object
     array whose elements are the values themselves.
     """
@@ -110,6 +124,9 @@ def to_column(values: Any) -> np.ndarray:
                 a = to_column([v]) if not isinstance(v, np.ndarray) else v[None]
             rows.append({"c": a})
         return merge_chunks(rows)["c"]
+    if arr.dtype.kind == "U" and arr.ndim > 1 and all(map(_all_text, values)):
+        # Rows that are str arrays (or lists of str) of one shape: a 2-d str column.
+        return arr
     if (arr.dtype.kind == "O" and arr.ndim > 1) or (arr.dtype.kind in "US" and n_str == 0):
         # Nested objects, or NumPy turning non-str rows (e.g. (1, 'x')) into text.
         return _object_column(values)

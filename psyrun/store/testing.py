@@ -436,6 +436,34 @@ class StoreTests:
         assert loaded["s"].tolist() == ["a", "bé", "longer text", ""]
         assert all(isinstance(v, str) for v in loaded["s"].tolist())
 
+    def test_rows_of_str_arrays_become_a_2d_str_column(self, store, filename):
+        if not self.supports_strings:
+            pytest.skip("store does not keep str columns")
+        # Rows of one shape (arrays or lists of str), rows of another shape
+        # in a later chunk, a row lacking the output (NaN, the mapper's mark)
+        # and a chunk without the key: one str column, padded with ''.
+        store.append(filename, {"s": [np.array(["a", "bé"]), ["c", "d"]], "x": [1.0, 2.0]})
+        store.append(filename, {"s": [["long text", "e", "f"], math.nan], "x": [3.0, 4.0]})
+        store.append(filename, {"x": [5.0]})
+        loaded = store.load(filename)["s"]
+        assert loaded.dtype.kind == "U", f"rows of str arrays loaded as {loaded.dtype}"
+        assert loaded.tolist() == [
+            ["a", "bé", ""],
+            ["c", "d", ""],
+            ["long text", "e", "f"],
+            ["", "", ""],
+            ["", "", ""],
+        ]
+        assert store.load_rows(filename, 1, 3)["s"].tolist() == loaded[1:3].tolist()
+        # Rows of (number, str) tuples are no str arrays: they stay as they are, or are refused.
+        mixed = {"t": [(1, "x"), (2, "y")]}
+        if self.supports_objects:
+            store.save(filename, mixed)
+            assert store.load(filename)["t"].tolist() == [(1, "x"), (2, "y")]
+        else:
+            with pytest.raises(UnsupportedValueError, match="'t'"):
+                store.check(mixed)
+
     def test_objects_roundtrip_and_pad_with_none(self, store, filename):
         if not self.supports_objects:
             pytest.skip("store does not keep arbitrary objects")

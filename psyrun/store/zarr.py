@@ -1,5 +1,19 @@
 """ZarrStore: zarr v3 directory stores, one chunked array per column.
 
+The layout is one a plain zarr or xarray reader understands: the root group
+holds one array per column, named by the column (:func:`array_name` escapes
+names a zarr array cannot have), with the dimension names xarray reads
+(``row`` along the rows, then ``<column>_dim_1``, ``<column>_dim_2``, ... for
+the axes of n-d values, or the names the task's ``dims`` setting gives in
+the metadata). The group's attributes hold the column order
+(``psyrun_columns``), the committed row count (``psyrun_rows``), the
+metadata (``psyrun_metadata``, a JSON object) and the commit record; the
+group also carries consolidated metadata, rewritten at every commit, so
+``xarray.open_zarr(result)`` opens it in one read and sees exactly the
+committed rows. Stores written before this layout (arrays ``c0``, ``c1``,
+... in column order) are read as they are and rewritten once in this layout
+by their next append.
+
 Each column is a compressed array chunked along rows; appends resize it and
 write the new rows, so they cost what they add (plus the partial last chunk),
 and row ranges are read chunk by chunk. Numeric, boolean and str columns are
@@ -33,23 +47,110 @@ import json
 import math
 import os
 import re
+import warnings
 import zlib
+from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import unquote
 
 import numpy as np
 
-from psyrun.atomic import remove_path, tmp_name
+from psyrun.atomic import atomic_write, remove_path, tmp_name
+from psyrun.dims import ROW_DIM
 from psyrun.exceptions import DamagedFileError
-from psyrun.store.base import Store, damage_on_error, disk_full_error, free_bytes
+from psyrun.store.base import (
+    Store,
+    UnsupportedValueError,
+    damage_on_error,
+    disk_full_error,
+    free_bytes,
+)
 from psyrun.store.columns import ARRAY_KINDS, count, fits_layout, row_slice
 
-__all__ = ["ZarrStore"]
+__all__ = ["ROW_DIM", "ZarrStore", "array_name", "column_name", "dimension_names"]
 
-_COLUMNS_ATTR = "psyrun_columns"  # column names in order; arrays are named c0, c1, ...
+
+_COLUMNS_ATTR = "psyrun_columns"  # column names in order
+_LAYOUT_ATTR = "psyrun_layout"  # "named": arrays named by column; absent: c0, c1, ...
+_NAMED = "named"
 _ROWS_ATTR = "psyrun_rows"  # rows committed by the last complete write
 _METADATA_ATTR = "psyrun_metadata"  # the result's metadata (a JSON object)
 _COMMIT_ATTR = "psyrun_commit"  # "<crc32 hex> <JSON: rows, columns, layout, metadata>"
 _CHUNK_BYTES = 1 << 18  # target size of one chunk before compression
+
+
+#: Characters escaped anywhere in an array name: the escape itself, path
+#: separators and control characters.
+_ESCAPED = frozenset("%/\\") | frozenset(map(chr, [*range(0x20), 0x7F]))
+#: The longest array name (in UTF-8 bytes) a directory entry can have.
+_NAME_MAX = 255
+
+
+def array_name(column: str) -> str:
+    r"""Return the name of the zarr array that holds `column`.
+
+    The name is the column's name, with these characters percent-escaped as
+    ``%XX`` (their code in hex): ``%``, ``/``, ``\\`` and control characters
+    anywhere; a leading ``.`` (hidden files, ``.``, ``..``); the first ``_``
+    of a name starting with ``__`` (zarr reserves those); the ``z`` of a name
+    that is ``zarr.json`` in any case (the group's own metadata file).
+    :func:`column_name` (``urllib.parse.unquote``) reverses it.
+
+    Examples
+    --------
+    >>> array_name('rate')
+    'rate'
+    >>> array_name('a/b %')
+    'a%2Fb %25'
+    >>> array_name('..'), array_name('__x')
+    ('%2E.', '%5F_x')
+    """
+    escaped = "".join(f"%{ord(c):02X}" if c in _ESCAPED else c for c in column)
+    if escaped.startswith((".", "__")) or escaped.lower() == "zarr.json":
+        escaped = f"%{ord(escaped[0]):02X}{escaped[1:]}"
+    return escaped
+
+
+def column_name(name: str) -> str:
+    """Return the column an array named `name` holds (the inverse of :func:`array_name`).
+
+    Examples
+    --------
+    >>> column_name('a%2Fb %25')
+    'a/b %'
+    """
+    return unquote(name)
+
+
+def dimension_names(
+    column: str, ndim: int, dims: Mapping[str, Sequence[str]] | None = None
+) -> list[str]:
+    """Return the dimension names of the array of `column` with `ndim` axes.
+
+    ``row`` first, then the names `dims` gives the column's value axes
+    (when they are `ndim` - 1 distinct str other than ``row``), else
+    ``<column>_dim_1``, ``<column>_dim_2``, ...
+
+    Examples
+    --------
+    >>> dimension_names('hist', 2)
+    ['row', 'hist_dim_1']
+    >>> dimension_names('hist', 2, {'hist': ['bin']})
+    ['row', 'bin']
+    """
+    names = (dims or {}).get(column)
+    if _fitting_names(names, ndim - 1):
+        return [ROW_DIM, *names]
+    return [ROW_DIM, *(f"{column}_dim_{i}" for i in range(1, ndim))]
+
+
+def _fitting_names(names: Any, n: int) -> bool:
+    return (
+        isinstance(names, (list, tuple))
+        and len(names) == n
+        and all(isinstance(name, str) and name and name != ROW_DIM for name in names)
+        and len(set(names)) == n
+    )
 
 
 def _codecs():
@@ -74,6 +175,86 @@ def _commit_text(arrays: dict[str, Any], rows: int, metadata: Any) -> str:
 def _checked(arrays: dict[str, Any]) -> bool:
     """Whether the arrays were written with chunk checksums (by this version)."""
     return any(type(c).__name__ == "Crc32cCodec" for a in arrays.values() for c in a.compressors)
+
+
+def _array_dir(root: str, array) -> str:
+    """Return the directory of `array` in the store at `root`."""
+    return os.path.join(root, *array.path.split("/"))
+
+
+def _consolidate(path: str) -> None:
+    """Write the group's consolidated metadata (every array's metadata, in one file).
+
+    With it, xarray and zarr open the store in one read and without a
+    warning, and see the arrays' shapes of the last commit: the commit
+    (a write of the group's attributes) drops the consolidated metadata,
+    which is written again right after it, so it is never older than the
+    commit. Failing to write it loses nothing (readers then read each
+    array's own metadata); the commit stands, so the error is not raised.
+    """
+    import zarr
+
+    try:
+        with warnings.catch_warnings():
+            # zarr v3 calls consolidated metadata not yet part of the specification.
+            warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
+            zarr.consolidate_metadata(path, zarr_format=3)
+    except Exception:
+        pass
+
+
+def _name_dimensions(root: str, arrays: dict[str, Any], dims: Any) -> None:
+    """Set the dimension names of the arrays as `dims` (``{column: [names]}``) gives them.
+
+    A name a column shares with another column of another length, or with
+    a column, is left at its default (``<column>_dim_<i>``): xarray could
+    not open the store otherwise. The task's ``dims`` setting is checked
+    when the task loads and by ``psy test``; this only keeps a bad one from
+    spoiling the file.
+    """
+    if not isinstance(dims, Mapping):
+        dims = {}
+    sizes: dict[str, int] = {}
+    wanted = {}
+    for key, array in arrays.items():
+        names = dimension_names(key, array.ndim, dims)
+        clash = any(
+            name in arrays or sizes.get(name, size) != size
+            for name, size in zip(names[1:], array.shape[1:])
+        )
+        if clash:
+            names = dimension_names(key, array.ndim)
+        sizes.update(zip(names[1:], array.shape[1:]))
+        wanted[key] = names
+    for key, array in arrays.items():
+        if list(array.metadata.dimension_names or ()) == wanted[key]:
+            continue
+        # zarr has no call to rename dimensions: rewrite the array's zarr.json
+        # (the zarr v3 format), atomically, as zarr writes it.
+        path = os.path.join(_array_dir(root, array), "zarr.json")
+        with open(path, encoding="utf-8") as f:
+            document = json.load(f)
+        document["dimension_names"] = wanted[key]
+        with atomic_write(path) as f:
+            json.dump(document, f, indent=2)
+
+
+#: From this many row chunks on, checking that they exist lists their directory.
+_LIST_CHUNKS = 16
+
+
+def _missing_row_chunks(root: str, array, first: int, stop: int) -> list[int]:
+    """Return the row chunks ``first:stop`` of `array` that have no entry on disk.
+
+    One listing of the directory of the row chunks: their chunk files (1-d
+    arrays) or the directories of their chunks (n-d arrays).
+    """
+    prefix = array.metadata.encode_chunk_key((0,) * array.ndim).split("/")[: -array.ndim]
+    try:
+        names = set(os.listdir(os.path.join(_array_dir(root, array), *prefix)))
+    except FileNotFoundError:
+        names = set()
+    return [j for j in range(first, stop) if str(j) not in names]
 
 
 def _write_all_chunks():
@@ -146,9 +327,31 @@ class ZarrStore(Store):
 
     # -- helpers -------------------------------------------------------------
 
+    def _check_columns(self, data: dict[str, np.ndarray]) -> None:
+        """Also refuse column names no array can have (see :func:`array_name`)."""
+        super()._check_columns(data)
+        for key in data:
+            if not key:
+                raise UnsupportedValueError(
+                    "ZarrStore cannot hold a column without a name (''): every column "
+                    "is a zarr array named by it. Give the output a name, or use "
+                    "PickleStore or NpzStore.",
+                    key,
+                )
+            if len(array_name(key).encode("utf-8", "surrogatepass")) > _NAME_MAX:
+                raise UnsupportedValueError(
+                    f"ZarrStore cannot hold the column {key[:40]!r}... : its name is longer "
+                    f"than the {_NAME_MAX} bytes a zarr array's directory name may have. "
+                    "Use a shorter name, or PickleStore or NpzStore.",
+                    key,
+                )
+
     @staticmethod
     def _arrays(group) -> dict[str, Any]:
         names = group.attrs.get(_COLUMNS_ATTR, [])
+        if group.attrs.get(_LAYOUT_ATTR) == _NAMED:
+            return {name: group[array_name(name)] for name in names}
+        # The layout before arrays were named by their columns.
         return {name: group[f"c{i}"] for i, name in enumerate(names)}
 
     @staticmethod
@@ -204,19 +407,28 @@ class ZarrStore(Store):
         """Raise DamagedFileError when a chunk holding rows ``start:stop`` is missing."""
         if stop <= start or group.attrs.get(_COMMIT_ATTR) is None:
             return
-        for i, array in enumerate(arrays.values()):
+        for column, array in arrays.items():
+            first, last = start // array.chunks[0], (stop - 1) // array.chunks[0]
+            if array.ndim == 1 and last - first >= _LIST_CHUNKS:
+                # Many chunks (a whole load): one listing instead of a stat per chunk.
+                missing = _missing_row_chunks(root, array, first, last + 1)
+                if missing:
+                    key = array.metadata.encode_chunk_key((missing[0],))
+                    raise DamagedFileError(
+                        f"{filename} is damaged: chunk {key} of column {column!r} is missing"
+                    )
+                continue
             grid = [math.ceil(s / c) for s, c in zip(array.shape[1:], array.chunks[1:])]
             inner = [()]
             for n in grid:
                 inner = [(*t, j) for t in inner for j in range(n)]
-            first, last = start // array.chunks[0], (stop - 1) // array.chunks[0]
             for row_chunk in range(first, last + 1):
                 for rest in inner:
                     key = array.metadata.encode_chunk_key((row_chunk, *rest))
-                    if not os.path.exists(os.path.join(root, f"c{i}", *key.split("/"))):
+                    chunk = os.path.join(_array_dir(root, array), *key.split("/"))
+                    if not os.path.exists(chunk):
                         raise DamagedFileError(
-                            f"{filename} is damaged: chunk {key} of column "
-                            f"{list(arrays)[i]!r} is missing"
+                            f"{filename} is damaged: chunk {key} of column {column!r} is missing"
                         )
 
     @staticmethod
@@ -278,20 +490,27 @@ class ZarrStore(Store):
         n = count(data)
         arrays = {}
         with _write_all_chunks():
-            for i, (key, column) in enumerate(data.items()):
+            for key, column in data.items():
                 array = group.create_array(
-                    f"c{i}",
+                    array_name(key),
                     shape=column.shape,
                     dtype=str if column.dtype.kind == "U" else column.dtype,
                     chunks=(_chunk_rows(column), *column.shape[1:]),
                     compressors=_codecs(),
+                    dimension_names=dimension_names(key, column.ndim),
                 )
                 if n:
                     array[...] = column
                 arrays[key] = array
         group.update_attributes(
-            {_COLUMNS_ATTR: list(data), _ROWS_ATTR: n, _COMMIT_ATTR: _commit_text(arrays, n, None)}
+            {
+                _LAYOUT_ATTR: _NAMED,
+                _COLUMNS_ATTR: list(data),
+                _ROWS_ATTR: n,
+                _COMMIT_ATTR: _commit_text(arrays, n, None),
+            }
         )
+        _consolidate(path)
 
     def _append_in_place(self, filename: str, data: dict[str, np.ndarray]) -> bool:
         """Write the rows after the committed rows, then record the new count.
@@ -305,8 +524,14 @@ class ZarrStore(Store):
             arrays = self._arrays(group)
             n = self._rows(group, arrays, filename)
         # A store without rows takes its column types from the first rows; one
-        # written before the commit record existed is rewritten once to get it.
-        if not (n and group.attrs.get(_COMMIT_ATTR) and self._fits(arrays, data)):
+        # written before the commit record or the named arrays existed is
+        # rewritten once to get them.
+        if not (
+            n
+            and group.attrs.get(_COMMIT_ATTR)
+            and group.attrs.get(_LAYOUT_ATTR) == _NAMED
+            and self._fits(arrays, data)
+        ):
             return False
         with _write_all_chunks():
             group = self._open(filename, "r+")
@@ -325,17 +550,22 @@ class ZarrStore(Store):
                 _COMMIT_ATTR: _commit_text(arrays, n + k, dict(metadata) if metadata else None),
             }
         )
+        _consolidate(filename)
         return True
 
     def _write_metadata(self, path: str, metadata: dict[str, Any]) -> None:
         # zarr writes the group's attributes file by rename: old or new, never torn.
-        group = self._open(path, "r+")
+        group, root = self._open_at(path, "r+")
         update = {_METADATA_ATTR: metadata}
+        arrays = self._arrays(group)
+        if group.attrs.get(_LAYOUT_ATTR) == _NAMED:
+            # The names of the value axes come with the metadata (the task's dims).
+            _name_dimensions(root, arrays, metadata.get("dims"))
         if group.attrs.get(_COMMIT_ATTR) is not None:
-            arrays = self._arrays(group)
             rows = self._rows(group, arrays, path)
             update[_COMMIT_ATTR] = _commit_text(arrays, rows, metadata)
         group.update_attributes(update)
+        _consolidate(root)
 
     def _read_metadata(self, filename: str) -> dict[str, Any] | None:
         with damage_on_error(filename):
@@ -379,14 +609,8 @@ class ZarrStore(Store):
         """Cheaply check that every chunk along the rows exists (one listing per column)."""
         if not rows or group.attrs.get(_COMMIT_ATTR) is None:
             return
-        for i, (key, array) in enumerate(arrays.items()):
-            prefix = array.metadata.encode_chunk_key((0,) * array.ndim).split("/")[: -array.ndim]
-            try:
-                names = set(os.listdir(os.path.join(root, f"c{i}", *prefix)))
-            except FileNotFoundError:
-                names = set()
-            needed = math.ceil(rows / array.chunks[0])
-            missing = [j for j in range(needed) if str(j) not in names]
+        for key, array in arrays.items():
+            missing = _missing_row_chunks(root, array, 0, math.ceil(rows / array.chunks[0]))
             if missing:
                 raise DamagedFileError(
                     f"{filename} is damaged: {len(missing)} chunk(s) of column {key!r} "

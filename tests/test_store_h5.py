@@ -1,24 +1,340 @@
-"""H5Store specifics: real appends into extendable arrays."""
+"""H5Store specifics: named columns any HDF5 reader finds, old layouts, real appends."""
 
 from __future__ import annotations
 
+import json
+import pickle
+
 import numpy as np
 import pytest
+from psy_helpers import psy, write_task
 
 from psyrun.store import H5Store
+from psyrun.store.h5 import column_name, node_name
+
+tables = pytest.importorskip("tables")
+
+
+def write_08_file(filename: str, chunks: list[dict], node: str = "/psyrun") -> None:
+    """Write `chunks` as psyrun 0.8's H5Store did: one array per column under `node`.
+
+    The first chunk makes fixed arrays (0.8's ``save``) when there is only
+    one; otherwise every chunk is appended to extendable arrays (0.8's
+    ``append``, which creates them on the first chunk).
+    """
+    parent, _, name = node.rpartition("/")
+    with tables.open_file(filename, "w") as h5file:
+        group = h5file.create_group(parent or "/", name, createparents=True)
+        if len(chunks) == 1:
+            for key, values in chunks[0].items():
+                h5file.create_array(group, key, np.asarray(values))
+            return
+        for chunk in chunks:
+            for key, values in chunk.items():
+                values = np.asarray(values)
+                if key not in group:
+                    h5file.create_earray(group, key, obj=values)
+                else:
+                    group._f_get_child(key).append(values)
+
+
+def write_c_file(filename: str, data: dict) -> None:
+    """Write `data` in the layout of the psyrun versions between 0.8 and named columns.
+
+    Columns /c0, /c1, ... named by a pickled list on the root, str as UTF-8
+    bytes marked ``psyrun_utf8``, checksums in /psyrun_sums and the commit
+    record on the root (the format of the record is the current one's).
+    """
+    from psyrun.store import h5
+
+    with tables.open_file(filename, "w") as h5file:
+        h5file.root._v_attrs.psyrun_columns = list(data)  # PyTables pickles the list
+        nodes, stored = [], []
+        for i, values in enumerate(data.values()):
+            values = np.asarray(values)
+            if values.dtype.kind == "U":
+                values = np.char.encode(values, "utf-8")
+            node = h5file.create_earray(h5file.root, f"c{i}", obj=values)
+            if values.dtype.kind == "S":
+                node.attrs.psyrun_utf8 = True
+            nodes.append(node)
+            stored.append(values)
+        complete, partial = h5._block_sums(stored)
+        sums = h5file.create_earray(
+            h5file.root, "psyrun_sums", atom=tables.UInt64Atom(), shape=(0, len(nodes))
+        )
+        if complete:
+            sums.append(np.array(complete, dtype=np.uint64))
+        n = len(stored[0])
+        h5file.root._v_attrs.psyrun_commit = h5._commit_text(list(data), n, nodes, partial)
+        h5file.root._v_attrs.psyrun_metadata = json.dumps({"run": 3})
+
+
+# -- the layout: named columns, native attributes ------------------------------------------
 
 
 def test_appends_extend_arrays_in_place(tmp_path):
-    tables = pytest.importorskip("tables")
     filename = str(tmp_path / "r.h5")
     store = H5Store()
     store.append(filename, {"a": np.arange(3.0)})
     store.append(filename, {"a": np.arange(2.0)})
     with tables.open_file(filename) as h5file:
-        arrays = [a for a in h5file.walk_nodes("/", classname="EArray") if a.name != "psyrun_sums"]
-        assert len(arrays) == 1
-        assert arrays[0].nrows == 5
+        assert list(h5file.root.psyrun._v_children) == ["a"]
+        assert h5file.root.psyrun.a.nrows == 5
     assert store.load(filename, row=3)["a"].tolist() == [0.0]
+    assert store.layout_of(filename) == "named"
+
+
+def test_h5py_reads_every_column_by_name(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    filename = str(tmp_path / "r.h5")
+    data = {
+        "x": np.array([0.5, 1.5, 2.5]),
+        "n": np.array([1, 2, 3]),
+        "flag": np.array([True, False, True]),
+        "text": np.array(["a", "bé", "日本"]),
+        "v": np.arange(6.0).reshape(3, 2),
+    }
+    store = H5Store()
+    store.append(filename, {k: v[:2] for k, v in data.items()})
+    store.append(filename, {k: v[2:] for k, v in data.items()})
+    store.write_metadata(filename, {"task": "square", "n": 3})
+    with h5py.File(filename, "r") as f:
+        group = f["psyrun"]
+        assert sorted(group) == sorted(data)
+        np.testing.assert_array_equal(f["psyrun/x"][:], data["x"])
+        np.testing.assert_array_equal(f["psyrun/n"][:], data["n"])
+        np.testing.assert_array_equal(f["psyrun/v"][:], data["v"])
+        assert f["psyrun/flag"][:].dtype == np.bool_
+        assert f["psyrun/flag"][:].tolist() == [True, False, True]
+        assert h5py.check_string_dtype(f["psyrun/text"].dtype).encoding == "utf-8"
+        assert f["psyrun/text"].asstr()[:].tolist() == ["a", "bé", "日本"]
+        assert json.loads(group.attrs["psyrun_columns"]) == list(data)
+        assert json.loads(group.attrs["psyrun_metadata"]) == {"task": "square", "n": 3}
+        assert int(group.attrs["psyrun_rows"]) == 3
+        assert group["x"].attrs["psyrun_name"].decode() == "x"
+
+
+def test_no_attribute_is_a_pickle(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    filename = str(tmp_path / "r.h5")
+    store = H5Store()
+    store.append(filename, {"x": [1.0], "s": ["a"], "b": [True]})
+    store.append(filename, {"x": [2.0], "s": ["bc"], "b": [False]})  # a rewrite: wider str
+    store.write_metadata(filename, {"keys": ["x"]})
+    found = []
+
+    def check(name, obj):
+        for key, value in obj.attrs.items():
+            found.append(key)
+            assert not isinstance(value, np.ndarray) or value.dtype.kind != "O", (name, key)
+            raw = value.tobytes() if isinstance(value, np.ndarray | np.generic) else b""
+            with pytest.raises((pickle.UnpicklingError, EOFError, ValueError, KeyError)):
+                pickle.loads(raw)
+
+    with h5py.File(filename, "r") as f:
+        check("/", f)
+        f.visititems(check)
+    assert "psyrun_commit" in found
+    assert "psyrun_metadata" in found
+
+
+def test_pandas_and_xarray_one_liners_of_the_docs(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    pd = pytest.importorskip("pandas")
+    xr = pytest.importorskip("xarray")
+    filename = str(tmp_path / "r.h5")
+    H5Store().save(filename, {"x": [1.0, 2.0], "n": [3, 4], "s": ["a", "b"]})
+    # The one-liners of docs/guide/stores.rst.
+    f = h5py.File(filename, "r")
+    df = pd.DataFrame(
+        {k: v.asstr()[:] if v.dtype.kind == "S" else v[:] for k, v in f["psyrun"].items()}
+    )
+    ds = xr.Dataset(
+        {k: ("row", v.asstr()[:] if v.dtype.kind == "S" else v[:]) for k, v in f["psyrun"].items()}
+    )
+    f.close()
+    assert df["x"].tolist() == [1.0, 2.0]
+    assert df["s"].tolist() == ["a", "b"]
+    assert ds["n"].values.tolist() == [3, 4]
+
+
+# -- names that are not node names ------------------------------------------------------
+
+
+HOSTILE = [
+    "a/b",
+    ".",
+    "..",
+    "",
+    "x.y",
+    "%",
+    "%2F",
+    "_v_name",
+    "_i_x",
+    "__members__",
+    "ü 🎲",
+    "a\x00b",
+]
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_escape_round_trips(name):
+    escaped = node_name(name)
+    assert column_name(escaped) == name
+    assert "/" not in escaped
+    assert "\x00" not in escaped
+    assert escaped not in ("", ".", "..")
+
+
+def test_escaped_names_are_distinct():
+    assert len({node_name(n) for n in HOSTILE}) == len(HOSTILE)
+
+
+def test_plain_names_are_kept():
+    for name in ("x", "y_2", "trace", "a b", "x-1", "Ünïcode"):
+        assert node_name(name) == name
+
+
+def test_surrogate_column_names_are_refused(tmp_path):
+    from psyrun.store import UnsupportedValueError
+
+    with pytest.raises(UnsupportedValueError, match="surrogate"):
+        H5Store().save(str(tmp_path / "r.h5"), {"\udcff": [1.0]})
+    assert not (tmp_path / "r.h5").exists()
+
+
+# -- the node argument (psyrun 0.8's) ---------------------------------------------------
+
+
+def test_node_argument_places_the_group(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    filename = str(tmp_path / "r.h5")
+    store = H5Store(node="/runs/first")
+    store.append(filename, {"x": [1.0, 2.0]})
+    store.append(filename, {"x": [3.0]})
+    assert store.load(filename)["x"].tolist() == [1.0, 2.0, 3.0]
+    assert "node='/runs/first'" in repr(store)
+    with h5py.File(filename, "r") as f:
+        assert f["runs/first/x"][:].tolist() == [1.0, 2.0, 3.0]
+    with pytest.raises(OSError, match=r"no psyrun result at /psyrun.*H5Store\(node=\.\.\.\)"):
+        H5Store().load(filename)
+
+
+@pytest.mark.parametrize("node", ["/", "psyrun", "", "/a//b", "/_v_x", 3])
+def test_bad_node_is_refused(node):
+    with pytest.raises(ValueError, match="node"):
+        H5Store(node=node)
+
+
+# -- psyrun 0.8's files and the c0, c1, ... files ------------------------------------------
+
+
+@pytest.mark.parametrize("chunks", [1, 2])
+def test_08_file_loads(tmp_path, chunks):
+    filename = str(tmp_path / "r.h5")
+    parts = [{"x": [1, 2], "y": [0.5, 1.0]}, {"x": [3], "y": [1.5]}][:chunks]
+    write_08_file(filename, parts)
+    store = H5Store()
+    expected_x = [v for p in parts for v in p["x"]]
+    assert store.layout_of(filename) == "0.8"
+    assert store.count_rows(filename) == len(expected_x)
+    assert store.load(filename)["x"].tolist() == expected_x
+    assert store.load(filename, row=-1)["y"].tolist() == [parts[-1]["y"][-1]]
+    assert store.read_metadata(filename) == {}
+    assert store.verify(filename) == len(expected_x)
+
+
+def test_08_file_append_converts_and_keeps_the_old_rows(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    filename = str(tmp_path / "r.h5")
+    write_08_file(filename, [{"x": [1, 2], "y": [0.5, 1.0]}])
+    store = H5Store()
+    store.append(filename, {"x": [3], "y": [1.5]})
+    assert store.layout_of(filename) == "named"
+    assert store.load(filename)["x"].tolist() == [1, 2, 3]
+    store.append(filename, {"x": [4], "y": [2.0]})  # now in place
+    assert store.load(filename)["y"].tolist() == [0.5, 1.0, 1.5, 2.0]
+    with h5py.File(filename, "r") as f:
+        assert f["psyrun/x"][:].tolist() == [1, 2, 3, 4]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.h5"]
+
+
+def test_08_file_with_another_node(tmp_path):
+    filename = str(tmp_path / "r.h5")
+    write_08_file(filename, [{"x": [1.0]}, {"x": [2.0]}], node="/results")
+    store = H5Store(node="/results")
+    assert store.load(filename)["x"].tolist() == [1.0, 2.0]
+    store.append(filename, {"x": [3.0]})
+    assert store.load(filename)["x"].tolist() == [1.0, 2.0, 3.0]
+
+
+def test_08_file_with_columns_of_different_lengths_is_refused(tmp_path):
+    from psyrun.exceptions import DamagedFileError
+
+    filename = str(tmp_path / "r.h5")
+    write_08_file(filename, [{"x": [1.0], "y": [1.0]}, {"x": [2.0]}])
+    with pytest.raises(DamagedFileError, match="different numbers of rows"):
+        H5Store().count_rows(filename)
+
+
+def test_c_layout_file_loads_and_converts_on_append(tmp_path):
+    filename = str(tmp_path / "r.h5")
+    write_c_file(filename, {"x": [1.0, 2.0], "s": ["a", "é"], "n": [1, 2]})
+    store = H5Store()
+    assert store.layout_of(filename) == "c"
+    assert store.load(filename)["s"].tolist() == ["a", "é"]
+    assert store.read_metadata(filename) == {"run": 3}
+    store.append(filename, {"x": [3.0], "s": ["b"], "n": [3]})
+    assert store.layout_of(filename) == "named"
+    loaded = store.load(filename)
+    assert loaded["s"].tolist() == ["a", "é", "b"]
+    assert loaded["n"].tolist() == [1, 2, 3]
+    assert store.read_metadata(filename) == {"run": 3}
+
+
+def test_psy_status_counts_the_rows_of_an_08_result(project):
+    write_task(
+        project,
+        "old",
+        """
+        from psyrun import Param
+        from psyrun.store.h5 import H5Store
+        store = H5Store()
+        pspace = Param(x=[1, 2, 3, 4])
+        def execute(x):
+            return {"y": x * x}
+        """,
+    )
+    work = project / "psy-work" / "old"
+    work.mkdir(parents=True)
+    write_08_file(str(work / "result.h5"), [{"x": [1, 2], "y": [1, 4]}])
+    status = psy("status", "old")
+    assert status.exit_code == 0, status.output
+    assert "old: 2 out of 4 rows completed" in status.output
+    assert "damaged" not in status.output
+    result = psy("run", "-c", "old")
+    assert result.exit_code == 0, result.output
+    loaded = H5Store().load(str(work / "result.h5"))
+    assert sorted(zip(loaded["x"].tolist(), loaded["y"].tolist())) == [
+        (1, 1),
+        (2, 4),
+        (3, 9),
+        (4, 16),
+    ]
+
+
+def test_psy_merge_converts_old_files_to_the_named_layout(project):
+    h5py = pytest.importorskip("h5py")
+    parts = project / "parts"
+    parts.mkdir()
+    write_08_file(str(parts / "0.h5"), [{"x": [1, 2]}])
+    write_c_file(str(parts / "1.h5"), {"x": [3]})
+    result = psy("merge", "parts", "merged.h5")
+    assert result.exit_code == 0, result.output
+    assert H5Store().layout_of("merged.h5") == "named"
+    with h5py.File("merged.h5", "r") as f:
+        assert sorted(f["psyrun/x"][:].tolist()) == [1, 2, 3]
 
 
 def test_row_out_of_range_names_the_file(tmp_path):

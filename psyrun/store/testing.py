@@ -133,7 +133,7 @@ def result_files(filename: str) -> list[str]:
 def delete_member(filename: str) -> str:
     """Delete a part of a built-in store's result the way a tool or a bad disk could.
 
-    A chunk file of a zarr store, a column node of an HDF5 file, a chunk
+    A chunk file of a zarr store, a column of an HDF5 file (under ``/psyrun``), a chunk
     member of an npz (the archive rewritten without it), a run of bytes from
     the middle of a pickle. Returns what was deleted. Raises
     ``NotImplementedError`` for other extensions.
@@ -148,8 +148,9 @@ def delete_member(filename: str) -> str:
         import tables
 
         with tables.open_file(filename, "a") as h5file:
-            h5file.remove_node("/c1")
-        return "/c1"
+            victim = sorted(h5file.root.psyrun._v_children)[1]
+            h5file.remove_node(f"/psyrun/{victim}")
+        return f"/psyrun/{victim}"
     if ext == ".npz":
         with zipfile.ZipFile(filename) as src:
             infos = src.infolist()

@@ -97,9 +97,10 @@ def node_name(column: str) -> str:
 
     Names are kept as they are where HDF5 and PyTables allow them. Otherwise
     ``%``, ``/`` and NUL become ``%25``, ``%2F`` and ``%00``; a leading
-    ``.`` (as in ``'.'`` and ``'..'``) and the first character of a name
-    PyTables reserves (``_c_``, ``_f_``, ``_g_``, ``_v_``, ``_p_``, ``_i_``
-    prefixes, ``__members__``) become ``%2E`` and ``%5F``; and the empty
+    and a trailing ``.`` (so ``'.'`` and ``'..'``; PyTables loses nodes
+    whose name ends in a dot) become ``%2E``; the first character of a name
+    PyTables reserves (the prefixes ``_c_``, ``_f_``, ``_g_``, ``_v_``,
+    ``_p_``, ``_i_``, and ``__members__``) becomes ``%5F``; and the empty
     name is ``%``. :func:`column_name` reverses it.
 
     Parameters
@@ -115,13 +116,15 @@ def node_name(column: str) -> str:
     Examples
     --------
     >>> node_name('x'), node_name('a/b'), node_name('..'), node_name('')
-    ('x', 'a%2Fb', '%2E.', '%')
+    ('x', 'a%2Fb', '%2E%2E', '%')
     """
     if column == "":
         return "%"
     name = _ESCAPED.sub(lambda m: f"%{ord(m.group()):02X}", column)
     if _RESERVED.match(name):
         name = f"%{ord(name[0]):02X}{name[1:]}"
+    if name.endswith("."):
+        name = name[:-1] + "%2E"
     return name
 
 
@@ -130,7 +133,7 @@ def column_name(node: str) -> str:
 
     Examples
     --------
-    >>> column_name('a%2Fb'), column_name('%2E.'), column_name('%')
+    >>> column_name('a%2Fb'), column_name('%2E%2E'), column_name('%')
     ('a/b', '..', '')
     """
     if node == "%":
@@ -207,6 +210,14 @@ def _is_bool(node) -> bool:
     if node.atom.kind != "enum":
         return False
     return dict(node.atom.enum) == {"FALSE": 0, "TRUE": 1}
+
+
+def _child(children, name: str):
+    """Return the child ``name`` of a group's ``_v_children``, or None.
+
+    Not ``children.get``: PyTables loads a node only when it is indexed.
+    """
+    return children[name] if name in children else None  # noqa: SIM401 (see above)
 
 
 @dataclass
@@ -324,13 +335,15 @@ class H5Store(Store):
         commit = _parse_commit(filename, attrs[_COMMIT_ATTR])
         names = commit["columns"]
         nodes = {}
+        children = group._v_children
         for name in names:
-            path = f"{self.node}/{node_name(name)}"
-            if path not in h5file:
+            node = _child(children, node_name(name))
+            if node is None:
                 raise DamagedFileError(
-                    f"{filename} is damaged: column {name!r} ({path}) is missing"
+                    f"{filename} is damaged: column {name!r} "
+                    f"({self.node}/{node_name(name)}) is missing"
                 )
-            nodes[name] = h5file.get_node(path)
+            nodes[name] = node
         found = _Columns("named", nodes, int(commit["rows"]), commit)
         if nodes:
             found.sums = h5file.get_node(self._sums_path) if self._sums_path in h5file else None
@@ -550,8 +563,8 @@ class H5Store(Store):
             for key, column in data.items():
                 values = _encode(column)
                 name = node_name(key)
-                if name in group:
-                    node = group._f_get_child(name)
+                node = _child(group._v_children, name)  # made by h5py above
+                if node is not None:
                     values = values.astype(node.atom.dtype.base)
                 else:
                     node = h5file.create_earray(

@@ -74,7 +74,7 @@ _ORDER_ATTR = "psyrun_columns"  # JSON text: the column names in order
 _ROWS_ATTR = "psyrun_rows"  # the committed row count (for readers without psyrun)
 _COMMIT_ATTR = "psyrun_commit"  # "<crc32 hex> <JSON: rows, columns, layout, sums>"
 _METADATA_ATTR = "psyrun_metadata"  # JSON text of the result's metadata
-_NAME_ATTR = "psyrun_name"  # on every column: its name unescaped
+_NAME_ATTR = "psyrun_name"  # on every column: its name as JSON text (any str survives)
 _SUMS_SUFFIX = "_checksums"  # the checksum array is the group's sibling <node>_checksums
 
 # -- the layout of earlier versions (columns /c0, /c1, ..., attributes on the root) ----
@@ -575,7 +575,7 @@ class H5Store(Store):
                         filters=filters,
                         expectedrows=max(n, 1000),
                     )
-                node.attrs[_NAME_ATTR] = key
+                node.attrs[_NAME_ATTR] = json.dumps(key)
                 if n:
                     node.append(values)
                 nodes.append(node)

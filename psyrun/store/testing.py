@@ -261,7 +261,7 @@ def read_h5_plainly(filename: str, group: str = "psyrun") -> dict[str, np.ndarra
     """Read an H5Store result with h5py alone, as a user without psyrun would.
 
     Every dataset of ``group`` is a column; its ``psyrun_name`` attribute
-    holds the column's name (the node name may be escaped) and the group's
+    holds the column's name as JSON text (the node name may be escaped) and the group's
     ``psyrun_rows`` the committed row count. str columns are UTF-8 strings
     (``.asstr()``). Skips the test without h5py.
     """
@@ -271,8 +271,7 @@ def read_h5_plainly(filename: str, group: str = "psyrun") -> dict[str, np.ndarra
         columns = f[group]
         rows = int(columns.attrs["psyrun_rows"])
         for node, dataset in columns.items():
-            name = dataset.attrs["psyrun_name"]
-            name = name.decode() if isinstance(name, bytes) else str(name)
+            name = json.loads(dataset.attrs["psyrun_name"])
             info = h5py.check_string_dtype(dataset.dtype)
             if info is not None:
                 assert info.encoding == "utf-8", f"{node}: str typed {info.encoding}"

@@ -17,11 +17,16 @@ before them: no checksums, no commit record; for NpzStore, whose zip CRCs
 were always checked, the commit record ignored), and both are loaded in the
 same run, alternately, best of five. Target: loading gets at most 10%
 slower. Run only this part with ``python benchmarks/report_store.py checks``.
+
+``python benchmarks/report_store.py h5load TREE`` compares loading 10^7
+rows from H5Store with the psyrun in the source tree TREE (another checkout),
+each in its own processes, taking turns (issue 22's target: at most 1.2x).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import sys
@@ -258,9 +263,11 @@ def without_checks(ext: str):
         ):
             yield
     elif ext == ".h5":
+        # No commit record, column list or checksums: read as a file of psyrun 0.8.
         with (
             mock.patch.object(h5_module, "_COMMIT_ATTR", "psyrun_no_commit"),
-            mock.patch.object(h5_module, "_SUMS", "psyrun_no_sums"),
+            mock.patch.object(h5_module, "_ORDER_ATTR", "psyrun_no_columns"),
+            mock.patch.object(h5_module, "_SUMS_SUFFIX", "_no_checksums"),
         ):
             yield
     else:
@@ -313,10 +320,71 @@ def check_cost(rows: int = CHECK_ROWS, repeat: int = 5) -> list[dict]:
     return out
 
 
+_TIMED_LOAD = """
+import os, sys, tempfile, time
+sys.path.insert(0, sys.argv[1])
+sys.path.insert(0, os.path.join(sys.argv[1], "benchmarks"))
+from report_store import check_data
+from psyrun.store import H5Store
+store = H5Store()
+path = os.path.join(tempfile.mkdtemp(prefix="psyrun-bench-h5load-"), "r.h5")
+store.save(path, check_data(int(sys.argv[2])))
+times = []
+for _ in range(int(sys.argv[3])):
+    started = time.perf_counter()
+    store.load(path)
+    times.append(time.perf_counter() - started)
+os.remove(path)
+os.rmdir(os.path.dirname(path))
+print(min(times))
+"""
+
+
+def h5_load_against(baseline: str, rows: int = CHECK_ROWS, rounds: int = 3) -> list[dict]:
+    """Compare :meth:`H5Store.load` of ``rows`` rows with the psyrun in the tree ``baseline``.
+
+    Each tree writes its own layout (issue 22 changed it) and loads it five
+    times in a fresh process; the two trees take turns for ``rounds`` rounds
+    and the best load of each counts. Target: at most 1.2x the baseline.
+    """
+    import subprocess
+
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    best = {"baseline": math.inf, "this": math.inf}
+    for _ in range(rounds):
+        for name, tree in (("baseline", baseline), ("this", here)):
+            done = subprocess.run(
+                [sys.executable, "-c", _TIMED_LOAD, tree, str(rows), "5"],
+                capture_output=True,
+                text=True,
+                check=True,
+                env={**os.environ, "PYTHONPATH": tree},
+            )
+            best[name] = min(best[name], float(done.stdout.split()[-1]))
+    ratio = best["this"] / best["baseline"]
+    return [
+        {
+            "what": f"load 1e{len(str(rows)) - 1} rows .h5 vs {baseline}",
+            "measured": f"{ratio:.2f}x ({best['this']:.2f}/{best['baseline']:.2f} s)",
+            "target": "<= 1.20x",
+            "ok": ratio <= 1.2,
+        }
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Print this section's rows (only the check cost with the argument ``checks``)."""
+    """Print this section's rows.
+
+    Only the check cost with the argument ``checks``; only the H5 load
+    against another psyrun tree with ``h5load TREE`` (e.g. ``h5load ../main``).
+    """
     argv = sys.argv[1:] if argv is None else argv
-    rows = check_cost() if argv[:1] == ["checks"] else collect() + check_cost()
+    if argv[:1] == ["checks"]:
+        rows = check_cost()
+    elif argv[:1] == ["h5load"] and len(argv) == 2:
+        rows = h5_load_against(os.path.abspath(argv[1]))
+    else:
+        rows = collect() + check_cost()
     for r in rows:
         ok = {True: "yes", False: "NO", None: "-"}[r["ok"]]
         print(f"{r['what']:<48} {r['measured']:>24}  {r['target']:<14} {ok}")

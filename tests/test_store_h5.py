@@ -289,3 +289,15 @@ def test_row_out_of_range_names_the_file(tmp_path):
     H5Store().save(filename, {"a": [1.0]})
     with pytest.raises(IndexError, match="out of range"):
         H5Store().load(filename, row=5)
+
+
+def test_psy_merge_into_an_08_file_keeps_its_rows(project):
+    parts = project / "parts"
+    parts.mkdir()
+    H5Store().save(str(parts / "0.h5"), {"x": [5]})
+    write_08_file(str(project / "merged.h5"), [{"x": [1, 2]}])
+    result = psy("merge", "parts", "merged.h5")
+    assert result.exit_code == 0, result.output
+    assert "after the 2 rows it held" in result.output
+    assert H5Store().layout_of("merged.h5") == "named"
+    assert sorted(H5Store().load("merged.h5")["x"].tolist()) == [1, 2, 5]

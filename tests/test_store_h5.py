@@ -301,3 +301,19 @@ def test_psy_merge_into_an_08_file_keeps_its_rows(project):
     assert "after the 2 rows it held" in result.output
     assert H5Store().layout_of("merged.h5") == "named"
     assert sorted(H5Store().load("merged.h5")["x"].tolist()) == [1, 2, 5]
+
+
+def test_rewrites_keep_what_else_the_file_holds(tmp_path):
+    # Two results of 0.8 in one file (node=...), and data of the user's own.
+    filename = str(tmp_path / "r.h5")
+    write_08_file(filename, [{"x": [1.0, 2.0]}], node="/a")
+    with tables.open_file(filename, "a") as h5file:
+        h5file.create_group("/", "b")
+        h5file.create_earray("/b", "y", obj=np.array([7, 8]))
+        h5file.create_array("/", "notes", np.arange(3))
+    H5Store(node="/a").append(filename, {"x": [3.0]})  # converts /a
+    H5Store(node="/a").append(filename, {"x": [4.0], "z": [1.0]})  # a rewrite: new key
+    assert H5Store(node="/a").load(filename)["x"].tolist() == [1.0, 2.0, 3.0, 4.0]
+    assert H5Store(node="/b").load(filename)["y"].tolist() == [7, 8]
+    with tables.open_file(filename) as h5file:
+        assert h5file.root.notes.read().tolist() == [0, 1, 2]

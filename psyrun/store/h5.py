@@ -44,6 +44,7 @@ killed conversion leaves the old file as it was.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import math
 import re
@@ -81,6 +82,12 @@ _SUMS_SUFFIX = "_checksums"  # the checksum array is the group's sibling <node>_
 _OLD_COLUMNS_ATTR = "psyrun_columns"  # a pickled list of names on the root
 _OLD_STRING_ATTR = "psyrun_utf8"  # set on nodes that hold encoded str
 _OLD_SUMS = "psyrun_sums"
+
+# The file a rewrite replaces, while its successor is written: what else it holds
+# (other stores' groups, the user's own data) is copied over.
+_REPLACING: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "psyrun_h5_replacing", default=None
+)
 
 _MARGIN = 1 << 18  # room HDF5 needs beyond the chunks for its own records
 _BLOCK = 32768  # rows per checksummed block
@@ -621,7 +628,46 @@ class H5Store(Store):
             attrs[_ORDER_ATTR] = json.dumps(list(data))
             attrs[_COMMIT_ATTR] = _commit_text(list(data), n, nodes, partial)
             attrs[_ROWS_ATTR] = np.int64(n)
+        replacing = _REPLACING.get()
+        if replacing is not None:
+            self._carry_over(replacing, path)
         self._check_written(path, n)
+
+    def _rewrite(self, filename: str, new: dict[str, np.ndarray]) -> None:
+        """Rewrite as every store does, keeping what else the file holds."""
+        token = _REPLACING.set(filename)
+        try:
+            super()._rewrite(filename, new)
+        finally:
+            _REPLACING.reset(token)
+
+    def _carry_over(self, src: str, dest: str) -> None:
+        """Copy every node of `src` that is not this store's result into `dest`.
+
+        A file may hold more than one result (0.8's ``node=``) or the user's
+        own data; a rewrite of one result must not drop the rest.
+        """
+        tables = self.preload()
+        with tables.open_file(src, "r") as old:
+            found = self._columns(old, src)
+            ours = {self.node, self._sums_path}
+            if found.layout == "c":
+                ours |= {node._v_pathname for node in found.nodes.values()} | {f"/{_OLD_SUMS}"}
+            parts = self.node.strip("/").split("/")
+            ancestors = {"/"} | {"/" + "/".join(parts[:i]) for i in range(1, len(parts))}
+            with tables.open_file(dest, "a") as new, _natural_names_off():
+
+                def visit(group) -> None:
+                    for child in group._f_iter_nodes():
+                        path = child._v_pathname
+                        if path in ours:
+                            continue
+                        if path in ancestors:
+                            visit(child)
+                        else:
+                            child._f_copy(new.get_node(group._v_pathname), recursive=True)
+
+                visit(old.root)
 
     def _check_written(self, path: str, rows: int) -> None:
         """Open the file just written and check its commit record (HDF5 may fail silently)."""

@@ -317,3 +317,19 @@ def test_rewrites_keep_what_else_the_file_holds(tmp_path):
     assert H5Store(node="/b").load(filename)["y"].tolist() == [7, 8]
     with tables.open_file(filename) as h5file:
         assert h5file.root.notes.read().tolist() == [0, 1, 2]
+
+
+def test_without_h5py_pytables_writes_the_same_columns(tmp_path, monkeypatch):
+    # psyrun 0.8's environments have PyTables only: str and bool are then typed
+    # by PyTables (ASCII-typed UTF-8 bytes, a bit field) and read back the same.
+    monkeypatch.setitem(__import__("sys").modules, "h5py", None)
+    filename = str(tmp_path / "r.h5")
+    store = H5Store()
+    store.append(filename, {"s": ["a", "é"], "b": [True, False], "x": [1.0, 2.0]})
+    store.append(filename, {"s": ["c"], "b": [True], "x": [3.0]})
+    loaded = store.load(filename)
+    assert loaded["s"].tolist() == ["a", "é", "c"]
+    assert loaded["b"].dtype == np.bool_
+    assert loaded["b"].tolist() == [True, False, True]
+    with tables.open_file(filename) as h5file:
+        assert h5file.root.psyrun.b.atom.kind == "bool"

@@ -38,7 +38,9 @@ arrays, without any attribute of ours) and those of psyrun versions that
 named the columns ``/c0``, ``/c1``, ... (names in a pickled attribute). The
 first append to such a file rewrites it in the current layout, under a
 temporary name that replaces the file only when complete, so a failed or
-killed conversion leaves the old file as it was.
+killed conversion leaves the old file as it was. Every rewrite copies what
+else the file holds (other groups, such as another ``node=``'s result, and
+the user's own data) into the new file.
 """
 
 from __future__ import annotations

@@ -255,7 +255,8 @@ def test_psy_status_counts_the_rows_of_an_08_result(project):
     )
     work = project / "psy-work" / "old"
     work.mkdir(parents=True)
-    write_08_file(str(work / "result.h5"), [{"x": [1, 2], "y": [1, 4]}])
+    # Marked values: rows that -c evaluated again would read 1 and 4.
+    write_08_file(str(work / "result.h5"), [{"x": [1, 2], "y": [-1, -4]}])
     status = psy("status", "old")
     assert status.exit_code == 0, status.output
     assert "old: 2 out of 4 rows completed" in status.output
@@ -264,8 +265,8 @@ def test_psy_status_counts_the_rows_of_an_08_result(project):
     assert result.exit_code == 0, result.output
     loaded = H5Store().load(str(work / "result.h5"))
     assert sorted(zip(loaded["x"].tolist(), loaded["y"].tolist())) == [
-        (1, 1),
-        (2, 4),
+        (1, -1),
+        (2, -4),
         (3, 9),
         (4, 16),
     ]

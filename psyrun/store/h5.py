@@ -244,9 +244,9 @@ def _child(children, name: str):
 class _Columns:
     """The columns of an open file, as one of the layouts holds them.
 
-    ``commit`` is None for files without a commit record (psyrun 0.8's);
-    ``sums`` the node of the complete blocks' checksums, ``decode`` the
-    columns whose bytes are UTF-8 text.
+    ``commit`` is None for files without a commit record (psyrun 0.8's,
+    and the oldest ``/c0`` files); ``sums`` is the node of the complete
+    blocks' checksums.
     """
 
     layout: str  # "named" (current), "c" (/c0, /c1, ...) or "0.8"

@@ -290,7 +290,7 @@ def read_npz_plainly(filename: str) -> dict[str, np.ndarray]:
     of its rows (``metadata`` members are JSON, not arrays).
     """
     with np.load(filename, allow_pickle=True) as npz:
-        names = sorted(npz.files)
+        names = sorted(n for n in npz.files if not n.endswith(".json"))  # metadata
         chunks = sorted(n for n in names if n.startswith("chunk") and n[5:].isdigit())
         out = {name: npz[name] for name in names if name not in chunks}
         for chunk in chunks:

@@ -266,9 +266,11 @@ def without_checks(ext: str):
         ):
             yield
     elif ext == ".h5":
+        # No commit record, column list or checksums: read as a file of psyrun 0.8.
         with (
             mock.patch.object(h5_module, "_COMMIT_ATTR", "psyrun_no_commit"),
-            mock.patch.object(h5_module, "_SUMS", "psyrun_no_sums"),
+            mock.patch.object(h5_module, "_ORDER_ATTR", "psyrun_no_columns"),
+            mock.patch.object(h5_module, "_SUMS_SUFFIX", "_no_checksums"),
         ):
             yield
     else:
@@ -367,7 +369,7 @@ def load_against(baseline: str, rows: int = CHECK_ROWS, rounds: int = 6) -> list
     out = []
     tmp = tempfile.mkdtemp(prefix="psyrun-bench-load-")
     try:
-        for ext in (".zarr", ".npz", ".pkl"):
+        for ext in (".h5", ".zarr", ".npz", ".pkl"):
             files = {name: os.path.join(tmp, f"{name}{ext}") for name in trees}
             for name, tree in trees.items():
                 _child(tree, "write", files[name], str(rows))

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import math
 import os
 import shutil
@@ -52,11 +53,15 @@ from psyrun.exceptions import DamagedFileError
 from psyrun.store.base import Store, UnsupportedValueError
 
 __all__ = [
+    "PLAIN_READERS",
     "StoreTests",
     "assert_columns_equal",
     "assert_exact_or_damaged",
     "delete_member",
     "fill_disk",
+    "read_h5_plainly",
+    "read_npz_plainly",
+    "read_pickle_plainly",
     "result_files",
     "small_disk",
     "store_model",
@@ -133,7 +138,7 @@ def result_files(filename: str) -> list[str]:
 def delete_member(filename: str) -> str:
     """Delete a part of a built-in store's result the way a tool or a bad disk could.
 
-    A chunk file of a zarr store, a column node of an HDF5 file, a chunk
+    A chunk file of a zarr store, a column of an HDF5 file (under ``/psyrun``), a chunk
     member of an npz (the archive rewritten without it), a run of bytes from
     the middle of a pickle. Returns what was deleted. Raises
     ``NotImplementedError`` for other extensions.
@@ -148,8 +153,9 @@ def delete_member(filename: str) -> str:
         import tables
 
         with tables.open_file(filename, "a") as h5file:
-            h5file.remove_node("/c1")
-        return "/c1"
+            victim = sorted(h5file.root.psyrun._v_children)[1]
+            h5file.remove_node(f"/psyrun/{victim}")
+        return f"/psyrun/{victim}"
     if ext == ".npz":
         with zipfile.ZipFile(filename) as src:
             infos = src.infolist()
@@ -246,6 +252,70 @@ def assert_exact_or_damaged(
     missed = [name for name in must_detect if name not in raised]
     assert not missed, f"{missed} did not report the damage of {filename}"
     return raised
+
+
+# -- layout rules: what a reader without psyrun finds (HDF5, NPZ, pickle) -----------------
+
+
+def read_h5_plainly(filename: str, group: str = "psyrun") -> dict[str, np.ndarray]:
+    """Read an H5Store result with h5py alone, as a user without psyrun would.
+
+    Every dataset of ``group`` is a column; its ``psyrun_name`` attribute
+    holds the column's name as JSON text (the node name may be escaped) and the group's
+    ``psyrun_rows`` the committed row count. str columns are UTF-8 strings
+    (``.asstr()``). Skips the test without h5py.
+    """
+    h5py = pytest.importorskip("h5py")
+    out = {}
+    with h5py.File(filename, "r") as f:
+        columns = f[group]
+        rows = int(columns.attrs["psyrun_rows"])
+        for node, dataset in columns.items():
+            name = json.loads(dataset.attrs["psyrun_name"])
+            info = h5py.check_string_dtype(dataset.dtype)
+            if info is not None:
+                assert info.encoding == "utf-8", f"{node}: str typed {info.encoding}"
+                values = np.array(dataset.asstr()[:rows].tolist(), dtype=str)
+            else:
+                values = dataset[:rows]
+            out[name] = values
+    return out
+
+
+def read_npz_plainly(filename: str) -> dict[str, np.ndarray]:
+    """Read an NpzStore result with ``numpy.load`` alone.
+
+    ``numpy.load(f)[name]`` is column ``name`` of the first chunk; each
+    later append is a member ``chunkNNNNNN`` whose fields are the columns
+    of its rows (``metadata`` members are JSON, not arrays).
+    """
+    with np.load(filename, allow_pickle=True) as npz:
+        names = sorted(n for n in npz.files if not n.endswith(".json"))  # metadata
+        chunks = sorted(n for n in names if n.startswith("chunk") and n[5:].isdigit())
+        out = {name: npz[name] for name in names if name not in chunks}
+        for chunk in chunks:
+            record = npz[chunk]
+            for name in record.dtype.names:
+                out[name] = np.concatenate([out[name], record[name]])
+    return out
+
+
+def read_pickle_plainly(filename: str) -> dict[str, np.ndarray]:
+    """Read a PickleStore result with ``pickle.load`` alone: a dict of lists by name."""
+    import pickle
+
+    with open(filename, "rb") as f:
+        data = pickle.load(f)
+    assert isinstance(data, dict), f"{filename} holds a {type(data).__name__}, not a dict"
+    return {name: np.asarray(values) for name, values in data.items()}
+
+
+#: Readers without psyrun, by extension (``read_<format>_plainly``).
+PLAIN_READERS: dict[str, Callable[[str], dict[str, np.ndarray]]] = {
+    ".h5": read_h5_plainly,
+    ".npz": read_npz_plainly,
+    ".pkl": read_pickle_plainly,
+}
 
 
 class StoreTests:
@@ -834,6 +904,101 @@ class StoreTests:
         assert "exclude_from_result" not in str(info.value)
         with pytest.raises(UnsupportedValueError, match="exclude_from_result"):
             store.check(data, filename)  # an output: leaving it out is a way out
+
+    # -- layout: every column by name for a reader without psyrun (HDF5, NPZ, pickle) ------
+
+    @staticmethod
+    def _plain_reader(filename: str) -> Callable[[str], dict[str, np.ndarray]]:
+        ext = os.path.splitext(filename)[1].lower()
+        reader = PLAIN_READERS.get(ext)
+        if reader is None:
+            pytest.skip(f"no reader without psyrun is known for {ext} results")
+        return reader
+
+    def _layout_sample(self) -> list[dict]:
+        rng = np.random.default_rng(22)
+        chunks = []
+        for n in (3, 2):
+            chunk = {
+                "x": rng.random(n),
+                "n": rng.integers(-5, 5, n),
+                "flag": rng.random(n) < 0.5,
+                "trace": rng.random((n, 2)),
+                "with space": rng.random(n),
+                "ünï": rng.random(n),
+            }
+            if self.supports_strings:
+                chunk["s"] = [f"é{i}" * (i + 1) for i in range(n)]
+            chunks.append(chunk)
+        return chunks
+
+    def test_layout_columns_read_by_name_without_psyrun(self, store, filename):
+        read = self._plain_reader(filename)
+        chunks = self._layout_sample()
+        for chunk in chunks:
+            store.append(filename, chunk)
+        expected = {k: np.concatenate([np.asarray(c[k]) for c in chunks]) for k in chunks[0]}
+        plain = read(filename)
+        assert_columns_equal(plain, expected)
+        assert plain["flag"].dtype == np.bool_
+        assert plain["n"].dtype.kind in "iu"
+        if self.supports_strings:
+            assert all(isinstance(v, str) for v in plain["s"].tolist())
+
+    def test_layout_save_gives_plain_columns(self, store, filename):
+        # A file written at once: each column under its own name, nothing to join.
+        read = self._plain_reader(filename)
+        data = {
+            k: np.concatenate([np.asarray(c[k]) for c in self._layout_sample()])
+            for k in self._layout_sample()[0]
+        }
+        store.save(filename, data)
+        assert_columns_equal(read(filename), data)
+        if filename.endswith(".npz"):
+            with np.load(filename) as npz:
+                for name, values in data.items():
+                    assert_columns_equal({name: npz[name]}, {name: values})
+
+    def test_layout_h5_named_nodes_and_native_attributes(self, store, filename):
+        if not filename.endswith(".h5"):
+            pytest.skip("an HDF5 rule")
+        h5py = pytest.importorskip("h5py")
+        store.append(filename, {"x": [1.0, 2.0], "a/b": [3, 4], "..": [5.0, 6.0]})
+        store.append(filename, {"x": [7.0], "a/b": [8], "..": [9.0]})
+        if store.supports_metadata:
+            store.write_metadata(filename, {"task": "t", "keys": ["x"]})
+        with h5py.File(filename, "r") as f:
+            assert f["psyrun/x"][:].tolist() == [1.0, 2.0, 7.0]
+            assert f["psyrun/a%2Fb"][:].tolist() == [3, 4, 8]  # the escape of '/'
+            assert f["psyrun/%2E%2E"][:].tolist() == [5.0, 6.0, 9.0]  # and of '..'
+            attributes = []
+            f.visititems(lambda name, obj: attributes.extend(obj.attrs.items()))
+            attributes.extend(f.attrs.items())
+            for key, value in attributes:
+                # Numbers and strings (JSON text where structured), never objects or
+                # pickles; PyTables' empty TITLE is an HDF5 null value.
+                if isinstance(value, h5py.Empty):
+                    continue
+                kind = np.asarray(value).dtype.kind
+                assert kind in "biufSU", f"attribute {key!r} is of kind {kind!r}"
+                if kind in "SU" and not key.isupper():
+                    text = value.decode() if isinstance(value, bytes) else str(value)
+                    assert not text.startswith(("(", "\x80", "c__builtin__")), key
+            if store.supports_metadata:
+                assert json.loads(f["psyrun"].attrs["psyrun_metadata"]) == {
+                    "task": "t",
+                    "keys": ["x"],
+                }
+
+    def test_layout_pickle_keeps_plain_names(self, store, filename):
+        if not filename.endswith(".pkl"):
+            pytest.skip("a pickle rule")
+        names = ["x", "a/b", "..", "", "ü 🎲"]
+        store.append(filename, {name: [float(i)] for i, name in enumerate(names)})
+        store.append(filename, {name: [10.0 + i] for i, name in enumerate(names)})
+        plain = read_pickle_plainly(filename)
+        assert list(plain) == names
+        assert plain["a/b"].tolist() == [1.0, 11.0]
 
 
 # -- the stateful model test -------------------------------------------------------------

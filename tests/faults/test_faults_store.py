@@ -186,7 +186,7 @@ def test_byte_flipped_at_seeded_offsets(ext, workdir, fault_rng):
     expected = _written(store, filename, fault_rng)
     backup = _backup(filename)
     detected = 0
-    for target, offset in _cases(fault_rng, result_files(filename), 12):
+    for target, offset in _cases(fault_rng, result_files(filename), 24):
         if not os.path.getsize(target):
             continue
         with open(target, "r+b") as f:

@@ -10,6 +10,7 @@ between writing the result and removing the parts never duplicates a row.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import re
 from collections.abc import Callable, Collection, Mapping
@@ -455,7 +456,15 @@ def merge_files(
     if has_base and drop_base is not None:
         keep = _without_replaced(keep, drop_base, sum(n for *_, n in inputs[1:]))
 
-    if consume and not has_base and len(inputs) == 1 and (keep is None or keep.all()):
+    # A store whose plain layout needs one write (NPZ) gets its result in one piece.
+    flush_rows = math.inf if store.write_whole else MERGE_ROWS
+    if (
+        consume
+        and not has_base
+        and len(inputs) == 1
+        and (keep is None or keep.all())
+        and not store.write_whole
+    ):
         path, reader, _, n_rows = inputs[0]
         first = next(iter(reader.iter_chunks(path)), {}) if drop else {}
         if type(reader) is type(store) and not drop & set(first):
@@ -503,7 +512,7 @@ def merge_files(
                     pending_rows += n
                     written += n
                     counts[-1] = (path, counts[-1][1] + n)
-                    if pending_rows >= MERGE_ROWS:
+                    if pending_rows >= flush_rows:
                         flush()
         flush()
         if not store.exists(tmp):

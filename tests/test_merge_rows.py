@@ -107,6 +107,30 @@ def test_single_part_is_adopted_only_after_it_reads_back(tmp_path):
     assert os.listdir(tmp_path) == ["0.pkl"]
 
 
+def test_npz_results_read_whole_with_plain_numpy(tmp_path, monkeypatch):
+    from psyrun.store.npz import NpzStore
+
+    # Merges append in pieces of MERGE_ROWS; three pieces here, and a part that
+    # was itself appended to in two pieces (as process jobs write them).
+    monkeypatch.setattr("psyrun.merge.MERGE_ROWS", 4)
+    store = NpzStore()
+    result, part0, part1 = (str(tmp_path / n) for n in ("r.npz", "0.npz", "1.npz"))
+    store.save(part0, {"a": [0, 1, 2, 3, 4], "y": [0.0, 1, 2, 3, 4]})
+    store.append(part0, {"a": [5, 6], "y": [5.0, 6]})
+    store.save(part1, {"a": [7, 8, 9], "y": [7.0, 8, 9]})
+    rows = write_merged(store, result, [part0, part1], ["a"], space=Param(a=range(10)))
+    assert rows == 10
+    with np.load(result) as plain:
+        assert sorted(plain["a"].tolist()) == list(range(10))
+        assert sorted(plain["y"].tolist()) == [float(a) for a in range(10)]
+
+    # The single-part shortcut must not hand over a part appended in pieces.
+    single = str(tmp_path / "s.npz")
+    merge_files(store, single, [part0], ["a"], consume=True, space=Param(a=range(7)))
+    with np.load(single) as plain:
+        assert plain["a"].tolist() == list(range(7))
+
+
 # -- through psy ---------------------------------------------------------------------
 
 CRASH_IN_SECOND_3 = """

@@ -317,6 +317,11 @@ class Store(abc.ABC):
     supports_metadata : bool
         The file can carry a dict of metadata (:meth:`write_metadata`,
         :meth:`read_metadata`) that :meth:`load` ignores.
+    write_whole : bool
+        Only a file written in one piece has the format's plain layout (an
+        NPZ file that was appended to holds later rows in extra members, so
+        ``numpy.load(f)[name]`` would give only the first piece): merges
+        write such a store's result with a single :meth:`save`.
 
     Notes
     -----
@@ -346,6 +351,7 @@ class Store(abc.ABC):
     supports_chunks: bool = False
     supports_row_count: bool = False
     supports_metadata: bool = False
+    write_whole: bool = False
 
     # -- the public interface --------------------------------------------------
 

@@ -461,6 +461,8 @@ class NpzStore(Store):
     supports_chunks = True
     supports_row_count = True
     supports_metadata = True
+    # Appends add chunk members; a result in one piece reads with plain np.load.
+    write_whole = True
 
     @staticmethod
     def _chunks(zf: zipfile.ZipFile | _Salvaged) -> dict[int, list[str] | None]:

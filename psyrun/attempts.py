@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import inspect
 import json
 import math
 import os
@@ -69,6 +70,7 @@ __all__ = [
     "parse_qacct",
     "parse_sacct",
     "parse_scontrol_jobs",
+    "record_chain_start",
     "request_stop",
     "round_notes",
     "run_more_rounds",
@@ -209,12 +211,17 @@ class RoundState:
         One entry per ended round: ``attempt``, ``missing`` (rows missing
         after it), ``causes`` (cause -> number of jobs) and ``next`` (what
         happened then, in words).
+    stale : bool
+        Later rounds also evaluate again rows of another version of the
+        task's code (``psy run -c --stale``): the run started as ``psy run``
+        (every row by the current code) or ``psy run -c --stale``.
     """
 
     attempt: int = 1
     max_attempts: int = 1
     factors: dict = field(default_factory=dict)
     history: list = field(default_factory=list)
+    stale: bool = False
 
     @classmethod
     def load(cls, paths) -> RoundState | None:
@@ -227,6 +234,7 @@ class RoundState:
                 int(data["max_attempts"]),
                 {str(k): float(v) for k, v in dict(data.get("factors", {})).items()},
                 list(data.get("history", [])),
+                bool(data.get("stale", False)),
             )
         except (OSError, ValueError, KeyError, TypeError):
             return None
@@ -240,19 +248,28 @@ class RoundState:
 
 
 def begin_chain(backend) -> None:
-    """Start the rounds of a run that ``psy run`` plans (round 1); call under the task lock.
+    """Have the job descriptions of the plan ``psy run`` makes carry round 1.
 
-    Clears a stop marker of an earlier ``psy kill``, records round 1 and has
-    the job descriptions carry it. A task with ``max_attempts = 1`` gets
-    ``attempt = 1`` in its descriptions and nothing else.
+    A task with ``max_attempts = 1`` gets ``attempt = 1`` in its descriptions
+    and nothing else. Call :func:`record_chain_start` once the plan is known
+    to run.
+    """
+    backend.job_fields = {"attempt": 1, "max_attempts": backend.task.max_attempts}
+
+
+def record_chain_start(backend, stale: bool = False) -> None:
+    """Record round 1 of a run about to be submitted; call under the task lock.
+
+    Clears the stop marker of an earlier ``psy kill`` (this run is a new
+    series of rounds) and writes a fresh :class:`RoundState`; `stale`: see
+    :attr:`RoundState.stale`.
     """
     n = backend.task.max_attempts
-    backend.job_fields = {"attempt": 1, "max_attempts": n}
     with contextlib.suppress(FileNotFoundError):
         os.remove(stop_file(backend.paths))
     if n > 1:
         backend.paths.make_root()
-        RoundState(1, n).save(backend.paths)
+        RoundState(1, n, stale=stale).save(backend.paths)
     else:
         with contextlib.suppress(FileNotFoundError):
             os.remove(rounds_file(backend.paths))
@@ -524,12 +541,27 @@ def next_factors(task, factors: Mapping[str, float], causes: list[JobCause]) -> 
 
 
 def decide(
-    task, attempt: int, missing: int, causes: list[JobCause], factors: Mapping
+    task,
+    attempt: int,
+    missing: int,
+    causes: list[JobCause],
+    factors: Mapping,
+    unmerged: bool = False,
 ) -> RoundDecision:
-    """Decide whether round `attempt` + 1 starts, after round `attempt` left `missing` rows."""
+    """Decide whether round `attempt` + 1 starts, after round `attempt` left `missing` rows.
+
+    `unmerged`: part files wait to be merged (the round's merge did not run);
+    a round with no rows to evaluate merges them.
+    """
     n = task.max_attempts
+    if missing == 0 and unmerged and attempt < n:
+        return RoundDecision(True, "every row is done; the parts wait to be merged", dict(factors))
     if missing == 0:
-        return RoundDecision(False, "every row is done")
+        return RoundDecision(
+            False,
+            "every row is done"
+            + (f"; `psy run -c {task.name}` merges the parts" if unmerged else ""),
+        )
     if attempt >= n:
         return RoundDecision(
             False,
@@ -603,6 +635,14 @@ def _scaled_call(value: Callable, scale: Callable[[Any, float], str], factor: fl
 # -- running the rounds ----------------------------------------------------------------
 
 
+def _missing(backend, state: RoundState) -> tuple[int, bool]:
+    """Rows the next round must evaluate, and whether part files wait to be merged."""
+    missing = len(backend.get_missing())
+    if state.stale and hasattr(backend, "stale_rows"):
+        missing += backend.stale_rows()
+    return missing, bool(backend.paths.list_parts())
+
+
 class RoundStopped(RuntimeError):
     """``psy kill`` asked the chain to stop while a round was being submitted."""
 
@@ -620,7 +660,9 @@ def _submit_round(backend, scheduler, state: RoundState, on_start=None, on_submi
     """Plan and submit round ``state.attempt`` (already advanced); return the ids (or None)."""
     task = backend.task
     backend.job_fields = {"attempt": state.attempt, "max_attempts": state.max_attempts}
-    plan = backend.plan(True)
+    # Only backends that record versions (psyrun.versions) take `stale`.
+    stale = state.stale and "stale" in inspect.signature(backend.plan).parameters
+    plan = backend.plan(True, stale=True) if stale else backend.plan(True)
     if plan.up_to_date:
         return None, plan
     base = dict(task.config.scheduler_args or {})
@@ -669,8 +711,8 @@ def continue_after_merge(backend, scheduler, description: Mapping[str, Any], loc
     causes = job_causes(backend, scheduler)
     for c in causes:
         log(f"round {attempt}: job {c.name} {c.cause.words} ({c.detail})")
-    missing = len(backend.get_missing())
-    decision = decide(backend.task, attempt, missing, causes, state.factors)
+    missing, unmerged = _missing(backend, state)
+    decision = decide(backend.task, attempt, missing, causes, state.factors, unmerged)
     state.attempt = attempt
     _record_round(paths, state, missing, causes, decision)
     if not decision.go:
@@ -708,8 +750,8 @@ def run_more_rounds(backend, scheduler, events, ids: dict, wait) -> dict:
     state = RoundState.load(backend.paths) or RoundState(1, task.max_attempts)
     while True:
         causes = job_causes(backend, scheduler)
-        missing = len(backend.get_missing())
-        decision = decide(task, state.attempt, missing, causes, state.factors)
+        missing, unmerged = _missing(backend, state)
+        decision = decide(task, state.attempt, missing, causes, state.factors, unmerged)
         _record_round(backend.paths, state, missing, causes, decision)
         if not decision.go:
             state.save(backend.paths)
@@ -733,11 +775,19 @@ def run_more_rounds(backend, scheduler, events, ids: dict, wait) -> dict:
 
 
 def round_notes(paths) -> list[str]:
-    """Lines for ``psy status``: the round running (or the last one) and what the rounds met."""
+    """Lines for ``psy status``: the round running (or the last one) and what the rounds met.
+
+    Nothing for a run that needed only its first round.
+    """
     state = RoundState.load(paths)
     if state is None or state.max_attempts <= 1:
         return []
-    notes = [f"automatic rounds: round {state.attempt} of at most {state.max_attempts}"]
+    stopped = stop_requested(paths)
+    ended = bool(state.history) and state.history[-1].get("attempt") == state.attempt
+    if state.attempt == 1 and not stopped and (not ended or not state.history[-1].get("missing")):
+        return []
+    where = "ended in" if ended else "in"
+    notes = [f"automatic rounds: {where} round {state.attempt} of at most {state.max_attempts}"]
     if state.factors:
         shown = ", ".join(f"{k} x{v:g}" for k, v in sorted(state.factors.items()))
         notes[0] += f" (resources {shown})"
@@ -748,6 +798,6 @@ def round_notes(paths) -> list[str]:
             + (f" (jobs: {causes})" if causes else "")
             + f"; {entry.get('next')}"
         )
-    if stop_requested(paths):
+    if stopped:
         notes.append("psy kill stopped the rounds; `psy run -c` starts them again")
     return notes

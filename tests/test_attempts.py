@@ -369,3 +369,34 @@ def test_dask_sweep_finishes_in_a_second_round(tmp_path):
     assert "round 2 of at most 3" in result.output
     assert_every_row_once(tmp_path)
     assert os.path.exists(tmp_path / "psy-work" / "sweep" / "jobs" / "rounds.json")
+
+
+def test_a_full_run_does_not_keep_rows_of_the_old_code_for_rows_it_lost(tmp_path):
+    # `psy run` (not -c) after a code change: round 1 crashes one job; round 2
+    # must compute its rows with the new code, not keep the old result's rows.
+    task = tmp_path / "psy-tasks" / "task_sweep.py"
+    source = """
+import os
+import signal
+from psyrun import Param
+pspace = Param(x=list(range(8)))
+max_jobs = 4
+max_attempts = 3
+
+
+def execute(x):
+    {crash}
+    return {{'y': x * x + {offset}}}
+"""
+    write(task, source.format(crash="pass", offset=0))
+    ok(psy("run", "sweep", cwd=tmp_path))
+    crash = 'if x == 3 and os.environ["PSYRUN_ATTEMPT"] == "1": os.kill(os.getpid(), 9)'
+    write(task, source.format(crash=crash, offset=1))
+    result = ok(psy("run", "sweep", cwd=tmp_path))
+    assert "round 2 of at most 3" in result.output
+    data = load_result(result_path(tmp_path, "sweep"), "pickle")
+    rows = sorted(zip(data["x"].tolist(), data["y"].tolist()))
+    assert rows == [(x, x * x + 1) for x in range(8)]
+    status = ok(psy("status", "sweep", cwd=tmp_path))
+    assert "8 out of 8 rows completed" in status.output
+    assert "older version" not in status.output

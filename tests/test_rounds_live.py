@@ -132,9 +132,7 @@ def sge_env(monkeypatch):
 @pytest.mark.timeout(200)
 def test_gridengine_time_limit_then_automatic_round(tmp_path, sge_env):
     values = range(12)
-    sweep(
-        tmp_path, "from psyrun import GridEngine\nscheduler = GridEngine()", values, 2, "12s"
-    )
+    sweep(tmp_path, "from psyrun import GridEngine\nscheduler = GridEngine()", values, 2, "12s")
     try:
         ok(psy("run", NAME, cwd=tmp_path))
         state = wait_for_the_chain(tmp_path, timeout=150)
@@ -155,9 +153,7 @@ def test_gridengine_time_limit_then_automatic_round(tmp_path, sge_env):
 @pytest.mark.timeout(200)
 def test_gridengine_kill_stops_the_chain(tmp_path, sge_env):
     values = range(12)
-    sweep(
-        tmp_path, "from psyrun import GridEngine\nscheduler = GridEngine()", values, 2, "8s"
-    )
+    sweep(tmp_path, "from psyrun import GridEngine\nscheduler = GridEngine()", values, 2, "8s")
     try:
         ok(psy("run", NAME, cwd=tmp_path))
         deadline = time.monotonic() + 120

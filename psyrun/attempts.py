@@ -61,6 +61,7 @@ __all__ = [
     "RoundState",
     "begin_chain",
     "cause_from_marker",
+    "chain_warning",
     "check_attempt_settings",
     "continue_after_merge",
     "decide",
@@ -273,6 +274,19 @@ def record_chain_start(backend, stale: bool = False) -> None:
     else:
         with contextlib.suppress(FileNotFoundError):
             os.remove(rounds_file(backend.paths))
+
+
+def chain_warning(task, scheduler) -> str | None:
+    """Say why `scheduler` cannot chain rounds by itself (None: it can, or no rounds asked)."""
+    if task.max_attempts <= 1 or getattr(scheduler, "attached", False):
+        return None
+    if getattr(scheduler, "supports_after_any", False):
+        return None
+    return (
+        f"max_attempts = {task.max_attempts}, but {type(scheduler).__name__} cannot start a job "
+        "after jobs that failed, so a round whose jobs fail or are killed starts no next "
+        f"round; `psy run -c {task.name}` continues after it"
+    )
 
 
 # -- the batch systems' records ---------------------------------------------------
@@ -490,13 +504,6 @@ def job_causes(backend, scheduler) -> list[JobCause]:
             if cause is not Cause.ERROR or record[0] in (Cause.TIMELIMIT, Cause.MEMORY):
                 cause = record[0]
             detail = f"{record[1]}; {detail}"
-        result = getattr(scheduler, "result", None)
-        if record is None and marker is None and result is not None and jobid:
-            ended = result(jobid)
-            reason = getattr(ended, "reason", None) or ""
-            if "KilledWorker" in reason or "worker" in reason.lower():
-                cause = Cause.NODE
-                detail = reason
         out.append(JobCause(name, jobid, cause, detail))
     return out
 

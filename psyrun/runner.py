@@ -445,10 +445,13 @@ def _run_locked(
             events.skipped(job)
         _warn_stale(backend, events)
         return RunReport(name, "up-to-date", n_jobs=len(plan.graph))
-    from psyrun.attempts import record_chain_start
+    from psyrun.attempts import chain_warning, record_chain_start
 
     # A run without -c (or with --stale) computes every row with the current code.
     record_chain_start(backend, stale=stale or not cont)
+    warning = chain_warning(task, scheduler)
+    if warning:
+        events.warning(warning)
     attached = bool(getattr(scheduler, "attached", False))
     events.planned(plan.n_rows if attached else 0, len(plan.graph))
     if attached:

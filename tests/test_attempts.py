@@ -400,3 +400,39 @@ def execute(x):
     status = ok(psy("status", "sweep", cwd=tmp_path))
     assert "8 out of 8 rows completed" in status.output
     assert "older version" not in status.output
+
+
+def test_pbs_without_after_any_is_warned_about(tmp_path, fake_pbs):
+    write(
+        tmp_path / "psy-tasks" / "task_sweep.py",
+        counting_task(
+            tmp_path / "calls.txt",
+            range(2),
+            settings="from psyrun.scheduler.pbs import PBS\nscheduler = PBS()\nmax_attempts = 2",
+        ),
+    )
+    result = ok(psy("run", "sweep", cwd=tmp_path))
+    assert "PBS cannot start a job after jobs that failed" in result.output
+    # The merge waits for success as before: no afterany for PBS.
+    assert not any("afterany" in " ".join(argv) for argv in fake_pbs.calls("qsub"))
+
+
+@pytest.mark.parametrize(("attempts", "wait"), [(1, "done("), (2, "ended(")])
+def test_lsf_merge_waits_for_the_end_of_the_process_jobs_in_rounds(
+    tmp_path, fake_lsf, attempts, wait
+):
+    write(
+        tmp_path / "psy-tasks" / "task_sweep.py",
+        counting_task(
+            tmp_path / "calls.txt",
+            range(2),
+            settings=(
+                "from psyrun.scheduler.lsf import LSF\n"
+                f"scheduler = LSF()\nmax_attempts = {attempts}"
+            ),
+        ),
+    )
+    ok(psy("run", "sweep", cwd=tmp_path))
+    merge = [argv for argv in fake_lsf.calls("bsub") if "sweep:merge" in argv]
+    assert len(merge) == 1
+    assert wait in " ".join(merge[0])

@@ -784,14 +784,14 @@ def run_more_rounds(backend, scheduler, events, ids: dict, wait) -> dict:
 def round_notes(paths) -> list[str]:
     """Lines for ``psy status``: the round running (or the last one) and what the rounds met.
 
-    Nothing for a run that needed only its first round.
+    Nothing for a run that ended in its first round with every row done.
     """
     state = RoundState.load(paths)
     if state is None or state.max_attempts <= 1:
         return []
     stopped = stop_requested(paths)
     ended = bool(state.history) and state.history[-1].get("attempt") == state.attempt
-    if state.attempt == 1 and not stopped and (not ended or not state.history[-1].get("missing")):
+    if state.attempt == 1 and not stopped and ended and not state.history[-1].get("missing"):
         return []
     where = "ended in" if ended else "in"
     notes = [f"automatic rounds: {where} round {state.attempt} of at most {state.max_attempts}"]

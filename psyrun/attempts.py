@@ -715,6 +715,7 @@ def continue_after_merge(backend, scheduler, description: Mapping[str, Any], loc
     if stop_requested(paths):
         log("psy kill asked to stop: no further round")
         return
+    log(f"round {attempt} of at most {n_max} ended; asking how its jobs ended")
     causes = job_causes(backend, scheduler)
     for c in causes:
         log(f"round {attempt}: job {c.name} {c.cause.words} ({c.detail})")

@@ -153,7 +153,8 @@ def test_gridengine_time_limit_then_automatic_round(tmp_path, sge_env):
 @pytest.mark.timeout(200)
 def test_gridengine_kill_stops_the_chain(tmp_path, sge_env):
     values = range(12)
-    sweep(tmp_path, "from psyrun import GridEngine\nscheduler = GridEngine()", values, 2, "8s")
+    # The merge job gets the same h_rt: 12 s leave it time to start the next round.
+    sweep(tmp_path, "from psyrun import GridEngine\nscheduler = GridEngine()", values, 2, "12s")
     try:
         ok(psy("run", NAME, cwd=tmp_path))
         deadline = time.monotonic() + 120

@@ -358,6 +358,7 @@ def test_exceptions_end_the_rounds_unless_retried(tmp_path):
             assert "taken as deterministic" in result.output
 
 
+@pytest.mark.slow
 def test_dask_sweep_finishes_in_a_second_round(tmp_path):
     pytest.importorskip("distributed")
     crash_task(

@@ -9,6 +9,11 @@ on Grid Engine), and submits round 2 with twice the time. Nobody runs ``psy``
 again, and in the end every row is in the result exactly once. Each case
 cancels what it submitted, whatever happens.
 
+Out of memory on Grid Engine: ``h_vmem`` is a hard limit of the job's
+address space, so an allocation beyond it raises ``MemoryError`` in
+``execute``; the rows fail, the job's marker names the error, and round 2
+asks for twice the memory and finishes.
+
 Time limits: Slurm counts them in minutes and looks at running jobs about
 every 30 s, so its case takes about 2 minutes (20 rows of 5 s, a 1-minute
 limit); Grid Engine takes seconds (12 rows of 2 s, ``h_rt`` of 12 s).
@@ -185,3 +190,41 @@ def test_gridengine_kill_stops_the_chain(tmp_path, sge_env):
 def _listed(prefix: str) -> bool:
     proc = subprocess.run(["qstat"], capture_output=True, text=True, check=False)
     return any(prefix in line for line in proc.stdout.splitlines())
+
+
+MEMORY_TASK = """
+import os
+import sys
+
+from psyrun import GridEngine, Param
+
+pspace = Param(x=list(range(4)))
+scheduler = GridEngine()
+# h_vmem is a hard limit (setrlimit): a larger allocation raises MemoryError.
+scheduler_args = {"timelimit": "60s", "memory": "1G"}
+max_jobs = 2
+max_attempts = 3
+python = sys.executable
+
+
+def execute(x):
+    block = bytearray(1200 * 2**20)
+    return {"y": x * x, "n": len(block), "attempt": int(os.environ["PSYRUN_ATTEMPT"])}
+"""
+
+
+@marked(sge_marks())
+@pytest.mark.timeout(200)
+def test_gridengine_out_of_memory_then_a_round_with_twice_the_memory(tmp_path, sge_env):
+    write(tmp_path / "psy-tasks" / f"task_{NAME}.py", MEMORY_TASK)
+    try:
+        ok(psy("run", NAME, cwd=tmp_path))
+        state = wait_for_the_chain(tmp_path, timeout=150)
+    finally:
+        kill(tmp_path)
+    assert state["attempt"] == 2, state
+    assert state["history"][0]["causes"] == {"memory": 2}
+    assert state["factors"] == {"memory": 2.0}
+    data = load_result(result_path(tmp_path, NAME), "pickle")
+    assert sorted(data["x"].tolist()) == [0, 1, 2, 3]
+    assert set(data["attempt"].tolist()) == {2}

@@ -60,6 +60,9 @@ class Job:
     args: list[str]
     log: str
     depends_on: list[str] = field(default_factory=list)
+    #: Start when the jobs of `depends_on` have ended, however they ended (else
+    #: only after they succeeded); used where the scheduler supports it.
+    after_any: bool = False
 
     @property
     def names(self) -> list[str]:
@@ -203,17 +206,24 @@ def submit_graph(
                 else []
             )
         else:
-            new = [
-                str(
-                    scheduler.submit(
-                        job.args,
-                        job.log,
-                        name=job.name,
-                        depends_on=deps,
-                        scheduler_args=scheduler_args,
+            any_end = bool(deps and getattr(job, "after_any", False))
+            if any_end and getattr(scheduler, "supports_after_any", False):
+                scheduler.dependency_kind = "any"
+            try:
+                new = [
+                    str(
+                        scheduler.submit(
+                            job.args,
+                            job.log,
+                            name=job.name,
+                            depends_on=deps,
+                            scheduler_args=scheduler_args,
+                        )
                     )
-                )
-            ]
+                ]
+            finally:
+                if any_end and getattr(scheduler, "supports_after_any", False):
+                    scheduler.dependency_kind = "ok"
         group_ids[job.name] = new
         for name, jobid in zip(job.names, new):
             ids[name] = jobid

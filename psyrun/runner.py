@@ -432,6 +432,10 @@ def _run_locked(
             f"the backend {type(backend).__name__} cannot recompute only stale rows; run "
             f"`psy run {name}` to recompute every row",
         )
+    from psyrun.attempts import begin_chain
+
+    # Round 1 of the run (automatic rounds with max_attempts > 1: psyrun.attempts).
+    begin_chain(backend)
     try:
         plan = backend.plan(cont, stale=True) if stale else backend.plan(cont)
     except ValueError as exc:
@@ -441,6 +445,13 @@ def _run_locked(
             events.skipped(job)
         _warn_stale(backend, events)
         return RunReport(name, "up-to-date", n_jobs=len(plan.graph))
+    from psyrun.attempts import chain_warning, record_chain_start
+
+    # A run without -c (or with --stale) computes every row with the current code.
+    record_chain_start(backend, stale=stale or not cont)
+    warning = chain_warning(task, scheduler)
+    if warning:
+        events.warning(warning)
     attached = bool(getattr(scheduler, "attached", False))
     events.planned(plan.n_rows if attached else 0, len(plan.graph))
     if attached:
@@ -455,6 +466,10 @@ def _run_locked(
         if attached:
             scheduler.wait(list(ids.values()))
             events.progress(backend.rows_evaluated(), plan.n_rows)
+            if task.max_attempts > 1:
+                from psyrun.attempts import run_more_rounds
+
+                ids = run_more_rounds(backend, scheduler, events, ids, scheduler.wait)
     except KeyboardInterrupt:
         raise
     except Exception as exc:
@@ -551,6 +566,9 @@ def task_status(task, missing: bool = False) -> StatusReport:
     space = backend.get_missing() if missing else None
     progress = backend.progress(space)
     progress.notes.extend(backend.notes())
+    from psyrun.attempts import round_notes
+
+    progress.notes.extend(round_notes(backend.paths))
     pid = running_pid(backend)
     queued = backend.get_queued(scheduler)
     failed = backend.get_failed(queued, pending=pid is not None)
@@ -611,6 +629,12 @@ def kill_task(task) -> tuple[int, str]:
     """
     backend = make_backend(task)
     scheduler = scheduler_for(task)
+    from psyrun.attempts import request_stop
+
+    # First the stop marker, then the kill: a round being submitted meanwhile
+    # either sees the marker or has recorded its jobs where get_queued looks.
+    if task.max_attempts > 1:
+        request_stop(backend.paths)
     queued = backend.get_queued(scheduler)
     # Failed jobs the batch system still lists (Grid Engine's Eqw) go too.
     lingering = backend.get_lingering(scheduler)

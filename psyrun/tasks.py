@@ -149,6 +149,23 @@ class Config:
         the result's metadata and used by :func:`psyrun.results.load_xarray`
         and the zarr and HDF5 layouts (:mod:`psyrun.dims`). Default: ``{}``
         (``<output>_dim_0``, ...).
+    max_attempts : int
+        Rounds a run may take: after a round, the rows still missing (jobs
+        killed at their time limit, out of memory, on a failed node, ...) are
+        submitted again automatically, up to this many rounds in all
+        (:mod:`psyrun.attempts`). Default: 1 (no automatic rounds).
+    escalate : dict
+        Factors applied to ``scheduler_args['timelimit']`` after a round with
+        a job killed at its time limit and to ``'memory'`` (or
+        ``'memory_per_cpu'``) after one killed for its memory. Default:
+        ``{'timelimit': 2, 'memory': 2}``.
+    escalate_cap : float
+        The most the factors of `escalate` may grow a resource over the
+        rounds, relative to the first round's value. Default: 8.
+    retry_errors : bool
+        Whether a round whose jobs failed only because ``execute`` raised
+        starts another round. Default: False (an exception is taken as
+        deterministic).
     """
 
     pspace: Any = field(default_factory=_default_pspace)
@@ -172,6 +189,10 @@ class Config:
     record: list = field(default_factory=list)
     rng_seed: int | None = None
     dims: dict = field(default_factory=dict)
+    max_attempts: int = 1
+    escalate: dict = field(default_factory=lambda: {"timelimit": 2, "memory": 2})
+    escalate_cap: float = 8
+    retry_errors: bool = False
 
     def __init__(self, **settings: Any) -> None:
         # Which settings were given (not left at their defaults) matters when
@@ -430,6 +451,9 @@ class TaskDef:
         from psyrun.dims import check_dims_setting
 
         c.dims = check_dims_setting(c.dims, list(c.pspace.keys()))
+        from psyrun.attempts import check_attempt_settings
+
+        check_attempt_settings(c)
         if c.setup is not None and not callable(c.setup):
             raise TypeError(f"setup must be a function setup(proc_id) or None, got {c.setup!r}")
         if isinstance(c.exclude_from_result, str):

@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(description: dict, index: int | None) -> int:
     from psyrun.atomic import atomic_write
+    from psyrun.attempts import ATTEMPT_VARIABLE, stop_requested
     from psyrun.defaults import backend_class
     from psyrun.failures import RowsFailed
     from psyrun.jobs import JobDescriptionError, check_job_description
@@ -133,6 +134,7 @@ def _run(description: dict, index: int | None) -> int:
         os.chdir(cwd)
 
     kind = description["kind"]
+    rounds = False
     markers = None
 
     def mark(which: int, text: str) -> None:
@@ -155,6 +157,14 @@ def _run(description: dict, index: int | None) -> int:
             if os.path.exists(m):
                 os.remove(m)
         check_job_description(description, task, cls)
+        # The round of an automatic continuation (psyrun.attempts), for the task's code too.
+        os.environ[ATTEMPT_VARIABLE] = str(int(description.get("attempt", 1)))
+        rounds = int(description.get("max_attempts", 1)) > 1
+        if rounds and stop_requested(backend.paths):
+            # psy kill stopped the rounds: a job that slipped through does nothing.
+            print(f"psyrun: job {name}: psy kill stopped the rounds; not running", flush=True)
+            mark(1, "stopped by psy kill before it started")
+            return 0
         print(f"psyrun: job {name} started (pid {os.getpid()})", flush=True)
         # Paths are absolute by now; execute and setup see the task's directory.
         os.chdir(task.taskdir)
@@ -174,7 +184,9 @@ def _run(description: dict, index: int | None) -> int:
         traceback.print_exc()
         sys.stderr.flush()
         mark(1, f"{type(exc).__name__}: {exc}")
-        return 1
+        # In automatic rounds a failed process job ends with status 0 (its marker
+        # says why), so that Grid Engine does not hold it in Eqw before the merge.
+        return 0 if rounds and kind == "process" else 1
     except SystemExit as exc:
         if isinstance(exc, Stopped) or _signalled:
             signum = _signalled[-1] if _signalled else exc.signum
@@ -194,7 +206,32 @@ def _run(description: dict, index: int | None) -> int:
     code = 0 if code is None else int(code)
     mark(0 if code == 0 else 1, "" if code == 0 else f"exit status {code}")
     print(f"psyrun: job finished with status {code}", flush=True)
+    if rounds and kind == "merge" and code == 0:
+        _next_round(backend, description)
     return code
+
+
+def _next_round(backend, description: dict) -> None:
+    """Submit the next automatic round from this merge job (:mod:`psyrun.attempts`)."""
+    from psyrun.attempts import continue_after_merge
+    from psyrun.defaults import scheduler_for
+    from psyrun.runner import task_lock
+
+    def log(text: str) -> None:
+        print(f"psyrun: {text}", flush=True)
+
+    cwd = description.get("cwd")
+    if cwd and os.path.isdir(cwd):
+        # The next round's descriptions record the directory psy ran in, as the first did.
+        os.chdir(cwd)
+    try:
+        continue_after_merge(
+            backend, scheduler_for(backend.task), description, lock=task_lock, log=log
+        )
+    except Exception as exc:
+        # The merge itself succeeded: its result stays; `psy run -c` goes on by hand.
+        traceback.print_exc()
+        log(f"could not submit the next round ({type(exc).__name__}: {exc})")
 
 
 if __name__ == "__main__":

@@ -132,6 +132,9 @@ class Backend(abc.ABC):
     def __init__(self, task) -> None:
         self.task = task
         self.paths = TaskPaths.for_task(task)
+        #: Fields every job description of the next plan gets (the round of an
+        #: automatic continuation, :mod:`psyrun.attempts`).
+        self.job_fields: dict[str, Any] = {}
 
     # -- what every backend implements ---------------------------------------
 
@@ -170,7 +173,7 @@ class Backend(abc.ABC):
         from psyrun.jobs import write_job_description
 
         path = self.paths.job_file(kind)
-        write_job_description(path, self.task, type(self), kind, **fields)
+        write_job_description(path, self.task, type(self), kind, **self.job_fields, **fields)
         args = [self.task.python, "-m", "psyrun.worker", path]
         return [*args, "%a"] if array else args
 

@@ -314,6 +314,9 @@ class SplitMergeBackend(Backend):
                 command("merge"),
                 p.log("merge"),
                 depends_on=[process] if n_jobs else [split],
+                # Automatic rounds: the merge also runs after process jobs that
+                # failed or were killed, and starts the next round.
+                after_any=self.job_fields.get("max_attempts", 1) > 1,
             )
         )
         return graph

@@ -385,6 +385,12 @@ class CommandScheduler(Scheduler):
     #: True when every job's name on the batch system carries :attr:`run_tag`
     #: and the status command lists full names, so that :meth:`find_run` works.
     tags_in_names: bool = False
+    #: True when :meth:`after_any_options` can make a job wait for jobs that ended
+    #: however they ended (the merge job of automatic rounds, :mod:`psyrun.attempts`).
+    supports_after_any: bool = False
+    #: ``"ok"`` (after success) or ``"any"`` (after the end); set by
+    #: :func:`psyrun.jobs.submit_graph` for one submission.
+    dependency_kind: str = "ok"
 
     def __init__(
         self,
@@ -608,6 +614,18 @@ class CommandScheduler(Scheduler):
         """Options that make the job wait for `deps` to succeed (whole arrays compacted)."""
         return []
 
+    def _dependency_group(self, deps: list[JobId]) -> list[str]:
+        if self.dependency_kind == "any":
+            return self.after_any_options(deps)
+        return self.dependency_options(deps)
+
+    def after_any_options(self, deps: list[JobId]) -> list[str]:
+        """Options that make the job wait for `deps` to end, however they end.
+
+        Only where :attr:`supports_after_any` is True.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot wait for jobs that failed")
+
     def output_options(self, output: str, chunk: ArrayChunk | None) -> list[str]:
         """Options that send the job's output to `output` (``%a``: the index in arrays)."""
         return []
@@ -666,7 +684,7 @@ class CommandScheduler(Scheduler):
                 self.tagged_name(name, offset=0 if chunk is None else chunk.offset), chunk
             ),
             "resources": lambda: self.scheduler_options(name, scheduler_args),
-            "dependencies": lambda: self.dependency_options(self.compact_dependencies(deps)),
+            "dependencies": lambda: self._dependency_group(self.compact_dependencies(deps)),
             "output": lambda: self.output_options(output, chunk),
             "command": lambda: self.job_command(argv, output, chunk),
         }

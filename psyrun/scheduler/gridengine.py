@@ -452,6 +452,17 @@ class GridEngine(CommandScheduler):
         jobs = list(dict.fromkeys(d.job for d in deps))
         return ["-hold_jid", ",".join(jobs)] if jobs else []
 
+    supports_after_any = True
+
+    def after_any_options(self, deps: list[JobId]) -> list[str]:
+        """``-hold_jid`` as for :meth:`dependency_options`.
+
+        A held job starts when its parents end, also when Grid Engine killed
+        them (``h_rt``, ``h_vmem``); jobs of automatic rounds exit with status 0
+        when they fail (their marker says how), so no parent stays in ``Eqw``.
+        """
+        return self.dependency_options(deps)
+
     def output_options(self, output: str, chunk: ArrayChunk | None) -> list[str]:
         """``-j y -o FILE``; the job script opens the file itself when qsub cannot name it."""
         target = output if _qsub_can_name(output, chunk) else "/dev/null"

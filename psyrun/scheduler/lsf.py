@@ -149,6 +149,12 @@ class LSF(CommandScheduler):
         """``-w "done(ID) && done(ID[K])"``."""
         return ["-w", " && ".join(f"done({d})" for d in deps)] if deps else []
 
+    supports_after_any = True
+
+    def after_any_options(self, deps: list[JobId]) -> list[str]:
+        """``-w "ended(ID) && ended(ID[K])"``."""
+        return ["-w", " && ".join(f"ended({d})" for d in deps)] if deps else []
+
     def output_options(self, output: str, chunk: ArrayChunk | None) -> list[str]:
         """``-o DIR/``: LSF's job report beside the job's log (the launcher writes the log)."""
         return ["-o", os.path.dirname(os.path.abspath(output)) + os.sep]

@@ -289,6 +289,12 @@ class Slurm(CommandScheduler):
         """``--dependency=afterok:ID:ID...``."""
         return [f"--dependency=afterok:{':'.join(map(str, deps))}"] if deps else []
 
+    supports_after_any = True
+
+    def after_any_options(self, deps: list[JobId]) -> list[str]:
+        """``--dependency=afterany:ID:ID...`` (also after a time limit, a failure, a cancel)."""
+        return [f"--dependency=afterany:{':'.join(map(str, deps))}"] if deps else []
+
     def output_options(self, output: str, chunk: ArrayChunk | None) -> list[str]:
         """``--output``: the log itself, except for the later arrays of a split one."""
         if chunk is None:

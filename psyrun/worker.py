@@ -122,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(description: dict, index: int | None) -> int:
+    import time
+
     from psyrun.atomic import atomic_write
     from psyrun.defaults import backend_class
     from psyrun.fail_fast import FailFast
@@ -131,6 +133,8 @@ def _run(description: dict, index: int | None) -> int:
     from psyrun.tasks import get_task
     from psyrun.walltime import JobPartial
 
+    # When the job started: a time limit counts from here (psyrun.walltime).
+    description = dict(description, started=time.time())
     cwd = description.get("cwd")
     if cwd and os.path.isdir(cwd) and os.path.abspath(cwd) != os.getcwd():
         # Relative settings (workdir, resultfile) mean what they meant in psy.

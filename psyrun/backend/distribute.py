@@ -83,7 +83,7 @@ class DistributeBackend(SplitMergeBackend):
         failures = RowFailures()
         job_name = p.job_name("process", index)
         # The job's time limit, when it has one (psyrun.walltime); None: no limit known.
-        walltime = Walltime.for_job(self.task)
+        walltime = Walltime.for_job(self.task, getattr(self, "started", None))
         guard = self.row_guard(job_name)
         stopped = False
         n_todo = stop - start if todo is None else len(todo)

@@ -433,6 +433,8 @@ class SplitMergeBackend(Backend):
 
         cont = bool(description.get("cont"))
         self.attempt = attempt_number(description)
+        #: When the job started (epoch seconds): its time limit counts from here.
+        self.started = description.get("started")
         if kind == "split":
             self.run_split(cont, stale=bool(description.get("stale")))
             return 0

@@ -43,6 +43,9 @@ import time
 
 __all__ = ["RowTimeout", "RowTimer"]
 
+#: Seconds the watchdog waits beyond ``row_timeout`` at least (see the module docstring).
+MIN_GRACE = 5.0
+
 
 class RowTimeout(Exception):
     """An ``execute`` call ran longer than the task's ``row_timeout``.
@@ -68,7 +71,7 @@ class RowTimer:
 
     def __init__(self, seconds: float) -> None:
         self.seconds = float(seconds)
-        self.grace = max(5.0, self.seconds)
+        self.grace = max(MIN_GRACE, self.seconds)
         self._active = False
         self._watchdog_at = -1.0
         self.usable = threading.current_thread() is threading.main_thread()

@@ -10,9 +10,7 @@ import pytest
 
 import psyrun
 
-MODULES = sorted(
-    info.name for info in pkgutil.walk_packages(psyrun.__path__, prefix="psyrun.")
-)
+MODULES = sorted(info.name for info in pkgutil.walk_packages(psyrun.__path__, prefix="psyrun."))
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -67,15 +67,18 @@ def test_failed_rows_are_on_record_and_missing_until_they_succeed(tmp_path, monk
     rows = rows_by_x(task_result(tmp_path, "f"))
     assert sorted(rows) == list(range(12))  # every assignment once, failures included
     assert rows[3]["psy_error"] == "ValueError: bad row 1"
-    assert rows[3]["psy_attempt"] == 1 and np.isnan(rows[3]["y"])
-    assert rows[4]["psy_error"] == "" and rows[4]["y"] == 16
+    assert rows[3]["psy_attempt"] == 1
+    assert np.isnan(rows[3]["y"])
+    assert rows[4]["psy_error"] == ""
+    assert rows[4]["y"] == 16
     status = ok(psy("status", "-v", "f", cwd=tmp_path))
     # Failed rows count as failed and missing, never as done.
     assert "10 out of 12 rows completed" in status.stdout, describe(status)
     assert "2 of the missing rows failed" in status.stdout
     assert "by cause: exception 2" in status.stdout
     assert "2  ValueError: bad row 1" in status.stdout
-    assert "{'x': 3}" in status.stdout and "{'x': 7}" in status.stdout
+    assert "{'x': 3}" in status.stdout
+    assert "{'x': 7}" in status.stdout
 
     # A second attempt that fails again replaces the record (no row twice).
     monkeypatch.setenv("PSYRUN_ATTEMPT", "2")
@@ -166,5 +169,6 @@ def test_record_names_are_checked(tmp_path):
     write_task(tmp_path, "bad", TASK.format(imports="", settings="record = ['errors']"))
     out = psy("status", "bad", cwd=tmp_path)
     assert out.returncode != 0
-    assert "'error'" in out.output and "'attempt'" in out.output
+    assert "'error'" in out.output
+    assert "'attempt'" in out.output
     assert "Traceback" not in out.output

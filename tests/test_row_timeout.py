@@ -63,7 +63,8 @@ def test_vectorized_timeout_fails_the_block_without_retrying_rows(tmp_path):
     failed = sorted(int(x) for x, e in zip(result["x"], result["psy_error"]) if e)
     assert failed == [4, 5]  # the whole block of 4 and 5
     # The block was called once (first row 4) and not evaluated again row by row.
-    assert calls(side)[4] == 1 and calls(side)[5] == 0
+    assert calls(side)[4] == 1
+    assert calls(side)[5] == 0
 
 
 def test_watchdog_ends_a_job_stuck_in_c_code(tmp_path, monkeypatch):

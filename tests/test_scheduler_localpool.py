@@ -93,8 +93,6 @@ def job(tmp_path_factory, monkeypatch, request):
     return argv
 
 
-
-
 def _pids(paths) -> list[int]:
     return [int(p.read_text()) for p in paths]
 

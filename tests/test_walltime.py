@@ -120,7 +120,8 @@ def test_job_stops_before_its_limit_then_continues_every_row_once(tmp_path, monk
     assert time.time() - started < 3 * limit + 2
     paths = task_paths(tmp_path, "slow")
     markers = sorted(e for e in os.listdir(paths.status_dir) if e.endswith(".partial"))
-    assert markers and not [e for e in os.listdir(paths.status_dir) if e.endswith(".failed")]
+    assert markers
+    assert not [e for e in os.listdir(paths.status_dir) if e.endswith(".failed")]
     infos = [read_partial(os.path.join(paths.status_dir, m)) for m in markers]
     done = len(task_result(tmp_path, "slow")["x"])
     assert 0 < done < n

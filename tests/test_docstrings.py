@@ -10,7 +10,9 @@ import pytest
 
 import psyrun
 
-MODULES = sorted(info.name for info in pkgutil.walk_packages(psyrun.__path__, prefix="psyrun."))
+MODULES = sorted(
+    info.name for info in pkgutil.walk_packages(psyrun.__path__, prefix="psyrun.")
+)
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -26,9 +26,7 @@ def test_ci_runs_the_readme_test_command():
     test_command = _setup_commands()[1]
     ci = (ROOT / ".ci" / "run").read_text()
     # CI calls python3 explicitly; otherwise the command must be the README's.
-    assert (
-        test_command.replace("pip install", "python3 -m pip install").replace(
-            "python -m pytest", "python3 -m pytest"
-        )
-        in ci
-    )
+    assert test_command.replace("pip install", "python3 -m pip install").replace(
+        "python -m pytest", "python3 -m pytest"
+    ) in ci
+

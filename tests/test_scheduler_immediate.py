@@ -318,6 +318,8 @@ def test_monitor_is_called_while_a_job_runs(tmp_path, fake_worker):
     assert min(b - a for a, b in itertools.pairwise(calls)) >= 0.045
 
 
+
+
 @pytest.mark.parametrize(("signame", "expected"), [("SIGTERM", Interrupted), ("SIGINT", None)])
 def test_a_signal_during_a_job_stops_it_and_propagates(
     tmp_path, fake_worker, sigterm_raises, signame, expected

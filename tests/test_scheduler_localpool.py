@@ -93,6 +93,8 @@ def job(tmp_path_factory, monkeypatch, request):
     return argv
 
 
+
+
 def _pids(paths) -> list[int]:
     return [int(p.read_text()) for p in paths]
 

@@ -55,7 +55,9 @@ def test_setup_values_are_stored_like_parameters(tmp_path, backend, store):
     ok(psy("run", cwd=tmp_path))
     data = load_result(result_path(tmp_path, "su", store), store)
     assert sorted(data) == ["label", "offset", "x", "y"]
-    assert sorted_rows(data) == sorted((("run-a", 10, x, x + 10) for x in range(6)), key=repr)
+    assert sorted_rows(data) == sorted(
+        (("run-a", 10, x, x + 10) for x in range(6)), key=repr
+    )
 
 
 @pytest.mark.parametrize("store", sorted(STORES))

@@ -142,7 +142,7 @@ def test_failed_task_blocks_its_dependents_and_kill_clears_them(tmp_path, prefix
     held = wait_for(settled, "the failed task to end and its dependents to be blocked", 60)
     assert {s.status for s in held.values()} == {JobState.BLOCKED}
     assert "exited with status 1" in (tmp_path / "f-1.log").read_text()
-    assert "Eqw" in {s for _, s in queue_of(f"{prefix}_f")}, queue_of(prefix)
+    assert ("Eqw" in {s for _, s in queue_of(f"{prefix}_f")}), queue_of(prefix)
     sched.kill_jobs([*ids, dep, dep2])
     wait_for(lambda: not queue_of(prefix), "qdel to empty the queue", 60)
     assert not (tmp_path / "dep.log").exists()

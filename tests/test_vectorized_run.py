@@ -106,7 +106,11 @@ def test_bad_vectorized_output_fails_the_job_with_the_key_and_lengths(tmp_path, 
 
 
 def test_a_block_that_raises_is_retried_row_by_row(tmp_path):
-    body = "if (x == 13).any():\n        raise ValueError('bad row')\n    return {'y': x * 2}"
+    body = (
+        "if (x == 13).any():\n"
+        "        raise ValueError('bad row')\n"
+        "    return {'y': x * 2}"
+    )
     write(tmp_path / "psy-tasks" / "task_retry.py", BAD.format(body=body))
     run = psy("run", cwd=tmp_path, subprocess=True)
     assert run.returncode == 1  # one row failed: the job is reported

@@ -85,6 +85,8 @@ class JobPartial(Exception):
                 "failed": self.failed,
                 "source": self.limit.source,
                 "margin": round(self.limit.margin(), 3),
+                "deadline": self.limit.deadline,
+                "stopped": time.time(),
                 "message": str(self),
             }
         )

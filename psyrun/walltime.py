@@ -70,7 +70,7 @@ class JobPartial(Exception):
         self.failed = failed
         super().__init__(
             f"stopped before the time limit ({limit.source}): {evaluated} rows evaluated, "
-            f"{left} left for the next round (margin {limit.margin():.0f} s)"
+            f"{left} left for the next round (margin {limit.margin():.3g} s)"
             + (f"; {failed} of them raised an exception" if failed else "")
         )
 

@@ -162,7 +162,11 @@ def _gridengine_deadline(env, started: float) -> tuple[float, str] | None:
     if not out:
         return None
     m = re.search(r"h_rt=([0-9:]+)", out)
-    seconds = limit_seconds(m.group(1)) if m else None
+    if m is None:
+        return None
+    # qstat gives plain seconds ("h_rt=90"), or H:MM:SS as it was asked for.
+    text = m.group(1)
+    seconds = float(text) if text.isdigit() else limit_seconds(text)
     if seconds is None:
         return None
     return started + seconds, "Grid Engine's h_rt (qstat -j)"

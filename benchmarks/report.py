@@ -17,7 +17,7 @@ import platform
 import sys
 import time
 
-SECTIONS = ["import", "pspace", "store", "mapper", "run", "throughput"]
+SECTIONS = ["import", "pspace", "store", "mapper", "run", "throughput", "walltime"]
 
 
 def machine() -> str:

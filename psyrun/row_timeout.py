@@ -6,9 +6,12 @@ call that never returns) holds its job, and ``psy run``, forever.
 How (in process jobs, which psyrun always runs as the main thread of their
 process):
 
-* **The soft limit.** :class:`RowTimer` arms ``setitimer(ITIMER_REAL)``
-  around every call of ``execute``; when it fires, the ``SIGALRM`` handler
-  raises :class:`RowTimeout` inside the call. The row then fails like any row
+* **The soft limit.** :class:`RowTimer` runs a periodic ``SIGALRM``
+  (``setitimer(ITIMER_REAL)``, every ``row_timeout / 8`` seconds, at least
+  10 ms and at most 1 s) while a job evaluates rows; the handler raises
+  :class:`RowTimeout` inside an ``execute`` call that has run for
+  ``row_timeout`` seconds or more (so a call is stopped within one tick of
+  the limit). The row then fails like any row
   that raises (its cause is ``timeout``; with ``record = [..., 'error']`` it
   is on record as ``RowTimeout: ...``) and the job goes on with the next row.
   Python code, ``time.sleep`` and waits on files, pipes and sockets are
@@ -27,7 +30,8 @@ process):
   whole block of rows; a block that times out fails as a whole (every row of
   it with cause ``timeout``), it is not evaluated again row by row.
 
-The timer costs about a microsecond per row. A task that uses ``SIGALRM`` or
+The timer costs a clock read per row (``benchmarks/report_walltime.py``
+measures it). A task that uses ``SIGALRM`` or
 ``faulthandler.dump_traceback_later`` itself cannot use ``row_timeout``.
 """
 
@@ -58,10 +62,14 @@ class RowTimeout(Exception):
 
 
 class RowTimer:
-    """Arms the row timeout around each call of a function (see the module docstring).
+    """Limits each call of a function to :attr:`seconds` (see the module docstring).
 
-    Use :meth:`armed` around a block of calls (it installs the ``SIGALRM``
-    handler and the watchdog) and :meth:`wrap` for the function.
+    Use :meth:`armed` around a block of calls (it starts a periodic
+    ``SIGALRM`` and installs its handler) and :meth:`wrap` for the function.
+    A call only notes when it started: the handler, which runs every
+    :attr:`tick` seconds, raises :class:`RowTimeout` in a call that has run
+    for :attr:`seconds` or more. That costs a clock read per call instead of
+    arming a timer for each (a call is stopped within one tick of the limit).
 
     Parameters
     ----------
@@ -72,37 +80,32 @@ class RowTimer:
     def __init__(self, seconds: float) -> None:
         self.seconds = float(seconds)
         self.grace = max(MIN_GRACE, self.seconds)
-        self._active = False
+        self.tick = min(max(self.seconds / 8, 0.01), 1.0)
+        self._started: float | None = None  # when the running call started
         self._watchdog_at = -1.0
         self.usable = threading.current_thread() is threading.main_thread()
 
     def _on_alarm(self, signum, frame):
-        if self._active:
-            self._active = False
+        started = self._started
+        if started is not None and time.monotonic() - started >= self.seconds:
+            self._started = None
             raise RowTimeout(
                 f"execute ran longer than row_timeout = {self.seconds:g} s and was stopped"
             )
 
-    def _arm_watchdog(self) -> None:
-        now = time.monotonic()
-        if now - self._watchdog_at >= self.grace / 2:
-            faulthandler.dump_traceback_later(
-                self.seconds + self.grace, exit=True, file=sys.stderr
-            )
-            self._watchdog_at = now
-
     @contextlib.contextmanager
     def armed(self):
-        """Install the ``SIGALRM`` handler for a block of calls; remove it after."""
+        """Start the periodic alarm for a block of calls; stop it (and the watchdog) after."""
         if not self.usable:
             yield
             return
         previous = signal.signal(signal.SIGALRM, self._on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, self.tick, self.tick)
         try:
             yield
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
-            self._active = False
+            self._started = None
             faulthandler.cancel_dump_traceback_later()
             self._watchdog_at = -1.0
             signal.signal(signal.SIGALRM, previous)
@@ -111,18 +114,21 @@ class RowTimer:
         """Return `fn` with every call limited to :attr:`seconds` (inside :meth:`armed`)."""
         if not self.usable:
             return fn
-        seconds = self.seconds
-        setitimer, real = signal.setitimer, signal.ITIMER_REAL
+        monotonic = time.monotonic
+        rearm = self.grace / 2
+        watchdog_after = self.seconds + self.grace
 
         @functools.wraps(fn)
         def limited(*args, **kwargs):
-            self._arm_watchdog()
-            self._active = True
-            setitimer(real, seconds)
+            now = monotonic()
+            if now - self._watchdog_at >= rearm:
+                # For C code the alarm cannot interrupt (see the module docstring).
+                faulthandler.dump_traceback_later(watchdog_after, exit=True, file=sys.stderr)
+                self._watchdog_at = now
+            self._started = now
             try:
                 return fn(*args, **kwargs)
             finally:
-                setitimer(real, 0)
-                self._active = False
+                self._started = None
 
         return limited

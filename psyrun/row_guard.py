@@ -46,7 +46,10 @@ class RowGuard:
         self.attempt = attempt
         self.pid = os.getpid()
         self.marker = os.path.join(status_dir, MARKER)
-        self.timer = RowTimer(task.row_timeout) if task.row_timeout else None
+        self.timer = None
+        if task.row_timeout:
+            report = os.path.join(status_dir, f"{job.replace(':', '_')}.watchdog")
+            self.timer = RowTimer(task.row_timeout, report if job else None)
         self.watch = FailFastWatch(task.fail_fast, self.marker, job)
         self.keep_failed = "error" in task.record
         self._failed: list = []

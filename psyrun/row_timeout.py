@@ -23,9 +23,11 @@ process):
   ends the whole job process when a call has run ``row_timeout + grace``
   seconds (``grace = max(5, row_timeout)``; the watchdog is re-armed at most
   every ``grace / 2`` seconds, so a call gets at least ``row_timeout +
-  grace / 2``). It writes the stack of the stuck call to the job's log and
-  exits with status 1; rows written to the part before are kept and the job
-  counts as failed ("did not finish"). ``psy run -c`` evaluates the rest.
+  grace / 2``). It writes the stack of the stuck call to
+  ``status/<job>.watchdog`` and exits with status 1; rows written to the
+  part before are kept and the job counts as failed, "killed by the
+  row_timeout watchdog" (:meth:`psyrun.backend.base.Backend.get_failed`
+  reads that file). ``psy run -c`` evaluates the rest.
 * **Vectorized execute**: the timeout applies to each call, that is to a
   whole block of rows; a block that times out fails as a whole (every row of
   it with cause ``timeout``), it is not evaluated again row by row.
@@ -75,9 +77,14 @@ class RowTimer:
     ----------
     seconds : float
         The task's ``row_timeout``.
+    report : str, optional
+        File the watchdog writes the stuck call's stack to before it ends the
+        process (``status/<job>.watchdog``; default: standard error, the log).
     """
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, report: str | None = None) -> None:
+        self.report = report
+        self._report_file = None
         self.seconds = float(seconds)
         self.grace = max(MIN_GRACE, self.seconds)
         self.tick = min(max(self.seconds / 8, 0.01), 1.0)
@@ -109,6 +116,21 @@ class RowTimer:
             faulthandler.cancel_dump_traceback_later()
             self._watchdog_at = -1.0
             signal.signal(signal.SIGALRM, previous)
+            if self._report_file is not None:
+                self._report_file.close()
+                self._report_file = None
+
+    def _watchdog_file(self):
+        """Return the open file the watchdog writes to (open while armed: a C thread writes)."""
+        if self.report is None:
+            return sys.stderr
+        if self._report_file is None:
+            try:
+                self._report_file = open(self.report, "a", encoding="utf-8")  # noqa: SIM115
+            except OSError:
+                self.report = None
+                return sys.stderr
+        return self._report_file
 
     def wrap(self, fn):
         """Return `fn` with every call limited to :attr:`seconds` (inside :meth:`armed`)."""
@@ -123,7 +145,9 @@ class RowTimer:
             now = monotonic()
             if now - self._watchdog_at >= rearm:
                 # For C code the alarm cannot interrupt (see the module docstring).
-                faulthandler.dump_traceback_later(watchdog_after, exit=True, file=sys.stderr)
+                faulthandler.dump_traceback_later(
+                    watchdog_after, exit=True, file=self._watchdog_file()
+                )
                 self._watchdog_at = now
             self._started = now
             try:

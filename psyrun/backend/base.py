@@ -408,10 +408,21 @@ class Backend(abc.ABC):
             elif not pending and (
                 os.path.basename(self.paths.status_file(name, "done")) not in markers
             ):
-                failed.append(
-                    FailedJob(name, log, "did not finish (killed, crashed, or never started)")
-                )
+                failed.append(FailedJob(name, log, self._unfinished(name, markers)))
         return failed
+
+    def _unfinished(self, name: str, markers: set) -> str:
+        """Why job `name` ended without a marker, as far as its files tell."""
+        watchdog = self.paths.status_file(name, "watchdog")
+        if os.path.basename(watchdog) in markers:
+            with contextlib.suppress(OSError):
+                if os.path.getsize(watchdog):
+                    return (
+                        "killed by the row_timeout watchdog: an execute call did not return "
+                        "(C code the timeout cannot interrupt); the stack of the stuck call "
+                        f"is in {watchdog}"
+                    )
+        return "did not finish (killed, crashed, or never started)"
 
     def get_partial(self) -> list[FailedJob]:
         """Jobs of the last submission that stopped before their time limit with rows left.

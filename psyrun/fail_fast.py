@@ -106,14 +106,18 @@ class FailFastWatch:
 
 
 def check_stopped(marker: str, job: str) -> None:
-    """Raise :class:`FailFast` when another job of the run has failed fast."""
+    """Raise :class:`FailFast` when a job (or another worker of this one) has failed fast.
+
+    The process that failed fast raised already and never looks again; every
+    other one stops, pool workers of the same job too.
+    """
     if not os.path.exists(marker):
         return
     try:
-        with open(marker, encoding="utf-8") as f:
+        with open(marker, encoding="utf-8", errors="replace") as f:
             who = f.readline().strip()
     except OSError:
-        who = "another job"
+        who = ""
     if who == job:
-        return
+        raise FailFast(f"stopped because another worker of {job} failed fast (see the log)")
     raise FailFast(f"stopped because {who or 'another job'} failed fast (see its log)")

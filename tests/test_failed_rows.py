@@ -172,3 +172,15 @@ def test_record_names_are_checked(tmp_path):
     assert "'error'" in out.output
     assert "'attempt'" in out.output
     assert "Traceback" not in out.output
+
+
+def test_a_result_with_failed_rows_is_never_up_to_date(tmp_path):
+    import shutil
+
+    write_task(tmp_path, "f", TASK.format(imports="", settings=""))
+    assert psy("run", "f", cwd=tmp_path).returncode == 1
+    # Without the failed jobs' markers (removed by hand) the result itself says it.
+    shutil.rmtree(tmp_path / "psy-work" / "f" / "status")
+    again = psy("run", "f", cwd=tmp_path)
+    assert "up to date" not in again.output, describe(again)
+    assert ". f:split" in again.stdout

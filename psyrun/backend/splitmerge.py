@@ -793,8 +793,11 @@ class SplitMergeBackend(Backend):
         return []
 
     def is_current(self) -> bool:
-        """As :meth:`Backend.is_current`, and every row was computed by the current code."""
-        return super().is_current() and not self.stale_rows()
+        """As :meth:`Backend.is_current`; every row computed by the current code, none failed."""
+        if not super().is_current() or self.stale_rows():
+            return False
+        # Failed rows on record are missing rows (psyrun.failed_rows).
+        return self.result_state()[0] != "ok" or not self._stored().failed
 
     def changed_dependencies(self) -> list[str]:
         """As :meth:`Backend.changed_dependencies`; the task file when rows are stale."""

@@ -98,3 +98,28 @@ def test_fail_fast_must_be_a_row_count(tmp_path):
     assert out.returncode != 0
     assert "fail_fast must be a number of rows" in out.output
     assert "Traceback" not in out.output
+
+
+def test_vectorized_block_retried_row_by_row_stops_at_the_limit(tmp_path):
+    side = tmp_path / "calls.txt"
+    write_task(
+        tmp_path,
+        "v",
+        f"""
+        from psyrun import Param
+        pspace = Param(x=list(range(5000)))
+        max_jobs = 1
+        vectorized = True
+        CALLS = {str(side)!r}
+
+        def execute(x):
+            with open(CALLS, 'a') as f:
+                f.write(f'{{len(x)}}\\n')
+            raise KeyError('k')
+        """,
+    )
+    out = psy("run", "v", cwd=tmp_path)
+    assert "fail fast: the first 20 rows all raised KeyError: 'k'" in out.stderr, describe(out)
+    sizes = [int(v) for v in side.read_text().split()]
+    # One call with the whole block, then row by row until the 20th failure.
+    assert sizes == [5000] + [1] * 20

@@ -33,7 +33,10 @@ process):
   it with cause ``timeout``), it is not evaluated again row by row.
 
 The timer costs a clock read per row (``benchmarks/report_walltime.py``
-measures it). A task that uses ``SIGALRM`` or
+measures it). Its alarm interrupts blocking system calls (that is how a
+call waiting on a socket is stopped); Python retries an interrupted call by
+itself (PEP 475), but a C library that does not retry on ``EINTR`` may
+report an error for it. A task that uses ``SIGALRM`` or
 ``faulthandler.dump_traceback_later`` itself cannot use ``row_timeout``.
 """
 

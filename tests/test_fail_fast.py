@@ -53,8 +53,12 @@ def test_first_rows_failing_alike_stop_the_run(tmp_path, backend):
     # block (or a claim) in each other job or worker before it saw the marker.
     assert sum(calls(side).values()) < 150
     assert os.path.exists(os.path.join(task_paths(tmp_path, "t").status_dir, "fail-fast"))
-    # What was evaluated is on record (the merge ran).
-    assert len(task_result(tmp_path, "t")["x"]) >= 20
+    # What was evaluated is on record (the merge ran): with DistributeBackend the
+    # failed rows up to the stop; a LoadBalancing worker keeps the chunks it
+    # finished (the chunk it stopped in stays claimed, for the next run).
+    assert os.path.exists(task_paths(tmp_path, "t").result)
+    if backend == "distribute":
+        assert len(task_result(tmp_path, "t")["x"]) >= 20
     # A new run starts without the marker.
     write_task(
         tmp_path,

@@ -362,6 +362,8 @@ class LoadBalancingBackend(SplitMergeBackend):
         n_workers = n_jobs * pool_size
         attempt = Owner.this_process(self.paths.job_name("process", index)).attempt
         parent = os.getpid()
+        # Looked up once (it may ask the batch system); every worker keeps its own tally.
+        walltime = Walltime.for_job(self.task, getattr(self, "started", None))
         children = []
         for w in range(1, pool_size):
             sys.stdout.flush()
@@ -371,7 +373,7 @@ class LoadBalancingBackend(SplitMergeBackend):
                 code = 1
                 try:
                     _die_with_parent(parent)
-                    _Worker(self, index * pool_size + w, n_workers, attempt).run()
+                    _Worker(self, index * pool_size + w, n_workers, attempt, walltime).run()
                     code = 0
                 except RowsFailed as exc:
                     print(f"psyrun: {exc}", file=sys.stderr, flush=True)
@@ -391,20 +393,24 @@ class LoadBalancingBackend(SplitMergeBackend):
             children.append(pid)
         failure = partial = None
         try:
-            main = _Worker(self, index * pool_size, n_workers, attempt)
+            main = _Worker(self, index * pool_size, n_workers, attempt, walltime)
             main.run()
         except RowsFailed as exc:
             failure = exc
         except JobPartial as exc:
             partial = exc
-        except BaseException:
-            # Stopped (SIGTERM, Ctrl-C) or crashed: stop the pool too, leave no orphans.
+        except BaseException as exc:
+            # Stopped (SIGTERM, Ctrl-C), failed fast or crashed: stop the pool too,
+            # leave no orphans.
             for pid in children:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)
             for pid in children:
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(pid, 0)
+            if isinstance(exc, FailFast):
+                # Whichever worker of this job failed fast, its line says why.
+                raise FailFast(self._fail_fast_line(index) or str(exc)) from None
             raise
         codes = []
         for pid in children:
@@ -419,7 +425,8 @@ class LoadBalancingBackend(SplitMergeBackend):
             raise RuntimeError(f"worker processes exited with status {codes}")
         if EXIT_FAIL_FAST in codes:
             raise FailFast(
-                f"a worker of this job stopped: fail fast (see {fail_fast.MARKER} in "
+                self._fail_fast_line(index)
+                or f"a worker of this job stopped: fail fast (see {fail_fast.MARKER} in "
                 f"{self.paths.status_dir} and the log)"
             )
         if partial is not None or EXIT_PARTIAL in codes:
@@ -440,6 +447,20 @@ class LoadBalancingBackend(SplitMergeBackend):
             raise RowsFailed(failures)
         return 0
 
+    def _fail_fast_line(self, index: int) -> str:
+        """Return the fail-fast line a worker of process job `index` wrote ('' if none did)."""
+        job = self.paths.job_name("process", index)
+        try:
+            with open(
+                os.path.join(self.paths.status_dir, fail_fast.MARKER),
+                encoding="utf-8",
+                errors="replace",
+            ) as f:
+                who, line = f.readline().strip(), f.readline().strip()
+        except OSError:
+            return ""
+        return line if who == job else ""
+
     def _rows_reported(self, name: str) -> int:
         """Rows a worker reported evaluated (:meth:`report_rows`); 0 when unknown."""
         try:
@@ -452,7 +473,14 @@ class LoadBalancingBackend(SplitMergeBackend):
 class _Worker:
     """One worker process of a process job: claims rows, evaluates them, appends to its part."""
 
-    def __init__(self, backend: LoadBalancingBackend, proc_id: int, n_workers: int, attempt: str):
+    def __init__(
+        self,
+        backend: LoadBalancingBackend,
+        proc_id: int,
+        n_workers: int,
+        attempt: str,
+        walltime: Walltime | None = None,
+    ):
         p = backend.paths
         self.backend = backend
         self.proc_id = proc_id
@@ -468,7 +496,7 @@ class _Worker:
         self.evaluated = 0
         self.checked = False
         # The job's time limit (psyrun.walltime); each worker stops claiming on its own.
-        self.walltime = Walltime.for_job(backend.task, getattr(backend, "started", None))
+        self.walltime = walltime
 
     def run(self) -> None:
         """Claim, evaluate and append until the log has nothing left for this worker.

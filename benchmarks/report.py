@@ -27,6 +27,7 @@ SECTIONS = [
     "run",
     "throughput",
     "report",
+    "walltime",
 ]
 
 

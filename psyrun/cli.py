@@ -248,6 +248,10 @@ def _print_run_report(name: str, report) -> None:
         _err(f"{name}: {report.message}")
     elif report.outcome == "submitted":
         click.echo(f"{name}: submitted {len(report.jobs)} jobs (`psy status {name}` follows them)")
+    elif report.outcome == "partial":
+        _err(f"{name}: {report.message}")
+        for job in report.partial[:MAX_JOBS_LISTED]:
+            _err(f"  {job.name}: {job.message}")
     elif report.outcome == "failed":
         failed = report.failed
         _err(f"error: {name}: {len(failed)} of {report.n_jobs} jobs failed or did not run:")
@@ -320,11 +324,50 @@ def status(
             )
         if verbose:
             _print_provenance(t)
+        _print_failed_rows(t.name, progress, verbose)
         if report.missing is not None:
             _print_missing(report.missing)
         _print_jobs(t.name, report.queued, report.failed, verbose, t)
+        _print_partial(t.name, getattr(report, "partial", []))
     if tasks.selection_failed:
         sys.exit(1)
+
+
+def _print_failed_rows(name: str, progress, verbose: int) -> None:
+    """Failed rows on record (psyrun.failed_rows): a count, with -v by cause and by error."""
+    n = getattr(progress, "failed_rows", 0)
+    if not n:
+        return
+    click.echo(
+        f"  {n} of the missing rows failed (on record with their error; "
+        f"`psy run -c {name}` evaluates them again)"
+    )
+    if not verbose:
+        return
+    from psyrun.failed_rows import summarize
+
+    by_cause, by_error = summarize(progress.failed_errors)
+    click.echo("  failed rows by cause: " + ", ".join(f"{c} {k}" for c, k in _counted(by_cause)))
+    click.echo("  failed rows by error:")
+    limit = None if verbose >= 2 else MAX_JOBS_LISTED
+    errors = _counted(by_error)
+    _print_limited(lambda e: [f"    {e[1]:>6}  {e[0]}"], errors, limit, name)
+
+
+def _counted(counter) -> list[tuple[str, int]]:
+    """Counter items, the most frequent first (then by name)."""
+    return sorted(counter.items(), key=lambda item: (-item[1], item[0]))
+
+
+def _print_partial(name: str, partial: list) -> None:
+    """Jobs that stopped before their time limit with rows left (psyrun.walltime)."""
+    if not partial:
+        return
+    click.echo(
+        f"  {len(partial)} job(s) stopped before their time limit with rows left (partial, "
+        f"not failed; `psy run -c {name}` evaluates the rest):"
+    )
+    _print_limited(lambda job: [f"    {job.name}: {job.message}"], partial, MAX_JOBS_LISTED, name)
 
 
 def _print_result_state(name: str, report) -> None:

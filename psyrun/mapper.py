@@ -623,9 +623,14 @@ def _evaluate_vectorized(fn, arrays, keys, exclude, extra, on_error) -> dict:
         return columns
     try:
         result = fn(**params, **extra) if extra else fn(**params)
-    except Exception:
+    except Exception as exc:
         if on_error is None:
             raise
+        if getattr(exc, "psyrun_whole_block", False):
+            # A block that timed out fails as a whole (not again row by row).
+            for i in range(n):
+                on_error({k: _column_values(v[i : i + 1])[0] for k, v in params.items()}, exc)
+            return {k: v[:0] for k, v in columns.items()}
         return _retry_rows(fn, params, keys, n, exclude, extra, on_error)
     outputs = _vector_outputs(fn, result, n, keys, f"a block of {n} rows")
     columns.update((k, v) for k, v in outputs.items() if k not in exclude)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from psyrun.atomic import sync_tree, tmp_name
+from psyrun.failed_rows import ERROR_COLUMN, failed_mask
 
 if TYPE_CHECKING:
     pass
@@ -34,6 +35,8 @@ __all__ = [
     "match_rows",
     "merge_files",
     "missing_rows",
+    "params_and_failures",
+    "replaced_failures",
     "write_merged",
 ]
 
@@ -295,6 +298,50 @@ def load_params(
     return concat_columns(parts, keys) if parts else {}
 
 
+def params_and_failures(store, path: str, keys: list[str], errors: list | None = None):
+    """``(parameter columns, failed mask)`` of one file, read in one pass.
+
+    The mask marks the failed rows on record (:mod:`psyrun.failed_rows`);
+    `errors`, when given, receives their ``psy_error`` texts in order.
+    """
+    parts, masks = [], []
+    for chunk in store.iter_chunks(path):
+        n = len(next(iter(chunk.values()))) if chunk else 0
+        parts.append({k: np.asarray(chunk[k]) for k in keys if k in chunk})
+        column = chunk.get(ERROR_COLUMN)
+        masks.append(failed_mask(column, n))
+        if errors is not None and masks[-1].any():
+            errors.extend(str(e) for e in np.asarray(column)[masks[-1]])
+    params = concat_columns(parts, keys) if parts else {}
+    mask = np.concatenate(masks) if masks else np.zeros(0, dtype=bool)
+    return params, mask
+
+
+def replaced_failures(store, base: str, sources: list[str], keys: list[str], source_store):
+    """Rows of the result `base` that are failures which rows of `sources` replace (or None).
+
+    A failed row of the result goes when the sources (a later attempt) hold
+    its assignment, whether they succeeded or failed again.
+    """
+    from psyrun.pspace import Param
+
+    if not keys or not sources or not store.exists(base):
+        return None
+    params, mask = params_and_failures(store, base, keys)
+    if not mask.any():
+        return None
+    new = load_params(source_store, sources, keys)
+    if not new or set(new) != set(params):
+        return None
+    failed = np.flatnonzero(mask)
+    candidates = Param(**{k: np.asarray(v)[mask] for k, v in params.items()})
+    kept = missing_rows(candidates, dict(new))
+    drop = np.zeros(len(mask), dtype=bool)
+    drop[failed] = True
+    drop[failed[kept]] = False
+    return drop if drop.any() else None
+
+
 @dataclass
 class MergeOutcome:
     """What :func:`merge_files` did.
@@ -421,11 +468,14 @@ def merge_files(
     outcome = MergeOutcome(0)
     inputs: list[tuple[str, object, bool, int]] = []  # (path, reader, is a source, rows)
     params = []
+    failed = []  # per input: its failed rows on record (psyrun.failed_rows)
     if has_base:
         try:
             store.verify(base)
             if keys:
-                params.append(file_params(store, base, keys))
+                found, mask = params_and_failures(store, base, keys)
+                params.append(found)
+                failed.append(mask)
         except Exception as exc:
             raise OSError(
                 f"cannot read the existing results {base} ({describe_error(exc)}); it was left "
@@ -437,9 +487,10 @@ def merge_files(
         reader = _store_of(source_store, path)
         try:
             if keys:
-                found = file_params(reader, path, keys)
+                found, mask = params_and_failures(reader, path, keys)
                 n_rows = _count(found) if found else reader.count_rows(path)
                 params.append(found)
+                failed.append(mask)
             else:
                 n_rows = reader.count_rows(path)  # only make sure the file reads
         except Exception as exc:
@@ -452,7 +503,8 @@ def merge_files(
     if has_base and drop_base is not None and params:
         # Replaced rows of the base take no part in the matching.
         params[0] = {k: v[~drop_base] for k, v in params[0].items()}
-    keep = _rows_to_keep(params, keys, space, keep_outside)
+        failed[0] = failed[0][~drop_base]
+    keep = _rows_to_keep(params, keys, space, keep_outside, failed)
     if has_base and drop_base is not None:
         keep = _without_replaced(keep, drop_base, sum(n for *_, n in inputs[1:]))
 
@@ -547,9 +599,14 @@ def describe_error(exc: BaseException) -> str:
 
 
 def _rows_to_keep(
-    params: list[dict], keys: list[str], space, keep_outside: bool = True
+    params: list[dict], keys: list[str], space, keep_outside: bool = True, failed=None
 ) -> np.ndarray | None:
-    """Which input rows a merge writes (None: all); see :func:`merge_files`."""
+    """Which input rows a merge writes (None: all); see :func:`merge_files`.
+
+    `failed` (per input, a mask of its failed rows on record) puts failures
+    last: a failed row is kept only while no result holds its assignment, and
+    of several failures of one assignment only the latest.
+    """
     if not keys:
         return None
     combined = concat_columns([p for p in params if p], keys)
@@ -562,13 +619,24 @@ def _rows_to_keep(
     if keep_outside and _all_distinct([np.asarray(combined[k]) for k in keys if k in combined]):
         # Every row once already (the usual merge): each is kept, in the space or not.
         return None
+    mask = np.concatenate(failed) if failed and len(failed) == len(params) else None
+    order = None
+    if mask is not None and len(mask) == n and mask.any():
+        from psyrun.failed_rows import failed_last
+
+        order = failed_last(mask)
+    else:
+        mask = None
+    in_space = space is not None
     if space is None:
         space = Param(**{k: np.empty(0) for k in keys})
-    match = match_rows(space, combined)
+    match = match_rows(space, combined, order=order)
     # An assignment of the space as often as the space holds it; any other row once.
-    if not keep_outside:
-        return match.used
-    return match.used | (match.outside & match.first)
+    keep = match.used if not keep_outside else match.used | (match.outside & match.first)
+    if mask is not None:
+        # A failure only while it stands for an assignment (of the space, if given).
+        keep[mask] = (match.used if in_space else match.first)[mask]
+    return keep
 
 
 def _without_replaced(keep: np.ndarray | None, drop_base: np.ndarray, n_sources: int):

@@ -7,8 +7,10 @@ Layout of ``<workdir>/<task>/``::
     jobs/submitted.json           ids of the jobs submitted last (and the run's tag)
     jobs/source/                  the task's source as the run evaluates it (psyrun.versions)
     jobs/run.lock                 held by the `psy run` or `psy clean` working on the task
-    status/<job name>.done|.failed  how each job ended (written by the job)
+    status/<job name>.done|.failed|.partial  how each job ended (written by the job)
+    status/<job name>.watchdog    the stack of a call the row_timeout watchdog ended
     status/<job name>.lease       a running job says it lives (psyrun.lease)
+    status/fail-fast              a job failed fast: the others stop (psyrun.fail_fast)
     in/pspace.pkl                 compact snapshot of the space to evaluate
     in/counter                    claims log: rows handed out (load balancing)
     out/<i>.pkl                   a finished part of the results
@@ -340,9 +342,11 @@ class TaskPaths:
         ]
         pid = str(os.getpid())
         for job in jobs:
-            for state in ("done", "failed", "rows"):
+            for state in ("done", "failed", "partial", "rows"):
                 tmp = os.path.basename(tmp_name(self.status_file(job, state)))
                 names.append(tmp.replace(f".tmp{pid}", ".tmp" + "9" * _PID_DIGITS))
+            # Written in place (psyrun.row_timeout), never under a temporary name.
+            names.append(os.path.basename(self.status_file(job, "watchdog")))
         return names
 
     # -- jobs ----------------------------------------------------------------

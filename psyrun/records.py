@@ -1,9 +1,14 @@
 """Per-row records: the ``psy_*`` columns the task setting ``record`` adds.
 
-``record = ['duration', 'host', 'job', 'finished']`` (any subset) adds to
-every row the seconds its ``execute`` took, the host and the job that
-evaluated it, and when it finished (UTC, ISO 8601 text). A vectorized block
-gives each of its rows the block's time divided by its rows.
+``record = ['duration', 'host', 'job', 'finished', 'error', 'attempt']`` (any
+subset) adds to every row the seconds its ``execute`` took, the host and the
+job that evaluated it, when it finished (UTC, ISO 8601 text), its error
+(``''`` when it succeeded) and the attempt that evaluated it. A vectorized
+block gives each of its rows the block's time divided by its rows. With
+``'error'``, rows that failed are kept on record (:mod:`psyrun.failed_rows`).
+
+The attempt number is the job description's ``attempt`` field, else the
+environment variable ``PSYRUN_ATTEMPT``, else 1 (:func:`attempt_number`).
 """
 
 from __future__ import annotations
@@ -15,7 +20,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["RECORD_COLUMNS", "add_records", "check_record", "timed"]
+__all__ = [
+    "RECORD_COLUMNS",
+    "add_records",
+    "attempt_number",
+    "check_record",
+    "failure_records",
+    "timed",
+]
 
 
 #: What ``record`` may name, and the column each adds to the result.
@@ -24,7 +36,26 @@ RECORD_COLUMNS = {
     "host": "psy_host",
     "job": "psy_job",
     "finished": "psy_finished",
+    "error": "psy_error",
+    "attempt": "psy_attempt",
 }
+
+#: Environment variable naming the attempt a job belongs to (after the description).
+ATTEMPT_ENV = "PSYRUN_ATTEMPT"
+
+
+def attempt_number(description=None) -> int:
+    """Return the attempt a job is part of: description ``attempt``, ``PSYRUN_ATTEMPT``, or 1."""
+    import os
+
+    for value in ((description or {}).get("attempt"), os.environ.get(ATTEMPT_ENV)):
+        try:
+            n = int(value)
+        except (TypeError, ValueError):
+            continue
+        if n >= 1:
+            return n
+    return 1
 
 
 def check_record(record: Any, params: list[str]) -> list[str]:
@@ -74,7 +105,14 @@ def _host() -> str:
 
 
 def add_records(
-    result: dict, record, n: int, calls, per_row: float, job: str | None, vectorized: bool
+    result: dict,
+    record,
+    n: int,
+    calls,
+    per_row: float,
+    job: str | None,
+    vectorized: bool,
+    attempt: int = 1,
 ) -> None:
     """Add the ``psy_*`` columns of the task's ``record`` setting to `result` (`n` rows).
 
@@ -106,7 +144,36 @@ def add_records(
         "host": lambda: [_host()] * n,
         "job": lambda: [job or ""] * n,
         "finished": lambda: [utc(c[1]) for c in calls],
+        "error": lambda: [""] * n,
+        "attempt": lambda: [attempt] * n,
     }
     for column, name in columns.items():
         data = values[name]()
         result[column] = np.asarray(data) if vectorized else data
+
+
+def failure_records(record, job: str | None, attempt: int, vectorized: bool) -> dict:
+    """Return the ``record`` columns of failed rows: name -> function of their exceptions.
+
+    A failed row has no duration (NaN); it finished when it was recorded.
+    """
+    import datetime
+
+    from psyrun.failed_rows import error_text
+
+    def column(values: list):
+        return np.asarray(values) if vectorized else values
+
+    def finished(errors):
+        now = datetime.datetime.now(datetime.timezone.utc).isoformat()
+        return column([now] * len(errors))
+
+    makers = {
+        "duration": lambda errors: column([float("nan")] * len(errors)),
+        "host": lambda errors: column([_host()] * len(errors)),
+        "job": lambda errors: column([job or ""] * len(errors)),
+        "finished": finished,
+        "error": lambda errors: column([error_text(e) for e in errors]),
+        "attempt": lambda errors: column([attempt] * len(errors)),
+    }
+    return {RECORD_COLUMNS[name]: makers[name] for name in record}

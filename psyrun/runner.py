@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 #: Outcomes of :func:`run_task` that are not a problem.
-GOOD_OUTCOMES = frozenset({"completed", "submitted", "up-to-date", "queued"})
+GOOD_OUTCOMES = frozenset({"completed", "submitted", "up-to-date", "queued", "partial"})
 
 
 class Interrupted(KeyboardInterrupt):
@@ -104,9 +104,11 @@ class RunReport:
         The task's name.
     outcome : str
         ``"completed"`` (an attached scheduler ran every job), ``"failed"``
-        (some jobs failed: see `failed`), ``"submitted"`` (handed to a batch
-        system), ``"up-to-date"``, ``"queued"`` (jobs of the last run are
-        still queued: nothing submitted), ``"dirty"`` (out-of-date results
+        (some jobs failed: see `failed`), ``"partial"`` (no job failed, but
+        some stopped before their time limit with rows left: see
+        `partial`), ``"submitted"`` (handed to a batch system),
+        ``"up-to-date"``, ``"queued"`` (jobs of the last run are still
+        queued: nothing submitted), ``"dirty"`` (out-of-date results
         and ``overwrite_dirty = False``), ``"locked"`` (another run holds the
         task), ``"refused"`` (the task cannot run as asked) or
         ``"interrupted"``.
@@ -120,6 +122,9 @@ class RunReport:
         Jobs in the plan.
     signum : int or None
         The signal that interrupted the run.
+    partial : list of FailedJob
+        Jobs that stopped before their time limit with rows left
+        (:mod:`psyrun.walltime`); not failed.
     """
 
     task: str
@@ -129,6 +134,7 @@ class RunReport:
     failed: list[FailedJob] = field(default_factory=list)
     n_jobs: int = 0
     signum: int | None = None
+    partial: list[FailedJob] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -502,8 +508,17 @@ def _run_locked(
         result = scheduler.result(ids[job.name]) if job.name in ids else None
         if result is not None and result.status == "blocked":
             job.message = "not run: a job it depends on failed"
-    outcome = "failed" if failed else "completed"
-    return RunReport(name, outcome, jobs=ids, failed=failed, n_jobs=len(plan.graph))
+    partial = backend.get_partial() if hasattr(backend, "get_partial") else []
+    outcome = "failed" if failed else "partial" if partial else "completed"
+    message = (
+        f"{len(partial)} job(s) stopped before their time limit with rows left; "
+        f"`psy run -c {name}` evaluates the rest"
+        if partial and not failed
+        else ""
+    )
+    return RunReport(
+        name, outcome, message, jobs=ids, failed=failed, n_jobs=len(plan.graph), partial=partial
+    )
 
 
 def _warn_stale(backend, events: RunEvents) -> None:
@@ -548,6 +563,9 @@ class StatusReport:
         The task's work directory looked in.
     rows_this_run : int
         Rows evaluated so far by the run in progress.
+    partial : list of FailedJob
+        Jobs of the last run that stopped before their time limit with rows
+        left (:mod:`psyrun.walltime`).
     """
 
     progress: TaskProgress
@@ -557,6 +575,7 @@ class StatusReport:
     running_pid: int | None
     workdir: str
     rows_this_run: int = 0
+    partial: list[FailedJob] = field(default_factory=list)
 
 
 def task_status(task, missing: bool = False) -> StatusReport:
@@ -589,6 +608,7 @@ def task_status(task, missing: bool = False) -> StatusReport:
         pid,
         backend.paths.root,
         backend.rows_evaluated() if pid is not None else 0,
+        backend.get_partial() if hasattr(backend, "get_partial") else [],
     )
 
 

@@ -134,7 +134,11 @@ class Config:
         rows), ``'host'`` (``psy_host``, the machine's host name), ``'job'``
         (``psy_job``, the name of the job that evaluated the row) and
         ``'finished'`` (``psy_finished``, when the row was done, UTC ISO 8601
-        text). A parameter, output or `setup` key of the same name is an
+        text), ``'error'`` (``psy_error``: ``''``, or for a row whose
+        `execute` raised, ``"ExceptionType: message"``; such rows are then
+        kept on record, see :mod:`psyrun.failed_rows`) and ``'attempt'``
+        (``psy_attempt``, the attempt that evaluated the row, 1 for the
+        first). A parameter, output or `setup` key of the same name is an
         error. Default: ``[]`` (results as in psyrun 0.8).
     rng_seed : int or None
         The seed of the rows' random generators. When `execute` names an
@@ -166,6 +170,19 @@ class Config:
         Whether a round whose jobs failed only because ``execute`` raised
         starts another round. Default: False (an exception is taken as
         deterministic).
+    row_timeout : float or None
+        Seconds an `execute` call may take; a call that takes longer is
+        stopped and its row fails with cause ``timeout`` (a vectorized
+        `execute`: the whole block). See :mod:`psyrun.row_timeout`.
+        Default: None (no limit).
+    fail_fast : int
+        When the first this many rows of a job all raise the same exception
+        with the same message, the job and the run stop (see
+        :mod:`psyrun.fail_fast`); 0 evaluates every row anyway. Default: 20.
+    walltime_margin : float
+        Seconds a process job keeps free before its time limit at least;
+        the job stops taking rows when the next would end later and ends as
+        partial (see :mod:`psyrun.walltime`). Default: 10.
     """
 
     pspace: Any = field(default_factory=_default_pspace)
@@ -193,6 +210,9 @@ class Config:
     escalate: dict = field(default_factory=lambda: {"timelimit": 2, "memory": 2})
     escalate_cap: float = 8
     retry_errors: bool = False
+    row_timeout: float | None = None
+    fail_fast: int = 20
+    walltime_margin: float = 10.0
 
     def __init__(self, **settings: Any) -> None:
         # Which settings were given (not left at their defaults) matters when
@@ -308,6 +328,26 @@ def _typo_warnings(namespace: Mapping[str, Any], path: str) -> list[str]:
                 f"{close[0]!r}?"
             )
     return messages
+
+
+def _check_guards(c: Config) -> None:
+    """Check ``row_timeout``, ``fail_fast`` and ``walltime_margin``."""
+
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+    if c.row_timeout is not None and not (number(c.row_timeout) and c.row_timeout > 0):
+        raise ValueError(
+            f"row_timeout must be a number of seconds above 0, or None, got {c.row_timeout!r}"
+        )
+    if isinstance(c.fail_fast, bool) or not isinstance(c.fail_fast, int) or c.fail_fast < 0:
+        raise ValueError(
+            f"fail_fast must be a number of rows (0 turns it off), got {c.fail_fast!r}"
+        )
+    if not (number(c.walltime_margin) and c.walltime_margin >= 0):
+        raise ValueError(
+            f"walltime_margin must be a number of seconds, 0 or more, got {c.walltime_margin!r}"
+        )
 
 
 class TaskDef:
@@ -454,6 +494,7 @@ class TaskDef:
         from psyrun.attempts import check_attempt_settings
 
         check_attempt_settings(c)
+        _check_guards(c)
         if c.setup is not None and not callable(c.setup):
             raise TypeError(f"setup must be a function setup(proc_id) or None, got {c.setup!r}")
         if isinstance(c.exclude_from_result, str):

@@ -329,14 +329,16 @@ def merge_versions(
     sources_version: str | None,
     source_store,
     metadata: Mapping[str, Any] | None = None,
+    also_drop: np.ndarray | None = None,
 ):
     """Prepare a merge of `sources` (rows of one run) into the result `base`.
 
     Returns ``(drop_base, metadata)`` for :func:`psyrun.merge.write_merged`:
     the rows of `base` that rows of the sources replace (same assignment,
-    another version; None when none), and a function that returns
-    `metadata` (default: the base's) with the :data:`ROW_VERSIONS` segments
-    of the merged file, given what the merge wrote from each input.
+    another version, or the rows `also_drop` marks; None when none), and a
+    function that returns `metadata` (default: the base's) with the
+    :data:`ROW_VERSIONS` segments of the merged file, given what the merge
+    wrote from each input.
     """
     from psyrun.merge import load_params
 
@@ -354,6 +356,8 @@ def merge_versions(
             load_params(source_store, sources, keys),
             new_code,
         )
+    if has_base and also_drop is not None and len(also_drop) == len(base_codes):
+        drop = also_drop if drop is None else drop | also_drop
     if metadata is None:
         try:
             metadata = store.read_metadata(base) if has_base else {}

@@ -7,7 +7,9 @@ The job description (written by the backend when ``psy run`` submits, see
 and the kind of job. The worker loads the task, checks that the description
 was written by this psyrun for the backend the task names now, asks the
 backend to run the job, and records how it ended in
-``<workdir>/<task>/status/<job name>.done`` or ``.failed``. Tracebacks go to
+``<workdir>/<task>/status/<job name>.done``, ``.failed`` or ``.partial``
+(stopped before its time limit with rows left, :mod:`psyrun.walltime`;
+exit status 0). Tracebacks go to
 standard output/error, which the scheduler sends to the job's log file.
 
 Every job of a run evaluates the task as it was when the run was planned:
@@ -120,14 +122,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(description: dict, index: int | None) -> int:
+    import time
+
     from psyrun.atomic import atomic_write
     from psyrun.attempts import ATTEMPT_VARIABLE, stop_requested
     from psyrun.defaults import backend_class
+    from psyrun.fail_fast import FailFast
     from psyrun.failures import RowsFailed
     from psyrun.jobs import JobDescriptionError, check_job_description
     from psyrun.lease import JobLease
     from psyrun.tasks import get_task
+    from psyrun.walltime import JobPartial
 
+    # When the job started: a time limit counts from here (psyrun.walltime).
+    description = dict(description, started=time.time())
     cwd = description.get("cwd")
     if cwd and os.path.isdir(cwd) and os.path.abspath(cwd) != os.getcwd():
         # Relative settings (workdir, resultfile) mean what they meant in psy.
@@ -152,6 +160,7 @@ def _run(description: dict, index: int | None) -> int:
         markers = (
             backend.paths.status_file(name, "done"),
             backend.paths.status_file(name, "failed"),
+            backend.paths.status_file(name, "partial"),
         )
         for m in markers:
             if os.path.exists(m):
@@ -173,6 +182,16 @@ def _run(description: dict, index: int | None) -> int:
         with JobLease(backend.paths.status_file(name, "lease"), name):
             code = backend.run_job(kind, index, description)
     except RowsFailed as exc:
+        print(f"psyrun: {exc}", file=sys.stderr, flush=True)
+        mark(1, str(exc))
+        return 0
+    except JobPartial as exc:
+        # Stopped before the time limit: not failed; the rest is for the next round.
+        print(f"psyrun: job {name} is partial: {exc}", flush=True)
+        mark(2, exc.marker_text())
+        return 0
+    except FailFast as exc:
+        # One line says it all (no traceback); the merge still keeps what was evaluated.
         print(f"psyrun: {exc}", file=sys.stderr, flush=True)
         mark(1, str(exc))
         return 0

@@ -61,7 +61,8 @@ def test_longest_names_are_the_logs_and_temporary_markers_of_the_last_job(tmp_pa
     names = paths.longest_names(100)
     assert "t:process:99.log" in names
     assert ".t_process_99.tmp9999999.failed" in names
-    assert max(map(len, names)) == len(".t_process_99.tmp9999999.failed")
+    assert ".t_process_99.tmp9999999.partial" in names
+    assert max(map(len, names)) == len(".t_process_99.tmp9999999.partial")
 
 
 def test_own_entries_are_the_names_psyrun_gives_its_files(tmp_path):

@@ -89,6 +89,11 @@ class TaskProgress:
         Completed rows held only by part files, not yet by the result file.
     outside : int
         Stored rows whose assignment is not in the space (not counted).
+    failed_rows : int
+        Assignments still missing whose last evaluation failed, on record
+        in the result or parts (:mod:`psyrun.failed_rows`); never completed.
+    failed_errors : list of str
+        Their ``psy_error`` texts (``psy status -v`` groups them).
     """
 
     completed: int
@@ -99,6 +104,8 @@ class TaskProgress:
     result: str = "ok"
     unmerged: int = 0
     outside: int = 0
+    failed_rows: int = 0
+    failed_errors: list[str] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -185,7 +192,11 @@ class Backend(abc.ABC):
         """Results exist, are newer than the task's files, and the last run finished."""
         if not is_current([self.paths.result], self.task.dependencies):
             return False
-        return not self.paths.list_parts() and not self.failed_markers()
+        if self.paths.list_parts() or self.failed_markers():
+            return False
+        # A job that stopped before its time limit left rows to evaluate.
+        d = self.paths.status_dir
+        return not (os.path.isdir(d) and any(e.endswith(".partial") for e in os.listdir(d)))
 
     def changed_dependencies(self) -> list[str]:
         """Return the task files (task file, file_dep, psy-conf.py) newer than the result."""
@@ -391,6 +402,8 @@ class Backend(abc.ABC):
             if (jobid and jobid in held) or name in held_names:
                 continue
             marker = self.paths.status_file(name, "failed")
+            if os.path.basename(self.paths.status_file(name, "partial")) in markers:
+                continue  # stopped before its time limit: partial, not failed (get_partial)
             if os.path.basename(marker) in markers:
                 with open(marker, encoding="utf-8") as f:
                     message = f.read().strip() or "failed"
@@ -398,10 +411,40 @@ class Backend(abc.ABC):
             elif not pending and (
                 os.path.basename(self.paths.status_file(name, "done")) not in markers
             ):
-                failed.append(
-                    FailedJob(name, log, "did not finish (killed, crashed, or never started)")
-                )
+                failed.append(FailedJob(name, log, self._unfinished(name, markers)))
         return failed
+
+    def _unfinished(self, name: str, markers: set) -> str:
+        """Why job `name` ended without a marker, as far as its files tell."""
+        watchdog = self.paths.status_file(name, "watchdog")
+        if os.path.basename(watchdog) in markers:
+            with contextlib.suppress(OSError):
+                if os.path.getsize(watchdog):
+                    return (
+                        "killed by the row_timeout watchdog: an execute call did not return "
+                        "(C code the timeout cannot interrupt); the stack of the stuck call "
+                        f"is in {watchdog}"
+                    )
+        return "did not finish (killed, crashed, or never started)"
+
+    def get_partial(self) -> list[FailedJob]:
+        """Jobs of the last submission that stopped before their time limit with rows left.
+
+        Their ``.partial`` markers (:mod:`psyrun.walltime`) say how many rows
+        they evaluated and left; the message says it in words.
+        """
+        from psyrun.walltime import read_partial
+
+        d = self.paths.status_dir
+        if not os.path.isdir(d):
+            return []
+        out = []
+        for name, _, log in self.submitted():
+            path = self.paths.status_file(name, "partial")
+            if os.path.exists(path):
+                info = read_partial(path) or {}
+                out.append(FailedJob(name, log, str(info.get("message", "partial"))))
+        return out
 
     def notes(self) -> list[str]:
         """Messages for ``psy status`` about files that could not be read (default: none)."""

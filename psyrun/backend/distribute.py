@@ -5,7 +5,9 @@ min_items))``. Process job ``i`` evaluates rows ``[len*i//n, len*(i+1)//n)``
 of the split's snapshot in blocks, appending to ``out/<i>.partial.pkl`` at
 least every :data:`FLUSH_SECONDS`, and renames the file to ``out/<i>.pkl``
 when the range is done. A job started again (requeued) after a crash resumes
-after the rows its partial file already holds. Parts are PickleStore files
+after the rows its partial file already holds. A job that knows its time
+limit stops taking rows before it (:mod:`psyrun.walltime`), keeps its
+``.partial`` part and ends as partial. Parts are PickleStore files
 whatever the task's store (a kill loses only the rows not yet appended); the
 merge writes the result with the task's store.
 """
@@ -17,9 +19,11 @@ import time
 
 from psyrun.atomic import remove_path, replace_path
 from psyrun.backend.splitmerge import SplitMergeBackend
+from psyrun.fail_fast import FailFast
 from psyrun.failures import RowFailures, RowsFailed
 from psyrun.merge import load_params, missing_rows
 from psyrun.snapshot import Snapshot
+from psyrun.walltime import JobPartial, Walltime
 
 __all__ = ["DistributeBackend"]
 
@@ -78,6 +82,10 @@ class DistributeBackend(SplitMergeBackend):
         extra = self.task.run_setup(index)
         failures = RowFailures()
         job_name = p.job_name("process", index)
+        # The job's time limit, when it has one (psyrun.walltime); None: no limit known.
+        walltime = Walltime.for_job(self.task, getattr(self, "started", None))
+        guard = self.row_guard(job_name)
+        stopped = False
         n_todo = stop - start if todo is None else len(todo)
         pending: list[dict] = []
         pending_rows = evaluated = 0
@@ -90,15 +98,29 @@ class DistributeBackend(SplitMergeBackend):
         lo = 0
         try:
             while lo < n_todo:
+                guard.check_stopped()  # another job failed fast
                 hi = min(lo + block, n_todo)
+                if walltime is not None:
+                    fit = walltime.rows_that_fit(hi - lo)
+                    if fit < 1:
+                        stopped = True
+                        break
+                    hi = lo + fit
                 t0 = time.monotonic()
                 if todo is None:
                     arrays = snapshot.arrays(start + lo, start + hi)
                 else:
                     arrays = snapshot.take(todo[lo:hi])
-                result = self.evaluate(arrays, extra, failures, job_name)
+                try:
+                    result = self.evaluate(arrays, extra, failures, job_name)
+                except FailFast as exc:
+                    if getattr(exc, "block", None):
+                        pending.append(exc.block)
+                    raise
                 now = time.monotonic()
                 per_row = (now - t0) / (hi - lo)
+                if walltime is not None:
+                    walltime.rows_done(hi - lo, now - t0)
                 evaluated += hi - lo
                 lo = hi
                 if result:
@@ -112,6 +134,8 @@ class DistributeBackend(SplitMergeBackend):
                     flushed, pending, pending_rows, last_flush = pending, [], 0, now
                     self._append(partial, flushed)
                     self.report_rows(job_name, evaluated)
+                    if walltime is not None:
+                        walltime.flushed(time.monotonic() - now)
                 if not vectorized:
                     target = FLUSH_SECONDS / 4 / per_row if per_row > 0 else MAX_BLOCK
                     block = int(max(MIN_BLOCK, min(MAX_BLOCK, 2 * block, target)))
@@ -119,6 +143,9 @@ class DistributeBackend(SplitMergeBackend):
             # Also on SIGTERM (SystemExit) or Ctrl-C: keep what was evaluated.
             self._append(partial, pending)
             self.report_rows(job_name, evaluated)
+        if stopped:
+            # The part stays partial: a requeued job resumes it, -c evaluates the rest.
+            raise JobPartial(evaluated, n_todo - lo, walltime, failures.count)
         if os.path.exists(partial):
             replace_path(partial, final)
         self._log(f"evaluated rows {start}:{stop} ({stop - start - failures.count} results)")

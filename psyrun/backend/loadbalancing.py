@@ -18,6 +18,11 @@ twice either.
 Part files are PickleStore files whatever the task's store, so a worker killed
 while appending loses only that chunk; the merge writes the result with the
 task's store.
+
+A job that knows its time limit (:mod:`psyrun.walltime`): each worker claims
+only rows that finish before it (with the margin) and stops claiming when none
+would; the job then ends as partial. Rows not handed out stay in the claims
+log for ``psy run -c`` (or the next round).
 """
 
 from __future__ import annotations
@@ -27,20 +32,28 @@ import json
 import os
 import signal
 import sys
+import time
 import traceback
 from dataclasses import dataclass, field
 
+from psyrun import fail_fast
 from psyrun.atomic import atomic_write
 from psyrun.backend.splitmerge import SplitMergeBackend
+from psyrun.fail_fast import FailFast
 from psyrun.failures import RowFailures, RowsFailed
 from psyrun.lease import host_id, process_alive, start_ticks
 from psyrun.snapshot import Snapshot
 from psyrun.store.locking import FileLock
+from psyrun.walltime import JobPartial, Walltime
 
 __all__ = ["ClaimLog", "LoadBalancingBackend", "Owner"]
 
 #: Largest chunk of rows a worker takes at once.
 MAX_CHUNK = 1024
+#: Exit status of a pool worker that stopped claiming before the job's time limit.
+EXIT_PARTIAL = 4
+#: Exit status of a pool worker that failed fast (psyrun.fail_fast).
+EXIT_FAIL_FAST = 5
 #: Bytes read from the end of the claims log to find the next row to hand out.
 _TAIL = 4096
 
@@ -349,6 +362,8 @@ class LoadBalancingBackend(SplitMergeBackend):
         n_workers = n_jobs * pool_size
         attempt = Owner.this_process(self.paths.job_name("process", index)).attempt
         parent = os.getpid()
+        # Looked up once (it may ask the batch system); every worker keeps its own tally.
+        walltime = Walltime.for_job(self.task, getattr(self, "started", None))
         children = []
         for w in range(1, pool_size):
             sys.stdout.flush()
@@ -358,11 +373,17 @@ class LoadBalancingBackend(SplitMergeBackend):
                 code = 1
                 try:
                     _die_with_parent(parent)
-                    _Worker(self, index * pool_size + w, n_workers, attempt).run()
+                    _Worker(self, index * pool_size + w, n_workers, attempt, walltime).run()
                     code = 0
                 except RowsFailed as exc:
                     print(f"psyrun: {exc}", file=sys.stderr, flush=True)
                     code = 3
+                except JobPartial as exc:
+                    print(f"psyrun: worker {index * pool_size + w}: {exc}", flush=True)
+                    code = EXIT_PARTIAL
+                except FailFast as exc:
+                    print(f"psyrun: {exc}", file=sys.stderr, flush=True)
+                    code = EXIT_FAIL_FAST
                 except BaseException:
                     traceback.print_exc()
                 finally:
@@ -370,32 +391,53 @@ class LoadBalancingBackend(SplitMergeBackend):
                     sys.stderr.flush()
                     os._exit(code)
             children.append(pid)
-        failure = None
+        failure = partial = None
         try:
-            main = _Worker(self, index * pool_size, n_workers, attempt)
+            main = _Worker(self, index * pool_size, n_workers, attempt, walltime)
             main.run()
         except RowsFailed as exc:
             failure = exc
-        except BaseException:
-            # Stopped (SIGTERM, Ctrl-C) or crashed: stop the pool too, leave no orphans.
+        except JobPartial as exc:
+            partial = exc
+        except BaseException as exc:
+            # Stopped (SIGTERM, Ctrl-C), failed fast or crashed: stop the pool too,
+            # leave no orphans.
             for pid in children:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)
             for pid in children:
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(pid, 0)
+            if isinstance(exc, FailFast):
+                # Whichever worker of this job failed fast, its line says why.
+                raise FailFast(self._fail_fast_line(index) or str(exc)) from None
             raise
         codes = []
         for pid in children:
             _, status = os.waitpid(pid, 0)
             codes.append(os.waitstatus_to_exitcode(status))
-        if any(c not in (0, 3) for c in codes):
+        if any(c not in (0, 3, EXIT_PARTIAL, EXIT_FAIL_FAST) for c in codes):
             # A pool worker died: its unfinished rows are evaluated here, and
             # the job still fails, so that the user learns of the crash.
             self._log(f"pool workers exited with status {codes}; taking over their rows")
             with contextlib.suppress(RowsFailed):
                 main.run()
             raise RuntimeError(f"worker processes exited with status {codes}")
+        if EXIT_FAIL_FAST in codes:
+            raise FailFast(
+                self._fail_fast_line(index)
+                or f"a worker of this job stopped: fail fast (see {fail_fast.MARKER} in "
+                f"{self.paths.status_dir} and the log)"
+            )
+        if partial is not None or EXIT_PARTIAL in codes:
+            # Some worker stopped claiming before the time limit: the job is partial.
+            job = self.paths.job_name("process", index)
+            procs = range(index * pool_size, (index + 1) * pool_size)
+            evaluated = sum(self._rows_reported(f"{job}.{w}") for w in procs)
+            left = max(0, main.log.n_rows - main.log.scan().next_row)
+            limit = partial.limit if partial is not None else main.walltime
+            failed = failure.failures.count if failure is not None else 0
+            raise JobPartial(evaluated, left, limit, failed + codes.count(3))
         if failure is not None:
             raise failure
         if 3 in codes:
@@ -405,11 +447,40 @@ class LoadBalancingBackend(SplitMergeBackend):
             raise RowsFailed(failures)
         return 0
 
+    def _fail_fast_line(self, index: int) -> str:
+        """Return the fail-fast line a worker of process job `index` wrote ('' if none did)."""
+        job = self.paths.job_name("process", index)
+        try:
+            with open(
+                os.path.join(self.paths.status_dir, fail_fast.MARKER),
+                encoding="utf-8",
+                errors="replace",
+            ) as f:
+                who, line = f.readline().strip(), f.readline().strip()
+        except OSError:
+            return ""
+        return line if who == job else ""
+
+    def _rows_reported(self, name: str) -> int:
+        """Rows a worker reported evaluated (:meth:`report_rows`); 0 when unknown."""
+        try:
+            with open(self.paths.status_file(name, "rows"), encoding="ascii") as f:
+                return int(f.read().strip() or 0)
+        except (OSError, ValueError):
+            return 0
+
 
 class _Worker:
     """One worker process of a process job: claims rows, evaluates them, appends to its part."""
 
-    def __init__(self, backend: LoadBalancingBackend, proc_id: int, n_workers: int, attempt: str):
+    def __init__(
+        self,
+        backend: LoadBalancingBackend,
+        proc_id: int,
+        n_workers: int,
+        attempt: str,
+        walltime: Walltime | None = None,
+    ):
         p = backend.paths
         self.backend = backend
         self.proc_id = proc_id
@@ -424,6 +495,8 @@ class _Worker:
         self.failures = RowFailures()
         self.evaluated = 0
         self.checked = False
+        # The job's time limit (psyrun.walltime); each worker stops claiming on its own.
+        self.walltime = walltime
 
     def run(self) -> None:
         """Claim, evaluate and append until the log has nothing left for this worker.
@@ -431,25 +504,44 @@ class _Worker:
         Raises :class:`RowsFailed` when rows raised (the others are kept).
         """
         b = self.backend
-        max_chunk = b.vector_block if b.task.vectorized else None
+        max_chunk = b.vector_block if b.task.vectorized else MAX_CHUNK
+        guard = b.row_guard(self.job_name)
+        walltime, stopped = self.walltime, False
         while True:
-            claim = self.log.next(self.n_workers, max_chunk)
+            guard.check_stopped()  # another job failed fast
+            wanted = max_chunk
+            if walltime is not None:
+                # Claim only rows that finish before the time limit (with the margin).
+                wanted = walltime.rows_that_fit(max_chunk)
+                if wanted < 1:
+                    stopped = True
+                    break
+            claim = self.log.next(self.n_workers, wanted)
             if claim is None:
                 break
             start, stop = claim
+            t0 = time.monotonic()
             result = b.evaluate(
                 self.snapshot.arrays(start, stop), self.extra, self.failures, self.job_name
             )
+            t1 = time.monotonic()
+            if walltime is not None:
+                walltime.rows_done(stop - start, t1 - t0)
             if result:
                 if not self.checked:
                     b.check_block(result)
                     self.checked = True
                 b.part_store.append(self.part, result)
                 self.rows += len(next(iter(result.values())))
+                if walltime is not None:
+                    walltime.flushed(time.monotonic() - t1)
             # Only now: a kill before this line leaves the claim to be taken over.
             self.log.done(start, self.rows)
             self.evaluated += stop - start
             b.report_rows(f"{self.job_name}.{self.proc_id}", self.evaluated)
         b._log(f"worker {self.proc_id} evaluated {self.evaluated} rows into {self.part}")
+        if stopped:
+            left = max(0, self.log.n_rows - self.log.scan().next_row)
+            raise JobPartial(self.evaluated, left, walltime, self.failures.count)
         if self.failures.count:
             raise RowsFailed(self.failures)

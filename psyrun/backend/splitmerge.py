@@ -23,13 +23,14 @@ import math
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from psyrun.atomic import remove_path, replace_path
 from psyrun.backend.base import Backend, Plan, TaskProgress
+from psyrun.fail_fast import FailFast
 from psyrun.failures import RowFailures
 from psyrun.jobs import Job, JobArray, JobGraph
 from psyrun.merge import (
@@ -38,9 +39,10 @@ from psyrun.merge import (
     RowMatch,
     concat_columns,
     describe_error,
-    load_params,
     match_rows,
     merge_files,
+    params_and_failures,
+    replaced_failures,
 )
 from psyrun.records import add_records, timed
 from psyrun.snapshot import snapshot_version, write_snapshot
@@ -58,13 +60,19 @@ def _count(columns: Mapping) -> int:
 
 @dataclass
 class _Stored:
-    """The parameter columns of a task's stored rows: the result's first, then the parts'."""
+    """The parameter columns of a task's stored rows: the result's first, then the parts'.
+
+    Failed rows on record (:mod:`psyrun.failed_rows`) are not among them: they
+    are in `failed` (latest first) with their errors.
+    """
 
     params: dict[str, np.ndarray]
     in_result: int
     result: str  # "ok", "missing" or "damaged"
     error: str = ""
     match: RowMatch | None = None
+    failed: dict = field(default_factory=dict)
+    errors: list = field(default_factory=list)
 
 
 class UnholdableRows(TypeError):
@@ -142,11 +150,21 @@ class SplitMergeBackend(Backend):
         p = self.paths
         stored = _Stored({}, 0, "missing")
         params = []
+        failed: list[tuple[dict, list]] = []  # failed rows on record, per file
+
+        def read(store, path: str) -> dict:
+            errors: list = []
+            found, mask = params_and_failures(store, path, self.keys, errors)
+            if found and mask.any():
+                failed.append(({k: v[mask] for k, v in found.items()}, errors))
+                found = {k: v[~mask] for k, v in found.items()}
+            return found
+
         if self.store.exists(p.result):
             try:
                 # Read back whole: a result counts only if every row of it reads.
                 self.store.verify(p.result)
-                params.append(load_params(self.store, [p.result], self.keys, strict=True))
+                params.append(read(self.store, p.result))
                 stored.result = "ok"
             except Exception as exc:
                 stored.result = "damaged"
@@ -160,10 +178,14 @@ class SplitMergeBackend(Backend):
         stored.in_result = _count(params[0]) if params else 0
         for _, path, _ in p.list_parts():
             try:
-                params.append(load_params(self.store_for, [path], self.keys, strict=True))
+                params.append(read(self.store_for(path), path))
             except Exception as exc:
                 self._note(f"part file {path} cannot be read ({describe_error(exc)}); not counted")
         stored.params = concat_columns([x for x in params if x], self.keys) if params else {}
+        if failed:
+            failed.reverse()  # the latest first: parts, then the result
+            stored.failed = concat_columns([f for f, _ in failed], self.keys)
+            stored.errors = [e for _, errors in failed for e in errors]
         return stored
 
     def result_state(self) -> tuple[str, str]:
@@ -228,7 +250,9 @@ class SplitMergeBackend(Backend):
             )
             return TaskProgress(0, total, notes, result=stored.result)
         if not done:
-            return TaskProgress(0, total, notes, result=stored.result)
+            progress = TaskProgress(0, total, notes, result=stored.result)
+            self._count_failed(progress, None)
+            return progress
         match = self._match()
         used_in_parts = int(match.used[stored.in_result :].sum())
         outside = int((match.outside & match.first).sum())
@@ -246,8 +270,25 @@ class SplitMergeBackend(Backend):
             unmerged=used_in_parts,
             outside=outside,
         )
+        self._count_failed(progress, match.missing)
         self._version_notes(progress)
         return progress
+
+    def _count_failed(self, progress: TaskProgress, missing) -> None:
+        """Count the failed rows on record whose assignment is still missing.
+
+        Of several failures of one assignment the latest counts (the result
+        and the parts may both hold one until they are merged).
+        """
+        stored = self._stored()
+        if not stored.failed:
+            return
+        from psyrun.pspace import RowView
+
+        space = self.task.pspace if missing is None else RowView(self.task.pspace, missing)
+        used = match_rows(space, stored.failed).used
+        progress.failed_rows = int(used.sum())
+        progress.failed_errors = [e for e, u in zip(stored.errors, used) if u]
 
     def prune(self) -> tuple[int, int]:
         """Rewrite the result without rows outside the space; return ``(kept, removed)``."""
@@ -391,7 +432,12 @@ class SplitMergeBackend(Backend):
 
     def run_job(self, kind: str, index: int | None, description: Mapping[str, Any]) -> int:
         """Run a split, process or merge job."""
+        from psyrun.records import attempt_number
+
         cont = bool(description.get("cont"))
+        self.attempt = attempt_number(description)
+        #: When the job started (epoch seconds): its time limit counts from here.
+        self.started = description.get("started")
         if kind == "split":
             self.run_split(cont, stale=bool(description.get("stale")))
             return 0
@@ -430,13 +476,17 @@ class SplitMergeBackend(Backend):
                         f"{outcome.reject_error}"
                     )
             self._remove_temporaries()
-            done = (
-                load_params(self.store, [p.result], keys, strict=True)
+            done, failed = (
+                params_and_failures(self.store, p.result, keys)
                 if self.store.exists(p.result)
-                else {}
+                else ({}, None)
             )
-            if stale and done:
-                done = self._current_rows(done)
+            if done:
+                # Failed rows on record are evaluated again; with `stale` old versions too.
+                keep = ~failed
+                if stale:
+                    keep &= self._current_mask(len(failed))
+                done = {k: v[keep] for k, v in done.items()}
             rows = match_rows(self.task.pspace, done).missing if done else None
         else:
             p.clear_parts()
@@ -458,8 +508,14 @@ class SplitMergeBackend(Backend):
         """
         p = self.paths
         # The parts are the last run's: rows of its version replace older ones.
+        # Failed rows of the result that the parts evaluated again go (psyrun.failed_rows).
+        failures = (
+            replaced_failures(self.store, base, parts, self.keys, self.store_for)
+            if base is not None
+            else None
+        )
         drop_base, metadata = self._merge_versions(
-            base, parts, snapshot_version(p.pspace), metadata
+            base, parts, snapshot_version(p.pspace), metadata, failures
         )
         try:
             outcome = merge_files(
@@ -523,7 +579,7 @@ class SplitMergeBackend(Backend):
         task's ``record`` setting adds its ``psy_*`` columns (`job` is the
         name ``psy_job`` holds).
         """
-        from psyrun.mapper import evaluate_block
+        from psyrun.mapper import concatenate_results, evaluate_block
 
         n_in = len(next(iter(arrays.values()), ()))
         if not n_in:
@@ -533,25 +589,65 @@ class SplitMergeBackend(Backend):
         if record and not self.task.vectorized and {"duration", "finished"} & set(record):
             calls = []
             execute = timed(execute, calls)
+        # Row timeout, fail fast, failed rows on record (psyrun.row_guard).
+        guard = self.row_guard(job)
         started = time.perf_counter()
-        result = evaluate_block(
-            execute,
-            arrays,
-            self.keys,
-            exclude=tuple(self.task.exclude_from_result),
-            extra=extra,
-            on_error=failures.add,
-            vectorized=self.task.vectorized,
-            rng_seed=self.task.execute_rng_seed,
-        )
+        try:
+            with guard.armed():
+                result = evaluate_block(
+                    guard.wrap(execute),
+                    arrays,
+                    self.keys,
+                    exclude=tuple(self.task.exclude_from_result),
+                    extra=extra,
+                    on_error=guard.on_error(failures),
+                    vectorized=self.task.vectorized,
+                    rng_seed=self.task.execute_rng_seed,
+                )
+        except FailFast as exc:
+            # The block's failed rows are still written (the caller appends them).
+            exc.block = self._with_records(guard.failed_block(self.keys), extra)
+            raise
         elapsed = time.perf_counter() - started
         n = len(next(iter(result.values()))) if result else 0
-        if not n:
+        if n:
+            result = self._with_setup_values(result, extra, n)
+            if record:
+                add_records(
+                    result,
+                    record,
+                    n,
+                    calls,
+                    elapsed / n_in,
+                    job,
+                    self.task.vectorized,
+                    getattr(self, "attempt", 1),
+                )
+        failed = self._with_records(guard.failed_block(self.keys), extra)
+        if failed is not None:
+            result = concatenate_results([result, failed]) if n else failed
+        elif not n:
             return None
-        result = self._with_setup_values(result, extra, n)
-        if record:
-            add_records(result, record, n, calls, elapsed / n_in, job, self.task.vectorized)
         return result
+
+    def _with_records(self, block: dict | None, extra) -> dict | None:
+        """`block` (failed rows on record) with the values ``setup`` returned."""
+        if block is None:
+            return None
+        n = len(next(iter(block.values())))
+        return self._with_setup_values(block, extra, n) if n else None
+
+    def row_guard(self, job: str | None):
+        """Return this job process's :class:`psyrun.row_guard.RowGuard` (made on first use)."""
+        from psyrun.row_guard import RowGuard
+
+        guard = getattr(self, "_row_guard", None)
+        if guard is None or guard.pid != os.getpid() or guard.job != (job or ""):
+            guard = RowGuard(
+                self.task, self.paths.status_dir, job or "", getattr(self, "attempt", 1)
+            )
+            self._row_guard = guard
+        return guard
 
     @property
     def vector_block(self) -> int:
@@ -613,12 +709,15 @@ class SplitMergeBackend(Backend):
 
     # -- versions of the task's code (psyrun.versions) ---------------------------
 
-    def _merge_versions(self, base, parts: list[str], parts_version, metadata=None):
-        """``(drop_base, metadata)`` for a merge of `parts` (computed by `parts_version`)."""
+    def _merge_versions(self, base, parts: list[str], parts_version, metadata=None, drop=None):
+        """``(drop_base, metadata)`` for a merge of `parts` (computed by `parts_version`).
+
+        `drop`: further rows of `base` the parts replace (failed rows on record).
+        """
         from psyrun.versions import merge_versions
 
         return merge_versions(
-            self.store, base, parts, self.keys, parts_version, self.store_for, metadata
+            self.store, base, parts, self.keys, parts_version, self.store_for, metadata, drop
         )
 
     def _check_snapshot_version(self) -> None:
@@ -655,19 +754,17 @@ class SplitMergeBackend(Backend):
 
         return stale_note(self.task, self.version_counts())
 
-    def _current_rows(self, done: dict) -> dict:
-        """Return the rows of `done` (the result's parameters) computed by the current version."""
+    def _current_mask(self, n: int) -> np.ndarray:
+        """Which of the result's `n` rows the current version of the task's code computed."""
         from psyrun.versions import expand_segments, read_row_versions
 
-        n = len(next(iter(done.values())))
         segments = read_row_versions(self.store, self.paths.result, n)
         if segments is None:
-            return done
+            return np.ones(n, dtype=bool)
         names: list = []
         codes = expand_segments(segments, names)
         other = [i for i, v in enumerate(names) if v is not None and v != self.task.version]
-        keep = ~np.isin(codes, other)
-        return {k: v[keep] for k, v in done.items()}
+        return ~np.isin(codes, other)
 
     def _version_notes(self, progress: TaskProgress) -> None:
         """Add to `progress` the rows of older versions and a task file changed during a run."""
@@ -700,8 +797,11 @@ class SplitMergeBackend(Backend):
         return []
 
     def is_current(self) -> bool:
-        """As :meth:`Backend.is_current`, and every row was computed by the current code."""
-        return super().is_current() and not self.stale_rows()
+        """As :meth:`Backend.is_current`; every row computed by the current code, none failed."""
+        if not super().is_current() or self.stale_rows():
+            return False
+        # Failed rows on record are missing rows (psyrun.failed_rows).
+        return self.result_state()[0] != "ok" or not self._stored().failed
 
     def changed_dependencies(self) -> list[str]:
         """As :meth:`Backend.changed_dependencies`; the task file when rows are stale."""

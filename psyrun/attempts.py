@@ -53,6 +53,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from psyrun.records import ATTEMPT_ENV
+
 __all__ = [
     "ATTEMPT_VARIABLE",
     "Cause",
@@ -78,8 +80,9 @@ __all__ = [
     "stop_requested",
 ]
 
-#: The environment variable holding a job's round (1, 2, ...) while it runs.
-ATTEMPT_VARIABLE = "PSYRUN_ATTEMPT"
+#: The environment variable holding a job's round (1, 2, ...) while it runs; the
+#: records (``psy_attempt``) read the same one.
+ATTEMPT_VARIABLE = ATTEMPT_ENV
 
 #: Pauses (seconds) between asks for an accounting record not written yet.
 RECORD_WAITS = (0.5, 1.0, 2.0, 4.0, 0.0)
@@ -483,8 +486,16 @@ def job_causes(backend, scheduler) -> list[JobCause]:
     paths = backend.paths
     merge = paths.job_name("merge")
     unfinished = []
+    out_partial: list[JobCause] = []
     for name, jobid, _ in backend.submitted():
         if name == merge or os.path.exists(paths.status_file(name, "done")):
+            continue
+        if os.path.exists(paths.status_file(name, "partial")):
+            # It stopped before its time limit (psyrun.walltime): its rows did not
+            # fit, so the next round gets more time as after a time limit.
+            out_partial.append(
+                JobCause(name, jobid, Cause.TIMELIMIT, "partial: stopped before its time limit")
+            )
             continue
         try:
             with open(paths.status_file(name, "failed"), encoding="utf-8") as f:
@@ -505,7 +516,7 @@ def job_causes(backend, scheduler) -> list[JobCause]:
                 cause = record[0]
             detail = f"{record[1]}; {detail}"
         out.append(JobCause(name, jobid, cause, detail))
-    return out
+    return out_partial + out
 
 
 # -- deciding and escalating --------------------------------------------------------
@@ -707,7 +718,9 @@ def continue_after_merge(backend, scheduler, description: Mapping[str, Any], loc
         Prints a line to the merge job's log.
     """
     n_max = int(description.get("max_attempts", 1))
-    if n_max <= 1:
+    if n_max <= 1 or getattr(scheduler, "attached", False):
+        # Under an attached scheduler (local, Dask) the waiting `psy run` runs
+        # the rounds (run_more_rounds); deciding here too would record each round twice.
         return
     paths = backend.paths
     attempt = int(description.get("attempt", 1))

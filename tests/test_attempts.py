@@ -301,6 +301,33 @@ def test_local_sweep_finishes_in_a_second_round(tmp_path, jobs_option):
     assert "round 2 of at most 3" in status.output
 
 
+def test_partial_jobs_continue_in_rounds_with_more_time(tmp_path):
+    # Jobs that stop before their time limit (psyrun.walltime) end partial; the
+    # next round evaluates the rest with twice the time, each round on record once.
+    write(
+        tmp_path / "psy-tasks" / "task_sweep.py",
+        counting_task(
+            tmp_path / "calls.txt",
+            range(24),
+            settings=(
+                "import time\nmax_jobs = 1\nmax_attempts = 4\nwalltime_margin = 0.3\n"
+                "scheduler_args = {'timelimit': '0:00:02'}\nrecord = ['attempt']"
+            ),
+            before_record="time.sleep(0.15)",
+        ),
+    )
+    result = ok(psy("run", "sweep", cwd=tmp_path))
+    assert "1 job hit the time limit" in result.output
+    assert_every_row_once(tmp_path, range(24))
+    assert set(calls(tmp_path / "calls.txt").values()) == {1}
+    state = rounds_state(tmp_path)
+    assert state["history"][0]["causes"] == {"timelimit": 1}
+    assert [entry["attempt"] for entry in state["history"]] == list(range(1, state["attempt"] + 1))
+    assert state["factors"]["timelimit"] >= 2
+    attempts = load_result(result_path(tmp_path, "sweep"), "pickle")["psy_attempt"]
+    assert set(attempts.tolist()) == set(range(1, state["attempt"] + 1))
+
+
 def test_one_attempt_is_todays_behaviour(tmp_path):
     crash_task(tmp_path, "", crash=CRASH_FIRST_TIME)
     result = psy("run", "sweep", cwd=tmp_path)

@@ -60,6 +60,7 @@ __all__ = [
     "delete_member",
     "fill_disk",
     "read_h5_plainly",
+    "read_zarr_plainly",
     "read_npz_plainly",
     "read_pickle_plainly",
     "result_files",
@@ -310,8 +311,31 @@ def read_pickle_plainly(filename: str) -> dict[str, np.ndarray]:
     return {name: np.asarray(values) for name, values in data.items()}
 
 
+def read_zarr_plainly(filename: str) -> dict[str, np.ndarray]:
+    """Read a ZarrStore result with zarr alone: one array per column.
+
+    The group attribute ``psyrun_rows`` is the committed row count (arrays
+    may be longer after an interrupted append); an array's name is its
+    column's name with ``%XX`` escapes (``urllib.parse.unquote`` reverses
+    them). Skips the test without zarr.
+    """
+    from urllib.parse import unquote
+
+    zarr = pytest.importorskip("zarr")
+    group = zarr.open_group(filename, mode="r")
+    rows = int(group.attrs["psyrun_rows"])
+    out = {}
+    for name, array in group.arrays():
+        values = np.asarray(array[:rows])
+        if values.dtype.kind == "T" or (values.dtype == object and rows):
+            values = np.array([str(v) for v in values.ravel()], dtype=str).reshape(values.shape)
+        out[unquote(name)] = values
+    return out
+
+
 #: Readers without psyrun, by extension (``read_<format>_plainly``).
 PLAIN_READERS: dict[str, Callable[[str], dict[str, np.ndarray]]] = {
+    ".zarr": read_zarr_plainly,
     ".h5": read_h5_plainly,
     ".npz": read_npz_plainly,
     ".pkl": read_pickle_plainly,

@@ -20,6 +20,9 @@ max_jobs = 3
 record = ['error', 'attempt', 'duration']
 {settings}
 BAD = {{int(v) for v in os.environ.get('BAD_ROWS', '3,7').split(',') if v}}
+# Automatic rounds where the test asks for them (the task file stays the same code).
+max_attempts = int(os.environ.get('ATTEMPTS', '1'))
+retry_errors = True
 
 def execute(x):
     if x in BAD:
@@ -80,13 +83,14 @@ def test_failed_rows_are_on_record_and_missing_until_they_succeed(tmp_path, monk
     assert "{'x': 3}" in status.stdout
     assert "{'x': 7}" in status.stdout
 
-    # A second attempt that fails again replaces the record (no row twice).
-    monkeypatch.setenv("PSYRUN_ATTEMPT", "2")
+    # `-c` with two automatic rounds: row 3 succeeds in round 1; row 7 fails in both,
+    # and each failure replaces the record before it (no row twice).
+    monkeypatch.setenv("ATTEMPTS", "2")
     monkeypatch.setenv("BAD_ROWS", "7")
     assert psy("run", "-c", "f", cwd=tmp_path).returncode == 1
     rows = rows_by_x(task_result(tmp_path, "f"))
     assert sorted(rows) == list(range(12))
-    assert (rows[3]["psy_error"], rows[3]["psy_attempt"], rows[3]["y"]) == ("", 2, 9)
+    assert (rows[3]["psy_error"], rows[3]["psy_attempt"], rows[3]["y"]) == ("", 1, 9)
     assert (rows[7]["psy_error"], rows[7]["psy_attempt"]) == ("ValueError: bad row 1", 2)
     assert rows[4]["psy_attempt"] == 1  # computed once, in the first attempt
     assert "11 out of 12 rows completed" in ok(psy("status", "f", cwd=tmp_path)).stdout

@@ -531,7 +531,18 @@ class Sobol(SamplingSpace):
 # Halton
 
 
-class Halton(SamplingSpace):
+class _Scrambled(SamplingSpace):
+    """A point set with a ``scramble`` switch, on by default (Halton, Latin hypercube)."""
+
+    def __init__(self, n: int, seed: int | None = None, scramble: bool = True, **dims: Any):
+        super().__init__(n, seed, **dims)
+        self._scramble = bool(scramble)
+
+    def _options(self):
+        return [] if self._scramble else ["scramble=False"]
+
+
+class Halton(_Scrambled):
     """A (scrambled) Halton sequence of `n` points as a lazy parameter space.
 
     Row ``i`` is point ``i`` of ``scipy.stats.qmc.Halton(d,
@@ -551,13 +562,6 @@ class Halton(SamplingSpace):
         Dimension name -> ``(low, high)``, ``(low, high, 'log')`` or a
         distribution with ``ppf``.
     """
-
-    def __init__(self, n: int, seed: int | None = None, scramble: bool = True, **dims: Any):
-        super().__init__(n, seed, **dims)
-        self._scramble = bool(scramble)
-
-    def _options(self):
-        return [] if self._scramble else ["scramble=False"]
 
     def _make_engine(self):
         qmc = _qmc("Halton")
@@ -598,7 +602,7 @@ class Halton(SamplingSpace):
 # Latin hypercube
 
 
-class LatinHypercube(SamplingSpace):
+class LatinHypercube(_Scrambled):
     """A Latin hypercube design of `n` points as a lazy parameter space.
 
     The points are ``scipy.stats.qmc.LatinHypercube(d, scramble=scramble,
@@ -623,13 +627,6 @@ class LatinHypercube(SamplingSpace):
         Dimension name -> ``(low, high)``, ``(low, high, 'log')`` or a
         distribution with ``ppf``.
     """
-
-    def __init__(self, n: int, seed: int | None = None, scramble: bool = True, **dims: Any):
-        super().__init__(n, seed, **dims)
-        self._scramble = bool(scramble)
-
-    def _options(self):
-        return [] if self._scramble else ["scramble=False"]
 
     def _points(self) -> np.ndarray:
         points = self.__dict__.get("_cache_points")

@@ -41,7 +41,7 @@ def _per_row(fn, arrays, keys, wrap=None) -> float:
 def _timeout_overhead() -> tuple[float, float]:
     import numpy as np
 
-    from psyrun.row_timeout import RowTimer
+    from psyrun.run.row_timeout import RowTimer
 
     arrays = {"x": np.arange(N_ROWS)}
 
@@ -71,8 +71,8 @@ def execute(x):
 
 
 def _limit_run(limit: float = 2.0) -> dict:
+    from psyrun.run.walltime import read_partial
     from psyrun.store import PickleStore
-    from psyrun.walltime import read_partial
 
     with tempfile.TemporaryDirectory() as d:
         os.makedirs(os.path.join(d, "psy-tasks"))

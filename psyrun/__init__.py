@@ -40,7 +40,7 @@ _EXPORTS = {
     "PBS": "psyrun.scheduler",
     "LSF": "psyrun.scheduler",
     "Dask": "psyrun.scheduler",
-    "run_task": "psyrun.runner",
+    "run_task": "psyrun.run.runner",
     "row_rng": "psyrun.rng",
     "row_seeds": "psyrun.rng",
     "Store": "psyrun.store",

@@ -225,7 +225,7 @@ def run(
     # Jobs run in forked children of this process: import what they need once, here.
     import psyrun.mapper
     import psyrun.worker  # noqa: F401
-    from psyrun.runner import run_task
+    from psyrun.run.runner import run_task
 
     tasks, selected = _load(taskdir, task)
     problems = tasks.selection_failed
@@ -294,7 +294,7 @@ def status(
     taskdir: str, verbose: int, watch: bool, interval: float, task: tuple[str, ...]
 ) -> None:
     """Print how many assignments of each task (or the named ones) are done."""
-    from psyrun.runner import task_status
+    from psyrun.run.runner import task_status
 
     tasks, selected = _load(taskdir, task)
     if watch:
@@ -334,7 +334,7 @@ def status(
 
 
 def _print_failed_rows(name: str, progress, verbose: int) -> None:
-    """Failed rows on record (psyrun.failed_rows): a count, with -v by cause and by error."""
+    """Failed rows on record (psyrun.results.failed_rows): a count; -v by cause and by error."""
     n = getattr(progress, "failed_rows", 0)
     if not n:
         return
@@ -344,7 +344,7 @@ def _print_failed_rows(name: str, progress, verbose: int) -> None:
     )
     if not verbose:
         return
-    from psyrun.failed_rows import summarize
+    from psyrun.results.failed_rows import summarize
 
     by_cause, by_error = summarize(progress.failed_errors)
     click.echo("  failed rows by cause: " + ", ".join(f"{c} {k}" for c, k in _counted(by_cause)))
@@ -360,7 +360,7 @@ def _counted(counter) -> list[tuple[str, int]]:
 
 
 def _print_partial(name: str, partial: list) -> None:
-    """Jobs that stopped before their time limit with rows left (psyrun.walltime)."""
+    """Jobs that stopped before their time limit with rows left (psyrun.run.walltime)."""
     if not partial:
         return
     click.echo(
@@ -384,7 +384,7 @@ def _print_result_state(name: str, report) -> None:
 
 def _watch(selected: list, interval: float) -> None:
     """``psy status --watch``: follow one task until it has ended, then exit."""
-    from psyrun.watch import watch
+    from psyrun.run.watch import watch
 
     if len(selected) != 1:
         raise click.UsageError("--watch follows one task: name it, e.g. `psy status --watch sq`")
@@ -443,8 +443,8 @@ def _job_line(s) -> list[str]:
 
 
 def _print_jobs(name: str, queued: list, failed: list, verbose: int, task=None) -> None:
-    from psyrun.defaults import scheduler_for
-    from psyrun.runner import describe_waits, summarize_states
+    from psyrun.run.defaults import scheduler_for
+    from psyrun.run.runner import describe_waits, summarize_states
 
     # The scheduler only names the command that releases held jobs.
     held = task is not None and any(getattr(s, "held", False) for s in queued)
@@ -494,7 +494,7 @@ def clean(taskdir: str, all_tasks: bool, task: tuple[str, ...]) -> None:
 
     A task with jobs queued or running is not cleaned (`psy kill` them first).
     """
-    from psyrun.runner import JobsInQueue, clean_task
+    from psyrun.run.runner import JobsInQueue, clean_task
 
     if not task and not all_tasks:
         raise click.UsageError("name the tasks to clean (`psy list` shows them), or pass --all")
@@ -532,7 +532,7 @@ def prune(taskdir: str, task: tuple[str, ...]) -> None:
     not thrown away unasked); `psy status` counts them. This writes a new
     result file without them, reads it back, and only then replaces the old.
     """
-    from psyrun.runner import prune_task
+    from psyrun.run.runner import prune_task
 
     tasks, selected = _load(taskdir, task)
     problems = tasks.selection_failed
@@ -559,7 +559,7 @@ def prune(taskdir: str, task: tuple[str, ...]) -> None:
 @_file_errors
 def kill(taskdir: str, task: tuple[str, ...]) -> None:
     """Cancel the queued and running jobs of all tasks (or the named ones)."""
-    from psyrun.runner import kill_task
+    from psyrun.run.runner import kill_task
 
     tasks, selected = _load(taskdir, task)
     for t in selected:
@@ -641,7 +641,7 @@ def merge(directory: str, merged: str, overwrite: bool) -> None:
     the same files twice appends them twice.
     """
     from psyrun.paths import task_root_of
-    from psyrun.runner import task_lock
+    from psyrun.run.runner import task_lock
 
     # Parts or a result of a task: not while a `psy run` or `psy clean` works on it.
     roots = {p.root: p for p in map(task_root_of, (directory, merged)) if p is not None}
@@ -659,7 +659,7 @@ def merge(directory: str, merged: str, overwrite: bool) -> None:
 
 
 def _merge(directory: str, merged: str, overwrite: bool) -> None:
-    from psyrun.merge import find_sources, write_merged
+    from psyrun.results.merge import find_sources, write_merged
     from psyrun.store import PickleStore, get_store
 
     try:
@@ -875,9 +875,9 @@ def test(taskdir: str, task: tuple[str, ...]) -> None:
 def _test_row(task) -> tuple[str | None, dict]:
     """Evaluate the first row of `task` as a process job; return (problem or None, outputs)."""
     from psyrun.backend.splitmerge import SplitMergeBackend
-    from psyrun.defaults import make_backend
-    from psyrun.failures import RowFailures
     from psyrun.mapper import is_return_type_error
+    from psyrun.run.defaults import make_backend
+    from psyrun.run.failures import RowFailures
 
     backend = make_backend(task)
     if not isinstance(backend, SplitMergeBackend):

@@ -298,10 +298,10 @@ def write_job_description(path: str, task, backend: type, kind: str, **fields: A
     It records the psyrun version and the backend, so that a job started
     after the task changed backend (or psyrun was upgraded) refuses to run
     on files written for another, and the copy of the task's source the job
-    evaluates (:func:`psyrun.versions.freeze`).
+    evaluates (:func:`psyrun.run.versions.freeze`).
     """
     from psyrun import __version__
-    from psyrun.versions import freeze
+    from psyrun.run.versions import freeze
 
     description = {
         # The jobs evaluate the task as psy loaded it (a copy of its source).

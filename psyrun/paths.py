@@ -5,12 +5,12 @@ Layout of ``<workdir>/<task>/``::
     <task>:split.log, <task>:process:<i>.log, <task>:merge.log   job logs
     jobs/<job kind>.json          job descriptions read by psyrun.worker
     jobs/submitted.json           ids of the jobs submitted last (and the run's tag)
-    jobs/source/                  the task's source as the run evaluates it (psyrun.versions)
+    jobs/source/                  the task's source as the run evaluates it (psyrun.run.versions)
     jobs/run.lock                 held by the `psy run` or `psy clean` working on the task
     status/<job name>.done|.failed|.partial  how each job ended (written by the job)
     status/<job name>.watchdog    the stack of a call the row_timeout watchdog ended
-    status/<job name>.lease       a running job says it lives (psyrun.lease)
-    status/fail-fast              a job failed fast: the others stop (psyrun.fail_fast)
+    status/<job name>.lease       a running job says it lives (psyrun.run.lease)
+    status/fail-fast              a job failed fast: the others stop (psyrun.run.fail_fast)
     in/pspace.pkl                 compact snapshot of the space to evaluate
     in/counter                    claims log: rows handed out (load balancing)
     out/<i>.pkl                   a finished part of the results
@@ -345,7 +345,7 @@ class TaskPaths:
             for state in ("done", "failed", "partial", "rows"):
                 tmp = os.path.basename(tmp_name(self.status_file(job, state)))
                 names.append(tmp.replace(f".tmp{pid}", ".tmp" + "9" * _PID_DIGITS))
-            # Written in place (psyrun.row_timeout), never under a temporary name.
+            # Written in place (psyrun.run.row_timeout), never under a temporary name.
             names.append(os.path.basename(self.status_file(job, "watchdog")))
         return names
 

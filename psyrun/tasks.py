@@ -92,7 +92,7 @@ class Config:
     scheduler : psyrun.scheduler.Scheduler or None
         Scheduler submitting the jobs. Default (None): ``ImmediateRun()``
         (run every job at once on this machine). The runner resolves the
-        defaults (:func:`psyrun.runner.scheduler_for`).
+        defaults (:func:`psyrun.run.runner.scheduler_for`).
     scheduler_args : dict
         Extra arguments for the scheduler (values may be callables taking the
         job name). Default: ``{}``.
@@ -136,7 +136,7 @@ class Config:
         ``'finished'`` (``psy_finished``, when the row was done, UTC ISO 8601
         text), ``'error'`` (``psy_error``: ``''``, or for a row whose
         `execute` raised, ``"ExceptionType: message"``; such rows are then
-        kept on record, see :mod:`psyrun.failed_rows`) and ``'attempt'``
+        kept on record, see :mod:`psyrun.results.failed_rows`) and ``'attempt'``
         (``psy_attempt``, the attempt that evaluated the row, 1 for the
         first). A parameter, output or `setup` key of the same name is an
         error. Default: ``[]`` (results as in psyrun 0.8).
@@ -157,7 +157,7 @@ class Config:
         Rounds a run may take: after a round, the rows still missing (jobs
         killed at their time limit, out of memory, on a failed node, ...) are
         submitted again automatically, up to this many rounds in all
-        (:mod:`psyrun.attempts`). Default: 1 (no automatic rounds).
+        (:mod:`psyrun.run.attempts`). Default: 1 (no automatic rounds).
     escalate : dict
         Factors applied to ``scheduler_args['timelimit']`` after a round with
         a job killed at its time limit and to ``'memory'`` (or
@@ -173,16 +173,16 @@ class Config:
     row_timeout : float or None
         Seconds an `execute` call may take; a call that takes longer is
         stopped and its row fails with cause ``timeout`` (a vectorized
-        `execute`: the whole block). See :mod:`psyrun.row_timeout`.
+        `execute`: the whole block). See :mod:`psyrun.run.row_timeout`.
         Default: None (no limit).
     fail_fast : int
         When the first this many rows of a job all raise the same exception
         with the same message, the job and the run stop (see
-        :mod:`psyrun.fail_fast`); 0 evaluates every row anyway. Default: 20.
+        :mod:`psyrun.run.fail_fast`); 0 evaluates every row anyway. Default: 20.
     walltime_margin : float
         Seconds a process job keeps free before its time limit at least;
         the job stops taking rows when the next would end later and ends as
-        partial (see :mod:`psyrun.walltime`). Default: 10.
+        partial (see :mod:`psyrun.run.walltime`). Default: 10.
     """
 
     pspace: Any = field(default_factory=_default_pspace)
@@ -356,7 +356,7 @@ class TaskDef:
     Settings are attributes (``task.pspace``, ``task.max_jobs``, ...);
     ``task.resultfile`` and ``task.workdir`` are absolute paths, the store
     and scheduler are instances (or None: the defaults, resolved by
-    :mod:`psyrun.defaults`) and ``task.backend`` is a backend class or None.
+    :mod:`psyrun.run.defaults`) and ``task.backend`` is a backend class or None.
 
     :meth:`TaskDef.load` executes a task file and returns its task; the
     constructor only checks and completes settings already read.
@@ -421,13 +421,13 @@ class TaskDef:
 
     @property
     def version(self) -> str:
-        """The version of the task's code (:func:`psyrun.versions.task_version`).
+        """The version of the task's code (:func:`psyrun.run.versions.task_version`).
 
         Computed from the source this task was loaded from, so it names what
         the task object evaluates even when the file changed since.
         """
         if self._version is None:
-            from psyrun.versions import task_version
+            from psyrun.run.versions import task_version
 
             source = self.source
             if source is None:
@@ -481,7 +481,7 @@ class TaskDef:
             raise ValueError(
                 f"block_size must be a positive integer or None, got {c.block_size!r}"
             )
-        from psyrun.records import check_record
+        from psyrun.results.records import check_record
 
         c.record = check_record(c.record, list(c.pspace.keys()))
         from psyrun.rng import check_task_rng
@@ -491,7 +491,7 @@ class TaskDef:
         from psyrun.dims import check_dims_setting
 
         c.dims = check_dims_setting(c.dims, list(c.pspace.keys()))
-        from psyrun.attempts import check_attempt_settings
+        from psyrun.run.attempts import check_attempt_settings
 
         check_attempt_settings(c)
         _check_guards(c)
@@ -635,7 +635,7 @@ def get_task(path: str | os.PathLike, frozen: Mapping[str, Any] | None = None) -
     path : str or path
         The task file.
     frozen : mapping, optional
-        The fields :func:`psyrun.versions.freeze` wrote into a job description
+        The fields :func:`psyrun.run.versions.freeze` wrote into a job description
         (``task_version``, ``task_source``, ``conf_source``): the task is then
         loaded from the copies made when the run was planned, not from the
         file as it is now (see :func:`load_frozen`).
@@ -677,7 +677,7 @@ def load_frozen(path: str, frozen: Mapping[str, Any]) -> TaskDef:
         If a copy is missing, does not match the version recorded, or fails
         to load.
     """
-    from psyrun.versions import task_version
+    from psyrun.run.versions import task_version
 
     version = frozen.get("task_version")
     cached = _CACHE.get(path)

@@ -8,13 +8,13 @@ and the kind of job. The worker loads the task, checks that the description
 was written by this psyrun for the backend the task names now, asks the
 backend to run the job, and records how it ended in
 ``<workdir>/<task>/status/<job name>.done``, ``.failed`` or ``.partial``
-(stopped before its time limit with rows left, :mod:`psyrun.walltime`;
+(stopped before its time limit with rows left, :mod:`psyrun.run.walltime`;
 exit status 0). Tracebacks go to
 standard output/error, which the scheduler sends to the job's log file.
 
 Every job of a run evaluates the task as it was when the run was planned:
 the description names a copy of the task file's source (and of
-``psy-conf.py``) made by ``psy run`` (:mod:`psyrun.versions`), and the worker
+``psy-conf.py``) made by ``psy run`` (:mod:`psyrun.run.versions`), and the worker
 executes that copy, so editing the task file during a run changes nothing
 the run computes. Jobs run in the directory of the task file, as in psyrun
 0.8 (so ``execute`` can open files kept next to it, and the task file's
@@ -125,16 +125,16 @@ def _run(description: dict, index: int | None) -> int:
     import time
 
     from psyrun.atomic import atomic_write
-    from psyrun.attempts import ATTEMPT_VARIABLE, stop_requested
-    from psyrun.defaults import backend_class
-    from psyrun.fail_fast import FailFast
-    from psyrun.failures import RowsFailed
     from psyrun.jobs import JobDescriptionError, check_job_description
-    from psyrun.lease import JobLease
+    from psyrun.run.attempts import ATTEMPT_VARIABLE, stop_requested
+    from psyrun.run.defaults import backend_class
+    from psyrun.run.fail_fast import FailFast
+    from psyrun.run.failures import RowsFailed
+    from psyrun.run.lease import JobLease
+    from psyrun.run.walltime import JobPartial
     from psyrun.tasks import get_task
-    from psyrun.walltime import JobPartial
 
-    # When the job started: a time limit counts from here (psyrun.walltime).
+    # When the job started: a time limit counts from here (psyrun.run.walltime).
     description = dict(description, started=time.time())
     cwd = description.get("cwd")
     if cwd and os.path.isdir(cwd) and os.path.abspath(cwd) != os.getcwd():
@@ -166,7 +166,7 @@ def _run(description: dict, index: int | None) -> int:
             if os.path.exists(m):
                 os.remove(m)
         check_job_description(description, task, cls)
-        # The round of an automatic continuation (psyrun.attempts), for the task's code too.
+        # The round of an automatic continuation (psyrun.run.attempts), for the task's code too.
         os.environ[ATTEMPT_VARIABLE] = str(int(description.get("attempt", 1)))
         rounds = int(description.get("max_attempts", 1)) > 1
         if rounds and stop_requested(backend.paths):
@@ -178,7 +178,7 @@ def _run(description: dict, index: int | None) -> int:
         # Paths are absolute by now; execute and setup see the task's directory.
         os.chdir(task.taskdir)
         # The lease tells `psy run` and `psy status` that this job lives, also
-        # when no scheduler knows of it any more (psyrun.lease).
+        # when no scheduler knows of it any more (psyrun.run.lease).
         with JobLease(backend.paths.status_file(name, "lease"), name):
             code = backend.run_job(kind, index, description)
     except RowsFailed as exc:
@@ -231,10 +231,10 @@ def _run(description: dict, index: int | None) -> int:
 
 
 def _next_round(backend, description: dict) -> None:
-    """Submit the next automatic round from this merge job (:mod:`psyrun.attempts`)."""
-    from psyrun.attempts import continue_after_merge
-    from psyrun.defaults import scheduler_for
-    from psyrun.runner import task_lock
+    """Submit the next automatic round from this merge job (:mod:`psyrun.run.attempts`)."""
+    from psyrun.run.attempts import continue_after_merge
+    from psyrun.run.defaults import scheduler_for
+    from psyrun.run.runner import task_lock
 
     def log(text: str) -> None:
         print(f"psyrun: {text}", flush=True)

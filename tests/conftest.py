@@ -52,7 +52,7 @@ def sigterm_raises():
     """While the test runs, SIGTERM raises psy's Interrupted in this process (as in psy run)."""
     import signal
 
-    from psyrun.runner import Interrupted
+    from psyrun.run.runner import Interrupted
 
     def handler(signum, frame):
         raise Interrupted(signum)

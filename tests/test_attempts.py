@@ -1,4 +1,4 @@
-"""Automatic rounds (``max_attempts``) and the causes of failed jobs (psyrun.attempts).
+"""Automatic rounds (``max_attempts``) and the causes of failed jobs (psyrun.run.attempts).
 
 The parsers read recorded outputs of ``sacct``, ``scontrol show job -o`` and
 ``qacct -j``: the time-limit records were taken from the local Slurm and
@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 from e2e_helpers import calls, counting_task, load_result, ok, psy, result_path, write
 
-from psyrun.attempts import (
+from psyrun.run.attempts import (
     Cause,
     JobCause,
     cause_from_marker,
@@ -302,7 +302,7 @@ def test_local_sweep_finishes_in_a_second_round(tmp_path, jobs_option):
 
 
 def test_partial_jobs_continue_in_rounds_with_more_time(tmp_path):
-    # Jobs that stop before their time limit (psyrun.walltime) end partial; the
+    # Jobs that stop before their time limit (psyrun.run.walltime) end partial; the
     # next round evaluates the rest with twice the time, each round on record once.
     write(
         tmp_path / "psy-tasks" / "task_sweep.py",

@@ -13,12 +13,12 @@ import pytest
 from psy_helpers import psy, task_paths, task_result, write_task
 
 from psyrun.backend import DistributeBackend, LoadBalancingBackend
-from psyrun.defaults import make_backend, scheduler_for
 from psyrun.jobs import Job, JobArray, JobGraph, is_current, submit_graph
-from psyrun.merge import write_merged
 from psyrun.pspace import Param
+from psyrun.results.merge import write_merged
+from psyrun.run.defaults import make_backend, scheduler_for
+from psyrun.run.snapshot import Snapshot, write_snapshot
 from psyrun.scheduler import ImmediateRun, Scheduler
-from psyrun.snapshot import Snapshot, write_snapshot
 from psyrun.store import get_store
 from psyrun.tasks import load_tasks
 
@@ -820,7 +820,7 @@ def test_claims_hand_out_every_row_once_in_shrinking_chunks(tmp_path):
 
 
 def test_claim_of_a_dead_worker_is_taken_over_and_a_live_ones_is_not(tmp_path):
-    from psyrun.lease import start_ticks
+    from psyrun.run.lease import start_ticks
 
     # Two other workers claim rows and never record them: one lives (pytest's
     # parent process stands for it), one is dead.
@@ -848,7 +848,7 @@ def test_claim_of_a_dead_worker_is_taken_over_and_a_live_ones_is_not(tmp_path):
 
 def test_a_reused_pid_does_not_keep_a_dead_workers_claim(tmp_path):
     # The recorded process started at another time than the one now holding its pid.
-    from psyrun.lease import start_ticks
+    from psyrun.run.lease import start_ticks
 
     stale = _owner(pid=os.getpid(), start=(start_ticks(os.getpid()) or 0) - 1)
     viewer = _owner(pid=os.getppid())

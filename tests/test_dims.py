@@ -140,7 +140,7 @@ def test_dims_end_to_end_through_psy_run(tmp_path, monkeypatch):
 
 
 def test_provenance_carries_the_dims_only_when_set(tmp_path):
-    from psyrun.provenance import collect
+    from psyrun.results.provenance import collect
 
     hist_task(tmp_path)
     task = load_tasks(tmp_path / "psy-tasks")["hist"]

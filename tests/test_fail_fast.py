@@ -1,4 +1,4 @@
-"""Fail fast (psyrun.fail_fast): a run whose first rows all fail alike stops, and says so once."""
+"""Fail fast (psyrun.run.fail_fast): a run whose first rows all fail alike stops, says so once."""
 
 from __future__ import annotations
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from psy_helpers import describe, ok, psy, task_result, write_task
 
-from psyrun.failed_rows import cause_of, error_text, failed_mask, summarize
-from psyrun.merge import merge_files
 from psyrun.pspace import Param
+from psyrun.results.failed_rows import cause_of, error_text, failed_mask, summarize
+from psyrun.results.merge import merge_files
 from psyrun.store import PickleStore
 
 TASK = """

@@ -1,4 +1,4 @@
-"""Job leases (psyrun.lease): what a running job writes, and when it counts as live."""
+"""Job leases (psyrun.run.lease): what a running job writes, and when it counts as live."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from psyrun.lease import TTL, JobLease, live_leases, read_lease
+from psyrun.run.lease import TTL, JobLease, live_leases, read_lease
 
 
 def test_a_job_holds_its_lease_while_it_runs_and_removes_it(tmp_path):

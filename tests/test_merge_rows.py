@@ -14,8 +14,8 @@ from psy_helpers import ok, task_paths, task_result, write_task
 
 from psyrun import Param
 from psyrun.exceptions import DamagedFileError
-from psyrun.merge import match_rows, merge_files, missing_rows, write_merged
 from psyrun.results import current_rows, load_results
+from psyrun.results.merge import match_rows, merge_files, missing_rows, write_merged
 from psyrun.store.pickle import PickleStore
 
 REPEATED = Param(a=[1, 2, 3]) + Param(a=[3, 4])
@@ -112,7 +112,7 @@ def test_npz_results_read_whole_with_plain_numpy(tmp_path, monkeypatch):
 
     # Merges append in pieces of MERGE_ROWS; three pieces here, and a part that
     # was itself appended to in two pieces (as process jobs write them).
-    monkeypatch.setattr("psyrun.merge.MERGE_ROWS", 4)
+    monkeypatch.setattr("psyrun.results.merge.MERGE_ROWS", 4)
     store = NpzStore()
     result, part0, part1 = (str(tmp_path / n) for n in ("r.npz", "0.npz", "1.npz"))
     store.save(part0, {"a": [0, 1, 2, 3, 4], "y": [0.0, 1, 2, 3, 4]})

@@ -15,9 +15,8 @@ import numpy as np
 import pytest
 from e2e_helpers import BACKENDS, STORES, ok, psy, result_path, write
 
-from psyrun import provenance
-from psyrun.merge import write_merged
-from psyrun.results import load_metadata
+from psyrun.results import load_metadata, provenance
+from psyrun.results.merge import write_merged
 from psyrun.store import NpzStore, PickleStore, get_store
 from psyrun.store.testing import assert_columns_equal
 
@@ -237,6 +236,6 @@ def test_collect_costs_little(tmp_path):
 
 
 def test_importing_psyrun_does_not_import_provenance():
-    code = "import sys, psyrun; print('psyrun.provenance' in sys.modules)"
+    code = "import sys, psyrun; print('psyrun.results.provenance' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

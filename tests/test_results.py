@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-import psyrun.results
+import psyrun.results.load
 from psyrun import Param
 from psyrun.mapper import map_pspace
 from psyrun.results import (
@@ -267,7 +267,7 @@ def test_to_xarray_nan_parameter_of_a_concatenation():
 
 
 def test_module_examples():
-    result = doctest.testmod(psyrun.results, optionflags=doctest.ELLIPSIS)
+    result = doctest.testmod(psyrun.results.load, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0
     assert result.failed == 0
 

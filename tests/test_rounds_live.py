@@ -58,7 +58,7 @@ def sweep(
     """Write the sweep: rows of `seconds` each, one job, three rounds at most.
 
     With `hang_at`, that row hangs in round 1 (later rounds evaluate every
-    row at once): the job cannot foresee it (psyrun.walltime estimates from
+    row at once): the job cannot foresee it (psyrun.run.walltime estimates from
     the rows before), so the batch system ends it at its time limit.
     """
     settings = f"""

@@ -1,4 +1,4 @@
-"""Row timeout (psyrun.row_timeout): a hanging execute fails its row, not the whole run."""
+"""Row timeout (psyrun.run.row_timeout): a hanging execute fails its row, not the whole run."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from e2e_helpers import calls
 from psy_helpers import describe, psy, task_result, write_task
 
-from psyrun import row_timeout
-from psyrun.row_timeout import RowTimeout, RowTimer
+from psyrun.run import row_timeout
+from psyrun.run.row_timeout import RowTimeout, RowTimer
 
 TASK = """
 import time

@@ -37,8 +37,8 @@ from e2e_helpers import (
 )
 
 import psyrun
-from psyrun.defaults import make_backend
 from psyrun.jobs import submit_graph
+from psyrun.run.defaults import make_backend
 from psyrun.scheduler import Dask, JobState
 from psyrun.tasks import load_tasks
 

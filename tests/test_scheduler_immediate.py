@@ -11,7 +11,7 @@ import time
 import pytest
 from e2e_helpers import reaped
 
-from psyrun.runner import Interrupted
+from psyrun.run.runner import Interrupted
 from psyrun.scheduler import ImmediateRun, JobState, JobStatus, Scheduler, _fork
 from psyrun.scheduler import immediate as immediate_module
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from e2e_helpers import reaped
 
-from psyrun.defaults import make_backend
 from psyrun.jobs import submit_graph
-from psyrun.runner import Interrupted
+from psyrun.run.defaults import make_backend
+from psyrun.run.runner import Interrupted
 from psyrun.scheduler import JobState, JobStatus, _fork
 from psyrun.scheduler.localpool import LocalPool, default_workers
 from psyrun.tasks import load_tasks

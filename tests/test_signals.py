@@ -150,7 +150,7 @@ def test_a_stop_while_the_row_counter_is_written_appends_no_row_twice(tmp_path, 
     every time rather than once in a while.
     """
     from psyrun.backend.distribute import DistributeBackend
-    from psyrun.defaults import make_backend
+    from psyrun.run.defaults import make_backend
     from psyrun.store import PickleStore
     from psyrun.tasks import load_tasks
 

@@ -10,9 +10,9 @@ import types
 import pytest
 from psy_helpers import psy, write_task
 
-from psyrun import defaults
 from psyrun.backend import DistributeBackend, LoadBalancingBackend
 from psyrun.pspace import Param
+from psyrun.run import defaults
 from psyrun.scheduler import ImmediateRun
 from psyrun.store import H5Store, PickleStore, get_store
 from psyrun.tasks import (
@@ -48,7 +48,7 @@ def test_config_defaults_are_those_of_psyrun_08(tmp_path, monkeypatch):
     assert c.execute is None
     assert c.setup is None
     assert isinstance(c.store, PickleStore)
-    # The defaults that name other parts of psyrun are resolved by psyrun.defaults.
+    # The defaults that name other parts of psyrun are resolved by psyrun.run.defaults.
     assert c.backend is None
     assert c.scheduler is None
     task = types.SimpleNamespace(config=c)

@@ -636,7 +636,7 @@ def test_config_documents_every_special_variable_with_0_8_defaults():
     assert conf.max_jobs == 100  # "By default max_jobs is set to 100"
     assert conf.min_items == 1
     # The scheduler and backend defaults are resolved where they are used.
-    from psyrun import defaults
+    from psyrun.run import defaults
 
     task = SimpleNamespace(config=conf)
     assert isinstance(defaults.scheduler_for(task), ImmediateRun)

@@ -31,7 +31,7 @@ from e2e_helpers import (
     write,
 )
 
-from psyrun.versions import (
+from psyrun.run.versions import (
     ROW_VERSIONS,
     code_digest,
     encode_segments,
@@ -307,11 +307,11 @@ def test_every_store_records_row_versions(tmp_path, store):
     assert sorted(int(v) for v in data["y"]) == [2] * 6
 
 
-# -- the merge hook (psyrun.merge.write_merged) ------------------------------------
+# -- the merge hook (psyrun.results.merge.write_merged) ------------------------------------
 
 
 def test_write_merged_drops_replaced_base_rows_and_reports_rows_per_input(tmp_path):
-    from psyrun.merge import write_merged
+    from psyrun.results.merge import write_merged
     from psyrun.store.pickle import PickleStore
 
     store = PickleStore()
@@ -334,9 +334,9 @@ def test_write_merged_drops_replaced_base_rows_and_reports_rows_per_input(tmp_pa
 
 
 def test_merge_versions_keeps_segments_exact_when_rows_are_replaced(tmp_path):
-    from psyrun.merge import write_merged
+    from psyrun.results.merge import write_merged
+    from psyrun.run.versions import merge_versions, read_row_versions
     from psyrun.store.pickle import PickleStore
-    from psyrun.versions import merge_versions, read_row_versions
 
     store = PickleStore()
     base, part = str(tmp_path / "result.pkl"), str(tmp_path / "0.pkl")
@@ -354,8 +354,8 @@ def test_merge_versions_keeps_segments_exact_when_rows_are_replaced(tmp_path):
 
 
 def test_row_versions_that_do_not_add_up_are_unknown(tmp_path):
+    from psyrun.run.versions import read_row_versions
     from psyrun.store.pickle import PickleStore
-    from psyrun.versions import read_row_versions
 
     store = PickleStore()
     path = str(tmp_path / "r.pkl")

@@ -1,4 +1,4 @@
-"""Walltime-aware process jobs (psyrun.walltime): stop before the time limit, end as partial."""
+"""Walltime-aware process jobs (psyrun.run.walltime): stop before the limit, end as partial."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 import pytest
 from psy_helpers import describe, ok, psy, task_paths, task_result, write_task
 
-from psyrun.walltime import (
+from psyrun.run.walltime import (
     LIMIT_ENV,
     JobPartial,
     Walltime,

@@ -1,6 +1,6 @@
-"""The time limit a job finds on a real Slurm and a real Grid Engine (psyrun.walltime).
+"""The time limit a job finds on a real Slurm and a real Grid Engine (psyrun.run.walltime).
 
-A tiny job asks :func:`psyrun.walltime.job_deadline` for its limit and writes
+A tiny job asks :func:`psyrun.run.walltime.job_deadline` for its limit and writes
 the answer; each test is skipped, with the reason, when its batch system does
 not answer here.
 """
@@ -20,7 +20,7 @@ from slurm_helpers import slurm_unavailable_reason
 
 PROBE = """
 import json, sys, time
-from psyrun.walltime import job_deadline
+from psyrun.run.walltime import job_deadline
 
 class Task:
     scheduler_args = {{}}

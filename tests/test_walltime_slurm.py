@@ -19,7 +19,7 @@ from e2e_helpers import calls, counting_task, load_result, result_path, status_c
 from psy_helpers import describe, ok, psy
 from slurm_helpers import slurm_marks
 
-from psyrun.walltime import read_partial
+from psyrun.run.walltime import read_partial
 
 pytestmark = [*slurm_marks(), pytest.mark.slow]
 

@@ -11,7 +11,7 @@ import time
 import pytest
 from e2e_helpers import describe, ok, psy, psy_command, write
 
-from psyrun.watch import Sample, Watcher, format_duration
+from psyrun.run.watch import Sample, Watcher, format_duration
 
 TASK = """
 import time

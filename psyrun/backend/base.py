@@ -3,7 +3,7 @@
 A backend turns a task into a :class:`psyrun.jobs.JobGraph` that a scheduler
 runs, executes its own jobs when :mod:`psyrun.worker` calls back into it, and
 answers what is done, missing, queued and failed. This class is exactly what
-:mod:`psyrun.runner` (``psy run``), ``psy status``, ``psy kill``, ``psy clean``
+:mod:`psyrun.run.runner` (``psy run``), ``psy status``, ``psy kill``, ``psy clean``
 and the worker use: a backend that implements it works with every ``psy``
 command.
 
@@ -81,7 +81,7 @@ class TaskProgress:
         that is gone, keys the results lack, files that cannot be read).
     stale : int
         Of the completed rows, those computed by an older version of the
-        task's code (:mod:`psyrun.versions`); 0 when unknown.
+        task's code (:mod:`psyrun.run.versions`); 0 when unknown.
     result : str
         The result file: ``"ok"`` (it reads back completely), ``"missing"``
         or ``"damaged"`` (its rows are not counted).
@@ -91,7 +91,7 @@ class TaskProgress:
         Stored rows whose assignment is not in the space (not counted).
     failed_rows : int
         Assignments still missing whose last evaluation failed, on record
-        in the result or parts (:mod:`psyrun.failed_rows`); never completed.
+        in the result or parts (:mod:`psyrun.results.failed_rows`); never completed.
     failed_errors : list of str
         Their ``psy_error`` texts (``psy status -v`` groups them).
     """
@@ -140,7 +140,7 @@ class Backend(abc.ABC):
         self.task = task
         self.paths = TaskPaths.for_task(task)
         #: Fields every job description of the next plan gets (the round of an
-        #: automatic continuation, :mod:`psyrun.attempts`).
+        #: automatic continuation, :mod:`psyrun.run.attempts`).
         self.job_fields: dict[str, Any] = {}
 
     # -- what every backend implements ---------------------------------------
@@ -160,7 +160,7 @@ class Backend(abc.ABC):
     def run_job(self, kind: str, index: int | None, description: Mapping[str, Any]) -> int:
         """Run one of this backend's jobs inside the job process; return its exit status.
 
-        Raise :class:`psyrun.failures.RowsFailed` when some rows raised but
+        Raise :class:`psyrun.run.failures.RowsFailed` when some rows raised but
         the others were kept (the job is marked failed, its exit status is 0).
         """
 
@@ -430,10 +430,10 @@ class Backend(abc.ABC):
     def get_partial(self) -> list[FailedJob]:
         """Jobs of the last submission that stopped before their time limit with rows left.
 
-        Their ``.partial`` markers (:mod:`psyrun.walltime`) say how many rows
+        Their ``.partial`` markers (:mod:`psyrun.run.walltime`) say how many rows
         they evaluated and left; the message says it in words.
         """
-        from psyrun.walltime import read_partial
+        from psyrun.run.walltime import read_partial
 
         d = self.paths.status_dir
         if not os.path.isdir(d):
@@ -453,7 +453,7 @@ class Backend(abc.ABC):
     def stale_note(self) -> str | None:
         """Say how many stored rows an older version of the task's code computed (or None).
 
-        The default knows no versions (:mod:`psyrun.versions`): None.
+        The default knows no versions (:mod:`psyrun.run.versions`): None.
         """
         return None
 

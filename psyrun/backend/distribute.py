@@ -6,7 +6,7 @@ of the split's snapshot in blocks, appending to ``out/<i>.partial.pkl`` at
 least every :data:`FLUSH_SECONDS`, and renames the file to ``out/<i>.pkl``
 when the range is done. A job started again (requeued) after a crash resumes
 after the rows its partial file already holds. A job that knows its time
-limit stops taking rows before it (:mod:`psyrun.walltime`), keeps its
+limit stops taking rows before it (:mod:`psyrun.run.walltime`), keeps its
 ``.partial`` part and ends as partial. Parts are PickleStore files
 whatever the task's store (a kill loses only the rows not yet appended); the
 merge writes the result with the task's store.
@@ -19,11 +19,11 @@ import time
 
 from psyrun.atomic import remove_path, replace_path
 from psyrun.backend.splitmerge import SplitMergeBackend
-from psyrun.fail_fast import FailFast
-from psyrun.failures import RowFailures, RowsFailed
-from psyrun.merge import load_params, missing_rows
-from psyrun.snapshot import Snapshot
-from psyrun.walltime import JobPartial, Walltime
+from psyrun.results.merge import load_params, missing_rows
+from psyrun.run.fail_fast import FailFast
+from psyrun.run.failures import RowFailures, RowsFailed
+from psyrun.run.snapshot import Snapshot
+from psyrun.run.walltime import JobPartial, Walltime
 
 __all__ = ["DistributeBackend"]
 
@@ -82,7 +82,7 @@ class DistributeBackend(SplitMergeBackend):
         extra = self.task.run_setup(index)
         failures = RowFailures()
         job_name = p.job_name("process", index)
-        # The job's time limit, when it has one (psyrun.walltime); None: no limit known.
+        # The job's time limit, when it has one (psyrun.run.walltime); None: no limit known.
         walltime = Walltime.for_job(self.task, getattr(self, "started", None))
         guard = self.row_guard(job_name)
         stopped = False

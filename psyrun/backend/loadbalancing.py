@@ -19,7 +19,7 @@ Part files are PickleStore files whatever the task's store, so a worker killed
 while appending loses only that chunk; the merge writes the result with the
 task's store.
 
-A job that knows its time limit (:mod:`psyrun.walltime`): each worker claims
+A job that knows its time limit (:mod:`psyrun.run.walltime`): each worker claims
 only rows that finish before it (with the margin) and stops claiming when none
 would; the job then ends as partial. Rows not handed out stay in the claims
 log for ``psy run -c`` (or the next round).
@@ -36,15 +36,15 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
-from psyrun import fail_fast
 from psyrun.atomic import atomic_write
 from psyrun.backend.splitmerge import SplitMergeBackend
-from psyrun.fail_fast import FailFast
-from psyrun.failures import RowFailures, RowsFailed
-from psyrun.lease import host_id, process_alive, start_ticks
-from psyrun.snapshot import Snapshot
+from psyrun.run import fail_fast
+from psyrun.run.fail_fast import FailFast
+from psyrun.run.failures import RowFailures, RowsFailed
+from psyrun.run.lease import host_id, process_alive, start_ticks
+from psyrun.run.snapshot import Snapshot
+from psyrun.run.walltime import JobPartial, Walltime
 from psyrun.store.locking import FileLock
-from psyrun.walltime import JobPartial, Walltime
 
 __all__ = ["ClaimLog", "LoadBalancingBackend", "Owner"]
 
@@ -52,7 +52,7 @@ __all__ = ["ClaimLog", "LoadBalancingBackend", "Owner"]
 MAX_CHUNK = 1024
 #: Exit status of a pool worker that stopped claiming before the job's time limit.
 EXIT_PARTIAL = 4
-#: Exit status of a pool worker that failed fast (psyrun.fail_fast).
+#: Exit status of a pool worker that failed fast (psyrun.run.fail_fast).
 EXIT_FAIL_FAST = 5
 #: Bytes read from the end of the claims log to find the next row to hand out.
 _TAIL = 4096
@@ -495,7 +495,7 @@ class _Worker:
         self.failures = RowFailures()
         self.evaluated = 0
         self.checked = False
-        # The job's time limit (psyrun.walltime); each worker stops claiming on its own.
+        # The job's time limit (psyrun.run.walltime); each worker stops claiming on its own.
         self.walltime = walltime
 
     def run(self) -> None:

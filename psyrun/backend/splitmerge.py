@@ -2,7 +2,7 @@
 
 Both run ``split -> process jobs -> merge``:
 
-* **split** stores a :mod:`psyrun.snapshot` of the rows to evaluate (the
+* **split** stores a :mod:`psyrun.run.snapshot` of the rows to evaluate (the
   lazy space, plus the row numbers still missing when continuing) and clears
   old parts. With ``psy run -c`` it first folds every part left by an earlier
   run (finished or partial) into the result file, so nothing computed is lost
@@ -13,7 +13,7 @@ Both run ``split -> process jobs -> merge``:
   at most the record being written, and reading drops it), whereas an
   interrupted append can spoil a whole file of other stores.
 * **merge** streams the parts (and, when continuing, the old result) into the
-  result with :func:`psyrun.merge.write_merged`.
+  result with :func:`psyrun.results.merge.write_merged`.
 """
 
 from __future__ import annotations
@@ -30,10 +30,8 @@ import numpy as np
 
 from psyrun.atomic import remove_path, replace_path
 from psyrun.backend.base import Backend, Plan, TaskProgress
-from psyrun.fail_fast import FailFast
-from psyrun.failures import RowFailures
 from psyrun.jobs import Job, JobArray, JobGraph
-from psyrun.merge import (
+from psyrun.results.merge import (
     DiskFullError,
     MergeOutcome,
     RowMatch,
@@ -44,8 +42,10 @@ from psyrun.merge import (
     params_and_failures,
     replaced_failures,
 )
-from psyrun.records import add_records, timed
-from psyrun.snapshot import snapshot_version, write_snapshot
+from psyrun.results.records import add_records, timed
+from psyrun.run.fail_fast import FailFast
+from psyrun.run.failures import RowFailures
+from psyrun.run.snapshot import snapshot_version, write_snapshot
 
 if TYPE_CHECKING:
     from psyrun.store.base import Store
@@ -62,7 +62,7 @@ def _count(columns: Mapping) -> int:
 class _Stored:
     """The parameter columns of a task's stored rows: the result's first, then the parts'.
 
-    Failed rows on record (:mod:`psyrun.failed_rows`) are not among them: they
+    Failed rows on record (:mod:`psyrun.results.failed_rows`) are not among them: they
     are in `failed` (latest first) with their errors.
     """
 
@@ -432,7 +432,7 @@ class SplitMergeBackend(Backend):
 
     def run_job(self, kind: str, index: int | None, description: Mapping[str, Any]) -> int:
         """Run a split, process or merge job."""
-        from psyrun.records import attempt_number
+        from psyrun.results.records import attempt_number
 
         cont = bool(description.get("cont"))
         self.attempt = attempt_number(description)
@@ -508,7 +508,7 @@ class SplitMergeBackend(Backend):
         """
         p = self.paths
         # The parts are the last run's: rows of its version replace older ones.
-        # Failed rows of the result that the parts evaluated again go (psyrun.failed_rows).
+        # Failed rows of the result that the parts evaluated again go (psyrun.results.failed_rows).
         failures = (
             replaced_failures(self.store, base, parts, self.keys, self.store_for)
             if base is not None
@@ -589,7 +589,7 @@ class SplitMergeBackend(Backend):
         if record and not self.task.vectorized and {"duration", "finished"} & set(record):
             calls = []
             execute = timed(execute, calls)
-        # Row timeout, fail fast, failed rows on record (psyrun.row_guard).
+        # Row timeout, fail fast, failed rows on record (psyrun.run.row_guard).
         guard = self.row_guard(job)
         started = time.perf_counter()
         try:
@@ -638,8 +638,8 @@ class SplitMergeBackend(Backend):
         return self._with_setup_values(block, extra, n) if n else None
 
     def row_guard(self, job: str | None):
-        """Return this job process's :class:`psyrun.row_guard.RowGuard` (made on first use)."""
-        from psyrun.row_guard import RowGuard
+        """Return this job process's :class:`psyrun.run.row_guard.RowGuard` (made on first use)."""
+        from psyrun.run.row_guard import RowGuard
 
         guard = getattr(self, "_row_guard", None)
         if guard is None or guard.pid != os.getpid() or guard.job != (job or ""):
@@ -676,8 +676,8 @@ class SplitMergeBackend(Backend):
         self.store.check(block, self.paths.result, params=self.keys)
 
     def _provenance(self, base: str | None) -> dict:
-        """Return the provenance of this run (:mod:`psyrun.provenance`), for the result file."""
-        from psyrun.provenance import collect, continued, run_started
+        """Return this run's provenance (:mod:`psyrun.results.provenance`) for the result file."""
+        from psyrun.results.provenance import collect, continued, run_started
 
         meta = collect(self.task, run_started(self.paths))
         meta["task_version"] = self.task.version
@@ -707,14 +707,14 @@ class SplitMergeBackend(Backend):
                 f"then `psy run -c {self.task.name}` evaluates them again."
             )
 
-    # -- versions of the task's code (psyrun.versions) ---------------------------
+    # -- versions of the task's code (psyrun.run.versions) ---------------------------
 
     def _merge_versions(self, base, parts: list[str], parts_version, metadata=None, drop=None):
         """``(drop_base, metadata)`` for a merge of `parts` (computed by `parts_version`).
 
         `drop`: further rows of `base` the parts replace (failed rows on record).
         """
-        from psyrun.versions import merge_versions
+        from psyrun.run.versions import merge_versions
 
         return merge_versions(
             self.store, base, parts, self.keys, parts_version, self.store_for, metadata, drop
@@ -732,7 +732,7 @@ class SplitMergeBackend(Backend):
 
     def version_counts(self) -> dict:
         """Return ``{version: rows}`` of the stored rows (result and parts, as merged)."""
-        from psyrun.versions import version_counts
+        from psyrun.run.versions import version_counts
 
         parts = [path for _, path, _ in self.paths.list_parts()]
         version = snapshot_version(self.paths.pspace) if parts else None
@@ -750,13 +750,13 @@ class SplitMergeBackend(Backend):
 
     def stale_note(self) -> str | None:
         """Return what to tell the user about rows of older versions (None: there are none)."""
-        from psyrun.versions import stale_note
+        from psyrun.run.versions import stale_note
 
         return stale_note(self.task, self.version_counts())
 
     def _current_mask(self, n: int) -> np.ndarray:
         """Which of the result's `n` rows the current version of the task's code computed."""
-        from psyrun.versions import expand_segments, read_row_versions
+        from psyrun.run.versions import expand_segments, read_row_versions
 
         segments = read_row_versions(self.store, self.paths.result, n)
         if segments is None:
@@ -768,7 +768,7 @@ class SplitMergeBackend(Backend):
 
     def _version_notes(self, progress: TaskProgress) -> None:
         """Add to `progress` the rows of older versions and a task file changed during a run."""
-        from psyrun.versions import stale_note
+        from psyrun.run.versions import stale_note
 
         counts = self.version_counts()
         current = self.task.version
@@ -800,7 +800,7 @@ class SplitMergeBackend(Backend):
         """As :meth:`Backend.is_current`; every row computed by the current code, none failed."""
         if not super().is_current() or self.stale_rows():
             return False
-        # Failed rows on record are missing rows (psyrun.failed_rows).
+        # Failed rows on record are missing rows (psyrun.results.failed_rows).
         return self.result_state()[0] != "ok" or not self._stored().failed
 
     def changed_dependencies(self) -> list[str]:

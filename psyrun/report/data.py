@@ -1,6 +1,6 @@
 """What a report shows: the task's status, its provenance, its first rows, and plot data.
 
-:func:`collect` asks :func:`psyrun.runner.task_status` for the status (the
+:func:`collect` asks :func:`psyrun.run.runner.task_status` for the status (the
 same figures ``psy status`` prints, from what the files hold), then reads the
 stored rows (the result file when it reads back, and part files of a run in
 progress) chunk by chunk and keeps only what the page draws:
@@ -12,7 +12,7 @@ progress) chunk by chunk and keeps only what the page draws:
 * for **other spaces**: a regular subsample (every k-th stored row) of the
   parameters and numeric outputs, and a subsample of the missing assignments.
 
-Rows computed by an older version of the task's code (:mod:`psyrun.versions`)
+Rows computed by an older version of the task's code (:mod:`psyrun.run.versions`)
 are left out of the plots and counted; a damaged result is not read at all.
 """
 
@@ -236,14 +236,14 @@ class ReportData:
 
 def failed_rows(failed_jobs) -> int:
     """Rows whose ``execute`` raised, as the failed jobs' markers say."""
-    from psyrun.failures import failed_row_count
+    from psyrun.run.failures import failed_row_count
 
     return sum(failed_row_count(getattr(job, "message", "")) for job in failed_jobs)
 
 
 def jobs_by_state(report) -> dict[str, int]:
-    """Jobs of the last run per state, from a :class:`psyrun.runner.StatusReport`."""
-    from psyrun.watch import count_jobs
+    """Jobs of the last run per state, from a :class:`psyrun.run.runner.StatusReport`."""
+    from psyrun.run.watch import count_jobs
 
     return count_jobs(report)
 
@@ -252,7 +252,7 @@ def _rate(backend, running: bool, metadata: Mapping[str, Any]) -> str:
     """Rows per second of the last run (averaged over it), in words; ``''`` when unknown."""
     import datetime
 
-    from psyrun.provenance import run_started
+    from psyrun.results.provenance import run_started
 
     rows = backend.rows_evaluated()
     started = run_started(backend.paths)
@@ -279,15 +279,15 @@ def _rate(backend, running: bool, metadata: Mapping[str, Any]) -> str:
 
 
 def _duration(seconds: float) -> str:
-    from psyrun.watch import format_duration
+    from psyrun.run.watch import format_duration
 
     return f"{seconds:.2g}s" if seconds < 10 else format_duration(seconds)
 
 
 def status_of(task) -> tuple[StatusView, Any, Any]:
     """Return the task's :class:`StatusView`, its ``StatusReport`` and its backend."""
-    from psyrun.defaults import make_backend
-    from psyrun.runner import task_status
+    from psyrun.run.defaults import make_backend
+    from psyrun.run.runner import task_status
 
     report = task_status(task, missing=True)
     progress = report.progress
@@ -422,7 +422,7 @@ def _sources(task, backend, status: StatusView, notes: list[str]) -> list[tuple[
 
 def _stale_mask(store, path: str, n_rows: int, current: str | None) -> np.ndarray | None:
     """Per row of a result: computed by another (known) version of the code; None: none is."""
-    from psyrun.versions import expand_segments, read_row_versions
+    from psyrun.run.versions import expand_segments, read_row_versions
 
     if current is None:
         return None
@@ -664,7 +664,7 @@ def _drop_outside(task, data: ReportData, sample: Sample) -> None:
     """Leave out of the subsample the rows whose assignment is not in the space."""
     if not data.status.outside or not sample.kept():
         return
-    from psyrun.merge import match_rows
+    from psyrun.results.merge import match_rows
 
     params = {k: sample.columns[k] for k in data.params if k in sample.columns}
     if len(params) != len(data.params):

@@ -283,7 +283,7 @@ def _value_text(value: Any) -> str:
 
 
 def _provenance_section(data: ReportData) -> str:
-    from psyrun.provenance import PROVENANCE_KEYS
+    from psyrun.results.provenance import PROVENANCE_KEYS
 
     out = ["<h2>Provenance</h2>"]
     meta = data.metadata

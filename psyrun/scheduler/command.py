@@ -386,7 +386,7 @@ class CommandScheduler(Scheduler):
     #: and the status command lists full names, so that :meth:`find_run` works.
     tags_in_names: bool = False
     #: True when :meth:`after_any_options` can make a job wait for jobs that ended
-    #: however they ended (the merge job of automatic rounds, :mod:`psyrun.attempts`).
+    #: however they ended (the merge job of automatic rounds, :mod:`psyrun.run.attempts`).
     supports_after_any: bool = False
     #: ``"ok"`` (after success) or ``"any"`` (after the end); set by
     #: :func:`psyrun.jobs.submit_graph` for one submission.

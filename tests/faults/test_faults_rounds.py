@@ -1,4 +1,4 @@
-"""Faults around automatic rounds (``max_attempts``, :mod:`psyrun.attempts`).
+"""Faults around automatic rounds (``max_attempts``, :mod:`psyrun.run.attempts`).
 
 Every case checks the promise of the fault suite: after the last run every row
 is in the result exactly once, nothing outside the task's work directory was

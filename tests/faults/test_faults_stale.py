@@ -40,8 +40,8 @@ from e2e_helpers import (
 from fault_helpers import assert_untouched, tree_state
 from psy_helpers import psy as psy_in_process
 
+from psyrun.run.versions import ROW_VERSIONS, expand_segments, task_version
 from psyrun.store.pickle import PickleStore
-from psyrun.versions import ROW_VERSIONS, expand_segments, task_version
 
 N_ROWS = 24
 N_JOBS = 3

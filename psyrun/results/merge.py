@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from psyrun.atomic import sync_tree, tmp_name
-from psyrun.failed_rows import ERROR_COLUMN, failed_mask
+from psyrun.results.failed_rows import ERROR_COLUMN, failed_mask
 
 if TYPE_CHECKING:
     pass
@@ -301,7 +301,7 @@ def load_params(
 def params_and_failures(store, path: str, keys: list[str], errors: list | None = None):
     """``(parameter columns, failed mask)`` of one file, read in one pass.
 
-    The mask marks the failed rows on record (:mod:`psyrun.failed_rows`);
+    The mask marks the failed rows on record (:mod:`psyrun.results.failed_rows`);
     `errors`, when given, receives their ``psy_error`` texts in order.
     """
     parts, masks = [], []
@@ -436,7 +436,7 @@ def merge_files(
         inputs is listed under ``merged_from``. Stores that cannot hold
         metadata get none. A callable is called with ``[(input path, rows
         written from it), ...]`` in file order (base first) and returns the
-        metadata (:mod:`psyrun.versions` records which rows came from where).
+        metadata (:mod:`psyrun.run.versions` records which rows came from where).
     drop_base : numpy.ndarray of bool, optional
         Rows of `base` left out (rows of a later run replace them); the
         sources' rows with those parameters are then kept.
@@ -468,7 +468,7 @@ def merge_files(
     outcome = MergeOutcome(0)
     inputs: list[tuple[str, object, bool, int]] = []  # (path, reader, is a source, rows)
     params = []
-    failed = []  # per input: its failed rows on record (psyrun.failed_rows)
+    failed = []  # per input: its failed rows on record (psyrun.results.failed_rows)
     if has_base:
         try:
             store.verify(base)
@@ -622,7 +622,7 @@ def _rows_to_keep(
     mask = np.concatenate(failed) if failed and len(failed) == len(params) else None
     order = None
     if mask is not None and len(mask) == n and mask.any():
-        from psyrun.failed_rows import failed_last
+        from psyrun.results.failed_rows import failed_last
 
         order = failed_last(mask)
     else:
@@ -756,7 +756,7 @@ def _free_bytes(path: str) -> int:
 
 def _inputs_metadata(store, base: str | None, sources: list[str], source_store) -> dict:
     """Return the metadata a merge of `base` and `sources` keeps (see :func:`write_merged`)."""
-    from psyrun.provenance import combine
+    from psyrun.results.provenance import combine
 
     found = []
     for path, reader in [(base, store)] + [(p, _store_of(source_store, p)) for p in sources]:

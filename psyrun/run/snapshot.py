@@ -3,7 +3,7 @@
 The split job writes one small file (``in/pspace.pkl``): the lazy parameter
 space as the task defined it when the run started, plus the row numbers still
 missing when continuing, and the version of the task's code the run
-evaluates (:mod:`psyrun.versions`). Process jobs read their row ranges from
+evaluates (:mod:`psyrun.run.versions`). Process jobs read their row ranges from
 it, so a task file edited while jobs are queued does not change what they
 compute, and nothing is expanded to disk up front; the version tells which
 code computed the rows of the run's part files.

@@ -2,7 +2,7 @@
 
 Running a task from Python is one call::
 
-    from psyrun.runner import run_task
+    from psyrun.run.runner import run_task
     from psyrun.tasks import load_tasks
 
     report = run_task(load_tasks("psy-tasks")["square"])
@@ -35,8 +35,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from psyrun.backend.base import FailedJob, TaskProgress
-from psyrun.defaults import make_backend, scheduler_for
 from psyrun.paths import check_result_target
+from psyrun.run.defaults import make_backend, scheduler_for
 
 __all__ = [
     "Interrupted",
@@ -124,7 +124,7 @@ class RunReport:
         The signal that interrupted the run.
     partial : list of FailedJob
         Jobs that stopped before their time limit with rows left
-        (:mod:`psyrun.walltime`); not failed.
+        (:mod:`psyrun.run.walltime`); not failed.
     """
 
     task: str
@@ -431,16 +431,16 @@ def _run_locked(
             "overwrite_dirty = True.",
         )
     if stale and "stale" not in inspect.signature(backend.plan).parameters:
-        # Only backends that record versions (psyrun.versions) take `stale`.
+        # Only backends that record versions (psyrun.run.versions) take `stale`.
         return RunReport(
             name,
             "refused",
             f"the backend {type(backend).__name__} cannot recompute only stale rows; run "
             f"`psy run {name}` to recompute every row",
         )
-    from psyrun.attempts import begin_chain
+    from psyrun.run.attempts import begin_chain
 
-    # Round 1 of the run (automatic rounds with max_attempts > 1: psyrun.attempts).
+    # Round 1 of the run (automatic rounds with max_attempts > 1: psyrun.run.attempts).
     begin_chain(backend)
     try:
         plan = backend.plan(cont, stale=True) if stale else backend.plan(cont)
@@ -451,7 +451,7 @@ def _run_locked(
             events.skipped(job)
         _warn_stale(backend, events)
         return RunReport(name, "up-to-date", n_jobs=len(plan.graph))
-    from psyrun.attempts import chain_warning, record_chain_start
+    from psyrun.run.attempts import chain_warning, record_chain_start
 
     # A run without -c (or with --stale) computes every row with the current code.
     record_chain_start(backend, stale=stale or not cont)
@@ -473,7 +473,7 @@ def _run_locked(
             scheduler.wait(list(ids.values()))
             events.progress(backend.rows_evaluated(), plan.n_rows)
             if task.max_attempts > 1:
-                from psyrun.attempts import run_more_rounds
+                from psyrun.run.attempts import run_more_rounds
 
                 ids = run_more_rounds(backend, scheduler, events, ids, scheduler.wait)
     except KeyboardInterrupt:
@@ -530,8 +530,8 @@ def _warn_stale(backend, events: RunEvents) -> None:
 
 
 def _unaccounted_leases(backend, held) -> list:
-    """Live job leases (:mod:`psyrun.lease`) of jobs that no scheduler lists in `held`."""
-    from psyrun.lease import live_leases
+    """Live job leases (:mod:`psyrun.run.lease`) of jobs that no scheduler lists in `held`."""
+    from psyrun.run.lease import live_leases
 
     listed = {s.name for s in held}
     return [lease for lease in live_leases(backend.paths.status_dir) if lease.job not in listed]
@@ -565,7 +565,7 @@ class StatusReport:
         Rows evaluated so far by the run in progress.
     partial : list of FailedJob
         Jobs of the last run that stopped before their time limit with rows
-        left (:mod:`psyrun.walltime`).
+        left (:mod:`psyrun.run.walltime`).
     """
 
     progress: TaskProgress
@@ -585,7 +585,7 @@ def task_status(task, missing: bool = False) -> StatusReport:
     space = backend.get_missing() if missing else None
     progress = backend.progress(space)
     progress.notes.extend(backend.notes())
-    from psyrun.attempts import round_notes
+    from psyrun.run.attempts import round_notes
 
     progress.notes.extend(round_notes(backend.paths))
     pid = running_pid(backend)
@@ -616,7 +616,7 @@ def prune_task(task) -> tuple[int, int] | None:
     """Remove from `task`'s result file the rows outside its parameter space.
 
     The new result is written beside the old one, read back, and renamed
-    over it (see :func:`psyrun.merge.merge_files`); copies of an assignment
+    over it (see :func:`psyrun.results.merge.merge_files`); copies of an assignment
     beyond the number of times the space holds it go too.
 
     Returns
@@ -649,7 +649,7 @@ def kill_task(task) -> tuple[int, str]:
     """
     backend = make_backend(task)
     scheduler = scheduler_for(task)
-    from psyrun.attempts import request_stop
+    from psyrun.run.attempts import request_stop
 
     # First the stop marker, then the kill: a round being submitted meanwhile
     # either sees the marker or has recorded its jobs where get_queued looks.

@@ -11,7 +11,7 @@ assignment. Two views make it easy to analyse:
 :func:`load_results`, :func:`load_dataframe` and :func:`load_xarray` do the
 same starting from a task name, reading the task's result file with its store;
 :func:`load_metadata` returns what the result file records about the run that
-produced it (see :mod:`psyrun.provenance`).
+produced it (see :mod:`psyrun.results.provenance`).
 
 pandas and xarray are optional (``pip install "psyrun[analysis]"``) and are
 imported only by the functions that need them.
@@ -442,7 +442,7 @@ def current_rows(data: Mapping[str, Any], pspace) -> dict[str, np.ndarray]:
     >>> current_rows({'a': [1, 2, 3], 'y': [10, 20, 30]}, Param(a=[1, 3]))
     {'a': array([1, 3]), 'y': array([10, 30])}
     """
-    from psyrun.merge import match_rows
+    from psyrun.results.merge import match_rows
 
     columns = {k: _as_column(v) for k, v in data.items()}
     lacking = [k for k in pspace.keys() if k not in columns]
@@ -582,7 +582,7 @@ def load_metadata(path_or_task, taskdir: str | os.PathLike = "psy-tasks") -> dic
     Returns
     -------
     dict
-        The provenance keys described in :mod:`psyrun.provenance` (task file
+        The provenance keys described in :mod:`psyrun.results.provenance` (task file
         hash, git commit, versions, host, times, ...); an empty dict for a
         result written without it (by psyrun 0.8, or by hand).
 

@@ -53,7 +53,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from psyrun.records import ATTEMPT_ENV
+from psyrun.results.records import ATTEMPT_ENV
 
 __all__ = [
     "ATTEMPT_VARIABLE",
@@ -491,7 +491,7 @@ def job_causes(backend, scheduler) -> list[JobCause]:
         if name == merge or os.path.exists(paths.status_file(name, "done")):
             continue
         if os.path.exists(paths.status_file(name, "partial")):
-            # It stopped before its time limit (psyrun.walltime): its rows did not
+            # It stopped before its time limit (psyrun.run.walltime): its rows did not
             # fit, so the next round gets more time as after a time limit.
             out_partial.append(
                 JobCause(name, jobid, Cause.TIMELIMIT, "partial: stopped before its time limit")
@@ -678,7 +678,7 @@ def _submit_round(backend, scheduler, state: RoundState, on_start=None, on_submi
     """Plan and submit round ``state.attempt`` (already advanced); return the ids (or None)."""
     task = backend.task
     backend.job_fields = {"attempt": state.attempt, "max_attempts": state.max_attempts}
-    # Only backends that record versions (psyrun.versions) take `stale`.
+    # Only backends that record versions (psyrun.run.versions) take `stale`.
     stale = state.stale and "stale" in inspect.signature(backend.plan).parameters
     plan = backend.plan(True, stale=True) if stale else backend.plan(True)
     if plan.up_to_date:
@@ -712,7 +712,7 @@ def continue_after_merge(backend, scheduler, description: Mapping[str, Any], loc
     description
         The merge job's description (``attempt``, ``max_attempts``).
     lock
-        :func:`psyrun.runner.task_lock` (given, so that this module does not
+        :func:`psyrun.run.runner.task_lock` (given, so that this module does not
         import the runner).
     log
         Prints a line to the merge job's log.

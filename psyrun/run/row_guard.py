@@ -2,10 +2,10 @@
 
 :class:`RowGuard` puts together, for one job (or one LoadBalancing worker):
 
-* :class:`psyrun.row_timeout.RowTimer` (the ``row_timeout`` setting),
-* :class:`psyrun.fail_fast.FailFastWatch` (the ``fail_fast`` setting), and
+* :class:`psyrun.run.row_timeout.RowTimer` (the ``row_timeout`` setting),
+* :class:`psyrun.run.fail_fast.FailFastWatch` (the ``fail_fast`` setting), and
 * the failed rows kept on record (``'error'`` in ``record``,
-  :mod:`psyrun.failed_rows`).
+  :mod:`psyrun.results.failed_rows`).
 
 The backends call :meth:`RowGuard.wrap` on ``execute``, evaluate a block
 inside :meth:`RowGuard.armed` with :meth:`RowGuard.on_error` as the
@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 
-from psyrun.fail_fast import MARKER, FailFast, FailFastWatch, check_stopped
+from psyrun.run.fail_fast import MARKER, FailFast, FailFastWatch, check_stopped
 
 __all__ = ["FailFast", "RowGuard"]
 
@@ -39,7 +39,7 @@ class RowGuard:
     """
 
     def __init__(self, task, status_dir: str, job: str, attempt: int = 1) -> None:
-        from psyrun.row_timeout import RowTimer
+        from psyrun.run.row_timeout import RowTimer
 
         self.task = task
         self.job = job
@@ -80,8 +80,8 @@ class RowGuard:
 
     def failed_block(self, keys: list[str]) -> dict | None:
         """Return the failed rows since the last call as result columns (None: none kept)."""
-        from psyrun.failed_rows import failure_block
-        from psyrun.records import failure_records
+        from psyrun.results.failed_rows import failure_block
+        from psyrun.results.records import failure_records
 
         failed, self._failed = self._failed, []
         if not failed:

@@ -32,10 +32,10 @@ The metadata is a flat dict of JSON values (so it also fits
     ``earlier_runs`` and ``row_versions``).
 ``task_version``
     The version of the task's code the run evaluated
-    (:func:`psyrun.versions.task_version`).
+    (:func:`psyrun.run.versions.task_version`).
 ``row_versions``
     ``[[version, rows], ...]``: the version of the task's code that computed
-    each row, as segments in file order (:mod:`psyrun.versions`).
+    each row, as segments in file order (:mod:`psyrun.run.versions`).
 ``dims``
     Only when the task sets ``dims``: ``{output: [axis names]}``, the names
     of the axes of array outputs (:mod:`psyrun.dims`).
@@ -176,7 +176,7 @@ def continued(new: Mapping[str, Any], old: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(new)
     if old:
         earlier = list(old.get("earlier_runs", []))
-        # The rows' versions are kept once, for the whole file (psyrun.versions).
+        # The rows' versions are kept once, for the whole file (psyrun.run.versions).
         earlier.append({k: v for k, v in old.items() if k not in ("earlier_runs", "row_versions")})
         out["earlier_runs"] = earlier
     return out

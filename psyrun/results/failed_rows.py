@@ -1,7 +1,7 @@
 """Failed rows on record: rows whose ``execute`` raised, kept in the result.
 
 With ``'error'`` in the task's ``record`` setting, every assignment whose
-``execute`` raised (or timed out, :mod:`psyrun.row_timeout`) gets a row in
+``execute`` raised (or timed out, :mod:`psyrun.run.row_timeout`) gets a row in
 the result: its parameters, ``psy_error`` (``"ExceptionType: message"``,
 the first line), ``psy_attempt`` when recorded, the other ``record``
 columns, and no outputs (NaN, ``''`` for text). Rows that succeeded have
@@ -13,7 +13,7 @@ Such a row is on record, not done:
   evaluated again) and as failed, never as completed;
 * when a later attempt evaluates the assignment, its row (a result or a new
   failure) replaces the failed one: the merge drops the failed row of the
-  old result (:func:`psyrun.merge.replaced_failures`), and wherever a result
+  old result (:func:`psyrun.results.merge.replaced_failures`), and wherever a result
   and a failed row of one assignment meet, the result wins
   (:func:`failed_last`), so no
   assignment is ever in the file twice;
@@ -71,7 +71,7 @@ def failure_block(
     """Return the rows of `failed` (``(row, exception)`` pairs) as result columns.
 
     `columns` maps record column names to a function of the exceptions giving
-    that column's values (see :func:`psyrun.records.failure_records`); with
+    that column's values (see :func:`psyrun.results.records.failure_records`); with
     `vectorized` the parameter columns are arrays, like a vectorized block's.
     """
     if not failed:

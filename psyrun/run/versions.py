@@ -285,8 +285,8 @@ def replaced_rows(
     rows' versions, `new_code` the new rows'). Rows of the same version are
     duplicates, and the base keeps them.
     """
-    from psyrun.merge import missing_rows
     from psyrun.pspace import Param
+    from psyrun.results.merge import missing_rows
 
     if not base_params or not new_params:
         return None
@@ -333,14 +333,14 @@ def merge_versions(
 ):
     """Prepare a merge of `sources` (rows of one run) into the result `base`.
 
-    Returns ``(drop_base, metadata)`` for :func:`psyrun.merge.write_merged`:
+    Returns ``(drop_base, metadata)`` for :func:`psyrun.results.merge.write_merged`:
     the rows of `base` that rows of the sources replace (same assignment,
     another version, or the rows `also_drop` marks; None when none), and a
     function that returns `metadata` (default: the base's) with the
     :data:`ROW_VERSIONS` segments of the merged file, given what the merge
     wrote from each input.
     """
-    from psyrun.merge import load_params
+    from psyrun.results.merge import load_params
 
     has_base = base is not None and store.exists(base)
     names: list = []
@@ -397,7 +397,7 @@ def version_counts(
     Part rows that repeat result rows of the same version (left by a crash
     after a merge) are counted too: a stale row is never left out.
     """
-    from psyrun.merge import load_params
+    from psyrun.results.merge import load_params
 
     names: list = []
     base_codes = _base_codes(store, result, names)

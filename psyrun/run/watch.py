@@ -1,6 +1,6 @@
 """``psy status --watch``: follow a task until it is complete, from any shell.
 
-Every interval it asks :func:`psyrun.runner.task_status` (the files in the
+Every interval it asks :func:`psyrun.run.runner.task_status` (the files in the
 work directory, plus the scheduler's one status query) and draws one line:
 rows done out of the total, rows per second over the last minute, the time
 left at that rate, and the task's jobs per state. Nothing needs the ``psy
@@ -82,7 +82,7 @@ def _done_markers(status_dir: str) -> int:
 
 def sample(task) -> Sample:
     """Look at `task` once (files on disk and one scheduler query)."""
-    from psyrun.runner import describe_waits, scheduler_for, task_status
+    from psyrun.run.runner import describe_waits, scheduler_for, task_status
 
     # The scheduler keeps its status answer until told to forget it: ask afresh.
     scheduler = scheduler_for(task)
@@ -105,7 +105,7 @@ def sample(task) -> Sample:
 
 
 def count_jobs(report) -> dict[str, int]:
-    """Jobs of a :class:`psyrun.runner.StatusReport` per state: queued, running, done, failed."""
+    """Jobs of a :class:`psyrun.run.runner.StatusReport` per state (queued, running, ...)."""
     return {
         "queued": sum(1 for s in report.queued if str(s.status) in _WAITING),
         "running": sum(1 for s in report.queued if str(s.status) == "running"),

@@ -5,7 +5,7 @@ subset) adds to every row the seconds its ``execute`` took, the host and the
 job that evaluated it, when it finished (UTC, ISO 8601 text), its error
 (``''`` when it succeeded) and the attempt that evaluated it. A vectorized
 block gives each of its rows the block's time divided by its rows. With
-``'error'``, rows that failed are kept on record (:mod:`psyrun.failed_rows`).
+``'error'``, rows that failed are kept on record (:mod:`psyrun.results.failed_rows`).
 
 The attempt number is the job description's ``attempt`` field, else the
 environment variable ``PSYRUN_ATTEMPT``, else 1 (:func:`attempt_number`).
@@ -159,7 +159,7 @@ def failure_records(record, job: str | None, attempt: int, vectorized: bool) -> 
     """
     import datetime
 
-    from psyrun.failed_rows import error_text
+    from psyrun.results.failed_rows import error_text
 
     def column(values: list):
         return np.asarray(values) if vectorized else values

@@ -85,3 +85,32 @@ def test_a_finished_result_in_order_is_matched_without_an_index(monkeypatch):
     assert match.used.all()
     assert match.first.all()
     assert not match.outside.any()
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([0, 1, -0.0, 0.0, math.nan, -math.nan, 2**60, 2**60 + 1]),
+            st.sampled_from([0.5, 1.0, True, math.nan]),
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    st.sampled_from(["float64", "object"]),
+)
+def test_distinct_rows_never_calls_equal_rows_distinct(rows, kind):
+    from psyrun.merge import _distinct_rows
+
+    columns = [np.array([r[i] for r in rows], dtype=kind) for i in range(2)]
+    truly_distinct = len({tuple(map(canonical, r)) for r in rows}) == len(rows)
+    if _distinct_rows(columns):
+        assert truly_distinct
+
+
+def test_distinct_rows_tells_zeros_and_nans_alike():
+    from psyrun.merge import _distinct_rows
+
+    odd_nan = np.array([0xFFF8000000000001], dtype=np.uint64).view(np.float64)[0]
+    assert not _distinct_rows([np.array([0.0, -0.0]), np.array([1.0, 1.0])])
+    assert not _distinct_rows([np.array([math.nan, odd_nan]), np.array([1, 1])])
+    assert _distinct_rows([np.arange(1000), np.arange(1000) * 0.5])

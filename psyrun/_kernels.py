@@ -138,9 +138,38 @@ def _jit(loop: Callable) -> Callable:
     saved = numba.config.CACHE_DIR
     numba.config.CACHE_DIR = cache_dir
     try:
-        return numba.njit(cache=True, nogil=True)(loop)
+        return _CacheGuard(numba.njit(cache=True, nogil=True)(loop), loop)
     finally:
         numba.config.CACHE_DIR = saved
+
+
+class _CacheGuard:
+    """A loop compiled with numba's on-disk cache, compiled afresh if the cache fails.
+
+    numba reads its cache when a loop is first called; a damaged or half
+    written cache file (a full disk, writers racing, numba issue 4807) then
+    raises from deep inside numba. The cache only saves compile time, so the
+    loop is compiled again without it, for this process.
+    """
+
+    def __init__(self, cached: Callable, loop: Callable):
+        self.cached = cached
+        self.loop = loop
+        self._plain: Callable | None = None
+
+    def __call__(self, *args):
+        if self._plain is None:
+            try:
+                return self.cached(*args)
+            except Exception:  # any failure of the cache: compile without it
+                import numba
+
+                self._plain = numba.njit(cache=False, nogil=True)(self.loop)
+        return self._plain(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        # numba's dispatcher attributes (stats, signatures) for callers and tests.
+        return getattr(self.cached if self._plain is None else self._plain, name)
 
 
 # Scalar steps the loops share (defined with the kernels below). The loops find

@@ -5,7 +5,6 @@ to its target. ``timeraw_*`` benchmarks run in a fresh interpreter, so any
 numba import and compile counts, as a job meets it.
 """
 
-import os
 import subprocess
 import sys
 import tempfile
@@ -59,17 +58,27 @@ def execute(a, b):
 """
 
 
+# Peak RSS must be read by a small parent: a child started (vfork) from a large
+# process inherits that process's high-water mark in ``ru_maxrss``.
+_MEASURE = (
+    "import os, subprocess, sys; p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL); "
+    "_, s, u = os.wait4(p.pid, 0); print(u.ru_maxrss, os.waitstatus_to_exitcode(s))"
+)
+
+
 def _psy(cwd, *args):
     """Run ``psy *args`` in `cwd`; return its peak resident memory in MB."""
     script = Path(sys.executable).with_name("psy")
     argv = (
         [sys.executable, str(script)] if script.exists() else [sys.executable, "-m", "psyrun.cli"]
     )
-    proc = subprocess.Popen([*argv, *args], cwd=cwd, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
+    out = subprocess.run(
+        [sys.executable, "-c", _MEASURE, *argv, *args], cwd=cwd, capture_output=True, text=True
+    )
+    peak_kb, rc = out.stdout.split()
+    if int(rc) != 0:
         raise RuntimeError(f"psy {' '.join(args)} failed")
-    return usage.ru_maxrss / 1024
+    return int(peak_kb) / 1024
 
 
 class FinishedTask:

@@ -25,7 +25,7 @@ machine is shared, so compare figures of one run with each other.
   this gives the right answer, which both versions must return.
 * ``psy status -v`` and ``psy run -c`` of a finished 10^6-row task
   (vectorized ``y = a * b + 0.5``, PickleStore): wall time and peak resident
-  memory (``ru_maxrss`` from ``os.wait4``).
+  memory (``ru_maxrss`` from ``os.wait4`` in a small launcher process).
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -127,24 +126,31 @@ def psy_command() -> list[str]:
     return [sys.executable, "-m", "psyrun.cli"]
 
 
+# Peak RSS must be read by a small parent: a child started (vfork) from a large
+# process inherits that process's high-water mark in ``ru_maxrss``.
+_MEASURE = (
+    "import os, subprocess, sys, time; t = time.perf_counter(); "
+    "p = subprocess.Popen(sys.argv[1:], stdout=sys.stdout, stderr=subprocess.STDOUT); "
+    "_, s, u = os.wait4(p.pid, 0); "
+    "print('@@', time.perf_counter() - t, u.ru_maxrss, os.waitstatus_to_exitcode(s))"
+)
+
+
 def timed_psy(cwd: str, *args: str) -> tuple[float, float, str]:
     """Run ``psy *args``; return wall seconds, peak RSS in MB and its output."""
-    started = time.perf_counter()
-    proc = subprocess.Popen(
-        [*psy_command(), *args],
+    out = subprocess.run(
+        [sys.executable, "-c", _MEASURE, *psy_command(), *args],
         cwd=cwd,
         env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        capture_output=True,
+        text=True,
         stdin=subprocess.DEVNULL,
-    )
-    out = proc.stdout.read().decode(errors="replace")
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - started
-    proc.stdout.close()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"psy {' '.join(args)} failed: {out[-500:]}")
-    return wall, usage.ru_maxrss / 1024, out
+    ).stdout
+    text, _, figures = out.rpartition("@@")
+    wall, peak_kb, rc = figures.split()
+    if int(rc) != 0:
+        raise RuntimeError(f"psy {' '.join(args)} failed: {text[-500:]}")
+    return float(wall), int(peak_kb) / 1024, text
 
 
 def finished_task_figures(repeat: int = REPEAT) -> dict[str, tuple[float, float]]:

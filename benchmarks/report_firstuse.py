@@ -111,8 +111,10 @@ def _env() -> dict:
 
 def fresh(code: str, python: str = sys.executable) -> tuple[float, bool]:
     """Run `code` in a fresh interpreter; return its printed seconds and whether numba loaded."""
+    # From this directory, so that `python -c` finds psyrun where this process did
+    # (the working directory comes first on sys.path: a checkout there would win).
     out = subprocess.run(
-        [python, "-c", code], env=_env(), capture_output=True, text=True, check=True
+        [python, "-c", code], cwd=HERE, env=_env(), capture_output=True, text=True, check=True
     )
     seconds, numba = out.stdout.split()[-2:]
     return float(seconds), numba == "True"

@@ -217,10 +217,6 @@ class _Kernel:
                 return None
         return self._compiled
 
-    def is_compiled(self) -> bool:
-        """Whether the compiled loop is ready in this process (no compiling)."""
-        return self._compiled is not None
-
     def wants_compiled(self, n: int) -> bool:
         """Whether work of `n` rows should run compiled, and count it if not.
 

@@ -461,3 +461,12 @@ def test_kernels_hash_and_equality_of_array_like_lists_agree():
     arrays = np.array([[1, 2], [1, 2], [np.nan, 3]])
     assert np.array_equal(K.hash_column(lists), K.hash_column(arrays))
     assert K.values_equal(lists, arrays).all()
+
+
+def test_hash_rows_in_blocks_equals_whole_columns(monkeypatch):
+    rng = np.random.default_rng(7)
+    n = 2 * K.HASH_BLOCK + 5
+    columns = [rng.integers(0, 50, n), rng.normal(size=n), np.array(["x", "y"] * (n // 2) + ["z"])]
+    blocked = K.hash_rows(columns)
+    monkeypatch.setattr(K, "HASH_BLOCK", 4 * n)
+    np.testing.assert_array_equal(blocked, K.hash_rows(columns))

@@ -2,8 +2,11 @@
 
 Every kernel exists twice: a plain NumPy *reference* (used for small inputs,
 when numba is unavailable, and by the tests as the oracle) and a loop written
-for numba, compiled on first use. Importing this module imports only NumPy;
-numba is imported by the first call that is large enough to need it.
+for numba. Both give identical results. A kernel is compiled only once a
+process has done enough work with it for compiling to pay (see
+:data:`COMPILE_THRESHOLD`), so a difference or ``missing()`` of up to a few
+million rows never waits for numba. Importing this module imports only NumPy;
+numba is imported by the first compile.
 
 The public entry point for parameter spaces is :class:`RowTable`: it hashes
 the rows of some columns into 64-bit keys, indexes them, and answers which
@@ -61,8 +64,17 @@ _OTHER_TAG = 0x5EED000000000002
 _ARRAY_TAG = 0x5EED000000000003
 _UNHASHABLE = np.uint64(0x5EED000000000004)
 
-#: Inputs shorter than this use the NumPy reference (compiling would cost more).
+#: Inputs shorter than this always use the NumPy reference (even once compiled,
+#: numba's call overhead does not pay below it).
 NUMBA_THRESHOLD = 20_000
+#: Rows a kernel works through with its NumPy reference before it is compiled
+#: (the default; each kernel sets its own). Importing numba (~0.5 s) and
+#: compiling a kernel (0.3-1.5 s) cost what the reference loses on several
+#: million rows, so a process compiles a kernel only once it has done that
+#: much work with it: the ski-rental rule, never more than twice the cost of
+#: knowing the future. Each kernel's figure is its compile time divided by
+#: what numba saves per row, measured with ``benchmarks/report_firstuse.py``.
+COMPILE_THRESHOLD = 10_000_000
 
 
 # --------------------------------------------------------------------------
@@ -126,9 +138,38 @@ def _jit(loop: Callable) -> Callable:
     saved = numba.config.CACHE_DIR
     numba.config.CACHE_DIR = cache_dir
     try:
-        return numba.njit(cache=True, nogil=True)(loop)
+        return _CacheGuard(numba.njit(cache=True, nogil=True)(loop), loop)
     finally:
         numba.config.CACHE_DIR = saved
+
+
+class _CacheGuard:
+    """A loop compiled with numba's on-disk cache, compiled afresh if the cache fails.
+
+    numba reads its cache when a loop is first called; a damaged or half
+    written cache file (a full disk, writers racing, numba issue 4807) then
+    raises from deep inside numba. The cache only saves compile time, so the
+    loop is compiled again without it, for this process.
+    """
+
+    def __init__(self, cached: Callable, loop: Callable):
+        self.cached = cached
+        self.loop = loop
+        self._plain: Callable | None = None
+
+    def __call__(self, *args):
+        if self._plain is None:
+            try:
+                return self.cached(*args)
+            except Exception:  # any failure of the cache: compile without it
+                import numba
+
+                self._plain = numba.njit(cache=False, nogil=True)(self.loop)
+        return self._plain(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        # numba's dispatcher attributes (stats, signatures) for callers and tests.
+        return getattr(self.cached if self._plain is None else self._plain, name)
 
 
 # Scalar steps the loops share (defined with the kernels below). The loops find
@@ -148,12 +189,21 @@ def _compile_steps(numba: Any) -> None:
 class _Kernel:
     """A numba loop compiled on first use, with a NumPy reference beside it."""
 
-    def __init__(self, loop: Callable, reference: Callable, threshold: int = NUMBA_THRESHOLD):
+    def __init__(
+        self,
+        loop: Callable,
+        reference: Callable,
+        threshold: int = NUMBA_THRESHOLD,
+        compile_after: int = COMPILE_THRESHOLD,
+    ):
         self.loop = loop
         self.reference = reference
         self.threshold = threshold
+        self.compile_after = compile_after
         self._compiled: Callable | None = None
         self._unavailable = False
+        #: Rows done with the reference so far (see compile_after).
+        self.reference_rows = 0
         self.__name__ = reference.__name__
         self.__doc__ = reference.__doc__
 
@@ -167,8 +217,23 @@ class _Kernel:
                 return None
         return self._compiled
 
+    def wants_compiled(self, n: int) -> bool:
+        """Whether work of `n` rows should run compiled, and count it if not.
+
+        Yes when `n` reaches the call threshold and the loop is compiled
+        already, or this work brings the rows done with the reference to
+        ``compile_after`` (then compiling has paid); never when numba is
+        disabled.
+        """
+        if n < self.threshold or _numba_disabled():
+            return False
+        if self._compiled is not None:
+            return True
+        self.reference_rows += n
+        return self.reference_rows >= self.compile_after
+
     def __call__(self, *args):
-        if len(args[0]) < self.threshold or _numba_disabled():
+        if not self.wants_compiled(len(args[0])):
             return self.reference(*args)
         compiled = self.compiled()
         if compiled is None:  # pragma: no cover - numba is a dependency
@@ -182,10 +247,20 @@ class _Kernel:
 
 def _mix64_reference(x: np.ndarray) -> np.ndarray:
     """Scramble 64-bit keys (splitmix64 finaliser), element-wise."""
-    z = np.asarray(x, dtype=np.uint64)
-    z = (z ^ (z >> _S30)) * _M1
-    z = (z ^ (z >> _S27)) * _M2
-    return z ^ (z >> _S31)
+    return _mix64_inplace(np.array(x, dtype=np.uint64))
+
+
+def _mix64_inplace(z: np.ndarray) -> np.ndarray:
+    # In place, with one scratch array: temporaries would double the time.
+    t = np.right_shift(z, _S30)
+    z ^= t
+    z *= _M1
+    np.right_shift(z, _S27, out=t)
+    z ^= t
+    z *= _M2
+    np.right_shift(z, _S31, out=t)
+    z ^= t
+    return z
 
 
 def _splitmix(z):  # pragma: no cover - compiled by numba
@@ -211,16 +286,18 @@ def _mix64_loop(x):  # pragma: no cover - compiled by numba
     return out
 
 
-mix64 = _Kernel(_mix64_loop, _mix64_reference)
+mix64 = _Kernel(_mix64_loop, _mix64_reference, compile_after=20_000_000)
 
 
 def _hash_floats_reference(values: np.ndarray) -> np.ndarray:
     """Hash float64 values so that equal numbers (and all NaNs) hash equal."""
     values = np.asarray(values, dtype=np.float64)
     # -0.0 + 0.0 is +0.0, so both zeros share their bits.
-    bits = (values + 0.0).view(np.uint64)
-    bits = np.where(np.isnan(values), _NAN_BITS, bits)
-    return _mix64_reference(bits)
+    bits = np.add(values, 0.0).view(np.uint64)
+    nan = np.isnan(values)
+    if nan.any():
+        bits[nan] = _NAN_BITS
+    return _mix64_inplace(bits)
 
 
 def _hash_floats_loop(values):  # pragma: no cover - compiled by numba
@@ -233,12 +310,14 @@ def _hash_floats_loop(values):  # pragma: no cover - compiled by numba
     return out
 
 
-hash_floats = _Kernel(_hash_floats_loop, _hash_floats_reference)
+hash_floats = _Kernel(_hash_floats_loop, _hash_floats_reference, compile_after=20_000_000)
 
 
 def _combine_hashes_reference(acc: np.ndarray, h: np.ndarray) -> np.ndarray:
     """Fold one column's hashes `h` into row hashes `acc` (order matters)."""
-    return _mix64_reference(acc * _PRIME + h)
+    out = np.multiply(acc, _PRIME, dtype=np.uint64)
+    out += h
+    return _mix64_inplace(out)
 
 
 def _combine_hashes_loop(acc, h):  # pragma: no cover - compiled by numba
@@ -248,7 +327,7 @@ def _combine_hashes_loop(acc, h):  # pragma: no cover - compiled by numba
     return out
 
 
-combine_hashes = _Kernel(_combine_hashes_loop, _combine_hashes_reference)
+combine_hashes = _Kernel(_combine_hashes_loop, _combine_hashes_reference, compile_after=20_000_000)
 
 
 def _hash_float_rows_reference(values: np.ndarray, seed: np.ndarray) -> np.ndarray:
@@ -276,7 +355,9 @@ def _hash_float_rows_loop(values, seed):  # pragma: no cover - compiled by numba
     return out
 
 
-hash_float_rows = _Kernel(_hash_float_rows_loop, _hash_float_rows_reference)
+hash_float_rows = _Kernel(
+    _hash_float_rows_loop, _hash_float_rows_reference, compile_after=5_000_000
+)
 
 
 #: Weyl increment of splitmix64: counter ``c`` of a stream keyed ``k`` is ``k + (c + 1) * GAMMA``.
@@ -316,7 +397,9 @@ def _counter_uniforms_loop(rows, key):  # pragma: no cover - compiled by numba
     return out
 
 
-counter_uniforms = _Kernel(_counter_uniforms_loop, _counter_uniforms_reference)
+counter_uniforms = _Kernel(
+    _counter_uniforms_loop, _counter_uniforms_reference, compile_after=15_000_000
+)
 
 
 def _affine_reference(x: np.ndarray, scale: float, shift: float, out: np.ndarray) -> np.ndarray:
@@ -337,33 +420,69 @@ def _affine_loop(x, scale, shift, out):  # pragma: no cover - compiled by numba
     return out
 
 
-affine = _Kernel(_affine_loop, _affine_reference)
+# numba saves next to nothing here: compile only for the largest draws.
+affine = _Kernel(_affine_loop, _affine_reference, compile_after=10**9)
 
 
 def _build_index_reference(keys: np.ndarray):
-    """Index 64-bit keys: sorted keys, their rows, and same-key chains.
+    """Index 64-bit keys: sorted keys, their rows, bucket starts, same-key chains.
 
-    Returns ``(sorted_keys, rows, chain)``; ``chain[i]`` is the next row
-    (ascending) with the same key as row ``i``, or -1.
+    Returns ``(sorted_keys, rows, starts, shift, chain)``. The keys are
+    sorted with equal keys in ascending row order; ``starts[b]`` is the first
+    sorted position whose key's top bits (``key >> shift``) are at least
+    ``b``, so a lookup scans only its bucket (one entry on average) instead
+    of a binary search. ``chain[i]`` is the next row (ascending) with the
+    same key as row ``i``, or -1.
     """
     keys = np.asarray(keys, dtype=np.uint64)
-    order = np.argsort(keys, kind="stable").astype(np.int64)
+    n = len(keys)
+    # The default sort is several times faster than a stable one; rows with
+    # equal keys (rare) are put in ascending order afterwards.
+    order = np.argsort(keys).astype(np.int64, copy=False)
     sorted_keys = keys[order]
-    chain = np.full(len(keys), -1, dtype=np.int64)
     same = sorted_keys[1:] == sorted_keys[:-1]
-    chain[order[:-1][same]] = order[1:][same]
-    return sorted_keys, order, chain
+    chain = np.full(n, -1, dtype=np.int64)
+    if same.any():
+        tied = np.zeros(n, dtype=bool)
+        tied[:-1] |= same
+        tied[1:] |= same
+        positions = np.flatnonzero(tied)
+        # Positions of ties hold runs of equal keys in key order: sort each
+        # run by row, keeping the runs where they are.
+        order[positions] = order[positions][np.lexsort((order[positions], sorted_keys[positions]))]
+        chain[order[:-1][same]] = order[1:][same]
+    bits = max(1, (n - 1).bit_length())
+    shift = np.uint64(64 - bits)
+    starts = np.zeros((1 << bits) + 1, dtype=np.int64)
+    np.cumsum(
+        np.bincount((sorted_keys >> shift).astype(np.intp), minlength=1 << bits), out=starts[1:]
+    )
+    return sorted_keys, order, starts, shift, chain
 
 
 def _lookup_reference(index, queries: np.ndarray) -> np.ndarray:
     """Return the first (lowest) row holding each query key, or -1."""
-    sorted_keys, order, _ = index
+    sorted_keys, order, starts, shift, _ = index
     queries = np.asarray(queries, dtype=np.uint64)
-    if len(sorted_keys) == 0:
-        return np.full(len(queries), -1, dtype=np.int64)
-    pos = np.searchsorted(sorted_keys, queries)
-    pos = np.minimum(pos, len(sorted_keys) - 1)
-    return np.where(sorted_keys[pos] == queries, order[pos], -1).astype(np.int64)
+    out = np.full(len(queries), -1, dtype=np.int64)
+    if not len(sorted_keys):
+        return out
+    bucket = (queries >> shift).astype(np.intp)
+    pos, end = np.take(starts, bucket), np.take(starts, bucket + 1)
+    # The first entry of each bucket settles most queries: check it for all.
+    found = np.take(sorted_keys, pos, mode="clip")
+    hit = (found == queries) & (pos < end)
+    out[hit] = np.take(order, pos[hit])
+    active = np.flatnonzero((found < queries) & (pos + 1 < end))
+    pos, end, wanted = pos[active] + 1, end[active], queries[active]
+    # Walk the rest of each bucket in key order until the key is reached or passed.
+    while len(active):
+        found = sorted_keys[pos]
+        hit = found == wanted
+        out[active[hit]] = order[pos[hit]]
+        go_on = (found < wanted) & (pos + 1 < end)
+        active, pos, end, wanted = active[go_on], pos[go_on] + 1, end[go_on], wanted[go_on]
+    return out
 
 
 def _build_index_loop(keys):  # pragma: no cover - compiled by numba
@@ -409,7 +528,8 @@ def _lookup_loop(slot_keys, slot_rows, queries):  # pragma: no cover - compiled 
     return out
 
 
-_build_index = _Kernel(_build_index_loop, _build_index_reference)
+# The index counts its keys and its lookups together (HashIndex).
+_build_index = _Kernel(_build_index_loop, _build_index_reference, compile_after=8_000_000)
 _lookup = _Kernel(_lookup_loop, _lookup_reference)
 
 
@@ -431,22 +551,23 @@ class HashIndex:
 
     def __init__(self, keys: np.ndarray, force: str | None = None):
         keys = np.ascontiguousarray(keys, dtype=np.uint64)
-        use_numba = force == "numba" or (
-            force is None and len(keys) >= NUMBA_THRESHOLD and not _numba_disabled()
-        )
+        use_numba = _build_index.wants_compiled(len(keys)) if force is None else force == "numba"
         self._build = _build_index.compiled() if use_numba else None
         if self._build is not None:
             self._lookup_fn = _lookup.compiled()
             self._slot_keys, self._slot_rows, self.chain = self._build(keys)
         else:
             self._index = _build_index_reference(keys)
-            self.chain = self._index[2]
+            self.chain = self._index[-1]
 
     def lookup(self, queries: np.ndarray) -> np.ndarray:
         """Return the lowest row holding each query key, or -1 where none does."""
         queries = np.ascontiguousarray(queries, dtype=np.uint64)
         if self._build is not None:
             return self._lookup_fn(self._slot_keys, self._slot_rows, queries)
+        if len(queries) >= NUMBA_THRESHOLD and not _numba_disabled():
+            # Lookups are work of the index too: later indexes compile.
+            _build_index.reference_rows += len(queries)
         return _lookup_reference(self._index, queries)
 
 
@@ -573,11 +694,23 @@ def hash_column(column: np.ndarray) -> np.ndarray:
     return _hash_objects(column.tolist())
 
 
+#: Rows hashed at a time: the NumPy references' temporaries then stay in the
+#: CPU cache (two to four times faster than whole columns of 10^6 rows).
+HASH_BLOCK = 1 << 16
+
+
 def hash_rows(columns: Sequence[np.ndarray]) -> np.ndarray:
     """Hash whole rows of equal-length columns into uint64 keys."""
     if not columns:
         raise ValueError("hash_rows needs at least one column")
-    acc = np.full(len(columns[0]), ROW_SEED, dtype=np.uint64)
+    n = len(columns[0])
+    if n > HASH_BLOCK:
+        out = np.empty(n, dtype=np.uint64)
+        for start in range(0, n, HASH_BLOCK):
+            stop = min(start + HASH_BLOCK, n)
+            out[start:stop] = hash_rows([column[start:stop] for column in columns])
+        return out
+    acc = np.full(n, ROW_SEED, dtype=np.uint64)
     for column in columns:
         acc = combine_hashes(acc, hash_column(column))
     return acc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import socket
@@ -113,11 +114,118 @@ def test_dispatch_uses_reference_below_threshold_and_when_disabled(monkeypatch):
     assert calls == ["ref", "numba", "ref"]
 
 
-def test_large_inputs_take_the_numba_path_and_agree():
-    values = np.random.default_rng(2).normal(size=K.NUMBA_THRESHOLD + 5)
-    values[::3] = np.nan
-    np.testing.assert_array_equal(K.hash_floats(values), K.hash_floats.reference(values))
-    assert K.hash_floats.compiled() is not None
+def test_a_kernel_compiles_only_once_its_reference_work_would_pay_for_it(monkeypatch):
+    # The ski-rental rule: the reference runs until the rows it has done
+    # reach compile_after; from then on (and only for calls above the
+    # call threshold) the compiled loop runs.
+    monkeypatch.delenv("PSYRUN_DISABLE_NUMBA", raising=False)
+    calls, compiles = [], []
+    kernel = K._Kernel(None, lambda x: calls.append(("ref", len(x))), 10, compile_after=100)
+
+    def compile_loop(loop):
+        compiles.append(loop)
+        return lambda x: calls.append(("numba", len(x)))
+
+    monkeypatch.setattr(K, "_jit", compile_loop)
+    for n in (40, 5, 40, 9, 19):
+        kernel(np.zeros(n))
+    assert not compiles
+    assert kernel.reference_rows == 99  # calls below the call threshold are not counted
+    kernel(np.zeros(10))
+    kernel(np.zeros(9))
+    kernel(np.zeros(10))
+    assert len(compiles) == 1
+    assert calls[5:] == [("numba", 10), ("ref", 9), ("numba", 10)]
+
+
+def test_hash_index_counts_its_lookups_towards_compiling(monkeypatch):
+    monkeypatch.setattr(K._build_index, "compile_after", 3 * K.NUMBA_THRESHOLD)
+    monkeypatch.setattr(K._build_index, "reference_rows", 0)
+    monkeypatch.setattr(K._build_index, "_compiled", None)
+    monkeypatch.delenv("PSYRUN_DISABLE_NUMBA", raising=False)
+    keys = np.arange(K.NUMBA_THRESHOLD, dtype=np.uint64)
+    first = K.HashIndex(keys)
+    assert first._build is None
+    first.lookup(np.arange(K.NUMBA_THRESHOLD, dtype=np.uint64))
+    assert K.HashIndex(keys)._build is not None  # the third lot of rows pays
+
+
+def test_a_difference_of_a_million_rows_does_not_wait_for_numba():
+    # Target 3 of issue 25: a fresh process does a difference and missing()
+    # of 10^6 rows with the NumPy references, so it waits for no compile.
+    code = (
+        "import sys, numpy as np\n"
+        "from psyrun.pspace import Param, missing\n"
+        "space = Param(a=np.arange(1000)) * Param(b=np.arange(1000) * 0.5)\n"
+        "sub = Param(**space.take(np.arange(0, 10**6, 10)))\n"
+        "d = space - sub\n"
+        "assert len(d) == 900_000 and len(missing(space, sub)) == 900_000\n"
+        "print('numba' in sys.modules)\n"
+    )
+    env = dict(os.environ)
+    env.pop("PSYRUN_DISABLE_NUMBA", None)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["False"]
+
+
+@contextlib.contextmanager
+def compiled_kernels():
+    """Every kernel compiled and used from the first row (the other side of the switch)."""
+    with pytest.MonkeyPatch.context() as m:
+        m.delenv("PSYRUN_DISABLE_NUMBA", raising=False)
+        for kernel in vars(K).values():
+            if isinstance(kernel, K._Kernel):
+                kernel.compiled()
+                m.setattr(kernel, "threshold", 0)
+        yield
+
+
+spread_keys = st.sampled_from(
+    [0, 1, 2**63, 2**64 - 1, 2**63 - 1, 0x9E3779B97F4A7C15, 2**32, 2**62 + 7, 12345]
+)
+
+
+@given(
+    hnp.arrays(np.uint64, st.integers(0, 200), elements=spread_keys),
+    hnp.arrays(np.uint64, st.integers(0, 60), elements=spread_keys),
+)
+def test_hash_index_buckets_agree_with_numba_on_keys_across_the_range(keys, queries):
+    # Keys at both ends of the range and repeated: buckets by top bits,
+    # ties in row order, an empty index.
+    fast = K.HashIndex(keys, force="numba")
+    slow = K.HashIndex(keys, force="reference")
+    np.testing.assert_array_equal(fast.chain, slow.chain)
+    np.testing.assert_array_equal(fast.lookup(queries), slow.lookup(queries))
+    np.testing.assert_array_equal(fast.lookup(keys), slow.lookup(keys))
+
+
+@given(
+    st.integers(1, 40),
+    st.integers(1, 30),
+    st.lists(st.integers(0, 1199), max_size=300),
+    st.booleans(),
+)
+def test_difference_and_missing_identical_whichever_kernels_run(a, b, picks, as_floats):
+    from psyrun.pspace import Param, missing
+
+    values = np.arange(b) * 0.5 if as_floats else np.arange(b)
+    space = Param(a=np.arange(a) % 7) * Param(b=values)
+    sub = space.take(np.array([p % len(space) for p in picks], dtype=np.int64))
+    with compiled_kernels():
+        compiled = [(space - Param(**sub)).surviving_rows(), missing(space, sub).surviving_rows()]
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("PSYRUN_DISABLE_NUMBA", "1")
+        reference = [(space - Param(**sub)).surviving_rows(), missing(space, sub).surviving_rows()]
+    # Oracle: a set of the subtracted (a, b) pairs.
+    all_rows = space.take(np.arange(len(space)))
+    gone = set(zip(sub["a"].tolist(), sub["b"].tolist()))
+    pairs = zip(all_rows["a"].tolist(), all_rows["b"].tolist())
+    expected = [i for i, pair in enumerate(pairs) if pair not in gone]
+    for got, ref in zip(compiled, reference):
+        np.testing.assert_array_equal(got, ref)
+        assert got.tolist() == expected
 
 
 # ---------------------------------------------------------------------------
@@ -353,3 +461,12 @@ def test_kernels_hash_and_equality_of_array_like_lists_agree():
     arrays = np.array([[1, 2], [1, 2], [np.nan, 3]])
     assert np.array_equal(K.hash_column(lists), K.hash_column(arrays))
     assert K.values_equal(lists, arrays).all()
+
+
+def test_hash_rows_in_blocks_equals_whole_columns(monkeypatch):
+    rng = np.random.default_rng(7)
+    n = 2 * K.HASH_BLOCK + 5
+    columns = [rng.integers(0, 50, n), rng.normal(size=n), np.array(["x", "y"] * (n // 2) + ["z"])]
+    blocked = K.hash_rows(columns)
+    monkeypatch.setattr(K, "HASH_BLOCK", 4 * n)
+    np.testing.assert_array_equal(blocked, K.hash_rows(columns))

@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from psyrun import Param
-from psyrun.merge import match_rows
+from psyrun.results.merge import match_rows
 
 
 def canonical(value):
@@ -99,7 +99,7 @@ def test_a_finished_result_in_order_is_matched_without_an_index(monkeypatch):
     st.sampled_from(["float64", "object"]),
 )
 def test_distinct_rows_never_calls_equal_rows_distinct(rows, kind):
-    from psyrun.merge import _distinct_rows
+    from psyrun.results.merge import _distinct_rows
 
     columns = [np.array([r[i] for r in rows], dtype=kind) for i in range(2)]
     truly_distinct = len({tuple(map(canonical, r)) for r in rows}) == len(rows)
@@ -108,7 +108,7 @@ def test_distinct_rows_never_calls_equal_rows_distinct(rows, kind):
 
 
 def test_distinct_rows_tells_zeros_and_nans_alike():
-    from psyrun.merge import _distinct_rows
+    from psyrun.results.merge import _distinct_rows
 
     odd_nan = np.array([0xFFF8000000000001], dtype=np.uint64).view(np.float64)[0]
     assert not _distinct_rows([np.array([0.0, -0.0]), np.array([1.0, 1.0])])

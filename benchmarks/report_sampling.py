@@ -139,7 +139,7 @@ def collect() -> list[dict]:
     # 10^6 rows of Random in 3-d against NumPy's default generator.
     rand = Random(10**6, seed=1, a=(0, 1), b=(-1, 1), c=(2, 3))
     started = time.process_time()
-    rand.to_arrays()  # the first large draw compiles the numba kernel
+    rand.to_arrays()  # the first draw in this process (NumPy kernels until numba pays)
     first = time.process_time() - started
     best = _best_of_each(
         {
@@ -151,7 +151,7 @@ def collect() -> list[dict]:
     row("Random 10^6 x 3-d, to_arrays", f"{best['psyrun'] * 1e3:.1f} ms", "-", None)
     row("  np.random.default_rng().random((10^6, 3))", f"{best['numpy'] * 1e3:.1f} ms", "-", None)
     row("  ratio psyrun / NumPy", f"{ratio:.2f}x", "<= 2x", ratio <= 2)
-    row("  first call in a process (numba compiles)", f"{first:.2f} s", "-", None)
+    row("  first call in a process", f"{first:.2f} s", "-", None)
     return rows
 
 

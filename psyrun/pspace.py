@@ -528,17 +528,23 @@ class ParameterSpace:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return self.iterate()
 
-    def build(self) -> dict[str, list]:
-        """Return every row, as a dict mapping each key to a list of values.
+    def build(self, start: int = 0, stop: int | None = None) -> dict[str, list]:
+        """Return the rows, as a dict mapping each key to a list of values.
+
+        Parameters
+        ----------
+        start, stop : int, optional
+            Only this row range, interpreted like a slice (as in
+            :meth:`to_arrays`); every row by default.
 
         Returns
         -------
         dict of str to list
             Plain Python values (arrays for array-valued parameters), in
-            row order.
+            row order: the values :meth:`iterate` yields.
         """
-        keys = self.keys()
-        return self._list_range(0, len(self), keys)
+        r = range(len(self))[start:stop]
+        return self._list_range(r.start, max(r.start, r.stop), self.keys())
 
     def sample(self, k: int, seed: Any = None) -> ParameterSpace:
         """Return `k` distinct rows drawn uniformly at random, as a lazy space.

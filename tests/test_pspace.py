@@ -827,3 +827,10 @@ def test_sum_beyond_int64_rows_raises_a_clear_error():
     assert space[-1] == big[-1]
     with pytest.raises(OverflowError, match="the sum has 10000000000000000000 rows"):
         len(space + big)
+
+
+def test_build_of_a_row_range_is_that_slice_of_build():
+    p = Param(a=[1, 2, 3]) * Param(b=[0.5, 1.5]) * Param(c=["x", "y", "z", "w"])
+    full = p.build()
+    for start, stop in [(0, None), (5, 11), (-3, None), (-100, 4), (20, 30), (7, 2), (0, 0)]:
+        assert p.build(start, stop) == {k: v[start:stop] for k, v in full.items()}

@@ -27,7 +27,7 @@ import math
 import operator
 import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from itertools import chain, repeat
+from itertools import chain, product, repeat, starmap
 from typing import Any
 
 import numpy as np
@@ -281,56 +281,63 @@ def _format_keys(keys: Sequence[str]) -> str:
 # Row dicts: building dicts quickly for iterate()
 
 
-def _rows1(keys, blocks):
+def _rows1(keys, chunks):
     (k0,) = keys
-    for (a_,) in blocks:
-        for a in a_:
+    for chunk in chunks:
+        for a in chunk:  # one key: chunks of values, not of 1-tuples
             yield {k0: a}
 
 
-def _rows2(keys, blocks):
+def _rows2(keys, chunks):
     k0, k1 = keys
-    for a_, b_ in blocks:
-        for a, b in zip(a_, b_):
+    for chunk in chunks:
+        for a, b in chunk:
             yield {k0: a, k1: b}
 
 
-def _rows3(keys, blocks):
+def _rows3(keys, chunks):
     k0, k1, k2 = keys
-    for a_, b_, c_ in blocks:
-        for a, b, c in zip(a_, b_, c_):
+    for chunk in chunks:
+        for a, b, c in chunk:
             yield {k0: a, k1: b, k2: c}
 
 
-def _rows4(keys, blocks):
+def _rows4(keys, chunks):
     k0, k1, k2, k3 = keys
-    for a_, b_, c_, d_ in blocks:
-        for a, b, c, d in zip(a_, b_, c_, d_):
+    for chunk in chunks:
+        for a, b, c, d in chunk:
             yield {k0: a, k1: b, k2: c, k3: d}
 
 
-def _rows5(keys, blocks):
+def _rows5(keys, chunks):
     k0, k1, k2, k3, k4 = keys
-    for a_, b_, c_, d_, e_ in blocks:
-        for a, b, c, d, e in zip(a_, b_, c_, d_, e_):
+    for chunk in chunks:
+        for a, b, c, d, e in chunk:
             yield {k0: a, k1: b, k2: c, k3: d, k4: e}
 
 
-def _rows6(keys, blocks):
+def _rows6(keys, chunks):
     k0, k1, k2, k3, k4, k5 = keys
-    for a_, b_, c_, d_, e_, f_ in blocks:
-        for a, b, c, d, e, f in zip(a_, b_, c_, d_, e_, f_):
+    for chunk in chunks:
+        for a, b, c, d, e, f in chunk:
             yield {k0: a, k1: b, k2: c, k3: d, k4: e, k5: f}
 
 
-def _rows_any(keys, blocks):
-    for lists in blocks:
-        yield from map(dict, map(zip, repeat(keys), zip(*lists)))
+def _rows_any(keys, chunks):
+    for chunk in chunks:
+        yield from map(dict, map(zip, repeat(keys), chunk))
+
+
+def _deferred(make, *args):
+    """Yield ``make(*args)`` once: lets chain.from_iterable start it on first use."""
+    yield make(*args)
 
 
 # Dict displays with a fixed number of keys are several times faster than
 # dict(zip(keys, values)), and one generator frame per row is the least
-# overhead a lazy iterator can have, so small arities get their own loop.
+# overhead a lazy iterator can have, so small arities get their own loop. They
+# read chunks of rows, each row a tuple of values in key order
+# (ParameterSpace._row_chunks).
 _ROWS_BY_ARITY = {1: _rows1, 2: _rows2, 3: _rows3, 4: _rows4, 5: _rows5, 6: _rows6}
 
 # A value repeated at least this many times in a row is copied as one list
@@ -513,7 +520,19 @@ class ParameterSpace:
             raise ValueError(f"block_size must be at least 1, got {block_size}")
         keys = self.keys()
         rows = _ROWS_BY_ARITY.get(len(keys), _rows_any)
-        return rows(keys, self._blocks(block_size))
+        return rows(keys, self._row_chunks(block_size))
+
+    def _row_chunks(self, block_size: int) -> Iterator[Iterator[tuple]]:
+        """Every row as a tuple of plain values in key order, in chunks of rows.
+
+        With one key, the chunks hold the values themselves (no 1-tuples).
+        Lazy: nothing is decoded before the first row is asked for. At most
+        `block_size` values per key are held at once.
+        """
+        blocks = self._blocks(block_size)
+        if len(self.keys()) == 1:
+            return map(operator.itemgetter(0), blocks)
+        return starmap(zip, blocks)
 
     def _blocks(self, block_size: int) -> Iterator[list[list]]:
         """Columns of consecutive blocks of rows, as lists of plain values."""
@@ -974,6 +993,22 @@ class Product(ParameterSpace):
             head = min((first + 1) * stride, stop) - start
             out.update((key, _spread(v, stride, head, n)) for key, v in values.items())
         return {key: out[key] for key in keys}
+
+    def _row_chunks(self, block_size):
+        # Deferred, so that even the factors' lengths wait for the first row.
+        return chain.from_iterable(_deferred(self._grid_chunks, block_size))
+
+    def _grid_chunks(self, block_size):
+        factors = self._factors
+        keys = [f.keys() for f in factors]
+        if all(len(k) == 1 and not f._spec(k[0]).tail for f, k in zip(factors, keys)) and all(
+            0 < len(f) <= block_size for f in factors
+        ):
+            # A grid of short one-key factors: one chunk, itertools.product over
+            # each factor's values (at most a block each), as a plain loop would.
+            values = [f._list_range(0, len(f), k)[k[0]] for f, k in zip(factors, keys)]
+            return values if len(values) == 1 else [product(*values)]
+        return super()._row_chunks(block_size)
 
     def _row(self, i):
         out = {}

@@ -14,6 +14,9 @@ from psyrun.utils.example import square
 from .report_mapper import (
     affine,
     evaluate_each,
+    grid_fn,
+    grid_loop,
+    grid_space,
     plain_blocks,
     plain_loop,
     results_blocks,
@@ -42,6 +45,22 @@ class MapPspace:
 
     def time_plain_loop_blocks(self, rows):
         plain_blocks(self.xs)
+
+
+class MapPspaceProduct:
+    """Row by row over the 10^6-row product of three Params, against itertools.product."""
+
+    timeout = 120
+
+    def setup(self):
+        self.space = grid_space()
+        self.lists = [list(range(100)), [i * 0.5 for i in range(100)], list(range(100))]
+
+    def time_map_pspace(self):
+        map_pspace(grid_fn, self.space)
+
+    def time_plain_loop(self):
+        grid_loop(*self.lists)
 
 
 class EvaluateRows:

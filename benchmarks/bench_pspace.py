@@ -4,6 +4,8 @@ The cases mirror benchmarks/report_pspace.py, which prints each figure next
 to its target from the issue.
 """
 
+import itertools
+
 import numpy as np
 
 from psyrun.pspace import Param, missing
@@ -32,6 +34,18 @@ class Product:
 
     def time_iterate(self):
         for _ in self.space.iterate():
+            pass
+
+    def time_iterate_floor(self):
+        # The same dicts from itertools.product in a generator: the least a
+        # lazy iterator of dicts costs (report_pspace.iterate_figures).
+        a, b, c = list(range(100)), [i * 0.5 for i in range(100)], list(range(100))
+
+        def rows():
+            for x, y, z in itertools.product(a, b, c):
+                yield {"a": x, "b": y, "c": z}
+
+        for _ in rows():
             pass
 
     def peakmem_build(self):

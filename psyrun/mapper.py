@@ -112,6 +112,8 @@ def _non_dict_error(fn, result, row) -> TypeError:
 
 def _column_values(column) -> list:
     """Plain Python values of one column: scalars for 1-d, arrays for n-d."""
+    if type(column) is list:  # already plain values (ParameterSpace.build)
+        return column
     if column.ndim == 1:
         return column.tolist()
     return list(column)
@@ -496,7 +498,9 @@ def evaluate_block(
         sequences whose first dimension is the block's length.
     arrays : mapping of str to numpy.ndarray
         The block's parameter columns, as ``ParameterSpace.to_arrays`` or
-        ``ParameterSpace.take`` return them.
+        ``ParameterSpace.take`` return them. Row by row, lists of plain
+        values (as ``ParameterSpace.build`` returns them) are used as they
+        are.
     keys : list of str
         The parameter names, in order.
     exclude : iterable of str, optional
@@ -713,8 +717,11 @@ def iter_results(
     exclude = _exclude_keys(exclude)
     stop = len(pspace) if stop is None else min(stop, len(pspace))
     keys = list(pspace.keys())
+    # Row by row, the function gets plain values: build() makes them without
+    # converting a product's repeated values again for every row.
+    columns = pspace.to_arrays if vectorized else pspace.build
     for block_start in range(start, stop, block_size):
-        arrays = pspace.to_arrays(block_start, min(block_start + block_size, stop))
+        arrays = columns(block_start, min(block_start + block_size, stop))
         yield evaluate_block(
             fn, arrays, keys, exclude=exclude, extra=extra_kwargs, vectorized=vectorized
         )

@@ -27,7 +27,7 @@ import math
 import operator
 import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from itertools import repeat
+from itertools import chain, product, repeat, starmap
 from typing import Any
 
 import numpy as np
@@ -281,57 +281,108 @@ def _format_keys(keys: Sequence[str]) -> str:
 # Row dicts: building dicts quickly for iterate()
 
 
-def _rows1(keys, blocks):
+def _rows1(keys, chunks):
     (k0,) = keys
-    for (a_,) in blocks:
-        for a in a_:
+    for chunk in chunks:
+        for a in chunk:  # one key: chunks of values, not of 1-tuples
             yield {k0: a}
 
 
-def _rows2(keys, blocks):
+def _rows2(keys, chunks):
     k0, k1 = keys
-    for a_, b_ in blocks:
-        for a, b in zip(a_, b_):
+    for chunk in chunks:
+        for a, b in chunk:
             yield {k0: a, k1: b}
 
 
-def _rows3(keys, blocks):
+def _rows3(keys, chunks):
     k0, k1, k2 = keys
-    for a_, b_, c_ in blocks:
-        for a, b, c in zip(a_, b_, c_):
+    for chunk in chunks:
+        for a, b, c in chunk:
             yield {k0: a, k1: b, k2: c}
 
 
-def _rows4(keys, blocks):
+def _rows4(keys, chunks):
     k0, k1, k2, k3 = keys
-    for a_, b_, c_, d_ in blocks:
-        for a, b, c, d in zip(a_, b_, c_, d_):
+    for chunk in chunks:
+        for a, b, c, d in chunk:
             yield {k0: a, k1: b, k2: c, k3: d}
 
 
-def _rows5(keys, blocks):
+def _rows5(keys, chunks):
     k0, k1, k2, k3, k4 = keys
-    for a_, b_, c_, d_, e_ in blocks:
-        for a, b, c, d, e in zip(a_, b_, c_, d_, e_):
+    for chunk in chunks:
+        for a, b, c, d, e in chunk:
             yield {k0: a, k1: b, k2: c, k3: d, k4: e}
 
 
-def _rows6(keys, blocks):
+def _rows6(keys, chunks):
     k0, k1, k2, k3, k4, k5 = keys
-    for a_, b_, c_, d_, e_, f_ in blocks:
-        for a, b, c, d, e, f in zip(a_, b_, c_, d_, e_, f_):
+    for chunk in chunks:
+        for a, b, c, d, e, f in chunk:
             yield {k0: a, k1: b, k2: c, k3: d, k4: e, k5: f}
 
 
-def _rows_any(keys, blocks):
-    for lists in blocks:
-        yield from map(dict, map(zip, repeat(keys), zip(*lists)))
+def _rows_any(keys, chunks):
+    for chunk in chunks:
+        yield from map(dict, map(zip, repeat(keys), chunk))
+
+
+def _deferred(make, *args):
+    """Yield ``make(*args)`` once: lets chain.from_iterable start it on first use."""
+    yield make(*args)
 
 
 # Dict displays with a fixed number of keys are several times faster than
 # dict(zip(keys, values)), and one generator frame per row is the least
-# overhead a lazy iterator can have, so small arities get their own loop.
+# overhead a lazy iterator can have, so small arities get their own loop. They
+# read chunks of rows, each row a tuple of values in key order
+# (ParameterSpace._row_chunks).
 _ROWS_BY_ARITY = {1: _rows1, 2: _rows2, 3: _rows3, 4: _rows4, 5: _rows5, 6: _rows6}
+
+# A value repeated at least this many times in a row is copied as one list
+# (``[v] * k``, a memcpy); shorter runs are interleaved by zip, which costs
+# less per value.
+_LONG_RUN = 16
+
+
+def _spread(values: list, stride: int, head: int, n: int) -> list:
+    """`n` items: ``values[0]`` `head` times, then each further value `stride` times.
+
+    The column of a product factor whose value changes every `stride` rows,
+    built from the factor's own Python values, so that rows sharing a value
+    share its object instead of converting it again.
+    """
+    if len(values) == 1:
+        return values * n
+    out = values[:1] * head
+    middle = values[1:-1]
+    if stride >= _LONG_RUN:
+        for value in middle:
+            out += [value] * stride
+    else:
+        # zip over `stride` iterators of one list yields each value `stride` times.
+        out += chain.from_iterable(zip(*repeat(middle, stride)))
+    out += values[-1:] * (n - len(out))
+    return out
+
+
+def _cyclic_lists(
+    space: ParameterSpace, first: int, count: int, keys: Sequence[str]
+) -> dict[str, list]:
+    """Python values of rows ``first, first + 1, ...`` (`count` of them, modulo len)."""
+    length = len(space)
+    a = first % length
+    if a + count <= length:
+        return space._list_range(a, a + count, keys)
+    if count <= length:
+        head = space._list_range(a, length, keys)
+        tail = space._list_range(0, a + count - length, keys)
+        return {k: head[k] + tail[k] for k in keys}
+    # More rows than the space has: it is short (count is at most a block).
+    full = space._list_range(0, length, keys)
+    reps = -(-(a + count) // length)
+    return {k: (full[k] * reps)[a : a + count] for k in keys}
 
 
 # --------------------------------------------------------------------------
@@ -378,6 +429,17 @@ class ParameterSpace:
     ) -> dict[str, np.ndarray]:
         """Columns for rows ``start`` to ``stop`` (valid, start <= stop)."""
         return self._take(np.arange(start, stop, dtype=np.int64), keys)
+
+    def _list_range(self, start: int, stop: int, keys: Sequence[str]) -> dict[str, list]:
+        """Rows ``start`` to ``stop`` as plain Python values, one list per key.
+
+        What :meth:`iterate` and :meth:`build` yield: the same values, of the
+        same types, as ``_to_list`` of :meth:`_range_take`'s columns (which is
+        the default). Nodes override it where Python lists can be built more
+        cheaply than by converting NumPy columns value by value.
+        """
+        columns = self._range_take(start, stop, keys)
+        return {k: _to_list(columns[k]) for k in keys}
 
     def _operands(self) -> tuple[ParameterSpace, ...]:
         """Return the spaces this node is built from (none for a leaf)."""
@@ -458,7 +520,19 @@ class ParameterSpace:
             raise ValueError(f"block_size must be at least 1, got {block_size}")
         keys = self.keys()
         rows = _ROWS_BY_ARITY.get(len(keys), _rows_any)
-        return rows(keys, self._blocks(block_size))
+        return rows(keys, self._row_chunks(block_size))
+
+    def _row_chunks(self, block_size: int) -> Iterator[Iterator[tuple]]:
+        """Every row as a tuple of plain values in key order, in chunks of rows.
+
+        With one key, the chunks hold the values themselves (no 1-tuples).
+        Lazy: nothing is decoded before the first row is asked for. At most
+        `block_size` values per key are held at once.
+        """
+        blocks = self._blocks(block_size)
+        if len(self.keys()) == 1:
+            return map(operator.itemgetter(0), blocks)
+        return starmap(zip, blocks)
 
     def _blocks(self, block_size: int) -> Iterator[list[list]]:
         """Columns of consecutive blocks of rows, as lists of plain values."""
@@ -467,23 +541,29 @@ class ParameterSpace:
         if not keys:
             return
         for start in range(0, n, block_size):
-            columns = self._range_take(start, min(start + block_size, n))
-            yield [_to_list(columns[k]) for k in keys]
+            columns = self._list_range(start, min(start + block_size, n), keys)
+            yield [columns[k] for k in keys]
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return self.iterate()
 
-    def build(self) -> dict[str, list]:
-        """Return every row, as a dict mapping each key to a list of values.
+    def build(self, start: int = 0, stop: int | None = None) -> dict[str, list]:
+        """Return the rows, as a dict mapping each key to a list of values.
+
+        Parameters
+        ----------
+        start, stop : int, optional
+            Only this row range, interpreted like a slice (as in
+            :meth:`to_arrays`); every row by default.
 
         Returns
         -------
         dict of str to list
             Plain Python values (arrays for array-valued parameters), in
-            row order.
+            row order: the values :meth:`iterate` yields.
         """
-        columns = self._range_take(0, len(self))
-        return {k: _to_list(columns[k]) for k in self.keys()}
+        r = range(len(self))[start:stop]
+        return self._list_range(r.start, max(r.start, r.stop), self.keys())
 
     def sample(self, k: int, seed: Any = None) -> ParameterSpace:
         """Return `k` distinct rows drawn uniformly at random, as a lazy space.
@@ -708,6 +788,20 @@ class Param(ParameterSpace):
                 out[key] = column[start:stop].copy()
         return out
 
+    def _list_range(self, start, stop, keys):
+        out = {}
+        for key in keys:
+            column = self._columns.get(key)
+            if column is None:
+                # Converted once (as _fill's column would convert it), then shared.
+                out[key] = _fill(self._scalars[key], 1).tolist() * (stop - start)
+            elif column.ndim == 1:
+                out[key] = column[start:stop].tolist()
+            else:
+                # Each row an array of its own, never a view of this space's column.
+                out[key] = list(column[start:stop].copy())
+        return out
+
     def _row(self, i):
         out = {}
         for key in self._keys:
@@ -874,6 +968,47 @@ class Product(ParameterSpace):
                 for key, column in values.items():
                     out[key] = column if stride == 1 else np.repeat(column, counts, axis=0)
         return {key: out[key] for key in (self._keys if keys is None else keys)}
+
+    def _list_range(self, start, stop, keys):
+        # Each factor's values are converted once and repeated as lists, which
+        # is what makes iterate() close to itertools.product. Array-valued keys
+        # go through NumPy: every row must get an array of its own.
+        flat = [k for k in keys if not self._spec(k).tail]
+        out: dict[str, list] = {}
+        if len(flat) < len(keys):
+            arrays = self._range_take(start, stop, [k for k in keys if k not in flat])
+            out.update((k, _to_list(v)) for k, v in arrays.items())
+        n = stop - start
+        strides = self._layout[1]
+        for k, factor_keys in self._wanted(flat):
+            if n == 0:
+                out.update((key, []) for key in factor_keys)
+                continue
+            stride = strides[k]
+            first, last = start // stride, (stop - 1) // stride
+            values = _cyclic_lists(self._factors[k], first, last - first + 1, factor_keys)
+            if stride == 1:
+                out.update(values)
+                continue
+            head = min((first + 1) * stride, stop) - start
+            out.update((key, _spread(v, stride, head, n)) for key, v in values.items())
+        return {key: out[key] for key in keys}
+
+    def _row_chunks(self, block_size):
+        # Deferred, so that even the factors' lengths wait for the first row.
+        return chain.from_iterable(_deferred(self._grid_chunks, block_size))
+
+    def _grid_chunks(self, block_size):
+        factors = self._factors
+        keys = [f.keys() for f in factors]
+        if all(len(k) == 1 and not f._spec(k[0]).tail for f, k in zip(factors, keys)) and all(
+            0 < len(f) <= block_size for f in factors
+        ):
+            # A grid of short one-key factors: one chunk, itertools.product over
+            # each factor's values (at most a block each), as a plain loop would.
+            values = [f._list_range(0, len(f), k)[k[0]] for f, k in zip(factors, keys)]
+            return values if len(values) == 1 else [product(*values)]
+        return super()._row_chunks(block_size)
 
     def _row(self, i):
         out = {}

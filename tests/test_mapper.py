@@ -395,3 +395,49 @@ def test_exclude_given_as_one_string_names_one_key():
     assert result == {"a": [3, 4], "b": [4, 6]}
     with pytest.warns(UserWarning, match="neither parameters nor outputs"):
         map_pspace(lambda ab, a: {"b": 1}, space, exclude="xy")
+
+
+def _kinds_space():
+    """A product of every kind of column (long runs, NaN, objects, arrays, scalars)."""
+    return (
+        Param(i=np.arange(3), s="x")
+        * (Param(f=[0.5, math.nan]) + Param(f=[2.0]))
+        * Param(o=[1, 2.5, "z", None, (1, 2)], v=np.arange(10.0).reshape(5, 2))
+        * Param(b=[True, False] * 9)[1:]
+    )
+
+
+def _same(x, y):
+    if type(x) is not type(y):
+        return False
+    if isinstance(x, np.ndarray):
+        return x.dtype == y.dtype and np.array_equal(x, y)
+    if isinstance(x, float) and math.isnan(x):
+        return math.isnan(y)
+    return x == y
+
+
+@pytest.mark.parametrize("block_size", [None, 1, 7, 40, 10**4])
+def test_rows_get_the_values_iterate_yields(block_size):
+    # map_pspace hands the function (and the result) the very values
+    # iterate() and build() give, of the same types, whatever the block size.
+    space = _kinds_space()
+    seen = []
+
+    def record(**row):
+        seen.append(row)
+        return {"y": 1}
+
+    result = map_pspace(record, space, block_size=block_size)
+    rows = list(space.iterate())
+    assert len(seen) == len(rows) == len(space)
+    assert all(
+        list(g) == list(e) and all(map(_same, g.values(), e.values())) for g, e in zip(seen, rows)
+    )
+    built = space.build()
+    for key in space.keys():
+        assert all(map(_same, result[key], built[key]))
+    # Rows repeating one array value got arrays of their own.
+    seen[0]["v"][...] = -1
+    assert seen[1]["v"].min() >= 0
+    assert space.to_arrays()["v"].min() >= 0

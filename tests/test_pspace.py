@@ -827,3 +827,35 @@ def test_sum_beyond_int64_rows_raises_a_clear_error():
     assert space[-1] == big[-1]
     with pytest.raises(OverflowError, match="the sum has 10000000000000000000 rows"):
         len(space + big)
+
+
+def test_build_of_a_row_range_is_that_slice_of_build():
+    p = Param(a=[1, 2, 3]) * Param(b=[0.5, 1.5]) * Param(c=["x", "y", "z", "w"])
+    full = p.build()
+    for start, stop in [(0, None), (5, 11), (-3, None), (-100, 4), (20, 30), (7, 2), (0, 0)]:
+        assert p.build(start, stop) == {k: v[start:stop] for k, v in full.items()}
+
+
+@pytest.mark.parametrize("block_size", [1, 3, 100])
+def test_iterate_decodes_nothing_before_the_first_row(block_size):
+    # Not even a factor's length: a difference is computed on first use.
+    difference = Param(a=[1, 2, 3]) - Param(a=[2])
+    for space in (difference * Param(b=[4, 5]), Param(b=[4, 5]) * difference, difference):
+        difference.__dict__.pop("_cache_survivors", None)
+        rows = space.iterate(block_size=block_size)
+        assert "_cache_survivors" not in difference.__dict__
+        assert next(rows) in ({"a": 1, "b": 4}, {"b": 4, "a": 1}, {"a": 1})
+        assert "_cache_survivors" in difference.__dict__
+
+
+def test_iterate_of_a_grid_and_of_blocks_agree():
+    # A product of one-key factors is iterated as itertools.product when every
+    # factor fits in a block, block by block otherwise: the same rows.
+    space = Param(a=[1, 2, 3]) * Param(b=[0.5, float("nan")]) * Param(c=["x", None, 3, 4])
+    grid = list(space.iterate())
+    for block_size in (1, 2, 3, 5):
+        rows = list(space.iterate(block_size=block_size))
+        assert [list(r) for r in rows] == [list(r) for r in grid]
+        assert [[(type(v), repr(v)) for v in r.values()] for r in rows] == [
+            [(type(v), repr(v)) for v in r.values()] for r in grid
+        ]

@@ -14,7 +14,7 @@ import pickle
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from psyrun.pspace import AmbiguousOperationError, Param, missing
@@ -245,3 +245,117 @@ def test_sample_draws_distinct_rows_of_the_space(case, k, seed):
     picked = sample._rows
     assert len(set(picked.tolist())) == k
     assert rows_identical(list(sample.iterate()), [rows[i] for i in picked])
+
+
+# --------------------------------------------------------------------------
+# iterate() and build() against the materialized columns, row by row
+#
+# iterate() and build() build their Python values without going through
+# to_arrays() (a product repeats each factor's converted values), so they are
+# checked here against to_arrays() converted value by value: the same values
+# of the same types (Python scalars for 1-d columns, an array of its own per
+# row for n-d ones), over every kind of node and long factors whose values
+# repeat in long runs.
+
+
+def _materialized(space) -> list[dict]:
+    arrays = space.to_arrays()
+    keys = space.keys()
+    values = [arrays[k].tolist() if arrays[k].ndim == 1 else list(arrays[k]) for k in keys]
+    return [dict(zip(keys, row)) for row in zip(*values)]
+
+
+def _same_value(x, y) -> bool:
+    if type(x) is not type(y):
+        return False
+    if isinstance(x, np.ndarray):
+        return x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x, y, equal_nan=True)
+    if isinstance(x, float) and math.isnan(x):
+        return math.isnan(y)
+    return x == y
+
+
+def _same_rows(got: list[dict], expected: list[dict]) -> bool:
+    return len(got) == len(expected) and all(
+        list(g) == list(e) and all(_same_value(g[k], e[k]) for k in g)
+        for g, e in zip(got, expected)
+    )
+
+
+@st.composite
+def _leaves(draw, name: str):
+    """A leaf with one or two keys (``name``, ``name + "x"``), 1 to 40 rows."""
+    from psyrun.sampling import Halton, Random
+
+    n = draw(st.one_of(st.integers(1, 4), st.integers(15, 40)))
+    kind = draw(
+        st.sampled_from(["int", "float", "bool", "str", "mixed", "ndim", "scalar", "sampled"])
+    )
+    if kind == "sampled":
+        cls = draw(st.sampled_from([Random, Halton]))
+        return cls(n, seed=draw(st.integers(0, 99)), **{name: (-2, 3)})
+    rng = np.random.default_rng(draw(st.integers(0, 99)))
+    columns = {
+        "int": rng.integers(-5, 5, n),
+        "float": np.where(rng.random(n) < 0.2, np.nan, rng.random(n)),
+        "bool": rng.random(n) < 0.5,
+        "str": [f"s{i % 3}" for i in range(n)],
+        "mixed": [[1, 2.5, "x", None, (1, 2)][i % 5] for i in range(n)],
+        "ndim": rng.random((n, 2)),
+        "scalar": list(range(n)),
+    }
+    extra = {name + "x": 7} if kind == "scalar" else {}
+    return Param(**{name: columns[kind]}, **extra)
+
+
+@st.composite
+def _any_spaces(draw):
+    """Products of 1-4 leaves (or of a sum, view or difference), and nodes of them."""
+    count = draw(st.integers(1, 4))
+    factors = [draw(_leaves(f"k{i}")) for i in range(count)]
+    inner = draw(st.sampled_from(["none", "sum", "view", "difference"]))
+    if inner == "sum":
+        factors[0] = factors[0] + factors[0][: draw(st.integers(0, 3))]
+    elif inner == "view":
+        factors[0] = factors[0][draw(st.integers(0, 2)) :: draw(st.integers(1, 3))]
+    elif inner == "difference" and factors[0]._spec("k0").tail == ():
+        factors[0] = factors[0] - Param(k0=factors[0].to_arrays(0, 1)["k0"])
+    space = factors[0]
+    for factor in factors[1:]:
+        space = space * factor
+    while len(space) > 1500:
+        space = space[: len(space) // 2]
+    outer = draw(st.sampled_from(["none", "slice", "sample"]))
+    if outer == "slice":
+        space = space[draw(st.integers(0, 5)) :: draw(st.integers(1, 4))]
+    elif outer == "sample":
+        space = space.sample(min(len(space), draw(st.integers(0, 50))), seed=0)
+    return space
+
+
+@settings(max_examples=60, deadline=None)
+@given(_any_spaces(), st.integers(1, 70))
+def test_iterate_and_build_give_the_materialized_columns(space, block_size):
+    expected = _materialized(space)
+    assert _same_rows(list(space.iterate(block_size=block_size)), expected)
+    built = space.build()
+    assert list(built) == space.keys()
+    assert _same_rows([dict(zip(built, row)) for row in zip(*built.values())], expected)
+
+
+@given(st.integers(1, 40), st.integers(1, 20))
+def test_array_values_are_each_rows_own(n, block_size):
+    # Rows repeating a factor's value must not share one mutable array.
+    leaf = Param(a=np.arange(2 * n).reshape(n, 2))
+    space = leaf * Param(b=list(range(20)))
+    for iterated in (leaf, space):
+        rows = list(iterated.iterate(block_size=block_size))
+        for row in rows:
+            row["a"][...] = -1
+        assert leaf.to_arrays()["a"].min() >= 0
+        assert all((row["a"] == -1).all() for row in rows)
+    built = space.build()["a"]
+    built[0][...] = -2
+    # Row 1 repeats row 0's value of `a`.
+    assert (built[1] >= 0).all()
+    assert space.to_arrays()["a"].min() >= 0

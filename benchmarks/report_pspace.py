@@ -2,10 +2,11 @@
 
 Runnable alone: ``python benchmarks/report_pspace.py``; normally run through
 ``python benchmarks/report.py pspace``. Every figure is the best of a few
-runs in this process, except the numba first-call times, which are measured
-in fresh interpreters: without the on-disk cache (the default, so every
-process compiles), and with ``PSYRUN_NUMBA_CACHE`` set (once with an empty
-cache, once with the cache that run left behind). iterate() and its two
+runs in this process, except the first-call times, which are measured in
+fresh interpreters: without numba's on-disk cache (the default; kernels run
+their NumPy versions until compiling pays, see psyrun._kernels), and with
+``PSYRUN_NUMBA_CACHE`` set (once with an empty cache, once with the cache that
+run left behind). iterate() and its two
 plain-Python floors are timed in CPU time, interleaved, best of nine.
 """
 
@@ -139,7 +140,7 @@ def iterate_figures(space, a: list, b: list, c: list, repeat: int = 9):
 def first_call_times() -> tuple[float, float, float, float]:
     """Return seconds of the first difference in a fresh process, and of a second one.
 
-    (cache off: compiling, cache on: empty, cache on: warm, second difference)
+    (cache off: the default, cache on: empty, cache on: warm, second difference)
     """
     here = os.path.dirname(os.path.abspath(__file__))
     code = _FIRST_CALL.format(here=here)
@@ -251,7 +252,7 @@ def collect() -> list[dict]:
     row("  same, results as Python lists", f"{miss_lists:.3f} s", "-", None)
 
     off, empty, cached, warm = first_call_times()
-    row("  first difference, numba compiling (cache off, default)", f"{off:.2f} s", "-", None)
+    row("  first difference in a fresh process (default)", f"{off:.2f} s", "-", None)
     row("  first difference, PSYRUN_NUMBA_CACHE, empty cache", f"{empty:.2f} s", "-", None)
     row("  first difference, PSYRUN_NUMBA_CACHE, cache on disk", f"{cached:.2f} s", "-", None)
     row("  second difference, same process", f"{warm:.3f} s", "-", None)

@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from psyrun.backend.base import FailedJob, TaskProgress
-from psyrun.defaults import make_backend, scheduler_for
+from psyrun.defaults import local_job_cap, make_backend, scheduler_for
 from psyrun.paths import check_result_target
 
 __all__ = [
@@ -442,6 +442,9 @@ def _run_locked(
 
     # Round 1 of the run (automatic rounds with max_attempts > 1: psyrun.attempts).
     begin_chain(backend)
+    # On this machine a task that leaves max_jobs at its default gets one process
+    # job per job slot (psyrun.defaults.local_job_cap); clusters keep max_jobs.
+    backend.job_cap = local_job_cap(task, scheduler)
     try:
         plan = backend.plan(cont, stale=True) if stale else backend.plan(cont)
     except ValueError as exc:

@@ -114,11 +114,25 @@ class SplitMergeBackend(Backend):
 
     # -- planning (in psy) -----------------------------------------------------
 
+    #: The most process jobs the next plan may have (None: only ``max_jobs``
+    #: counts); ``psy run`` sets it for a local scheduler when the task leaves
+    #: ``max_jobs`` at its default (:func:`psyrun.defaults.local_job_cap`).
+    job_cap: int | None = None
+
     def n_process_jobs(self, n_rows: int) -> int:
-        """Return the number of process jobs for `n_rows` rows."""
+        """Return the number of process jobs for `n_rows` rows.
+
+        ``min(max_jobs, ceil(n_rows / min_items))``, and no more than
+        :attr:`job_cap` (counted in worker processes: ``pool_size`` per job
+        for a backend that runs a pool).
+        """
         if not n_rows:
             return 0
-        return min(self.task.max_jobs, max(1, math.ceil(n_rows / self.task.min_items)))
+        n = min(self.task.max_jobs, max(1, math.ceil(n_rows / self.task.min_items)))
+        if self.job_cap is not None:
+            pool = self.task.pool_size if self.uses_pool else 1
+            n = min(n, max(1, self.job_cap // pool))
+        return n
 
     def _existing_files(self) -> list[str]:
         files = [self.paths.result] if self.store.exists(self.paths.result) else []

@@ -50,6 +50,10 @@ class ImmediateRun(Scheduler):
     attached: bool = True
     #: Jobs run on this machine.
     local: bool = True
+    #: Jobs it runs at once. A task that leaves ``max_jobs`` at its default
+    #: gets no more process jobs than this (:func:`psyrun.defaults.local_job_cap`):
+    #: jobs run one after another here, so more of them only cost more.
+    job_slots: int = 1
 
     def __init__(self, fork: bool = True, *, grace: float = _fork.DEFAULT_GRACE) -> None:
         self.fork = fork

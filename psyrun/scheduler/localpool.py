@@ -129,6 +129,15 @@ class LocalPool(Scheduler):
     def __repr__(self) -> str:
         return f"LocalPool(n_workers={self.n_workers})"
 
+    @property
+    def job_slots(self) -> int:
+        """Jobs it runs at once (:attr:`n_workers`).
+
+        A task that leaves ``max_jobs`` at its default gets no more process
+        jobs than this (:func:`psyrun.defaults.local_job_cap`).
+        """
+        return self.n_workers
+
     def submit(
         self, args: Sequence[str], output_filename: str, name: str | None = None,
         depends_on: Iterable[str] | None = None, scheduler_args: Mapping[str, Any] | None = None,

@@ -445,6 +445,7 @@ def _run_locked(
     # On this machine a task that leaves max_jobs at its default gets one process
     # job per job slot (psyrun.defaults.local_job_cap); clusters keep max_jobs.
     backend.job_cap = local_job_cap(task, scheduler)
+    backend.job_slots = getattr(scheduler, "job_slots", None)
     try:
         plan = backend.plan(cont, stale=True) if stale else backend.plan(cont)
     except ValueError as exc:

@@ -173,3 +173,23 @@ def test_sync_batch_syncs_before_dependents_and_on_the_interval(tmp_path):
     batch = SyncBatch(interval=0)
     batch.ended("1", str(tmp_path / "a.log"))
     assert not batch.owed  # the interval has passed: synced at once
+
+
+def test_load_balancing_chunks_are_shares_of_the_workers_that_run_at_once(tmp_path):
+    import json
+
+    project, side = _project(
+        tmp_path, "max_jobs = 4\npool_size = 2", backend="loadbalancing", rows=400
+    )
+    out = psy("run", cwd=project, subprocess=True)
+    assert out.returncode == 0, describe(out)
+    claims = [
+        json.loads(line)["c"]
+        for line in (project / "psy-work" / "t" / "in" / "counter").read_text().splitlines()
+        if '"c"' in line
+    ]
+    # ImmediateRun runs one job (two workers) at a time: the first chunk is an eighth
+    # of the rows per worker that runs, 400 // 16, not a share of all eight planned.
+    start, stop = claims[0]
+    assert stop - start == 400 // 16
+    assert calls(side) == dict.fromkeys(range(400), 1)

@@ -378,6 +378,10 @@ class LoadBalancingBackend(SplitMergeBackend):
         """Run ``pool_size`` workers until every row has been handed out and evaluated."""
         pool_size = self.task.pool_size
         n_workers = n_jobs * pool_size
+        if self.job_slots is not None:
+            # Chunks are shares of the workers that run at once (a local
+            # scheduler runs only so many jobs together), not of all planned.
+            n_workers = min(n_jobs, max(1, self.job_slots // pool_size)) * pool_size
         viewer = Owner.this_process(self.paths.job_name("process", index))
         attempt = viewer.attempt
         # A job that starts after the others took every row ends at once: no

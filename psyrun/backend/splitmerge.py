@@ -118,6 +118,10 @@ class SplitMergeBackend(Backend):
     #: counts); ``psy run`` sets it for a local scheduler when the task leaves
     #: ``max_jobs`` at its default (:func:`psyrun.defaults.local_job_cap`).
     job_cap: int | None = None
+    #: Jobs the scheduler runs at once (None: all of them, as a cluster may);
+    #: ``psy run`` sets it for a local scheduler, and the process jobs learn it
+    #: from their description (``slots``).
+    job_slots: int | None = None
 
     def n_process_jobs(self, n_rows: int) -> int:
         """Return the number of process jobs for `n_rows` rows.
@@ -348,6 +352,8 @@ class SplitMergeBackend(Backend):
         def command(kind: str, array: bool = False) -> list[str]:
             if write:
                 fields = {"stale": True} if stale else {}
+                if self.job_slots is not None:
+                    fields["slots"] = int(self.job_slots)
                 return self.job_command(kind, array=array, cont=cont, n_jobs=n_jobs, **fields)
             return []
 
@@ -452,6 +458,8 @@ class SplitMergeBackend(Backend):
         self.attempt = attempt_number(description)
         #: When the job started (epoch seconds): its time limit counts from here.
         self.started = description.get("started")
+        slots = description.get("slots")
+        self.job_slots = int(slots) if isinstance(slots, int) and slots > 0 else None
         if kind == "split":
             self.run_split(cont, stale=bool(description.get("stale")))
             return 0

@@ -29,6 +29,7 @@ SECTIONS = [
     "report",
     "walltime",
     "firstuse",
+    "local",
 ]
 
 

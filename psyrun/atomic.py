@@ -15,6 +15,8 @@ import shutil
 from collections.abc import Iterator
 from typing import IO
 
+from psyrun.durability import fsync
+
 __all__ = ["atomic_write", "fsync_dir", "remove_path", "replace_path", "sync_tree", "tmp_name"]
 
 
@@ -39,7 +41,7 @@ def fsync_dir(path: str | os.PathLike) -> None:
     try:
         # Some filesystems refuse fsync on a directory; the rename still happened.
         with contextlib.suppress(OSError):
-            os.fsync(fd)
+            fsync(fd)  # (left to a local scheduler by a local process job)
     finally:
         os.close(fd)
 
@@ -150,7 +152,7 @@ def atomic_write(
             yield f
             f.flush()
             if sync:
-                os.fsync(f.fileno())
+                fsync(f.fileno())
         replace_path(tmp, path, sync=sync)
     except BaseException:
         remove_path(tmp)

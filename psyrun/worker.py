@@ -30,7 +30,7 @@ import signal
 import sys
 import traceback
 
-__all__ = ["main"]
+__all__ = ["main", "prepare_fork"]
 
 USAGE = "usage: python -m psyrun.worker <job description file> [array index]"
 
@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(description: dict, index: int | None) -> int:
     import time
 
+    from psyrun import durability
     from psyrun.atomic import atomic_write
     from psyrun.jobs import JobDescriptionError, check_job_description
     from psyrun.run.attempts import ATTEMPT_VARIABLE, stop_requested
@@ -148,7 +149,10 @@ def _run(description: dict, index: int | None) -> int:
     def mark(which: int, text: str) -> None:
         if markers is not None:
             os.makedirs(os.path.dirname(markers[which]), exist_ok=True)
-            with atomic_write(markers[which]) as f:
+            # Not synced: a marker only says how a job ended, never which rows
+            # are stored (the result and the parts are read for that), so one
+            # lost in a machine crash costs nothing but two syncs per job.
+            with atomic_write(markers[which], sync=False) as f:
                 f.write(text)
 
     try:
@@ -178,8 +182,13 @@ def _run(description: dict, index: int | None) -> int:
         # Paths are absolute by now; execute and setup see the task's directory.
         os.chdir(task.taskdir)
         # The lease tells `psy run` and `psy status` that this job lives, also
-        # when no scheduler knows of it any more (psyrun.run.lease).
-        with JobLease(backend.paths.status_file(name, "lease"), name):
+        # when no scheduler knows of it any more (psyrun.run.lease). A process job
+        # of a local scheduler that syncs in batches leaves its syncs to it.
+        batched = kind == "process" and os.environ.get(durability.VARIABLE) == "1"
+        with (
+            JobLease(backend.paths.status_file(name, "lease"), name),
+            durability.deferred_syncs(batched),
+        ):
             code = backend.run_job(kind, index, description)
     except RowsFailed as exc:
         print(f"psyrun: {exc}", file=sys.stderr, flush=True)
@@ -228,6 +237,14 @@ def _run(description: dict, index: int | None) -> int:
     if rounds and kind == "merge" and code == 0:
         _next_round(backend, description)
     return code
+
+
+def prepare_fork() -> None:
+    """Import what every job imports (called once by a local scheduler before it forks jobs)."""
+    import importlib
+
+    for name in ("psyrun.run.row_guard", "psyrun.run.row_timeout", "psyrun.mapper", "encodings.ascii"):
+        importlib.import_module(name)
 
 
 def _next_round(backend, description: dict) -> None:

@@ -269,8 +269,12 @@ def test_load_balancing_setup_once_per_worker_and_exclude(tmp_path):
     )
     run(task)
     lines = [line.split() for line in calls.read_text().splitlines()]
-    assert sorted(int(p) for p, _ in lines) == [0, 1, 2, 3]
-    assert len({pid for _, pid in lines}) == 4
+    # ImmediateRun runs the jobs one after another: job 0's two workers take
+    # every row, so job 1 finds none left and starts no worker (no setup).
+    assert sorted(int(p) for p, _ in lines) == [0, 1]
+    assert len({pid for _, pid in lines}) == 2
+    log = (tmp_path / "work" / "t" / "t:process:1.log").read_text()
+    assert "no rows left to claim" in log
     data, _rows = result_rows(task)
     assert "ctx" not in data
     assert sorted(data["x"].tolist()) == list(range(40))

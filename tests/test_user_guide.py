@@ -371,7 +371,8 @@ def test_run_marks_executed_then_skipped_jobs_like_doit(tmp_path):
     side = tmp_path / "calls"
     write(tmp_path / "psy-tasks" / "task_sq.py", square_task(side, [1, 2, 3]))
     first = psy("run", cwd=tmp_path)
-    jobs = ["sq:split", "sq:process:0", "sq:process:1", "sq:process:2", "sq:merge"]
+    # max_jobs left at its default: one process job per local job slot (ImmediateRun: 1).
+    jobs = ["sq:split", "sq:process:0", "sq:merge"]
     assert first.stdout.splitlines() == [f". {j}" for j in jobs], show(first)
     assert executed(side) == [1, 2, 3]
     second = psy("run", cwd=tmp_path)
@@ -686,8 +687,12 @@ def test_store_setting_selects_the_result_format(tmp_path, imp, expr, ext):
 @pytest.mark.parametrize(
     ("n_rows", "settings", "n_process"),
     [
-        (1000, "", 100),  # "By default max_jobs is set to 100"
-        (12, "min_items = 4", 3),
+        # "By default max_jobs is set to 100": a cluster gets that many jobs (and so
+        # does a local run that sets it, tests/test_local_jobs.py); a local run that
+        # leaves it at its default gets one job per job slot, ImmediateRun has one.
+        (1000, "max_jobs = 100", 100),
+        (1000, "", 1),
+        (12, "min_items = 4\nmax_jobs = 100", 3),
         (12, "min_items = 4\nmax_jobs = 2", 2),
         (5, "max_jobs = 8", 5),
     ],

@@ -139,6 +139,11 @@ class DistributeBackend(SplitMergeBackend):
                 if not vectorized:
                     target = FLUSH_SECONDS / 4 / per_row if per_row > 0 else MAX_BLOCK
                     block = int(max(MIN_BLOCK, min(MAX_BLOCK, 2 * block, target)))
+            if not stopped and pending and not os.path.exists(partial):
+                # The whole range in one write: straight to the finished part
+                # (written to a temporary name and renamed by the store).
+                flushed, pending = pending, []
+                self._append(final, flushed)
         finally:
             # Also on SIGTERM (SystemExit) or Ctrl-C: keep what was evaluated.
             self._append(partial, pending)
@@ -147,7 +152,9 @@ class DistributeBackend(SplitMergeBackend):
             # The part stays partial: a requeued job resumes it, -c evaluates the rest.
             raise JobPartial(evaluated, n_todo - lo, walltime, failures.count)
         if os.path.exists(partial):
-            replace_path(partial, final)
+            # Not synced: a partial part that a crash leaves under its old name
+            # is folded into the result by `psy run -c` just the same.
+            replace_path(partial, final, sync=False)
         self._log(f"evaluated rows {start}:{stop} ({stop - start - failures.count} results)")
         if failures.count:
             raise RowsFailed(failures)

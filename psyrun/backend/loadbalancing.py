@@ -293,6 +293,24 @@ class ClaimLog:
             return claim.start, claim.stop
         return None
 
+    def work_left(self, viewer: Owner) -> str | None:
+        """Say what a worker starting now as `viewer` would find to do.
+
+        ``"fresh"``: rows not handed out yet; ``"takeover"``: only unfinished
+        claims of workers that are dead (as far as `viewer` can tell); None:
+        nothing (the rows left are held by live workers, or all are done).
+        Reads the log under its lock and writes nothing.
+        """
+        with self.lock:
+            if self._tail_next()[0] < self.n_rows:
+                return "fresh"
+            state = self.scan()
+        for claim in state.claims.values():
+            owner = state.owners.get(claim.owner)
+            if not claim.done and owner is not None and owner.is_dead(viewer):
+                return "takeover"
+        return None
+
     def done(self, start: int, part_rows: int) -> None:
         """Record that the results of the claim at `start` are in this worker's part."""
         with self.lock:
@@ -360,12 +378,26 @@ class LoadBalancingBackend(SplitMergeBackend):
         """Run ``pool_size`` workers until every row has been handed out and evaluated."""
         pool_size = self.task.pool_size
         n_workers = n_jobs * pool_size
-        attempt = Owner.this_process(self.paths.job_name("process", index)).attempt
+        if self.job_slots is not None:
+            # Chunks are shares of the workers that run at once (a local
+            # scheduler runs only so many jobs together), not of all planned.
+            n_workers = min(n_jobs, max(1, self.job_slots // pool_size)) * pool_size
+        viewer = Owner.this_process(self.paths.job_name("process", index))
+        attempt = viewer.attempt
+        # A job that starts after the others took every row ends at once: no
+        # setup, no pool; one that finds only the claims of dead workers takes
+        # them over alone.
+        work = self.claim_log(len(Snapshot.read(self.paths.pspace))).work_left(viewer)
+        if work is None:
+            self._log("no rows left to claim: every row is evaluated or held by a live worker")
+            return 0
+        # Pool workers only for fresh rows (the claims of dead workers are few).
+        n_pool = pool_size if work == "fresh" else 1
         parent = os.getpid()
         # Looked up once (it may ask the batch system); every worker keeps its own tally.
         walltime = Walltime.for_job(self.task, getattr(self, "started", None))
         children = []
-        for w in range(1, pool_size):
+        for w in range(1, n_pool):
             sys.stdout.flush()
             sys.stderr.flush()
             pid = os.fork()
@@ -432,7 +464,7 @@ class LoadBalancingBackend(SplitMergeBackend):
         if partial is not None or EXIT_PARTIAL in codes:
             # Some worker stopped claiming before the time limit: the job is partial.
             job = self.paths.job_name("process", index)
-            procs = range(index * pool_size, (index + 1) * pool_size)
+            procs = range(index * pool_size, index * pool_size + n_pool)
             evaluated = sum(self._rows_reported(f"{job}.{w}") for w in procs)
             left = max(0, main.log.n_rows - main.log.scan().next_row)
             limit = partial.limit if partial is not None else main.walltime

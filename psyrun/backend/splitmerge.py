@@ -114,11 +114,29 @@ class SplitMergeBackend(Backend):
 
     # -- planning (in psy) -----------------------------------------------------
 
+    #: The most process jobs the next plan may have (None: only ``max_jobs``
+    #: counts); ``psy run`` sets it for a local scheduler when the task leaves
+    #: ``max_jobs`` at its default (:func:`psyrun.run.defaults.local_job_cap`).
+    job_cap: int | None = None
+    #: Jobs the scheduler runs at once (None: all of them, as a cluster may);
+    #: ``psy run`` sets it for a local scheduler, and the process jobs learn it
+    #: from their description (``slots``).
+    job_slots: int | None = None
+
     def n_process_jobs(self, n_rows: int) -> int:
-        """Return the number of process jobs for `n_rows` rows."""
+        """Return the number of process jobs for `n_rows` rows.
+
+        ``min(max_jobs, ceil(n_rows / min_items))``, and no more than
+        :attr:`job_cap` (counted in worker processes: ``pool_size`` per job
+        for a backend that runs a pool).
+        """
         if not n_rows:
             return 0
-        return min(self.task.max_jobs, max(1, math.ceil(n_rows / self.task.min_items)))
+        n = min(self.task.max_jobs, max(1, math.ceil(n_rows / self.task.min_items)))
+        if self.job_cap is not None:
+            pool = self.task.pool_size if self.uses_pool else 1
+            n = min(n, max(1, self.job_cap // pool))
+        return n
 
     def _existing_files(self) -> list[str]:
         files = [self.paths.result] if self.store.exists(self.paths.result) else []
@@ -334,6 +352,8 @@ class SplitMergeBackend(Backend):
         def command(kind: str, array: bool = False) -> list[str]:
             if write:
                 fields = {"stale": True} if stale else {}
+                if self.job_slots is not None:
+                    fields["slots"] = int(self.job_slots)
                 return self.job_command(kind, array=array, cont=cont, n_jobs=n_jobs, **fields)
             return []
 
@@ -438,6 +458,8 @@ class SplitMergeBackend(Backend):
         self.attempt = attempt_number(description)
         #: When the job started (epoch seconds): its time limit counts from here.
         self.started = description.get("started")
+        slots = description.get("slots")
+        self.job_slots = int(slots) if isinstance(slots, int) and slots > 0 else None
         if kind == "split":
             self.run_split(cont, stale=bool(description.get("stale")))
             return 0

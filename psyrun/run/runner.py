@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 from psyrun.backend.base import FailedJob, TaskProgress
 from psyrun.paths import check_result_target
-from psyrun.run.defaults import make_backend, scheduler_for
+from psyrun.run.defaults import local_job_cap, make_backend, scheduler_for
 
 __all__ = [
     "Interrupted",
@@ -442,6 +442,10 @@ def _run_locked(
 
     # Round 1 of the run (automatic rounds with max_attempts > 1: psyrun.run.attempts).
     begin_chain(backend)
+    # On this machine a task that leaves max_jobs at its default gets one process
+    # job per job slot (psyrun.run.defaults.local_job_cap); clusters keep max_jobs.
+    backend.job_cap = local_job_cap(task, scheduler)
+    backend.job_slots = getattr(scheduler, "job_slots", None)
     try:
         plan = backend.plan(cont, stale=True) if stale else backend.plan(cont)
     except ValueError as exc:

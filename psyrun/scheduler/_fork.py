@@ -25,7 +25,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 #: Seconds that stopped jobs get to run their ``finally`` blocks after SIGTERM.
 DEFAULT_GRACE = 5.0
@@ -144,9 +144,11 @@ def start(
     output_filename: str,
     allow_fork: bool,
     register: Callable[[Child], None] | None = None,
+    environment: Mapping[str, str] | None = None,
 ) -> Child:
     """Start `argv` with stdout and stderr in `output_filename`.
 
+    `environment`: variables set for the job on top of this process's.
     `register` is called with the new child before this returns; on the fork
     path SIGINT and SIGTERM are held back until it has returned, so an
     interrupt cannot leave a child that nobody knows of.
@@ -159,11 +161,16 @@ def start(
     """
     target = fork_target(argv, allow_fork)
     if target is not None:
-        return _start_forked(target[0], target[1], output_filename, register)
+        _prepare(target[0])
+        return _start_forked(target[0], target[1], output_filename, register, environment)
     with open(output_filename, "wb") as out:
         try:
             popen = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **environment} if environment else None,
             )
         except OSError as e:
             out.write(f"psyrun: cannot run {argv!r}: {e}\n".encode())
@@ -177,10 +184,33 @@ def start(
 
 
 _INTERRUPTS = {signal.SIGINT, signal.SIGTERM}
+_PREPARED: set[str] = set()
+
+
+def _prepare(module: str) -> None:
+    """Let a psyrun module load, once in this process, what each of its forked jobs needs.
+
+    Only psyrun's own modules are imported here (another module's top level
+    may do anything); one that defines ``prepare_fork()`` has it called.
+    Every child then finds those imports done instead of repeating them.
+    """
+    if module in _PREPARED or module.split(".")[0] != __name__.split(".")[0]:
+        return
+    _PREPARED.add(module)
+    try:
+        hook = getattr(importlib.import_module(module), "prepare_fork", None)
+        if callable(hook):
+            hook()
+    except Exception:
+        pass  # the child imports it again and reports what fails, in its log
 
 
 def _start_forked(
-    module: str, args: list[str], output_filename: str, register: Callable[[Child], None] | None
+    module: str,
+    args: list[str],
+    output_filename: str,
+    register: Callable[[Child], None] | None,
+    environment: Mapping[str, str] | None = None,
 ) -> Child:
     # Open in the parent so that an unwritable log is the caller's error, at once.
     fd = os.open(output_filename, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
@@ -196,7 +226,7 @@ def _start_forked(
             os.close(fd)
             raise
         if pid == 0:  # pragma: no cover - the child leaves with os._exit; covered by tests
-            _child_main(module, args, fd, old_mask)
+            _child_main(module, args, fd, old_mask, environment)
         os.close(fd)
         child = Child(pid)
         if register is not None:
@@ -239,10 +269,17 @@ def _exit_code(exc: SystemExit) -> int:
     return 1
 
 
-def _child_main(module: str, args: list[str], fd: int, mask: Iterable[int]) -> None:
+def _child_main(
+    module: str,
+    args: list[str],
+    fd: int,
+    mask: Iterable[int],
+    environment: Mapping[str, str] | None = None,
+) -> None:
     """Body of the forked child: run `module` as ``__main__``; never returns."""
     code = 1
     try:
+        os.environ.update(environment or {})
         _reset_signals()
         # Signals held back during the fork arrive now, at the job's handlers.
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)

@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from psyrun.durability import SYNC_INTERVAL, SyncBatch
 from psyrun.scheduler import _fork
 from psyrun.scheduler.base import (
     JobState,
@@ -44,16 +45,33 @@ class ImmediateRun(Scheduler):
         Allow the forked fast path for ``python -m`` commands.
     grace
         Seconds an interrupted job gets between SIGTERM and SIGKILL.
+    sync_interval
+        Process jobs leave syncing their files to the scheduler, which syncs
+        the work directory's file system at most every `sync_interval`
+        seconds, before a job with dependencies (the merge) and when
+        :meth:`wait` returns (:mod:`psyrun.durability`). None: every job
+        syncs its own files, as jobs on a cluster do.
     """
 
     #: Jobs run under this process and end with it.
     attached: bool = True
     #: Jobs run on this machine.
     local: bool = True
+    #: Jobs it runs at once. A task that leaves ``max_jobs`` at its default
+    #: gets no more process jobs than this (:func:`psyrun.run.defaults.local_job_cap`):
+    #: jobs run one after another here, so more of them only cost more.
+    job_slots: int = 1
 
-    def __init__(self, fork: bool = True, *, grace: float = _fork.DEFAULT_GRACE) -> None:
+    def __init__(
+        self,
+        fork: bool = True,
+        *,
+        grace: float = _fork.DEFAULT_GRACE,
+        sync_interval: float | None = SYNC_INTERVAL,
+    ) -> None:
         self.fork = fork
         self.grace = float(grace)
+        self.syncs = None if sync_interval is None else SyncBatch(sync_interval)
         self._next_id = 0
         # id -> (state, name, exit status or None when skipped)
         self._jobs: dict[str, tuple[JobState, str | None, int | None]] = {}
@@ -80,11 +98,15 @@ class ImmediateRun(Scheduler):
         if failed_deps:
             self._jobs[jobid] = (JobState.BLOCKED, name, None)
             return jobid
+        if self.syncs is not None:
+            # What the jobs before wrote is on disk before a job builds on it.
+            self.syncs.before(normalize_dependencies(depends_on))
 
         started: list[_fork.Child] = []
+        env = self.syncs.environment() if self.syncs is not None else None
         try:
             # Registered by start(), so that an interrupt right after still stops it.
-            child = _fork.start(argv, output_filename, self.fork, started.append)
+            child = _fork.start(argv, output_filename, self.fork, started.append, env)
             if self.monitor is None:
                 code = child.wait()
             else:
@@ -98,16 +120,26 @@ class ImmediateRun(Scheduler):
                 raise
             _fork.stop(started, self.grace)
             self._jobs[jobid] = (JobState.CANCELLED, name, started[0].code)
+            self._ended(jobid, output_filename)
             raise
+        self._ended(jobid, output_filename)
         state = JobState.COMPLETED if code == 0 else JobState.FAILED
         self._jobs[jobid] = (state, name, code)
         return jobid
 
+    def _ended(self, jobid: str, log: str) -> None:
+        if self.syncs is not None:
+            self.syncs.ended(jobid, log)
+
     def wait(self, jobids: Iterable[str] | None = None) -> None:
-        """Return at once: every job has ended when :meth:`submit` returns."""
+        """Sync what the jobs wrote; every job has ended when :meth:`submit` returns."""
+        if self.syncs is not None:
+            self.syncs.flush()
 
     def shutdown(self, cancel: bool = False) -> None:
-        """Release nothing: no job outlives its :meth:`submit`."""
+        """Sync what the jobs wrote; nothing else is held (no job outlives its :meth:`submit`)."""
+        if self.syncs is not None:
+            self.syncs.flush()
 
     def kill(self, jobid: str) -> None:
         """Forget a skipped job; finished jobs cannot be killed (nothing to do)."""

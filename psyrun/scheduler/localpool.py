@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from psyrun.durability import SYNC_INTERVAL, SyncBatch
 from psyrun.scheduler import _fork
 from psyrun.scheduler.base import (
     JobState,
@@ -103,6 +104,11 @@ class LocalPool(Scheduler):
         Allow the forked fast path for ``python -m`` commands.
     grace
         Seconds interrupted jobs get between SIGTERM and SIGKILL.
+    sync_interval
+        Process jobs leave syncing their files to the pool, which syncs the
+        work directory's file system at most every `sync_interval` seconds,
+        before a job with dependencies starts and when :meth:`wait` returns
+        (:mod:`psyrun.durability`). None: every job syncs its own files.
     """
 
     #: Jobs run under this process and end with it.
@@ -118,16 +124,27 @@ class LocalPool(Scheduler):
         fork: bool = True,
         *,
         grace: float = _fork.DEFAULT_GRACE,
+        sync_interval: float | None = SYNC_INTERVAL,
     ) -> None:
         self.n_workers = check_workers(n_workers)
         self.fork = fork
         self.grace = float(grace)
+        self.syncs = None if sync_interval is None else SyncBatch(sync_interval)
         self._next_id = 0
         self._jobs: dict[str, _Job] = {}
         self._running: dict[str, _fork.Child] = {}
 
     def __repr__(self) -> str:
         return f"LocalPool(n_workers={self.n_workers})"
+
+    @property
+    def job_slots(self) -> int:
+        """Jobs it runs at once (:attr:`n_workers`).
+
+        A task that leaves ``max_jobs`` at its default gets no more process
+        jobs than this (:func:`psyrun.run.defaults.local_job_cap`).
+        """
+        return self.n_workers
 
     def submit(
         self, args: Sequence[str], output_filename: str, name: str | None = None,
@@ -188,6 +205,9 @@ class LocalPool(Scheduler):
         except BaseException:
             self._stop(list(self._running))
             raise
+        finally:
+            if self.syncs is not None:
+                self.syncs.flush()
 
     def _with_dependencies(self, jobids: Iterable[str]) -> list[str]:
         """`jobids` known here and their dependencies, in submission order."""
@@ -217,9 +237,14 @@ class LocalPool(Scheduler):
             if job.state is JobState.QUEUED and all(
                 self._jobs[d].state is JobState.COMPLETED for d in job.deps
             ):
+                env = None
+                if self.syncs is not None:
+                    env = self.syncs.environment()
+                    # What the jobs before wrote is on disk before a job builds on it.
+                    self.syncs.before(job.deps)
                 # Registered by start(), so that an interrupt stops it too.
                 child = _fork.start(
-                    job.argv, job.log, self.fork, lambda c, j=jobid: self._started(j, c)
+                    job.argv, job.log, self.fork, lambda c, j=jobid: self._started(j, c), env
                 )
                 if child.code is not None:  # it could not start: ended already
                     self._finish(jobid)
@@ -231,6 +256,8 @@ class LocalPool(Scheduler):
     def _finish(self, jobid: str) -> None:
         child = self._running.pop(jobid)
         job = self._jobs[jobid]
+        if self.syncs is not None:
+            self.syncs.ended(jobid, job.log)
         job.code = child.code
         job.state = JobState.COMPLETED if child.code == 0 else JobState.FAILED
 
@@ -245,6 +272,10 @@ class LocalPool(Scheduler):
                 job = self._jobs[jobid]
                 job.state = JobState.CANCELLED
                 job.code = child.code
+                if self.syncs is not None:
+                    self.syncs.ended(jobid, job.log)
+            if children and self.syncs is not None:
+                self.syncs.flush()
 
     def kill(self, jobid: str) -> None:
         """Cancel a queued or blocked job, or stop a running one. Others are ignored."""

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from psyrun.atomic import remove_path, replace_path, tmp_name
+from psyrun.durability import fsync
 from psyrun.exceptions import DamagedFileError
 from psyrun.store.columns import (
     count,
@@ -246,7 +247,7 @@ def _sync_one(path: str) -> None:
     try:
         # Some filesystems refuse fsync on a directory; the data is written anyway.
         with contextlib.suppress(OSError):
-            os.fsync(fd)
+            fsync(fd)  # (left to a local scheduler by a local process job)
     finally:
         os.close(fd)
 

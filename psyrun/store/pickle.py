@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from psyrun.durability import fsync
 from psyrun.exceptions import DamagedFileError
 from psyrun.store.base import Store, damage_on_error, raise_if_disk_full
 from psyrun.store.columns import count, fits_layout, normalize, select_row
@@ -554,7 +555,7 @@ class PickleStore(Store):
                 f.write(pickle.STOP + self._trailer(new_meta))
                 f.truncate()
                 f.flush()
-                os.fsync(f.fileno())
+                fsync(f.fileno())
             except OSError as exc:
                 # Give back the space; the old trailer still ends the file.
                 with contextlib.suppress(OSError):

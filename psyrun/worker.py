@@ -243,8 +243,9 @@ def prepare_fork() -> None:
     """Import what every job imports (called once by a local scheduler before it forks jobs)."""
     import importlib
 
-    for name in ("psyrun.run.row_guard", "psyrun.run.row_timeout", "psyrun.mapper", "encodings.ascii"):
+    for name in ("psyrun.run.row_guard", "psyrun.run.row_timeout", "psyrun.mapper"):
         importlib.import_module(name)
+    importlib.import_module("encodings.ascii")
 
 
 def _next_round(backend, description: dict) -> None:

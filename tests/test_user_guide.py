@@ -1485,7 +1485,8 @@ def test_immediate_run_is_the_default_and_runs_jobs_on_submission(tmp_path):
     # When psy run returns, every job has run: no queue, complete results.
     assert executed(tmp_path / "calls") == [3, 4]
     assert (tmp_path / "psy-work" / "now" / "result.pkl").exists()
-    from psyrun import ImmediateRun, defaults
+    from psyrun import ImmediateRun
+    from psyrun.run import defaults
     from psyrun.tasks import Config
 
     assert isinstance(defaults.scheduler_for(SimpleNamespace(config=Config())), ImmediateRun)

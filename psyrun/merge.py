@@ -394,6 +394,7 @@ def merge_files(
     space=None,
     reject: bool = False,
     keep_outside: bool = True,
+    exact: bool = False,
 ) -> MergeOutcome:
     """Stream `base` and `sources` into `dest`, each assignment as often as it belongs there.
 
@@ -453,6 +454,12 @@ def merge_files(
     keep_outside : bool, optional
         With a `space`: keep rows outside it (once each; the default), or
         leave them out (``psy prune``).
+    exact : bool, optional
+        The caller vouches that `base` and the sources together hold every
+        row exactly as often as it belongs in `dest` (the parts of one fresh
+        run, each the disjoint row range of one process job): no row is
+        matched, so the parameters are never gathered in memory and the
+        merge streams chunk by chunk. `drop_base` must then be None.
 
     Raises
     ------
@@ -472,7 +479,7 @@ def merge_files(
     if has_base:
         try:
             store.verify(base)
-            if keys:
+            if keys and not exact:
                 found, mask = params_and_failures(store, base, keys)
                 params.append(found)
                 failed.append(mask)
@@ -486,7 +493,7 @@ def merge_files(
     for path in sources:
         reader = _store_of(source_store, path)
         try:
-            if keys:
+            if keys and not exact:
                 found, mask = params_and_failures(reader, path, keys)
                 n_rows = _count(found) if found else reader.count_rows(path)
                 params.append(found)
@@ -500,11 +507,14 @@ def merge_files(
             continue
         inputs.append((path, reader, True, n_rows))
     outcome.merged = [path for path, _, is_source, _ in inputs if is_source]
+    if exact and drop_base is not None:
+        raise ValueError("merge_files: exact=True takes no drop_base (no row is matched)")
     if has_base and drop_base is not None and params:
         # Replaced rows of the base take no part in the matching.
         params[0] = {k: v[~drop_base] for k, v in params[0].items()}
         failed[0] = failed[0][~drop_base]
-    keep = _rows_to_keep(params, keys, space, keep_outside, failed)
+    # Exact inputs: every row is kept, none needs matching (and none was read).
+    keep = None if exact else _rows_to_keep(params, keys, space, keep_outside, failed)
     if has_base and drop_base is not None:
         keep = _without_replaced(keep, drop_base, sum(n for *_, n in inputs[1:]))
 

@@ -277,6 +277,7 @@ class H5Store(Store):
     supports_chunks = True
     supports_row_count = True
     supports_metadata = True
+    appends_survive_kill = True
     node = DEFAULT_NODE  # for stores pickled before the argument existed
 
     def __init__(

@@ -324,6 +324,7 @@ class ZarrStore(Store):
     supports_chunks = True
     supports_row_count = True
     supports_metadata = True
+    appends_survive_kill = True
 
     # -- helpers -------------------------------------------------------------
 

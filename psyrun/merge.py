@@ -42,6 +42,8 @@ __all__ = [
 
 #: Rows gathered before one append to the merged file (each append may cost a sync).
 MERGE_ROWS = 2**20
+#: Rows read from an input at once (a few reads fill one append).
+READ_ROWS = 2**18
 
 
 def _store_of(store, path: str):
@@ -555,7 +557,7 @@ def merge_files(
     try:
         for path, reader, is_source, _ in inputs:
             counts.append((path, 0))
-            for chunk in reader.iter_chunks(path):
+            for chunk in reader.iter_chunks(path, READ_ROWS):
                 n = _count(chunk)
                 chunk = {k: np.asarray(v) for k, v in chunk.items() if k not in drop}
                 if keep is not None:
@@ -563,7 +565,8 @@ def merge_files(
                     offset += n
                     if not mask.all():
                         chunk = {k: v[mask] for k, v in chunk.items()}
-                if is_source and reject:
+                if is_source and reject and type(reader) is not type(store):
+                    # (Rows read from a file of the store's own format are rows it holds.)
                     chunk, bad, error = _split_unholdable(store, chunk, dest)
                     if bad is not None:
                         rejected.append(bad)

@@ -60,6 +60,7 @@ import numpy as np
 
 from psyrun.exceptions import DamagedFileError
 from psyrun.store.base import (
+    DEFAULT_CHUNK_ROWS,
     Store,
     UnsupportedValueError,
     damage_on_error,
@@ -496,6 +497,24 @@ class H5Store(Store):
     def load(self, filename: str, row: int | None = None) -> dict[str, np.ndarray]:
         """Read all columns, or only row ``row`` (one-element columns)."""
         return self._load_via_rows(filename, row)
+
+    def iter_chunks(
+        self, filename: str, chunk_rows: int = DEFAULT_CHUNK_ROWS
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Yield the committed rows in order, `chunk_rows` at a time, checking every block.
+
+        The file is opened once (not once per chunk), and closed between
+        chunks only when the caller stops iterating.
+        """
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
+        tables = self.preload()
+        with damage_on_error(filename), tables.open_file(filename, "r") as h5file:
+            found = self._columns(h5file, filename)
+            for start in range(0, found.rows, chunk_rows):
+                stop = min(start + chunk_rows, found.rows)
+                values = self._read_checked(filename, found, start, stop)
+                yield {key: self._decode(found, key, v) for key, v in values.items()}
 
     def count_rows(self, filename: str) -> int:
         """Count the rows from the commit record (checked against the arrays)."""

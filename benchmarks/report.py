@@ -28,6 +28,7 @@ SECTIONS = [
     "throughput",
     "report",
     "walltime",
+    "bigsweep",
 ]
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from report_run import run_psy  # noqa: E402
+from report_run import run_psy
 
 TASK = """
 import numpy as np
@@ -155,14 +155,16 @@ def collect() -> list[dict]:
             ("zarr", lambda: sweep(rows, "zarr")),
         ]:
             run = measure()
-            if name not in best or not run["valid"] or run["wall"] < best[name]["wall"]:
-                if best.get(name, {}).get("valid", True) or not run["valid"]:
-                    best[name] = run
+            # A failed run is kept (the report says so); else the fastest.
+            old = best.get(name)
+            if old is None or (old["valid"] and (not run["valid"] or run["wall"] < old["wall"])):
+                best[name] = run
     ref = best["reference"]
     out = [
         {
             "what": f"one process, PyTables, {label} rows x 3 columns (the floor)",
-            "measured": _fmt(ref, "wall", "s") + (f", {ref['rss_mb']:.0f} MB" if ref["valid"] else ""),
+            "measured": _fmt(ref, "wall", "s")
+            + (f", {ref['rss_mb']:.0f} MB" if ref["valid"] else ""),
             "target": "-",
             "ok": None,
         }
@@ -174,7 +176,9 @@ def collect() -> list[dict]:
         out.append(
             {
                 "what": f"vectorized psy run, {label} rows, max_jobs 8, {store}: wall / floor",
-                "measured": f"{ratio:.2f}x ({run['wall']:.1f} s)" if ok else _fmt(run, "wall", "s"),
+                "measured": (
+                    f"{ratio:.2f}x ({run['wall']:.1f} s)" if ok else _fmt(run, "wall", "s")
+                ),
                 "target": "<= 1.5x, result exact",
                 "ok": ok and ratio <= 1.5,
             }

@@ -8,10 +8,10 @@ Both run ``split -> process jobs -> merge``:
   run (finished or partial) into the result file, so nothing computed is lost
   and the only state between runs is the result.
 * **process** jobs write results to part files in ``out/`` (the backends
-  differ here). Part files are always :class:`psyrun.store.PickleStore`
-  files, whatever the task's store: its appends are crash-safe (a kill tears
-  at most the record being written, and reading drops it), whereas an
-  interrupted append can spoil a whole file of other stores.
+  differ here). Part files are :class:`psyrun.store.PickleStore` files, or
+  (DistributeBackend) files of the task's own store when its appends
+  survive a kill (:func:`store_for_parts`): a kill tears at most the append
+  being written, and reading drops it.
 * **merge** streams the parts (and, when continuing, the old result) into the
   result with :func:`psyrun.merge.write_merged`.
 """

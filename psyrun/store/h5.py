@@ -196,6 +196,26 @@ def _block_sums(columns: list[np.ndarray]) -> tuple[list[list[int]], list[int]]:
     return complete, [_block_sum(c[full * _BLOCK :]) for c in columns]
 
 
+def _appended_sums(olds: list[np.ndarray], news: list[np.ndarray]):
+    """:func:`_block_sums` of each ``old + new`` column, without joining them whole.
+
+    `olds` are the rows of the last, partial block (fewer than a block);
+    only that block is joined with the first new rows, and the complete
+    blocks after it are summed where they lie.
+    """
+    if not olds or len(olds[0]) + len(news[0]) < _BLOCK:
+        return _block_sums([np.concatenate([o, n]) for o, n in zip(olds, news)])
+    fill = _BLOCK - len(olds[0])
+    rest = [n[fill:] for n in news]
+    full = len(rest[0]) // _BLOCK
+    per_column = [
+        [_block_sum(np.concatenate([o, n[:fill]])), *_word_sums(r, full)]
+        for o, n, r in zip(olds, news, rest)
+    ]
+    complete = [list(block) for block in zip(*per_column)]
+    return complete, [_block_sum(r[full * _BLOCK :]) for r in rest]
+
+
 def _layout(nodes) -> list:
     return [[node.atom.dtype.base.str, [int(d) for d in node.shape[1:]]] for node in nodes]
 
@@ -728,14 +748,15 @@ class H5Store(Store):
             raise disk_full_error(filename, free, needed)
         with tables.open_file(filename, "a") as h5file:
             found = self._columns(h5file, filename)
-            combined = []
+            olds, news = [], []
             for key, node in found.nodes.items():
                 if node.nrows > rows:
                     node.truncate(rows)  # what an append that did not finish left
-                new = np.asarray(_encode(data[key])).astype(node.atom.dtype.base)
+                new = np.asarray(_encode(data[key])).astype(node.atom.dtype.base, copy=False)
                 node.append(new)
-                combined.append(np.concatenate([old[key], new]))
-            complete, partial = _block_sums(combined)
+                olds.append(old[key])
+                news.append(new)
+            complete, partial = _appended_sums(olds, news)
             sums = found.sums
             if sums.nrows > rows // _BLOCK:
                 sums.truncate(rows // _BLOCK)  # not committed: an append that did not finish

@@ -472,6 +472,7 @@ def merge_files(
     """
     if source_store is None:
         source_store = store
+    original_metadata = metadata
     drop = set(drop)
     has_base = base is not None and store.exists(base)
     outcome = MergeOutcome(0)
@@ -557,7 +558,7 @@ def merge_files(
     try:
         for path, reader, is_source, _ in inputs:
             counts.append((path, 0))
-            for chunk in reader.iter_chunks(path, READ_ROWS):
+            for chunk in _chunks_of(reader, path, exact and is_source):
                 n = _count(chunk)
                 chunk = {k: np.asarray(v) for k, v in chunk.items() if k not in drop}
                 if keep is not None:
@@ -598,11 +599,55 @@ def merge_files(
         store.remove(tmp)
         if full:
             raise _disk_full_error(dest) from exc
+        if isinstance(exc, _DamagedSource):
+            # An exact merge reads each source only once, as it copies it: a
+            # source found damaged part way is left out and the merge starts again.
+            if log is not None:
+                log(f"skipping unreadable part {exc.path}: {describe_error(exc.__cause__)}")
+            again = merge_files(
+                store,
+                dest,
+                [p for p in sources if p != exc.path],
+                keys,
+                base=base,
+                log=log,
+                source_store=source_store,
+                drop=drop,
+                consume=consume,
+                metadata=original_metadata,
+                space=space,
+                reject=reject,
+                keep_outside=keep_outside,
+                exact=True,
+            )
+            again.unreadable = [*outcome.unreadable, exc.path, *again.unreadable]
+            return again
         raise
     outcome.rows = written
     if rejected:
         outcome.rejected = merge_chunks(rejected) if len(rejected) > 1 else rejected[0]
     return outcome
+
+
+class _DamagedSource(Exception):
+    """A source of an exact merge turned out damaged while it was copied."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.path = path
+
+
+def _chunks_of(reader, path: str, exact_source: bool):
+    """Yield the chunks of one input (with `exact_source`, damage as :class:`_DamagedSource`)."""
+    if not exact_source:
+        yield from reader.iter_chunks(path, READ_ROWS)
+        return
+    from psyrun.exceptions import DamagedFileError
+
+    try:
+        yield from reader.iter_chunks(path, READ_ROWS)
+    except DamagedFileError as exc:
+        raise _DamagedSource(path) from exc
 
 
 def describe_error(exc: BaseException) -> str:

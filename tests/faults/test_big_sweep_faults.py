@@ -166,3 +166,51 @@ def test_full_disk_while_parts_are_written_then_continue_is_exact(tmp_path, smal
     for x, y in zip(data["x"], data["y"]):
         np.testing.assert_array_equal(y, np.random.default_rng(int(x)).random(2000))
     assert_untouched(before, tree_state(project))
+
+
+def _flip_a_value(part: Path, store: str) -> None:
+    """Change one stored value of the part's ``y`` column (the structure stays intact)."""
+    if store == "h5":
+        raw = bytearray(part.read_bytes())
+        # Part 1 holds x = 10..19; y = x*x as int64: 12*12 = 144.
+        at = raw.find((144).to_bytes(8, "little", signed=True))
+        assert at >= 0
+        raw[at] ^= 0x01
+        part.write_bytes(bytes(raw))
+    else:
+        chunk = next(p for p in (part / "y" / "c").rglob("*") if p.is_file())
+        raw = bytearray(chunk.read_bytes())
+        raw[len(raw) // 2] ^= 0xFF
+        chunk.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("store", FORMAT_STORES)
+def test_part_damaged_inside_is_left_out_of_the_merge(tmp_path, store):
+    import subprocess
+    import sys
+
+    _need(store)
+    project = _project(tmp_path, store, preamble=KILL_HOOK)
+    expected = square_rows(range(N_ROWS))
+    code, out = run_killed(project, ["run", "sq"], "merge:1")
+    assert code == 1, out
+    parts = _parts(project)
+    assert len(parts) == 3, parts
+    _flip_a_value(parts[1], store)
+    # The merge job runs again (as a cluster reruns it): the damage is found
+    # while the part is copied; the part is set aside, the others merged.
+    root = project / "psy-work" / "sq"
+    merge = subprocess.run(
+        [sys.executable, "-m", "psyrun.worker", str(root / "jobs" / "merge.json")],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert merge.returncode == 0, merge.stdout + merge.stderr
+    assert "skipping unreadable part" in merge.stdout, merge.stdout
+    assert [p.name for p in (root / "unreadable").iterdir()] == [parts[1].name]
+    check_status_honest(project, "sq", store, expected)
+    cont = psy("run", "-c", "sq", cwd=project)
+    assert cont.returncode == 0, describe(cont)
+    check_exact(project, "sq", store, expected)

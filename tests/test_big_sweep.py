@@ -67,6 +67,7 @@ def _expected() -> Counter:
     return rows
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("vectorized", [True, False])
 @pytest.mark.parametrize("store", ["h5", "zarr"])
 def test_run_with_several_jobs_is_exact(tmp_path, store, vectorized):
@@ -120,6 +121,7 @@ def _write_parts(store, directory: Path, n_parts: int, rows: int) -> list[str]:
     return paths
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("store_name", ["h5", "zarr"])
 def test_exact_merge_holds_one_chunk_at_a_time(tmp_path, store_name, monkeypatch):
     pytest.importorskip({"h5": "tables", "zarr": "zarr"}[store_name])
@@ -127,9 +129,9 @@ def test_exact_merge_holds_one_chunk_at_a_time(tmp_path, store_name, monkeypatch
     from psyrun.store import get_store
 
     store = get_store(STORES[store_name][2])
-    rows, n_parts = 250_000, 4
+    rows, n_parts = 400_000, 4
     paths = _write_parts(store, tmp_path, n_parts, rows)
-    total_bytes = rows * n_parts * 3 * 8  # 24 MB of columns
+    total_bytes = rows * n_parts * 3 * 8  # 38 MB of columns
     # The bound is the merge's chunk, whatever the size of the result.
     monkeypatch.setattr(psyrun.merge, "MERGE_ROWS", 2**14)
     monkeypatch.setattr(psyrun.merge, "READ_ROWS", 2**13)

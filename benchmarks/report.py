@@ -30,6 +30,7 @@ SECTIONS = [
     "walltime",
     "firstuse",
     "local",
+    "bigsweep",
 ]
 
 

@@ -7,9 +7,14 @@ least every :data:`FLUSH_SECONDS`, and renames the file to ``out/<i>.pkl``
 when the range is done. A job started again (requeued) after a crash resumes
 after the rows its partial file already holds. A job that knows its time
 limit stops taking rows before it (:mod:`psyrun.run.walltime`), keeps its
-``.partial`` part and ends as partial. Parts are PickleStore files
-whatever the task's store (a kill loses only the rows not yet appended); the
-merge writes the result with the task's store.
+``.partial`` part and ends as partial. Parts are files of the task's own
+store when its appends survive a kill and it reads chunks (H5Store,
+ZarrStore: ``out/<i>.h5``, ``out/<i>.zarr``), else PickleStore files; either
+way a kill loses only the rows not yet appended. A block the task's store
+refuses goes to a PickleStore part beside it (``out/<i>.partial.pkl``), which
+the merge sets aside like any row the store cannot hold. The ranges are
+disjoint, so the merge of a run without an earlier result copies the parts
+chunk by chunk without matching rows.
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ from __future__ import annotations
 import os
 import time
 
-from psyrun.atomic import remove_path, replace_path
-from psyrun.backend.splitmerge import SplitMergeBackend
+from psyrun.atomic import replace_path
+from psyrun.backend.splitmerge import SplitMergeBackend, store_for_parts
+from psyrun.paths import PART_EXT
 from psyrun.results.merge import load_params, missing_rows
 from psyrun.run.fail_fast import FailFast
 from psyrun.run.failures import RowFailures, RowsFailed
@@ -50,18 +56,44 @@ class DistributeBackend(SplitMergeBackend):
         The task to run.
     """
 
+    parts_are_disjoint = True
+
+    def __init__(self, task) -> None:
+        super().__init__(task)
+        #: The store of this backend's part files (:func:`store_for_parts`).
+        self.parts_format = store_for_parts(self.store)
+
+    def _part_names(self, index: int) -> tuple[str, str]:
+        """``(finished, partial)`` names of process job `index`'s part, in the parts' format."""
+        p = self.paths
+        ext = self.parts_format.ext
+        if ext == PART_EXT:
+            return p.part(index), p.partial(index)
+        return (
+            os.path.join(p.out_dir, f"{index}{ext}"),
+            os.path.join(p.out_dir, f"{index}.partial{ext}"),
+        )
+
     def _resume_rows(self, snapshot: Snapshot, start: int, stop: int, partial: str):
-        """Rows of ``start:stop`` the partial file of a requeued job lacks (None: all)."""
-        if not os.path.exists(partial):
+        """Rows of ``start:stop`` the partial files of a requeued job lack (None: all)."""
+        found = [
+            path for path in (partial, self.paths.partial(self._index)) if os.path.exists(path)
+        ]
+        done_parts = []
+        for path in dict.fromkeys(found):
+            try:
+                done_parts.append(
+                    load_params(self.store_for(path), [path], snapshot.keys, strict=True)
+                )
+            except Exception as exc:
+                self._log(f"discarding unreadable {path}: {type(exc).__name__}: {exc}")
+                self.store_for(path).remove(path)
+        done_parts = [d for d in done_parts if d]
+        if not done_parts:
             return None
-        try:
-            done = load_params(self.part_store, [partial], snapshot.keys)
-        except Exception as exc:
-            self._log(f"discarding unreadable {partial}: {type(exc).__name__}: {exc}")
-            remove_path(partial)
-            return None
-        if not done:
-            return None
+        from psyrun.results.merge import concat_columns
+
+        done = concat_columns(done_parts, snapshot.keys)
         from psyrun.pspace import Param
 
         todo = start + missing_rows(Param(**snapshot.arrays(start, stop)), done)
@@ -74,7 +106,8 @@ class DistributeBackend(SplitMergeBackend):
         snapshot = Snapshot.read(p.pspace)
         n = len(snapshot)
         start, stop = n * index // n_jobs, n * (index + 1) // n_jobs
-        final, partial = p.part(index), p.partial(index)
+        self._index = index
+        final, partial = self._part_names(index)
         if os.path.exists(final):
             self._log(f"rows {start}:{stop} are already done ({final})")
             return 0
@@ -152,18 +185,31 @@ class DistributeBackend(SplitMergeBackend):
             # The part stays partial: a requeued job resumes it, -c evaluates the rest.
             raise JobPartial(evaluated, n_todo - lo, walltime, failures.count)
         if os.path.exists(partial):
-            # Not synced: a partial part that a crash leaves under its old name
-            # is folded into the result by `psy run -c` just the same.
-            replace_path(partial, final, sync=False)
+            self.parts_format.replace(partial, final)
+        aside = p.partial(index)
+        if aside != partial and os.path.exists(aside):
+            # Rows the task's store refused (see _append); the merge sets them aside.
+            replace_path(aside, p.part(index))
         self._log(f"evaluated rows {start}:{stop} ({stop - start - failures.count} results)")
         if failures.count:
             raise RowsFailed(failures)
         return 0
 
     def _append(self, filename: str, blocks: list[dict]) -> None:
-        if blocks:
-            from psyrun.mapper import concatenate_results
+        if not blocks:
+            return
+        from psyrun.mapper import concatenate_results
 
-            self.part_store.append(
-                filename, blocks[0] if len(blocks) == 1 else concatenate_results(blocks)
-            )
+        data = blocks[0] if len(blocks) == 1 else concatenate_results(blocks)
+        store = self.parts_format
+        if store is self.part_store or type(store) is type(self.part_store):
+            store.append(filename, data)
+            return
+        from psyrun.store.base import UnsupportedValueError
+
+        try:
+            store.append(filename, data)
+        except UnsupportedValueError:
+            # Rows the task's store cannot hold: kept in a PickleStore part
+            # (nothing computed is lost); the merge sets them aside.
+            self.part_store.append(self.paths.partial(self._index), data)

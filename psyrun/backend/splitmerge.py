@@ -8,10 +8,10 @@ Both run ``split -> process jobs -> merge``:
   run (finished or partial) into the result file, so nothing computed is lost
   and the only state between runs is the result.
 * **process** jobs write results to part files in ``out/`` (the backends
-  differ here). Part files are always :class:`psyrun.store.PickleStore`
-  files, whatever the task's store: its appends are crash-safe (a kill tears
-  at most the record being written, and reading drops it), whereas an
-  interrupted append can spoil a whole file of other stores.
+  differ here). Part files are :class:`psyrun.store.PickleStore` files, or
+  (DistributeBackend) files of the task's own store when its appends
+  survive a kill (:func:`store_for_parts`): a kill tears at most the append
+  being written, and reading drops it.
 * **merge** streams the parts (and, when continuing, the old result) into the
   result with :func:`psyrun.results.merge.write_merged`.
 """
@@ -50,7 +50,7 @@ from psyrun.run.snapshot import snapshot_version, write_snapshot
 if TYPE_CHECKING:
     from psyrun.store.base import Store
 
-__all__ = ["SplitMergeBackend", "UnholdableRows", "part_store"]
+__all__ = ["SplitMergeBackend", "UnholdableRows", "part_store", "store_for_parts"]
 
 
 def _count(columns: Mapping) -> int:
@@ -80,10 +80,27 @@ class UnholdableRows(TypeError):
 
 
 def part_store() -> Store:
-    """Return the store every part file is written with (crash-safe appends)."""
+    """Return the store of the part files that any result can come from (crash-safe appends).
+
+    Rows a task's store cannot hold are set aside in it, and it writes the
+    parts of tasks whose store is not fit for parts (see :func:`store_for_parts`).
+    """
     from psyrun.store.pickle import PickleStore
 
     return PickleStore()
+
+
+def store_for_parts(store: Store) -> Store:
+    """Return the store a process job writes its part file with, for a task's `store`.
+
+    The task's own store when its appends survive a kill and it reads files
+    chunk by chunk (H5Store, ZarrStore): the merge then copies chunks of the
+    parts without converting them, and never holds a whole part in memory.
+    Otherwise :func:`part_store` (PickleStore).
+    """
+    if getattr(store, "appends_survive_kill", False) and getattr(store, "supports_chunks", False):
+        return store
+    return part_store()
 
 
 class SplitMergeBackend(Backend):
@@ -91,7 +108,17 @@ class SplitMergeBackend(Backend):
 
     Subclasses implement :meth:`run_process` (and may override
     :meth:`n_process_jobs` and :meth:`after_split`).
+
+    Attributes
+    ----------
+    parts_are_disjoint : bool
+        Each part of a run holds rows of its own share of the snapshot, each
+        row once (DistributeBackend's row ranges). The merge of a run
+        without an earlier result then keeps every row without matching
+        them (:func:`psyrun.results.merge.merge_files` with ``exact``).
     """
+
+    parts_are_disjoint: bool = False
 
     def __init__(self, task) -> None:
         super().__init__(task)
@@ -519,7 +546,12 @@ class SplitMergeBackend(Backend):
         self._log(f"{n} of {len(self.task.pspace)} rows to evaluate")
 
     def _merge_parts(
-        self, parts: list[str], base: str | None, consume: bool = False, metadata=None
+        self,
+        parts: list[str],
+        base: str | None,
+        consume: bool = False,
+        metadata=None,
+        exact: bool = False,
     ) -> MergeOutcome:
         """Merge `parts` (after `base`) into the result; then, and only then, remove them.
 
@@ -554,6 +586,7 @@ class SplitMergeBackend(Backend):
                 drop_base=drop_base,
                 space=self.task.pspace,
                 reject=True,
+                exact=exact and base is None,
             )
         except DiskFullError as exc:
             raise DiskFullError(f"{exc}; free space, then `psy run -c {self.task.name}`") from exc
@@ -716,8 +749,13 @@ class SplitMergeBackend(Backend):
         p = self.paths
         parts = [path for _, path, _ in p.list_parts()]
         base = p.result if cont and self.store.exists(p.result) else None
+        # Without an earlier result, disjoint parts hold every row of the run once.
         outcome = self._merge_parts(
-            parts, base=base, consume=True, metadata=self._provenance(base)
+            parts,
+            base=base,
+            consume=True,
+            metadata=self._provenance(base),
+            exact=self.parts_are_disjoint and base is None,
         )
         self._remove_temporaries()
         self._log(f"merged {len(outcome.merged)} parts; {outcome.rows} rows in {p.result}")

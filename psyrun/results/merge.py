@@ -42,6 +42,8 @@ __all__ = [
 
 #: Rows gathered before one append to the merged file (each append may cost a sync).
 MERGE_ROWS = 2**20
+#: Rows read from an input at once (a few reads fill one append).
+READ_ROWS = 2**18
 
 
 def _store_of(store, path: str):
@@ -452,6 +454,7 @@ def merge_files(
     space=None,
     reject: bool = False,
     keep_outside: bool = True,
+    exact: bool = False,
 ) -> MergeOutcome:
     """Stream `base` and `sources` into `dest`, each assignment as often as it belongs there.
 
@@ -511,6 +514,12 @@ def merge_files(
     keep_outside : bool, optional
         With a `space`: keep rows outside it (once each; the default), or
         leave them out (``psy prune``).
+    exact : bool, optional
+        The caller vouches that `base` and the sources together hold every
+        row exactly as often as it belongs in `dest` (the parts of one fresh
+        run, each the disjoint row range of one process job): no row is
+        matched, so the parameters are never gathered in memory and the
+        merge streams chunk by chunk. `drop_base` must then be None.
 
     Raises
     ------
@@ -521,6 +530,7 @@ def merge_files(
     """
     if source_store is None:
         source_store = store
+    original_metadata = metadata
     drop = set(drop)
     has_base = base is not None and store.exists(base)
     outcome = MergeOutcome(0)
@@ -530,7 +540,7 @@ def merge_files(
     if has_base:
         try:
             store.verify(base)
-            if keys:
+            if keys and not exact:
                 found, mask = params_and_failures(store, base, keys)
                 params.append(found)
                 failed.append(mask)
@@ -544,7 +554,7 @@ def merge_files(
     for path in sources:
         reader = _store_of(source_store, path)
         try:
-            if keys:
+            if keys and not exact:
                 found, mask = params_and_failures(reader, path, keys)
                 n_rows = _count(found) if found else reader.count_rows(path)
                 params.append(found)
@@ -558,11 +568,14 @@ def merge_files(
             continue
         inputs.append((path, reader, True, n_rows))
     outcome.merged = [path for path, _, is_source, _ in inputs if is_source]
+    if exact and drop_base is not None:
+        raise ValueError("merge_files: exact=True takes no drop_base (no row is matched)")
     if has_base and drop_base is not None and params:
         # Replaced rows of the base take no part in the matching.
         params[0] = {k: v[~drop_base] for k, v in params[0].items()}
         failed[0] = failed[0][~drop_base]
-    keep = _rows_to_keep(params, keys, space, keep_outside, failed)
+    # Exact inputs: every row is kept, none needs matching (and none was read).
+    keep = None if exact else _rows_to_keep(params, keys, space, keep_outside, failed)
     if has_base and drop_base is not None:
         keep = _without_replaced(keep, drop_base, sum(n for *_, n in inputs[1:]))
 
@@ -603,7 +616,7 @@ def merge_files(
     try:
         for path, reader, is_source, _ in inputs:
             counts.append((path, 0))
-            for chunk in reader.iter_chunks(path):
+            for chunk in _chunks_of(reader, path, exact and is_source):
                 n = _count(chunk)
                 chunk = {k: np.asarray(v) for k, v in chunk.items() if k not in drop}
                 if keep is not None:
@@ -611,7 +624,8 @@ def merge_files(
                     offset += n
                     if not mask.all():
                         chunk = {k: v[mask] for k, v in chunk.items()}
-                if is_source and reject:
+                if is_source and reject and type(reader) is not type(store):
+                    # (Rows read from a file of the store's own format are rows it holds.)
                     chunk, bad, error = _split_unholdable(store, chunk, dest)
                     if bad is not None:
                         rejected.append(bad)
@@ -637,17 +651,61 @@ def merge_files(
             # Written to the temporary file: the result appears with it or not at all.
             store.write_metadata(tmp, metadata)
         _check_written(store, tmp, written)
-        store.replace(tmp, dest)
+        _replace_synced(store, tmp, dest)
     except BaseException as exc:
         full = _disk_full(exc, tmp)
         store.remove(tmp)
         if full:
             raise _disk_full_error(dest) from exc
+        if isinstance(exc, _DamagedSource):
+            # An exact merge reads each source only once, as it copies it: a
+            # source found damaged part way is left out and the merge starts again.
+            if log is not None:
+                log(f"skipping unreadable part {exc.path}: {describe_error(exc.__cause__)}")
+            again = merge_files(
+                store,
+                dest,
+                [p for p in sources if p != exc.path],
+                keys,
+                base=base,
+                log=log,
+                source_store=source_store,
+                drop=drop,
+                consume=consume,
+                metadata=original_metadata,
+                space=space,
+                reject=reject,
+                keep_outside=keep_outside,
+                exact=True,
+            )
+            again.unreadable = [*outcome.unreadable, exc.path, *again.unreadable]
+            return again
         raise
     outcome.rows = written
     if rejected:
         outcome.rejected = merge_chunks(rejected) if len(rejected) > 1 else rejected[0]
     return outcome
+
+
+class _DamagedSource(Exception):
+    """A source of an exact merge turned out damaged while it was copied."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.path = path
+
+
+def _chunks_of(reader, path: str, exact_source: bool):
+    """Yield the chunks of one input (with `exact_source`, damage as :class:`_DamagedSource`)."""
+    if not exact_source:
+        yield from reader.iter_chunks(path, READ_ROWS)
+        return
+    from psyrun.exceptions import DamagedFileError
+
+    try:
+        yield from reader.iter_chunks(path, READ_ROWS)
+    except DamagedFileError as exc:
+        raise _DamagedSource(path) from exc
 
 
 def describe_error(exc: BaseException) -> str:
@@ -769,6 +827,21 @@ def _check_written(store, path: str, expected: int) -> None:
         raise DamagedFileError(f"{path} holds {found} rows after writing {expected}")
 
 
+def _replace_synced(store, path: str, dest: str) -> None:
+    """Put `path`, synced by :func:`_check_written`, in place of `dest` (not synced again).
+
+    A store's own ``replace`` syncs every file first; a zarr tree has
+    thousands, and each sync costs a disk flush.
+    """
+    from psyrun.atomic import replace_path
+    from psyrun.store.base import Store
+
+    if getattr(type(store), "replace", None) is Store.replace:
+        replace_path(path, dest)  # what Store.replace does after syncing
+    else:
+        store.replace(path, dest)
+
+
 def _adopt(store, path: str, dest: str, metadata: Mapping | None, expected: int) -> int:
     """Make the single part `path` of `expected` rows the result `dest`; return its rows.
 
@@ -782,7 +855,7 @@ def _adopt(store, path: str, dest: str, metadata: Mapping | None, expected: int)
         if _disk_full(exc, path):
             raise _disk_full_error(dest) from exc
         raise
-    store.replace(path, dest)
+    _replace_synced(store, path, dest)
     return expected
 
 

@@ -310,6 +310,16 @@ def replaced_rows(
 # -- merging and counting -----------------------------------------------------------
 
 
+def _segments(store, base: str | None) -> list[list]:
+    """Return the ``[[version, rows], ...]`` of the result `base` (unknown: one None segment)."""
+    if base is None or not store.exists(base):
+        return []
+    n = _count_rows(store, base)
+    if not n:
+        return []
+    return read_row_versions(store, base, n) or [[None, n]]
+
+
 def _base_codes(store, base: str | None, names: list) -> np.ndarray:
     """Per-row version codes of the result `base` (one unknown segment when not recorded)."""
     if base is None or not store.exists(base):
@@ -399,13 +409,22 @@ def version_counts(
     """
     from psyrun.results.merge import load_params
 
-    names: list = []
-    base_codes = _base_codes(store, result, names)
     counts: dict = {}
     n_parts = 0
     for path in parts:
         n = _count_rows(source_store(path) if callable(source_store) else source_store, path)
         n_parts += n or 0
+    segments = _segments(store, result)
+    if not n_parts or all(version == parts_version for version, _ in segments):
+        # No part row replaces a row of another version: count the segments,
+        # without one code per row (10^8 rows would take 400 MB).
+        for version, n in segments:
+            counts[version] = counts.get(version, 0) + int(n)
+        if n_parts:
+            counts[parts_version] = counts.get(parts_version, 0) + n_parts
+        return counts
+    names: list = []
+    base_codes = _base_codes(store, result, names)
     if parts_version not in names:
         names.append(parts_version)
     code = names.index(parts_version)

@@ -318,6 +318,12 @@ class Store(abc.ABC):
     supports_metadata : bool
         The file can carry a dict of metadata (:meth:`write_metadata`,
         :meth:`read_metadata`) that :meth:`load` ignores.
+    appends_survive_kill : bool
+        An append killed part way (``kill -9``) leaves the rows committed
+        before it readable and the file appendable, at the cost of the rows
+        being appended (``tests/test_store_crash.py`` checks it). With
+        :attr:`supports_chunks` too, process jobs write their part files in
+        this format, and the merge copies them chunk by chunk.
     write_whole : bool
         Only a file written in one piece has the format's plain layout (an
         NPZ file that was appended to holds later rows in extra members, so
@@ -352,6 +358,7 @@ class Store(abc.ABC):
     supports_chunks: bool = False
     supports_row_count: bool = False
     supports_metadata: bool = False
+    appends_survive_kill: bool = False
     write_whole: bool = False
 
     # -- the public interface --------------------------------------------------

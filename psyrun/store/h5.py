@@ -60,6 +60,7 @@ import numpy as np
 
 from psyrun.exceptions import DamagedFileError
 from psyrun.store.base import (
+    DEFAULT_CHUNK_ROWS,
     Store,
     UnsupportedValueError,
     damage_on_error,
@@ -195,6 +196,26 @@ def _block_sums(columns: list[np.ndarray]) -> tuple[list[list[int]], list[int]]:
     return complete, [_block_sum(c[full * _BLOCK :]) for c in columns]
 
 
+def _appended_sums(olds: list[np.ndarray], news: list[np.ndarray]):
+    """:func:`_block_sums` of each ``old + new`` column, without joining them whole.
+
+    `olds` are the rows of the last, partial block (fewer than a block);
+    only that block is joined with the first new rows, and the complete
+    blocks after it are summed where they lie.
+    """
+    if not olds or len(olds[0]) + len(news[0]) < _BLOCK:
+        return _block_sums([np.concatenate([o, n]) for o, n in zip(olds, news)])
+    fill = _BLOCK - len(olds[0])
+    rest = [n[fill:] for n in news]
+    full = len(rest[0]) // _BLOCK
+    per_column = [
+        [_block_sum(np.concatenate([o, n[:fill]])), *_word_sums(r, full)]
+        for o, n, r in zip(olds, news, rest)
+    ]
+    complete = [list(block) for block in zip(*per_column)]
+    return complete, [_block_sum(r[full * _BLOCK :]) for r in rest]
+
+
 def _layout(nodes) -> list:
     return [[node.atom.dtype.base.str, [int(d) for d in node.shape[1:]]] for node in nodes]
 
@@ -277,6 +298,7 @@ class H5Store(Store):
     supports_chunks = True
     supports_row_count = True
     supports_metadata = True
+    appends_survive_kill = True
     node = DEFAULT_NODE  # for stores pickled before the argument existed
 
     def __init__(
@@ -496,6 +518,24 @@ class H5Store(Store):
         """Read all columns, or only row ``row`` (one-element columns)."""
         return self._load_via_rows(filename, row)
 
+    def iter_chunks(
+        self, filename: str, chunk_rows: int = DEFAULT_CHUNK_ROWS
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Yield the committed rows in order, `chunk_rows` at a time, checking every block.
+
+        The file is opened once (not once per chunk), and closed between
+        chunks only when the caller stops iterating.
+        """
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
+        tables = self.preload()
+        with damage_on_error(filename), tables.open_file(filename, "r") as h5file:
+            found = self._columns(h5file, filename)
+            for start in range(0, found.rows, chunk_rows):
+                stop = min(start + chunk_rows, found.rows)
+                values = self._read_checked(filename, found, start, stop)
+                yield {key: self._decode(found, key, v) for key, v in values.items()}
+
     def count_rows(self, filename: str) -> int:
         """Count the rows from the commit record (checked against the arrays)."""
         tables = self.preload()
@@ -708,14 +748,15 @@ class H5Store(Store):
             raise disk_full_error(filename, free, needed)
         with tables.open_file(filename, "a") as h5file:
             found = self._columns(h5file, filename)
-            combined = []
+            olds, news = [], []
             for key, node in found.nodes.items():
                 if node.nrows > rows:
                     node.truncate(rows)  # what an append that did not finish left
-                new = np.asarray(_encode(data[key])).astype(node.atom.dtype.base)
+                new = np.asarray(_encode(data[key])).astype(node.atom.dtype.base, copy=False)
                 node.append(new)
-                combined.append(np.concatenate([old[key], new]))
-            complete, partial = _block_sums(combined)
+                olds.append(old[key])
+                news.append(new)
+            complete, partial = _appended_sums(olds, news)
             sums = found.sums
             if sums.nrows > rows // _BLOCK:
                 sums.truncate(rows // _BLOCK)  # not committed: an append that did not finish

@@ -236,6 +236,7 @@ class PickleStore(Store):
     ext = ".pkl"
     supports_row_count = True
     supports_metadata = True
+    appends_survive_kill = True
 
     # -- reading -------------------------------------------------------------
 

@@ -785,6 +785,52 @@ class StoreTests:
         assert seen == self.capability_rows
         self._assert_reads_part("iter_chunks", memory["peak"], total / 2, "supports_chunks")
 
+    def test_appends_survive_kill(self, store, filename):
+        """``appends_survive_kill``: appends killed at random moments keep a readable prefix."""
+        if not store.appends_survive_kill:
+            pytest.skip("store does not set appends_survive_kill")
+        import pickle
+        import signal
+        import sys
+        import time
+
+        # A fresh interpreter appends chunks of 400 rows until it is killed.
+        child = (
+            "import pickle, sys\n"
+            "import numpy as np\n"
+            "store = pickle.loads(bytes.fromhex(sys.argv[2]))\n"
+            "start = 0\n"
+            "while True:\n"
+            "    x = np.arange(start, start + 400, dtype=float)\n"
+            "    store.append(sys.argv[1], {'x': x, 'y': x * 2})\n"
+            "    start += 400\n"
+        )
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        rng = np.random.default_rng(11)
+        for delay in rng.uniform(0.05, 0.4, size=2):
+            proc = subprocess.Popen(
+                [sys.executable, "-c", child, filename, pickle.dumps(store).hex()], env=env
+            )
+            deadline = time.monotonic() + 60
+            while not store.exists(filename) and time.monotonic() < deadline:
+                assert proc.poll() is None, f"the appending child exited with {proc.returncode}"
+                time.sleep(0.005)
+            time.sleep(float(delay))
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            data = store.load(filename)
+            n = len(data["x"])
+            assert n % 400 == 0, f"{n} rows is not a whole number of appends"
+            assert_columns_equal(data, {"x": np.arange(n, dtype=float), "y": 2 * np.arange(n)})
+            assert store.count_rows(filename) == n
+        # The next append goes right after the committed rows.
+        store.append(filename, {"x": np.array([-1.0]), "y": np.array([-2.0])})
+        data = store.load(filename)
+        assert_columns_equal(
+            data,
+            {"x": np.append(np.arange(n, dtype=float), -1), "y": np.append(2 * np.arange(n), -2)},
+        )
+
     def test_count_rows_reads_no_rows(self, store, filename):
         total = self._capability_file(store, filename, "supports_row_count")
         with _forbidden(store, "load", "load_rows", "iter_chunks"), _peak_memory() as memory:

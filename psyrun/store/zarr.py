@@ -49,7 +49,7 @@ import os
 import re
 import warnings
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote
 
@@ -59,6 +59,7 @@ from psyrun.atomic import atomic_write, remove_path, tmp_name
 from psyrun.dims import ROW_DIM
 from psyrun.exceptions import DamagedFileError
 from psyrun.store.base import (
+    DEFAULT_CHUNK_ROWS,
     Store,
     UnsupportedValueError,
     damage_on_error,
@@ -76,7 +77,12 @@ _NAMED = "named"
 _ROWS_ATTR = "psyrun_rows"  # rows committed by the last complete write
 _METADATA_ATTR = "psyrun_metadata"  # the result's metadata (a JSON object)
 _COMMIT_ATTR = "psyrun_commit"  # "<crc32 hex> <JSON: rows, columns, layout, metadata>"
-_CHUNK_BYTES = 1 << 18  # target size of one chunk before compression
+# Size of one chunk before compression: the smallest for stores that start small
+# (a single row read reads one chunk), up to the largest for stores written in big
+# pieces (every chunk is a file, and each file costs a sync when the store is
+# committed and an unlink when it is replaced).
+_CHUNK_BYTES = 1 << 18
+_MAX_CHUNK_BYTES = 1 << 21
 
 
 #: Characters escaped anywhere in an array name: the escape itself, path
@@ -267,7 +273,9 @@ def _write_all_chunks():
 def _chunk_rows(column: np.ndarray) -> int:
     row_bytes = max(1, column.dtype.itemsize if column.dtype.kind != "U" else 16)
     row_bytes *= int(np.prod(column.shape[1:], dtype=np.int64)) or 1
-    return max(1, _CHUNK_BYTES // row_bytes)
+    # As large as the first write (up to the largest size): later writes are alike.
+    target = min(max(_CHUNK_BYTES, row_bytes * len(column)), _MAX_CHUNK_BYTES)
+    return max(1, target // row_bytes)
 
 
 def _tmp_pattern(path: str) -> re.Pattern[str]:
@@ -324,6 +332,7 @@ class ZarrStore(Store):
     supports_chunks = True
     supports_row_count = True
     supports_metadata = True
+    appends_survive_kill = True
 
     # -- helpers -------------------------------------------------------------
 
@@ -589,6 +598,22 @@ class ZarrStore(Store):
     def load(self, filename: str, row: int | None = None) -> dict[str, np.ndarray]:
         """Read all columns, or only row ``row`` (one-element columns)."""
         return self._load_via_rows(filename, row)
+
+    def iter_chunks(
+        self, filename: str, chunk_rows: int = DEFAULT_CHUNK_ROWS
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Yield the committed rows in order, `chunk_rows` at a time (the store opened once)."""
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
+        filename = os.fspath(filename)
+        with damage_on_error(filename):
+            group, root = self._open_at(filename, "r")
+            arrays = self._arrays(group)
+            rows = self._rows(group, arrays, filename)
+            for start in range(0, rows, chunk_rows):
+                stop = min(start + chunk_rows, rows)
+                self._check_chunks(filename, root, group, arrays, start, stop)
+                yield {key: self._decode(array[start:stop]) for key, array in arrays.items()}
 
     def count_rows(self, filename: str) -> int:
         """Count the committed rows from the metadata.

@@ -130,20 +130,17 @@ def test_local_process_jobs_defer_their_syncs(tmp_path, args):
     assert seen.read_text().split() == ["True"] * 4
 
 
-def test_jobs_started_elsewhere_sync_themselves(tmp_path):
+def test_jobs_started_elsewhere_sync_themselves(tmp_path, monkeypatch):
     seen = tmp_path / "seen.txt"
     write(tmp_path / "p" / "psy-tasks" / "task_t.py", DEFERRED.format(out=str(seen)))
-    task = load_tasks(tmp_path / "p" / "psy-tasks")["t"]
+    # Loaded where it runs: the task's workdir is relative to the directory it loads in.
+    monkeypatch.chdir(tmp_path / "p")
+    task = load_tasks("psy-tasks")["t"]
     task.config.scheduler = ImmediateRun(sync_interval=None)
     from psyrun.run.runner import run_task
 
-    cwd = os.getcwd()
-    os.chdir(tmp_path / "p")
-    try:
-        report = run_task(task)
-    finally:
-        os.chdir(cwd)
-    assert report.outcome == "completed", report.message
+    report = run_task(task)
+    assert report.outcome == "completed", repr(report)
     assert seen.read_text().split() == ["False"] * 4
 
 

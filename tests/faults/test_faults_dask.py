@@ -165,6 +165,13 @@ def process_log(where: Path, i: int) -> Path:
     return where / "psy-work" / TASK / f"{TASK}:process:{i}.log"
 
 
+def read_or_empty(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+
+
 def worker_of(log: Path) -> str:
     """The Dask worker address in the first line a Dask task writes to the job's log."""
     return log.read_text().split("\n", 1)[0].split(" on worker ")[1].split()[0]
@@ -238,7 +245,11 @@ def test_dead_dask_scheduler_jobs_are_named_and_not_run_beside(tmp_path, cluster
     work = where / "psy-work" / TASK
     run = start_psy("run", cwd=where, env=ENV)
     wait_until(lambda: rows_reported(work) >= 30, "rows to be evaluated", 120)
-    wait_until(lambda: process_log(where, 1).exists(), "both process jobs to start", 120)
+    wait_until(
+        lambda: all(" on worker " in read_or_empty(process_log(where, i)) for i in range(2)),
+        "both process jobs to start",
+        120,
+    )
     time.sleep(0.5)
     started = time.monotonic()
     cluster.kill_scheduler()

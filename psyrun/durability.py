@@ -30,6 +30,7 @@ writers call instead of :func:`os.fsync`). Scheduler side: :class:`SyncBatch`.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -101,7 +102,16 @@ class SyncBatch:
     """
 
     def __init__(self, interval: float = SYNC_INTERVAL) -> None:
-        self.interval = float(interval)
+        try:
+            seconds = float(interval)
+        except (TypeError, ValueError):
+            seconds = math.nan
+        if not math.isfinite(seconds) or seconds < 0:
+            raise ValueError(
+                f"sync_interval must be a number of seconds >= 0 (or None: every job "
+                f"syncs its own files), not {interval!r}"
+            )
+        self.interval = seconds
         self._owed: set[str] = set()
         self._unsynced: set[str] = set()
         self._last = time.monotonic()

@@ -190,3 +190,13 @@ def test_load_balancing_chunks_are_shares_of_the_workers_that_run_at_once(tmp_pa
     start, stop = claims[0]
     assert stop - start == 400 // 16
     assert calls(side) == dict.fromkeys(range(400), 1)
+
+
+@pytest.mark.parametrize("value", [-1, "soon", float("nan")])
+def test_a_bad_sync_interval_is_refused_with_its_name(value):
+    for make in (
+        lambda: ImmediateRun(sync_interval=value),
+        lambda: LocalPool(2, sync_interval=value),
+    ):
+        with pytest.raises(ValueError, match="sync_interval must be a number of seconds >= 0"):
+            make()

@@ -199,17 +199,14 @@ class DistributeBackend(SplitMergeBackend):
         if not blocks:
             return
         from psyrun.mapper import concatenate_results
-
-        data = blocks[0] if len(blocks) == 1 else concatenate_results(blocks)
-        store = self.parts_format
-        if store is self.part_store or type(store) is type(self.part_store):
-            store.append(filename, data)
-            return
         from psyrun.store.base import UnsupportedValueError
 
+        data = blocks[0] if len(blocks) == 1 else concatenate_results(blocks)
         try:
-            store.append(filename, data)
+            self.parts_format.append(filename, data)
         except UnsupportedValueError:
+            if self.parts_format.ext == PART_EXT:
+                raise  # the parts are PickleStore files already: nothing else holds the rows
             # Rows the task's store cannot hold: kept in a PickleStore part
             # (nothing computed is lost); the merge sets them aside.
             self.part_store.append(self.paths.partial(self._index), data)

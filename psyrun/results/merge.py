@@ -15,15 +15,11 @@ import os
 import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from psyrun.atomic import sync_tree, tmp_name
 from psyrun.results.failed_rows import ERROR_COLUMN, failed_mask
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = [
     "DiskFullError",

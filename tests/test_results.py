@@ -419,3 +419,14 @@ def test_a_task_space_with_holes_in_psy_status_missing_and_load_xarray(tmp_path,
     assert nan_cells == {(0.2, 2, 0), (0.2, 2, 1), (0.3, 3, 0), (0.3, 3, 1)}
     assert ds["n"].sel(theta=0.1, sigma=3, seed=1).item() == 30
     assert ds.attrs["task"] == "corner"
+
+
+def test_the_results_package_names_exactly_what_load_defines():
+    # psyrun.results lists its names without importing load (a lazy facade).
+    import psyrun.results
+
+    assert psyrun.results.__all__ == psyrun.results.load.__all__
+    assert all(
+        getattr(psyrun.results, name) is getattr(psyrun.results.load, name)
+        for name in psyrun.results.__all__
+    )
